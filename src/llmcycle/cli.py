@@ -1,0 +1,230 @@
+"""The `llmcycle` command line: each verb parses its flags and calls one function of the Python API.
+
+A user error prints one line starting `error:` and exits 2, with no traceback unless `--debug` is given
+(anywhere on the command line, or LLMCYCLE_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from .console import err
+from .errors import UserError
+from .generation import GenerationSettings
+
+DTYPE_CHOICES = click.Choice(["auto", "float32", "bfloat16", "float16"])
+
+
+def model_options(func):
+    """--model, --dtype, --trust-remote-code, --adapter NAME=DIR (repeatable), --use NAME."""
+    options = [
+        click.option("--model", "-m", required=True, help="Model folder (save_pretrained or llmcycle run folder) or hub id."),
+        click.option("--dtype", type=DTYPE_CHOICES, default="auto", show_default=True, help="Weights dtype; auto is float32 on CPU, bfloat16 on a GPU."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with a hub model to run."),
+        click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="Load a peft adapter under NAME (repeatable)."),
+        click.option("--use", default=None, metavar="NAME", help="Which loaded adapter is active ('base' disables them)."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), func)
+
+
+def data_options(func):
+    options = [
+        click.option("--split", default=None, help="Split of a hub dataset (default train)."),
+        click.option("--template", default=None, type=click.Path(), help="YAML template mapping fields to prompt/completion."),
+        click.option("--skip-bad-rows", is_flag=True, help="Skip unusable rows and report how many, instead of stopping."),
+        click.option("--limit", type=int, default=None, help="Use only the first N usable rows."),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), func)
+
+
+def generation_options(func):
+    defaults = GenerationSettings()
+    options = [
+        click.option("--max-new-tokens", type=int, default=defaults.max_new_tokens, show_default=True),
+        click.option("--do-sample", is_flag=True, help="Sample instead of greedy decoding."),
+        click.option("--temperature", type=float, default=defaults.temperature, show_default=True),
+        click.option("--top-k", type=int, default=defaults.top_k, show_default=True),
+        click.option("--top-p", type=float, default=defaults.top_p, show_default=True),
+        click.option("--num-beams", type=int, default=defaults.num_beams, show_default=True),
+        click.option("--repetition-penalty", type=float, default=defaults.repetition_penalty, show_default=True),
+        click.option("--seed", type=int, default=defaults.seed, show_default=True),
+        click.option("--batch-size", type=int, default=defaults.batch_size, show_default=True),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), func)
+
+
+def _settings(kwargs: dict) -> GenerationSettings:
+    names = GenerationSettings.__dataclass_fields__
+    settings = GenerationSettings(**{name: kwargs.pop(name) for name in list(kwargs) if name in names})
+    settings.validate()
+    return settings
+
+
+def _model(kwargs: dict):
+    from .api import ModelOptions
+
+    adapters = []
+    for spec in kwargs.pop("adapters"):
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UserError(f"--adapter {spec!r}: write NAME=DIR")
+        adapters.append((name, path))
+    return ModelOptions(
+        kwargs.pop("model"), kwargs.pop("dtype"), kwargs.pop("trust_remote_code"), adapters, kwargs.pop("use")
+    )
+
+
+def _data(path: str, kwargs: dict, keep: bool = False):
+    from .api import DataOptions
+
+    names = ("split", "template", "skip_bad_rows", "limit")
+    values = {name: (kwargs[name] if keep else kwargs.pop(name)) for name in names}
+    return DataOptions(path, **values)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="llmcycle")
+def cli():
+    """llmcycle: prompt, fine-tune, evaluate, align and deploy a pretrained language model.
+
+    Add --debug to any command to see tracebacks.
+    """
+
+
+@cli.command()
+@model_options
+@click.option("--prompt", "-p", default=None, help="One prompt: its completion is printed.")
+@click.option("--data", "-d", default=None, help="Data file or hub dataset: one prediction per row.")
+@data_options
+@click.option("--out", "-o", default=None, help="Write predictions (JSONL) here instead of stdout.")
+@generation_options
+def generate(prompt, data, out, **kwargs):
+    """Complete one prompt, or every row of a data file."""
+    from .api import generate_dataset, generate_one
+    from .outputs import dump_jsonl
+
+    settings, model = _settings(kwargs), _model(kwargs)
+    if (prompt is None) == (data is None):
+        raise UserError("give exactly one of --prompt TEXT or --data FILE")
+    if prompt is not None:
+        if out:
+            raise UserError("--out goes with --data; with --prompt the completion is printed")
+        click.echo(generate_one(model, prompt, settings))
+        return
+    records = generate_dataset(model, _data(data, kwargs), settings, out)
+    if not out:
+        click.echo(dump_jsonl(records))
+
+
+@cli.command()
+@model_options
+@click.option("--data", "-d", required=True, help="Queries (test rows).")
+@click.option("--shots", "-k", default="0", show_default=True, help="Examples before each query: a count or a list such as 0,1,5.")
+@click.option("--shot-data", default=None, help="Solved examples to draw shots from (default: --data, never the row itself).")
+@data_options
+@click.option("--truncate-shots", is_flag=True, help="Drop shots from prompts that do not fit the context window, instead of failing.")
+@click.option("--metrics", multiple=True, default=["rouge"], show_default=True, help="Metrics for the table, when rows have completions.")
+@click.option("--metrics-out", default=None, help="Write the metrics per shot count (JSON) here.")
+@click.option("--out", "-o", required=True, help="Predictions file; with several counts, NAME.K-shot.jsonl each.")
+@generation_options
+def prompt(data, shots, shot_data, truncate_shots, metrics, metrics_out, out, **kwargs):
+    """In-context learning: zero-, one- and few-shot prompts, compared."""
+    from .api import prompt_dataset
+
+    settings, model = _settings(kwargs), _model(kwargs)
+    shot_options = _data(shot_data, kwargs, keep=True) if shot_data else None
+    prompt_dataset(
+        model, _data(data, kwargs), shots, settings, out, shot_data=shot_options,
+        truncate_shots=truncate_shots, metrics=list(metrics), metrics_out=metrics_out,
+    )
+
+
+@cli.command(name="eval")
+@click.option("--predictions", "-P", multiple=True, help="Predictions JSONL (repeatable: compared against the first).")
+@click.option("--model", "-m", default=None, help="Model to generate with (and for perplexity).")
+@click.option("--dtype", type=DTYPE_CHOICES, default="auto", show_default=True)
+@click.option("--trust-remote-code", is_flag=True)
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR")
+@click.option("--use", default=None, metavar="NAME")
+@click.option("--data", "-d", default=None, help="Test data to generate predictions for (with --model).")
+@data_options
+@click.option("--metrics", multiple=True, default=["rouge"], show_default=True, help="rouge, bleu, exact_match, toxicity, perplexity (comma-separated or repeated).")
+@click.option("--bootstrap", "resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--save-predictions", default=None, help="With --model: also write the predictions (JSONL) here.")
+@click.option("--out", "-o", default=None, help="Write metrics (JSON) here.")
+@generation_options
+def eval_(predictions, data, metrics, resamples, save_predictions, out, **kwargs):
+    """Score predictions (ROUGE, BLEU, exact match, toxicity, perplexity) with bootstrap 95% intervals."""
+    from .api import evaluate
+
+    settings = _settings(kwargs)
+    model = _model(kwargs) if kwargs.get("model") else None
+    data_opts = _data(data, kwargs) if data else None
+    if model is None and (kwargs.get("adapters") or data):
+        raise UserError("--data and --adapter need --model")
+    if predictions and data:
+        raise UserError("give --predictions or --data, not both")
+    evaluate(
+        predictions=list(predictions), model=model, data=data_opts, settings=settings, metrics=list(metrics),
+        out_path=out, save_predictions=save_predictions, resamples=resamples,
+    )
+
+
+@cli.command(name="init-model")
+@click.option("--arch", type=click.Choice(["t5", "bart", "gpt2", "llama"]), default="gpt2", show_default=True)
+@click.option("--corpus", required=True, type=click.Path(), help="Text to train the tokenizer on: .txt (a document a line) or a data file.")
+@click.option("--out", "-o", required=True, help="Folder to write the model and tokenizer to.")
+@click.option("--layers", type=int, default=2, show_default=True)
+@click.option("--hidden", type=int, default=64, show_default=True)
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--vocab-size", type=int, default=512, show_default=True)
+@click.option("--context", type=int, default=512, show_default=True, help="Context window in tokens.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def init_model(corpus, out, **spec):
+    """Build a randomly initialised model and a tokenizer trained on CORPUS (for trying llmcycle offline)."""
+    from .scratch import ScratchSpec, corpus_texts, init_model as build
+
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise UserError(f"{out} exists and is not empty")
+    path = build(corpus_texts(corpus), out, ScratchSpec(**spec))
+    click.echo(f"wrote a {spec['arch']} model to {path}")
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bars replace the libraries' per-file ones; their warnings stay visible."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("LLMCYCLE_DEBUG") == "1"
+    args = [arg for arg in args if arg != "--debug"]
+    try:
+        _quiet_libraries()
+        cli.main(args=args, prog_name="llmcycle", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("error: interrupted")
+        sys.exit(130)
+    except (click.UsageError, UserError) as exc:
+        if debug:
+            traceback.print_exc()
+        message = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
+        err.print("error: " + " ".join(message.split()), highlight=False, markup=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

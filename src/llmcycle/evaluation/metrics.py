@@ -1,0 +1,175 @@
+"""Metrics, each computed by the package that defines it, as per-example statistics ready for the bootstrap.
+
+- rouge: rouge1, rouge2, rougeL, rougeLsum from `rouge_score` (F1, stemmed), averaged over examples, the way
+  Hugging Face `evaluate` reports them. rougeLsum splits summaries into sentences at newlines.
+- bleu: corpus BLEU from sacrebleu (0-100), recomputed from summed n-gram counts in each bootstrap resample.
+- exact_match: prediction equals reference after trimming and collapsing whitespace.
+- toxicity: the offensive-language probability of alt-profanity-check: `toxicity` (mean), `toxicity_max`,
+  `toxicity_share` (share of outputs above 0.5).
+- perplexity: of each reference (followed by EOS) given its prompt, under the model; exp(total NLL / total
+  reference tokens) over the corpus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..models import LoadedModel
+from .stats import Statistic, bootstrap_summary, mean_of_first
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+TOXIC_THRESHOLD = 0.5
+
+
+@dataclass
+class MetricInput:
+    """What a metric may read: outputs, references and prompts (one per row), and the model when there is one."""
+
+    predictions: list[str]
+    references: list[str | None]
+    prompts: list[str]
+    wheres: list[str]
+    model: LoadedModel | None = None
+    batch_size: int = 8
+
+    def require_references(self, metric: str) -> list[str]:
+        for reference, where in zip(self.references, self.wheres):
+            if reference is None:
+                raise UserError(f"{where}: metric '{metric}' needs a reference, and this row has none")
+        return self.references  # type: ignore[return-value]
+
+
+def _rouge(data: MetricInput) -> dict[str, Statistic]:
+    from rouge_score import rouge_scorer
+
+    references = data.require_references("rouge")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True, split_summaries=False)
+    scores = [scorer.score(reference, prediction) for reference, prediction in zip(references, data.predictions)]
+    return {
+        name: Statistic(np.array([[score[name].fmeasure] for score in scores]), mean_of_first) for name in ROUGE_TYPES
+    }
+
+
+def _bleu(data: MetricInput) -> dict[str, Statistic]:
+    from sacrebleu.metrics import BLEU
+
+    references = data.require_references("bleu")
+    bleu = BLEU()
+    # Per-segment sufficient statistics: [hyp_len, ref_len, correct_1..4, total_1..4].
+    stats = np.array(bleu._extract_corpus_statistics(data.predictions, [references]), dtype=np.float64)
+
+    def corpus_bleu(samples: np.ndarray) -> np.ndarray:  # (B, n, k) -> (B,)
+        sums = samples.sum(axis=1)
+        return np.array([bleu._compute_score_from_stats(row.astype(int).tolist()).score for row in sums])
+
+    return {"bleu": Statistic(stats, corpus_bleu)}
+
+
+def _exact_match(data: MetricInput) -> dict[str, Statistic]:
+    references = data.require_references("exact_match")
+    matches = [float(" ".join(p.split()) == " ".join(r.split())) for p, r in zip(data.predictions, references)]
+    return {"exact_match": Statistic(np.array(matches)[:, None], mean_of_first)}
+
+
+def toxicity_scores(texts: list[str]) -> np.ndarray:
+    """Probability that each text is offensive, from alt-profanity-check's trained classifier."""
+    from profanity_check import predict_prob
+
+    return np.asarray(predict_prob(texts), dtype=np.float64) if texts else np.zeros(0)
+
+
+def _toxicity(data: MetricInput) -> dict[str, Statistic]:
+    scores = toxicity_scores(data.predictions)[:, None]
+    return {
+        "toxicity": Statistic(scores, mean_of_first),
+        "toxicity_max": Statistic(scores, lambda samples: samples[..., 0].max(axis=-1)),
+        "toxicity_share": Statistic((scores > TOXIC_THRESHOLD).astype(np.float64), mean_of_first),
+    }
+
+
+def _perplexity(data: MetricInput) -> dict[str, Statistic]:
+    if data.model is None:
+        raise UserError("metric 'perplexity' needs --model: it scores the references under a model")
+    references = data.require_references("perplexity")
+    stats = reference_nll(data.model, data.prompts, references, data.batch_size)  # (n, 2): nll sum, tokens
+
+    def corpus_perplexity(samples: np.ndarray) -> np.ndarray:
+        sums = samples.sum(axis=1)
+        return np.exp(sums[:, 0] / np.maximum(sums[:, 1], 1))
+
+    return {"perplexity": Statistic(stats, corpus_perplexity)}
+
+
+@torch.inference_mode()
+def reference_nll(loaded: LoadedModel, prompts: list[str], references: list[str], batch_size: int) -> np.ndarray:
+    """(n, 2): summed negative log-likelihood of each reference + EOS given its prompt, and its token count."""
+    tokenizer = loaded.tokenizer
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    target_ids = [ids + eos for ids in tokenizer(references, add_special_tokens=False)["input_ids"]]
+    result = np.zeros((len(prompts), 2))
+    for start in range(0, len(prompts), batch_size):
+        rows = range(start, min(start + batch_size, len(prompts)))
+        batch = _nll_batch(loaded, [prompt_ids[i] for i in rows], [target_ids[i] for i in rows])
+        result[start : start + len(rows)] = batch
+    return result
+
+
+def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    return torch.tensor([s + [value] * (width - len(s)) for s in sequences])
+
+
+def _nll_batch(loaded: LoadedModel, prompts: list[list[int]], targets: list[list[int]]) -> np.ndarray:
+    device, pad = loaded.device, loaded.tokenizer.pad_token_id
+    if loaded.is_encoder_decoder:
+        inputs = _pad(prompts, pad).to(device)
+        labels = _pad(targets, -100).to(device)
+        logits = loaded.model(input_ids=inputs, attention_mask=(_pad(prompts, -1) != -1).to(device), labels=labels).logits
+    else:
+        # One right-padded sequence per row: prompt then target; only target positions are scored.
+        joined = [p + t for p, t in zip(prompts, targets)]
+        labels = _pad([[-100] * len(p) + t for p, t in zip(prompts, targets)], -100).to(device)
+        mask = (_pad(joined, -1) != -1).to(device)
+        logits = loaded.model(input_ids=_pad(joined, pad).to(device), attention_mask=mask).logits
+        logits, labels = logits[:, :-1], labels[:, 1:]  # position t predicts token t+1
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )  # (batch, seq)
+    counts = (labels != -100).sum(dim=1)
+    return torch.stack([losses.sum(dim=1), counts.float()], dim=1).cpu().numpy()
+
+
+METRICS: dict[str, Callable[[MetricInput], dict[str, Statistic]]] = {
+    "rouge": _rouge,
+    "bleu": _bleu,
+    "exact_match": _exact_match,
+    "toxicity": _toxicity,
+    "perplexity": _perplexity,
+}
+
+
+def parse_metrics(values: list[str] | str) -> list[str]:
+    """`rouge,bleu` or repeated flags -> ["rouge", "bleu"]; an unknown name is an error."""
+    names = [part.strip() for value in ([values] if isinstance(values, str) else values) for part in value.split(",")]
+    names = [name for name in names if name] or ["rouge"]
+    for name in names:
+        if name not in METRICS:
+            raise UserError(f"unknown metric '{name}'; choose from {', '.join(METRICS)}")
+    return list(dict.fromkeys(names))
+
+
+def score(data: MetricInput, metrics: list[str], resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """`{metric_name: {"mean", "ci95", "n", ...}}` for every metric asked for."""
+    if not data.predictions:
+        raise UserError("nothing to evaluate: no predictions")
+    result: dict[str, dict] = {}
+    for name in metrics:
+        for metric_name, statistic in METRICS[name](data).items():
+            result[metric_name] = bootstrap_summary(statistic, resamples, seed)
+    return result

@@ -1,0 +1,70 @@
+"""Bootstrap confidence intervals for any metric that can be recomputed from per-example statistics.
+
+A metric hands us an (n, k) array of per-example statistics and a function that turns resampled arrays
+(B, n, k) into B metric values: a mean for ROUGE, corpus BLEU from summed n-gram counts, exp(total NLL /
+total tokens) for perplexity. Resampling rows and recomputing gives the percentile interval. Resamples are
+drawn in chunks so memory stays bounded on large evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Aggregate = Callable[[np.ndarray], np.ndarray]
+"""(B, n, k) resampled per-example statistics -> (B,) metric values."""
+
+DEFAULT_RESAMPLES = 1000
+CHUNK_ELEMENTS = 4_000_000
+
+
+@dataclass
+class Statistic:
+    """Per-example statistics of one metric and how to aggregate them."""
+
+    values: np.ndarray
+    """(n, k) per-example statistics."""
+    aggregate: Aggregate
+
+    def point(self) -> float:
+        return float(self.aggregate(self.values[None])[0])
+
+
+def mean_of_first(samples: np.ndarray) -> np.ndarray:
+    return samples[..., 0].mean(axis=-1)
+
+
+def bootstrap(statistic: Statistic, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """`resamples` metric values, each on n rows drawn with replacement."""
+    values = statistic.values
+    n = len(values)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CHUNK_ELEMENTS // max(1, values.size))
+    results = []
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        indices = rng.integers(0, n, size=(size, n))  # (chunk, n)
+        results.append(statistic.aggregate(values[indices]))  # values[indices]: (chunk, n, k)
+    return np.concatenate(results)
+
+
+def bootstrap_summary(statistic: Statistic, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+    """`{"mean", "ci95": [lo, hi], "n", "std"}`; "mean" is the metric on all rows (corpus BLEU for BLEU)."""
+    n = len(statistic.values)
+    summary: dict = {"mean": _round(statistic.point())}
+    if resamples > 0 and n > 1:
+        samples = bootstrap(statistic, resamples, seed)
+        low, high = np.percentile(samples, [2.5, 97.5])
+        summary["ci95"] = [_round(low), _round(high)]
+    else:
+        summary["ci95"] = [summary["mean"], summary["mean"]]
+    summary["n"] = n
+    if statistic.values.shape[1] == 1:
+        summary["std"] = _round(float(statistic.values[:, 0].std(ddof=1)) if n > 1 else 0.0)
+    return summary
+
+
+def _round(value: float) -> float:
+    return float(round(float(value), 6))

@@ -1,0 +1,140 @@
+"""Models built from a config, with a tokenizer trained on your own text.
+
+Nothing can be downloaded on an offline machine, so tests, benchmarks and the demo build their models here:
+a byte-level BPE tokenizer trained on a corpus, and a randomly initialised T5, BART, GPT-2 or Llama of the
+size asked for, saved with `save_pretrained` so every other verb loads it like any pretrained model.
+(transformers can build models from configs but has no one-call "tokenizer + model from this text".)
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]
+ARCHITECTURES = ("t5", "bart", "gpt2", "llama")
+
+
+@dataclass
+class ScratchSpec:
+    """The size of a model built from a config."""
+
+    arch: str = "gpt2"
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    vocab_size: int = 512
+    context: int = 512
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise UserError(f"unknown architecture '{self.arch}'; use one of {', '.join(ARCHITECTURES)}")
+        for name in ("layers", "hidden", "heads", "vocab_size", "context"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.hidden % self.heads:
+            raise UserError(f"--hidden {self.hidden} must be divisible by --heads {self.heads}")
+        if self.vocab_size < 300:
+            raise UserError("--vocab-size must be at least 300 (256 bytes plus merges and special tokens)")
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, *, append_eos: bool):
+    """A byte-level BPE tokenizer: any text encodes, nothing maps to <unk>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    if append_eos:  # encoder inputs end with </s>, as T5's and BART's tokenizers do
+        eos = tokenizer.token_to_id("</s>")
+        tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
+
+
+def build_model(spec: ScratchSpec, tokenizer):
+    """A randomly initialised model of `spec.arch` whose special token ids match `tokenizer`."""
+    import transformers as tf
+
+    spec.validate()
+    torch.manual_seed(spec.seed)
+    ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    vocab = len(tokenizer)
+    if spec.arch == "t5":
+        config = tf.T5Config(
+            vocab_size=vocab, d_model=spec.hidden, d_kv=spec.hidden // spec.heads, d_ff=spec.hidden * 4,
+            num_layers=spec.layers, num_heads=spec.heads, decoder_start_token_id=tokenizer.pad_token_id,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, **ids,
+        )
+        return tf.T5ForConditionalGeneration(config)
+    if spec.arch == "bart":
+        config = tf.BartConfig(
+            vocab_size=vocab, d_model=spec.hidden, encoder_layers=spec.layers, decoder_layers=spec.layers,
+            encoder_attention_heads=spec.heads, decoder_attention_heads=spec.heads, encoder_ffn_dim=spec.hidden * 4,
+            decoder_ffn_dim=spec.hidden * 4, max_position_embeddings=spec.context,
+            decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None, **ids,
+        )
+        return tf.BartForConditionalGeneration(config)
+    if spec.arch == "gpt2":
+        config = tf.GPT2Config(
+            vocab_size=vocab, n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads, n_positions=spec.context, **ids
+        )
+        return tf.GPT2LMHeadModel(config)
+    config = tf.LlamaConfig(
+        vocab_size=vocab, hidden_size=spec.hidden, intermediate_size=spec.hidden * 3, num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads, num_key_value_heads=max(1, spec.heads // 2),
+        max_position_embeddings=spec.context, **ids,
+    )
+    return tf.LlamaForCausalLM(config)
+
+
+def init_model(texts: list[str], out: str | Path, spec: ScratchSpec) -> Path:
+    """Train a tokenizer on `texts`, build a model of `spec`, and save both to `out` (save_pretrained layout)."""
+    spec.validate()
+    if not texts:
+        raise UserError("the corpus holds no text to train a tokenizer on")
+    tokenizer = train_tokenizer(texts, spec.vocab_size, append_eos=spec.arch in ("t5", "bart"))
+    tokenizer.model_max_length = spec.context
+    model = build_model(spec, tokenizer)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if out.exists():
+            out.rmdir()  # the CLI has checked it is empty
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def corpus_texts(path: str | Path) -> list[str]:
+    """Lines of a .txt file, or every string field of the rows of a data file."""
+    from .data.io import read_rows
+
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise UserError(f"corpus {path} does not exist")
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows, _ = read_rows(str(path))
+    return [value for row in rows for value in row.values.values() if isinstance(value, str) and value.strip()]
