@@ -47,5 +47,5 @@ def _cell(summary: dict | None) -> str:
 
 
 def _fmt(value: float, signed: bool = False) -> str:
-    digits = 4 if abs(value) < 10 else 2
-    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    spec = ".3e" if abs(value) >= 1e5 else ".4f" if abs(value) < 10 else ".2f"
+    return format(value, ("+" if signed else "") + spec)

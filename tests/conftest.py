@@ -1,0 +1,96 @@
+"""Tiny models built from configs, with a tokenizer trained on the tests' own text; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+NAMES = ["Amy", "Ben", "Carla", "Dev", "Elena", "Farid"]
+TASKS = ["book a table", "fix the printer", "plan a trip", "buy a present", "move the meeting", "find a flat"]
+
+
+def dialogue_rows(count: int, seed: int = 0) -> list[dict]:
+    """prompt/completion rows of varied length: short dialogues and their summaries."""
+    rows = []
+    for i in range(count):
+        a, b = NAMES[(i + seed) % len(NAMES)], NAMES[(i * 5 + 1 + seed) % len(NAMES)]
+        task = TASKS[(i * 7 + seed) % len(TASKS)]
+        turns = " ".join(f"#Person{1 + t % 2}#: can we {task} today?" for t in range((i % 4) + 1))
+        rows.append({"prompt": f"Summarize: {a} and {b}. {turns} Summary:", "completion": f"{a} wants to {task} with {b}."})
+    return rows
+
+
+CORPUS = [f"{r['prompt']} {r['completion']}" for r in dialogue_rows(60)] + [
+    "Give a short sentence describing the following product review: great shoes, very light.",
+    "User: hello Assistant: hi there System: be brief ### Instruction: Input: Response:",
+]
+
+
+def build(arch: str, out: Path, **size) -> Path:
+    """A tiny model of `arch` whose weight matrices are re-drawn with a wider spread, so greedy outputs vary by prompt.
+
+    Freshly initialised tiny models tend to repeat one token whatever the prompt, which would let a broken
+    batching or seeding pass the tests unnoticed.
+    """
+    from llmcycle.scratch import ScratchSpec, build_model, train_tokenizer
+
+    tokenizer = train_tokenizer(CORPUS, 400, append_eos=arch in ("t5", "bart"))
+    tokenizer.model_max_length = size.get("context", 512)
+    model = build_model(ScratchSpec(arch=arch, **size), tokenizer)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory) -> Path:
+    return build("t5", tmp_path_factory.mktemp("t5"))
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory) -> Path:
+    return build("gpt2", tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    return build("llama", tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(params=["t5", "gpt2"])
+def model_dir(request) -> Path:
+    """One encoder-decoder and one decoder-only model."""
+    return request.getfixturevalue(f"{request.param}_dir")
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def dialogues(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "dialogues.jsonl", dialogue_rows(12))
+
+
+def run_cli(*args: str) -> int:
+    """Run `llmcycle ARGS` in-process; returns the exit status."""
+    from llmcycle.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
