@@ -146,3 +146,43 @@ def test_console_script_runs_as_a_process(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: data file {tmp_path / 'missing.jsonl'} does not exist"]
+
+
+def _lora_adapter(base_dir, out, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, lora_alpha=64, target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
+def test_several_adapters_on_one_base_switched_per_call(gpt2_dir, tmp_path, capsys):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    first, second = _lora_adapter(gpt2_dir, tmp_path / "a", 1), _lora_adapter(gpt2_dir, tmp_path / "b", 2)
+    prompt = "Summarize: Amy and Ben. #Person1#: can we book a table today? Summary:"
+    outputs = {}
+    for use in ("summarise", "detox", "base"):
+        args = ["generate", "-m", gpt2_dir, "-p", prompt, "--max-new-tokens", "8", "--adapter", f"summarise={first}", "--adapter", f"detox={second}", "--use", use]
+        assert run_cli(*args) == 0
+        outputs[use] = capsys.readouterr().out.strip()
+    assert len(set(outputs.values())) == 3
+    # The same adapter through plain peft gives the same text.
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_dir)
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(gpt2_dir), second).eval()
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        tokens = plain.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert tokenizer.decode(tokens[0, ids.input_ids.shape[1]:], skip_special_tokens=True).strip() == outputs["detox"]
+    assert run_cli("generate", "-m", gpt2_dir, "-p", prompt, "--adapter", f"a={first}", "--use", "zzz") == 2
+    assert "no adapter of that name" in error_line(capsys)
+
+
+def test_hub_dataset_id_offline_is_a_clear_error(gpt2_dir, capsys):
+    assert run_cli("generate", "-m", gpt2_dir, "-d", "someone/some-dataset", "--split", "test") == 2
+    assert "not a local file and could not be loaded from the hub" in error_line(capsys)

@@ -227,15 +227,23 @@ def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
 
 
 def use_adapter(loaded: LoadedModel, name: str | None) -> None:
-    """Switch the active adapter; `base` (or None) runs the base model with adapters disabled."""
+    """Make adapter `name` the active one; `base` runs the base model with every adapter disabled."""
+    if name is None:
+        return
     if not loaded.adapters:
-        if name not in (None, "base"):
+        if name != "base":
             raise UserError(f"--use {name}: no adapters are loaded")
         return
-    if name in (None, "base"):
+    tuner = loaded.model.base_model  # the peft tuner (LoraModel, ...) that owns the adapter layers
+    if name == "base":
+        if not hasattr(tuner, "disable_adapter_layers"):
+            raise UserError(f"--use base: adapters of type {type(tuner).__name__} cannot be switched off; load the model without them")
+        tuner.disable_adapter_layers()
         return
     if name not in loaded.adapters:
         raise UserError(f"--use {name}: no adapter of that name; loaded: {', '.join(loaded.adapters)}")
+    if hasattr(tuner, "enable_adapter_layers"):
+        tuner.enable_adapter_layers()
     loaded.model.set_adapter(name)
 
 
