@@ -154,3 +154,11 @@ def test_template_file_errors(tmp_path):
         bad.write_text(text)
         with pytest.raises(UserError, match=message):
             load_template(bad)
+
+
+def test_byte_order_mark_and_empty_csv_cells(tmp_path):
+    (tmp_path / "a.csv").write_bytes("\ufeffprompt,completion\nSay hi,\nSay bye,bye\n".encode())
+    examples = load_examples(str(tmp_path / "a.csv")).examples
+    assert [(e.prompt, e.completion) for e in examples] == [("Say hi", None), ("Say bye", "bye")]
+    (tmp_path / "a.jsonl").write_bytes('\ufeff{"prompt": "x"}\n'.encode())
+    assert load_examples(str(tmp_path / "a.jsonl")).examples[0].prompt == "x"

@@ -8,7 +8,8 @@ every row continues from its own last token.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import dataclass
 
 import torch
 
@@ -55,24 +56,22 @@ class GenerationSettings:
                 raise UserError(message)
 
     def to_transformers(self, loaded: LoadedModel):
-        from transformers import GenerationConfig
-
-        kwargs = dict(
+        """The model's own generation config (forced BOS, decoder start, ...) with these settings on top."""
+        generation_config = copy.deepcopy(loaded.model.generation_config)
+        sampling = dict(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        if not self.do_sample:  # neutral values, so a model's sampling defaults do not warn under greedy search
+            sampling = dict(temperature=1.0, top_k=50, top_p=1.0)
+        generation_config.update(
             max_new_tokens=self.max_new_tokens,
+            max_length=None,
             do_sample=self.do_sample,
             num_beams=self.num_beams,
             repetition_penalty=self.repetition_penalty,
             pad_token_id=loaded.tokenizer.pad_token_id,
-            eos_token_id=loaded.model.generation_config.eos_token_id,
-            decoder_start_token_id=getattr(loaded.model.generation_config, "decoder_start_token_id", None),
-            bos_token_id=loaded.model.generation_config.bos_token_id,
+            **sampling,
         )
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
-        return GenerationConfig(**kwargs)
+        return generation_config
 
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def token_lengths(loaded: LoadedModel, prompts: list[str]) -> list[int]:

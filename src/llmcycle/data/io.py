@@ -80,7 +80,7 @@ def _check_not_empty_or_binary(path: Path, kind: str) -> None:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # tolerate the byte-order mark some editors write
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
@@ -133,7 +133,8 @@ def _read_csv(path: Path) -> tuple[list[Row], list[BadRow]]:
         if None in record:  # more cells than header fields
             bad.append(BadRow(where, f"{len(reader.fieldnames) + len(record[None])} cells, header has {len(reader.fieldnames)}"))
             continue
-        rows.append(Row({key: value for key, value in record.items() if value is not None}, where))
+        # An empty cell is how CSV says "no value": treat it as a missing field, not an empty string.
+        rows.append(Row({key: value for key, value in record.items() if value not in (None, "")}, where))
     return rows, bad
 
 
