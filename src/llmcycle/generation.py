@@ -1,9 +1,11 @@
-"""Batched generation that returns exactly what one-by-one generation would.
+"""Batched generation that returns what one-by-one generation would.
 
 Prompts are sorted by token length (longest first, so an out-of-memory batch shows up at once) and cut into
 batches, which keeps padding small; results come back in input order. Under greedy decoding the outputs are
-the same as generating each prompt alone: padding is masked, and decoder-only prompts are left-padded so
-every row continues from its own last token.
+those of generating each prompt alone: padding is masked, and decoder-only prompts are left-padded so every
+row continues from its own last token. The one caveat is float rounding: a batch runs matrix products of
+another shape, so where the two best next tokens score within ~1e-4 of each other (a near-tie) the argmax
+can differ. In float64 the outputs are identical (bench/RESULTS.md).
 """
 
 from __future__ import annotations

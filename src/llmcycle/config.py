@@ -1,0 +1,124 @@
+"""Typed configs: dataclasses whose fields are the flags of a verb, loaded from YAML and `--set key=value`.
+
+YAML is only a config's serialised form. Every field has a type and a one-line docstring; values from a
+file or from `--set` are checked against the type, and an unknown or ill-typed field is a one-line error
+naming the file and the field. The resolved config is saved beside every artifact and reloads to the same
+run. (pydantic would do the type checks too, but would add a dependency for ~80 lines of code.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import UserError
+
+C = TypeVar("C")
+
+
+def field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """`value` as `annotation` (int, float, bool, str, X | None, list[X], Literal[...]), or a UserError."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return coerce(value, options[0], where) if len(options) == 1 else value
+    if origin is typing.Literal:
+        if value not in args:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        items = value if isinstance(value, list) else [value]
+        return [coerce(item, args[0], where) for item in items] if args else items
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{where}: expected a whole number, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected text, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[C], values: dict, source: str) -> C:
+    """Build `cls` from a mapping; unknown fields and wrong types are errors naming `source` and the field."""
+    return cls(**checked(cls, values, source))
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
+    """`["lr=1e-4", "lora_rank=16"]` -> {"lr": 1e-4, "lora_rank": 16}; values are read as YAML scalars."""
+    result = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: write KEY=VALUE")
+        try:
+            result[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            result[key.strip().replace("-", "_")] = raw
+    return result
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"config {path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config {path}: expected a mapping of field: value")
+    return data
+
+
+def resolve(cls: type[C], *, config_file: str | None, flags: dict, overrides: list[str] | tuple[str, ...]) -> C:
+    """File, then flags given on the command line, then `--set`: later ones win."""
+    values: dict = {}
+    if config_file:
+        values.update(checked(cls, read_yaml(config_file), config_file))
+    values.update(checked(cls, flags, "flags"))
+    values.update(checked(cls, parse_overrides(overrides), "--set"))
+    return cls(**values)
+
+
+def checked(cls, values: dict, source: str) -> dict:
+    """`values` coerced to the field types of `cls`; unknown fields and wrong types are errors naming `source`."""
+    types_ = field_types(cls)
+    unknown = sorted(set(values) - set(types_))
+    if unknown:
+        raise UserError(f"{source}: unknown field '{unknown[0]}'")
+    return {name: coerce(value, types_[name], f"{source}: field '{name}'") for name, value in values.items()}
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
