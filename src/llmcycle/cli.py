@@ -176,6 +176,78 @@ def eval_(predictions, data, metrics, resamples, save_predictions, out, **kwargs
     )
 
 
+def _config_fields(cls, kwargs: dict) -> dict:
+    """Flags the user actually gave (not their defaults), so a --config file's values are not overridden."""
+    context = click.get_current_context()
+    given = {}
+    for name, value in kwargs.items():
+        source = context.get_parameter_source(name)
+        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given[name] = list(value) if isinstance(value, tuple) else value
+    return given
+
+
+@cli.command()
+@click.option("--model", "-m", help="Base model folder, llmcycle run folder (model/) or hub id.")
+@click.option("--data", "-d", help="Training rows.")
+@click.option("--method", type=click.Choice(["full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "freeze"]), help="Fine-tuning method (default lora).")
+@click.option("--out", "-o", help="Run folder to write.")
+@click.option("--eval-data", help="Held-out rows for the validation loss.")
+@click.option("--epochs", type=int)
+@click.option("--max-steps", type=int)
+@click.option("--lr", type=float, help="Peak learning rate (default by method).")
+@click.option("--batch-size", type=int)
+@click.option("--grad-accum", type=int)
+@click.option("--max-length", type=int)
+@click.option("--warmup-steps", type=int)
+@click.option("--lr-scheduler", type=click.Choice(["linear", "cosine", "constant"]))
+@click.option("--weight-decay", type=float)
+@click.option("--max-grad-norm", type=float)
+@click.option("--seed", type=int)
+@click.option("--dtype", type=DTYPE_CHOICES)
+@click.option("--eval-every", type=int)
+@click.option("--save-every", type=int)
+@click.option("--log-every", type=int)
+@click.option("--packing/--no-packing", default=None, help="Pack short decoder-only rows into full sequences.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
+@click.option("--lora-rank", type=int)
+@click.option("--lora-alpha", type=float)
+@click.option("--lora-dropout", type=float)
+@click.option("--lora-targets", help="attention, all-linear, or names such as q,v.")
+@click.option("--quant-type", type=click.Choice(["nf4", "fp4"]))
+@click.option("--double-quant/--no-double-quant", default=None)
+@click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--num-virtual-tokens", type=int)
+@click.option("--prompt-init-text", help="Prompt tuning: initialise the virtual tokens from this text.")
+@click.option("--trainable", help="freeze: what trains (last:N, first:N, norm, embeddings, lm_head, name substrings).")
+@click.option("--template", type=click.Path())
+@click.option("--split")
+@click.option("--skip-bad-rows", is_flag=True, default=None)
+@click.option("--trust-remote-code", is_flag=True, default=None)
+@click.option("--config", "config_file", type=click.Path(), help="YAML config (a saved DIR/config.yaml reproduces its run).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Set any config field (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
+def finetune(config_file, overrides, resume, **flags):
+    """Instruction fine-tuning: full, LoRA, QLoRA, prompt tuning, prefix tuning or selected layers."""
+    from . import config as configs
+    from .finetune import FinetuneConfig, finetune as run
+
+    given = {k: v for k, v in _config_fields(FinetuneConfig, flags).items() if v is not None}
+    run(configs.resolve(FinetuneConfig, config_file=config_file, flags=given, overrides=overrides), resume=resume)
+
+
+@cli.command()
+@click.option("--model", "-m", required=True, help="Base model, or an adapter run folder.")
+@click.option("--adapter", "adapter_dir", default=None, help="Adapter folder (a run folder or its adapter/).")
+@click.option("--out", "-o", required=True, help="Folder for the merged model.")
+@click.option("--dtype", type=DTYPE_CHOICES, default="float32", show_default=True)
+def merge(model, adapter_dir, out, dtype):
+    """Merge a LoRA adapter into its base weights: a plain model folder."""
+    from .adapters import merge_adapter
+
+    click.echo(f"wrote merged model to {merge_adapter(model, adapter_dir, out, dtype)}")
+
+
 @cli.command(name="init-model")
 @click.option("--arch", type=click.Choice(["t5", "bart", "gpt2", "llama"]), default="gpt2", show_default=True)
 @click.option("--corpus", required=True, type=click.Path(), help="Text to train the tokenizer on: .txt (a document a line) or a data file.")

@@ -143,23 +143,28 @@ def load_model(
     device: torch.device | None = None,
 ) -> LoadedModel:
     """Load `spec` (folder, run folder or hub id) for generation, with any adapters attached."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
     source = locate(spec)
     device = device or pick_device()
-    torch_dtype = resolve_dtype(dtype, device)
-    config = _from_pretrained(AutoConfig, source.base, trust_remote_code=trust_remote_code)
-    kind = model_kind(config)
-    auto = AutoModelForSeq2SeqLM if kind == ENCODER_DECODER else AutoModelForCausalLM
-    tokenizer = load_tokenizer(source.base, trust_remote_code=trust_remote_code)
-    model = _from_pretrained(auto, source.base, trust_remote_code=trust_remote_code, dtype=torch_dtype)
-    model.to(device)
-    model.eval()
-    prepare_for_generation(model, tokenizer, kind)
-    loaded = LoadedModel(model, tokenizer, kind, spec)
+    loaded = load_base(source.base, torch_dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
+    loaded.name = spec
+    loaded.model.to(device)
+    loaded.model.eval()
     for name, path in [*source.adapters, *(adapters or [])]:
         attach_adapter(loaded, name, path)
     return loaded
+
+
+def load_base(base: str, *, torch_dtype: torch.dtype, trust_remote_code: bool = False, **model_kwargs) -> LoadedModel:
+    """Model and tokenizer from a save_pretrained folder or hub id, with a pad token; kind from the config."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = _from_pretrained(AutoConfig, base, trust_remote_code=trust_remote_code)
+    kind = model_kind(config)
+    auto = AutoModelForSeq2SeqLM if kind == ENCODER_DECODER else AutoModelForCausalLM
+    tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
+    model = _from_pretrained(auto, base, trust_remote_code=trust_remote_code, dtype=torch_dtype, **model_kwargs)
+    prepare_for_generation(model, tokenizer, kind)
+    return LoadedModel(model, tokenizer, kind, base)
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):

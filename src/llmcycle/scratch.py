@@ -32,6 +32,7 @@ class ScratchSpec:
     heads: int = 4
     vocab_size: int = 512
     context: int = 512
+    dropout: float = 0.1
     seed: int = 0
 
     def validate(self) -> None:
@@ -81,26 +82,31 @@ def build_model(spec: ScratchSpec, tokenizer):
         config = tf.T5Config(
             vocab_size=vocab, d_model=spec.hidden, d_kv=spec.hidden // spec.heads, d_ff=spec.hidden * 4,
             num_layers=spec.layers, num_heads=spec.heads, decoder_start_token_id=tokenizer.pad_token_id,
-            feed_forward_proj="gated-gelu", tie_word_embeddings=False, **ids,
+            feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=spec.dropout, **ids,
         )
-        return tf.T5ForConditionalGeneration(config)
+        model = tf.T5ForConditionalGeneration(config)
+        with torch.no_grad():  # T5 initialises an untied LM head with std 1, giving logits in the hundreds
+            model.lm_head.weight.mul_(spec.hidden**-0.5)
+        return model
     if spec.arch == "bart":
         config = tf.BartConfig(
             vocab_size=vocab, d_model=spec.hidden, encoder_layers=spec.layers, decoder_layers=spec.layers,
             encoder_attention_heads=spec.heads, decoder_attention_heads=spec.heads, encoder_ffn_dim=spec.hidden * 4,
             decoder_ffn_dim=spec.hidden * 4, max_position_embeddings=spec.context,
-            decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None, **ids,
+            decoder_start_token_id=tokenizer.eos_token_id, forced_eos_token_id=None, dropout=spec.dropout,
+            attention_dropout=spec.dropout, activation_dropout=spec.dropout, **ids,
         )
         return tf.BartForConditionalGeneration(config)
     if spec.arch == "gpt2":
         config = tf.GPT2Config(
-            vocab_size=vocab, n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads, n_positions=spec.context, **ids
+            vocab_size=vocab, n_embd=spec.hidden, n_layer=spec.layers, n_head=spec.heads, n_positions=spec.context,
+            resid_pdrop=spec.dropout, embd_pdrop=spec.dropout, attn_pdrop=spec.dropout, **ids,
         )
         return tf.GPT2LMHeadModel(config)
     config = tf.LlamaConfig(
         vocab_size=vocab, hidden_size=spec.hidden, intermediate_size=spec.hidden * 3, num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads, num_key_value_heads=max(1, spec.heads // 2),
-        max_position_embeddings=spec.context, **ids,
+        max_position_embeddings=spec.context, attention_dropout=spec.dropout, **ids,
     )
     return tf.LlamaForCausalLM(config)
 

@@ -1,0 +1,531 @@
+"""Planning before training: memory per GPU for a fine-tuning method, and the compute a pre-training run costs.
+
+Memory follows the published arithmetic, so every figure can be checked by hand:
+
+* Model states (ZeRO paper, Rajbhandari et al. 2020, section 3.1). Bytes per parameter by `--precision`:
+  - `fp32`: weights 4, gradients 4, Adam 8 (momentum and variance in fp32): 16.
+  - `mixed`: weights 2, gradients 2, Adam 12 (fp32 master weights, momentum, variance): 16, the paper's
+    "16 bytes a parameter". PyTorch autocast keeps fp32 weights and gradients instead (4 + 4 + 8): the same 16,
+    split differently.
+  - `bf16`/`fp16` ("pure" half precision, no master copy): weights 2, gradients 2, Adam 4 (both states in half).
+  `--optimizer adamw8bit` holds 2 bytes of state a trainable parameter (bitsandbytes' 8-bit momentum and
+  variance; its block-wise constants, 4 bytes per 2048 values, are left out), `sgd` none: it is plain SGD without
+  momentum, as `torch.optim.SGD` defaults to. In `mixed` precision either still adds the 4-byte fp32 master copy.
+* Sharding over `--gpus G`: ZeRO stage 1 divides the optimizer states by G, stage 2 also the gradients, stage 3
+  and FSDP (full shard) also the weights; DDP divides nothing. This reproduces the paper's Figure 1: 7.5B
+  parameters on 64 GPUs hold 120, 31.4, 16.6 and 1.9 GB. The layer that ZeRO-3/FSDP gathers while it computes
+  is left out.
+* Parameter-efficient methods keep gradients and optimizer states only for the trained parameters; the frozen
+  base is held in the precision's weight dtype (4 bytes in fp32, otherwise 2). Trained parameters are counted
+  the way peft creates them: LoRA adds rank * (in + out) per targeted linear layer (by default peft's attention
+  targets for the model type, usually the query and value projections); prompt tuning adds
+  num_virtual_tokens * hidden (twice for encoder-decoder models, one prompt per stack); prefix tuning adds
+  num_virtual_tokens * layers * 2 * hidden (a key and a value per layer; grouped-query models use the key/value
+  width). QLoRA stores the linear layers' weights in NF4: 4 bits a parameter plus the quantisation constants,
+  one per block of 64 (8 bits with double quantisation, which adds one fp32 per 256 blocks: 0.127 bits a
+  parameter; 32 bits without). Embeddings, norms, biases and the output head stay in the weight dtype.
+* Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", eq. 1):
+  s*b*h*(34 + 5*a*s/h) bytes a layer for 16-bit activations, where 2*s*b*h + a*s*s*b of that are 1-byte dropout
+  masks; in fp32 the rest doubles. `--flash-attention` drops the a*s*s terms (scores are recomputed, not
+  stored). Full gradient checkpointing keeps only each layer's input (2*s*b*h in 16 bits) plus one layer's
+  activations while it is recomputed. The logits add b*s*vocab*4 bytes (cast to fp32 for the loss). The formula
+  assumes a GPT-style block (MLP width 4h); encoder-decoder models count encoder and decoder layers alike. The
+  batch size is per GPU: data parallelism does not divide activations.
+
+Architecture without `--model`: given `--params N` alone, the shape is derived with hidden = 128 * layers (the
+aspect ratio of GPT-3 6.7B/175B and Llama 7B), 128-wide heads and a 32000-token vocabulary, choosing the layer
+count whose 12*L*h^2 + vocab*h comes closest to N; N itself is used for the parameter count. With only one of
+`--layers`/`--hidden` the other is solved from 12*L*h^2 + vocab*h = N.
+
+Compute follows Kaplan et al. 2020 (training FLOPs = 6 * params * tokens) and Hoffmann et al. 2022 (Chinchilla:
+compute-optimal training sees about 20 tokens a parameter, so for a budget C, N = sqrt(C / 120) and D = 20 N).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+GB = 1e9  # decimal gigabytes, as the ZeRO paper and GPU data sheets use
+PETAFLOP_S_DAY = 1e15 * 86400  # 8.64e19 FLOPs
+TOKENS_PER_PARAM = 20  # Chinchilla
+METHODS = ("full", "lora", "qlora", "prompt-tuning", "prefix-tuning")
+PRECISIONS = ("fp32", "mixed", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
+STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
+LORA_TARGETS = ("attention", "all-linear")
+DEFAULT_VOCAB = 32000
+NF4_BITS = 4
+QUANT_BLOCK = 64  # values per NF4 block, each with one absmax constant
+DOUBLE_QUANT_BLOCK = 256  # absmax constants per fp32 constant under double quantisation
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """An accelerator: its memory (decimal GB) and peak dense bf16 tensor throughput (fp16 on T4 and V100)."""
+
+    name: str
+    memory_gb: float
+    peak_tflops: float | None = None
+
+
+_A100_40, _A100_80 = Gpu("A100 40GB", 40, 312), Gpu("A100 80GB", 80, 312)
+_H100, _V100_16, _V100_32 = Gpu("H100", 80, 989), Gpu("V100 16GB", 16, 125), Gpu("V100 32GB", 32, 125)
+GPUS = {
+    "a10040gb": _A100_40, "a10080gb": _A100_80, "a100": _A100_80,
+    "h100": _H100, "h100sxm": _H100, "h100pcie": Gpu("H100 PCIe", 80, 756), "h200": Gpu("H200", 141, 989),
+    "l4": Gpu("L4", 24, 121), "t4": Gpu("T4", 16, 65), "a10g": Gpu("A10G", 24, 125),
+    "v100": _V100_16, "v10016gb": _V100_16, "v10032gb": _V100_32,
+    "rtx4090": Gpu("RTX 4090", 24, 165), "rtx3090": Gpu("RTX 3090", 24, 71),
+}
+GPU_NAMES = "a100-40gb, a100-80gb (a100), h100, h100-pcie, h200, l4, t4, a10g, v100 (16gb), v100-32gb, rtx4090, rtx3090"
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One linear layer of the model (`name` as in named_modules), the unit LoRA and NF4 work on."""
+
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What memory planning needs to know about a model."""
+
+    total_params: int
+    layers: int  # transformer blocks the activations pass through (encoder + decoder)
+    hidden: int
+    heads: int
+    vocab: int
+    linears: tuple[Linear, ...] = ()  # every linear layer but the output head
+    attention_targets: tuple[str, ...] = ("q", "v")  # peft's default LoRA targets for this model type
+    encoder_decoder: bool = False
+    prefix_layers: int = 0  # layers peft gives a prefix (the config's num_hidden_layers)
+    kv_hidden: int = 0  # width of the keys and values a prefix supplies
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """How the model is trained: method, precision, optimizer, parallelism and batch."""
+
+    method: str = "full"
+    precision: str = "mixed"
+    optimizer: str = "adamw"
+    gpus: int = 1
+    strategy: str = "ddp"
+    batch_size: int = 8  # per GPU
+    max_length: int = 512
+    gradient_checkpointing: bool = False
+    flash_attention: bool = False
+    lora_rank: int = 8
+    lora_targets: str = "attention"
+    num_virtual_tokens: int = 20
+    double_quant: bool = True
+
+    def validate(self) -> None:
+        for flag, value, allowed in (
+            ("method", self.method, METHODS), ("precision", self.precision, PRECISIONS),
+            ("optimizer", self.optimizer, OPTIMIZERS), ("strategy", self.strategy, STRATEGIES),
+            ("lora-targets", self.lora_targets, LORA_TARGETS),
+        ):
+            if value not in allowed:
+                raise UserError(f"unknown --{flag} '{value}'; use one of {', '.join(allowed)}")
+        for flag in ("gpus", "batch_size", "max_length", "lora_rank", "num_virtual_tokens"):
+            if getattr(self, flag) < 1:
+                raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(self, flag)}")
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Memory per GPU, in decimal GB."""
+
+    weights_gb: float
+    gradients_gb: float
+    optimizer_gb: float
+    activations_gb: float
+    trainable_params: int
+    total_params: int
+    setup: TrainingSetup = field(default_factory=TrainingSetup)
+
+    @property
+    def model_states_gb(self) -> float:
+        return self.weights_gb + self.gradients_gb + self.optimizer_gb
+
+    @property
+    def total_gb(self) -> float:
+        return self.model_states_gb + self.activations_gb
+
+    def to_json(self, gpu: Gpu | None = None) -> dict:
+        names = ("weights_gb", "gradients_gb", "optimizer_gb", "model_states_gb", "activations_gb", "total_gb")
+        record = {name: round(getattr(self, name), 6) for name in names}
+        setup = self.setup
+        record.update(
+            trainable_params=self.trainable_params, total_params=self.total_params, gpus=setup.gpus,
+            strategy=setup.strategy, method=setup.method, precision=setup.precision, optimizer=setup.optimizer,
+            batch_size=setup.batch_size, max_length=setup.max_length, gradient_checkpointing=setup.gradient_checkpointing,
+        )
+        if gpu is not None:
+            record.update(gpu=gpu.name or None, gpu_memory_gb=gpu.memory_gb, fits=self.total_gb <= gpu.memory_gb)
+        return record
+
+
+# ---------------------------------------------------------------- sizes from the command line
+
+
+_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+_SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
+def parse_count(text: str | float | int, flag: str) -> float:
+    """'7.5e9', '7.5B', '350M', '1.3b', '70k' -> a positive number; anything else is a UserError naming `flag`."""
+    match = _COUNT.match(str(text).replace("_", "").replace(",", ""))
+    if not match:
+        raise UserError(f"{flag} {text!r} is not a number; write e.g. 7.5e9, 7.5B, 350M or 70k")
+    value = float(match.group(1)) * _SUFFIX[match.group(2).lower()]
+    if value <= 0 or not math.isfinite(value):
+        raise UserError(f"{flag} must be positive, not {text}")
+    return value
+
+
+def human(count: float) -> str:
+    """7.5e9 -> '7.5B' (three significant figures)."""
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g}{suffix}"
+    return f"{count:.3g}"
+
+
+def find_gpu(name: str | None, memory_gb: float | None = None) -> Gpu | None:
+    """A known GPU by name ('H100', 'a100-40gb', 'nvidia a100'), with `memory_gb` overriding its memory."""
+    if memory_gb is not None and memory_gb <= 0:
+        raise UserError(f"--gpu-memory must be positive, not {memory_gb}")
+    if name is None:
+        return Gpu("", memory_gb) if memory_gb is not None else None
+    key = re.sub(r"[\s_\-]", "", name.lower()).removeprefix("nvidia")
+    if key not in GPUS:
+        raise UserError(f"unknown GPU '{name}'; use one of {GPU_NAMES}, or give --gpu-memory GB")
+    gpu = GPUS[key]
+    return Gpu(gpu.name, memory_gb, gpu.peak_tflops) if memory_gb is not None else gpu
+
+
+# ---------------------------------------------------------------- model shapes
+
+
+def gpt_linears(layers: int, hidden: int) -> tuple[Linear, ...]:
+    """A GPT-style block's linear layers: query, key, value and output projections, and a 4h MLP."""
+    shapes = {"q": (hidden, hidden), "k": (hidden, hidden), "v": (hidden, hidden), "o": (hidden, hidden),
+              "fc_in": (hidden, 4 * hidden), "fc_out": (4 * hidden, hidden)}
+    return tuple(Linear(f"layers.{i}.{n}", *shape) for i in range(layers) for n, shape in shapes.items())
+
+
+def approx_params(layers: int, hidden: int, vocab: int) -> int:
+    """12*L*h^2 in the blocks (4h^2 attention, 8h^2 MLP) plus the embedding; biases and norms left out."""
+    return 12 * layers * hidden**2 + vocab * hidden
+
+
+def _derive_hidden(params: float, layers: int, vocab: int) -> int:
+    """Solve 12*L*h^2 + vocab*h = N for h."""
+    hidden = (-vocab + math.sqrt(vocab**2 + 48 * layers * params)) / (24 * layers)
+    return max(1, round(hidden / 64) * 64 if hidden >= 64 else round(hidden))
+
+
+def _derive_layers(params: float, hidden: int, vocab: int) -> int:
+    return max(1, round((params - vocab * hidden) / (12 * hidden**2)))
+
+
+def _derive_shape(params: float, vocab: int) -> tuple[int, int]:
+    """Layers and hidden size with hidden = 128 * layers whose parameter count comes closest to `params`."""
+    layers = min(range(1, 512), key=lambda n: abs(approx_params(n, 128 * n, vocab) - params))
+    return layers, 128 * layers
+
+
+def shape_from_size(
+    params: float | None = None, layers: int | None = None, hidden: int | None = None,
+    heads: int | None = None, vocab: int | None = None,
+) -> ModelShape:
+    """A decoder-only GPT-style shape from a parameter count and whatever of the architecture is known."""
+    for flag, value in (("--layers", layers), ("--hidden", hidden), ("--heads", heads), ("--vocab", vocab)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, not {value}")
+    vocab = vocab or DEFAULT_VOCAB
+    if params is None:
+        if layers is None or hidden is None:
+            raise UserError("give --model DIR, or --params N (optionally with --layers, --hidden, --heads, --vocab)")
+        params = approx_params(layers, hidden, vocab)
+    if params <= 0:
+        raise UserError(f"--params must be positive, not {params}")
+    if layers is None and hidden is None:
+        layers, hidden = _derive_shape(params, vocab)
+    elif hidden is None:
+        hidden = _derive_hidden(params, layers, vocab)
+    elif layers is None:
+        layers = _derive_layers(params, hidden, vocab)
+    heads = heads or max(1, round(hidden / 128))
+    return ModelShape(
+        total_params=int(params), layers=layers, hidden=hidden, heads=heads, vocab=vocab,
+        linears=gpt_linears(layers, hidden), prefix_layers=layers, kv_hidden=hidden,
+        description=f"{human(params)} params, {layers} layers x {hidden} hidden, {heads} heads, vocab {vocab}",
+    )
+
+
+def shape_from_model(spec: str, trust_remote_code: bool = False) -> ModelShape:
+    """Count a model's parameters exactly by building it on the meta device (no memory, no weights read)."""
+    import torch
+    from transformers import AutoConfig
+
+    from .models import locate
+
+    base = locate(spec).base
+    try:
+        config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the config of {spec}: {' '.join(str(exc).split())[:200]}") from None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    with torch.device("meta"):
+        model = _model_from_config(config, spec, trust_remote_code)
+    return _shape_of(model, config, spec)
+
+
+def _model_from_config(config, spec: str, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    try:
+        return auto.from_config(config, trust_remote_code=trust_remote_code)
+    except ValueError:
+        raise UserError(f"{spec}: model type '{config.model_type}' is not a causal or seq2seq language model") from None
+
+
+def _shape_of(model, config, spec: str) -> ModelShape:
+    layers = config.num_hidden_layers
+    decoder_layers = getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers", None)
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    hidden, heads = config.hidden_size, config.num_attention_heads
+    blocks = layers + ((decoder_layers or layers) if encoder_decoder else 0)
+    total = sum(p.numel() for p in model.parameters())  # parameters() skips tied duplicates
+    return ModelShape(
+        total_params=total, layers=blocks, hidden=hidden, heads=heads, vocab=config.vocab_size,
+        linears=_linears_of(model), attention_targets=_attention_targets(config.model_type),
+        encoder_decoder=encoder_decoder, prefix_layers=layers, kv_hidden=_kv_hidden(config),
+        description=f"{spec}: {human(total)} params, {blocks} layers x {hidden} hidden, {heads} heads, vocab {config.vocab_size}",
+    )
+
+
+def _linears_of(model) -> tuple[Linear, ...]:
+    """Every nn.Linear and GPT-2 Conv1D but the output head: the layers peft's 'all-linear' targets."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    head = model.get_output_embeddings()
+    linears = []
+    for name, module in model.named_modules():
+        if module is head:
+            continue
+        if isinstance(module, torch.nn.Linear):
+            linears.append(Linear(name, module.in_features, module.out_features))
+        elif isinstance(module, Conv1D):  # weight is (in, out), the transpose of nn.Linear's
+            linears.append(Linear(name, *module.weight.shape))
+    return tuple(linears)
+
+
+def _attention_targets(model_type: str) -> tuple[str, ...]:
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    return tuple(DEFAULTS.get(model_type, ()))
+
+
+def _kv_hidden(config) -> int:
+    """The width of the keys and values: smaller than hidden under grouped-query attention (as peft sizes prefixes)."""
+    kv_heads = getattr(config, "num_key_value_heads", None)
+    if not kv_heads:
+        return config.hidden_size
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return head_dim * kv_heads
+
+
+# ---------------------------------------------------------------- trained parameters
+
+
+def lora_modules(shape: ModelShape, targets: str) -> list[Linear]:
+    """The linear layers LoRA adapts: peft's defaults for the model type, or every linear but the head."""
+    if targets == "all-linear":
+        return list(shape.linears)
+    if not shape.attention_targets:
+        raise UserError("peft has no default LoRA targets for this model type; use --lora-targets all-linear")
+    return [m for m in shape.linears if m.name.rsplit(".", 1)[-1] in shape.attention_targets]
+
+
+def trainable_params(shape: ModelShape, setup: TrainingSetup) -> int:
+    """The parameters the method trains (added ones for LoRA and prompts, all of them for full fine-tuning)."""
+    if setup.method == "full":
+        return shape.total_params
+    if setup.method in ("lora", "qlora"):
+        return sum(setup.lora_rank * (m.in_features + m.out_features) for m in lora_modules(shape, setup.lora_targets))
+    if setup.method == "prompt-tuning":
+        prompts = 2 if shape.encoder_decoder else 1  # peft gives encoder and decoder a prompt each
+        return setup.num_virtual_tokens * prompts * shape.hidden
+    return setup.num_virtual_tokens * shape.prefix_layers * 2 * shape.kv_hidden  # a key and a value per layer
+
+
+def nf4_bytes_per_param(double_quant: bool) -> float:
+    """4 bits plus the absmax constants: 8 bits per 64 values and 32 per 256 constants, or 32 bits per 64."""
+    if double_quant:
+        constant_bits = 8 / QUANT_BLOCK + 32 / (QUANT_BLOCK * DOUBLE_QUANT_BLOCK)
+    else:
+        constant_bits = 32 / QUANT_BLOCK
+    return (NF4_BITS + constant_bits) / 8
+
+
+# ---------------------------------------------------------------- bytes
+
+
+def weight_bytes(precision: str) -> int:
+    return 4 if precision == "fp32" else 2
+
+
+def optimizer_bytes(optimizer: str, precision: str) -> int:
+    """Optimizer state a trainable parameter; mixed precision adds its 4-byte fp32 master copy."""
+    master = 4 if precision == "mixed" else 0
+    state = {"adamw": 2 * (2 if precision in ("bf16", "fp16") else 4), "adamw8bit": 2, "sgd": 0}[optimizer]
+    return master + state
+
+
+def frozen_weight_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
+    """The base model's weights when the method leaves it frozen; QLoRA's linear weights in NF4."""
+    if setup.method == "full":
+        return 0.0
+    if setup.method != "qlora":
+        return shape.total_params * weight_bytes(setup.precision)
+    quantised = min(sum(m.in_features * m.out_features for m in shape.linears), shape.total_params)
+    kept = shape.total_params - quantised  # embeddings, norms, biases, output head
+    return quantised * nf4_bytes_per_param(setup.double_quant) + kept * weight_bytes(setup.precision)
+
+
+def layer_activation_bytes(seq: int, batch: int, hidden: int, heads: int, value_bytes: int, flash: bool) -> float:
+    """Korthikanti et al. 2022: 34*s*b*h + 5*a*s^2*b bytes in 16 bits, of which 2*s*b*h + a*s^2*b are 1-byte masks."""
+    scores = 0 if flash else heads * seq * seq * batch
+    values = 16 * seq * batch * hidden + 2 * scores
+    masks = 2 * seq * batch * hidden + scores
+    return value_bytes * values + masks
+
+
+def activation_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
+    seq = setup.max_length + (setup.num_virtual_tokens if setup.method == "prompt-tuning" else 0)
+    value_bytes = 4 if setup.precision == "fp32" else 2
+    one_layer = layer_activation_bytes(seq, setup.batch_size, shape.hidden, shape.heads, value_bytes, setup.flash_attention)
+    if setup.gradient_checkpointing:  # layer inputs kept, one layer recomputed at a time
+        blocks = shape.layers * value_bytes * seq * setup.batch_size * shape.hidden + one_layer
+    else:
+        blocks = shape.layers * one_layer
+    logits = setup.batch_size * setup.max_length * shape.vocab * 4  # (batch, seq, vocab) in fp32 for the loss
+    return blocks + logits
+
+
+def plan_memory(shape: ModelShape, setup: TrainingSetup) -> MemoryPlan:
+    """Memory per GPU for training `shape` as `setup` says."""
+    setup.validate()
+    trained = trainable_params(shape, setup)
+    weights = frozen_weight_bytes(shape, setup) + trained * weight_bytes(setup.precision)
+    gradients = trained * weight_bytes(setup.precision)
+    optimizer = trained * optimizer_bytes(setup.optimizer, setup.precision)
+    stage = {"ddp": 0, "zero1": 1, "zero2": 2, "zero3": 3, "fsdp": 3}[setup.strategy]
+    gpus = setup.gpus
+    optimizer /= gpus if stage >= 1 else 1
+    gradients /= gpus if stage >= 2 else 1
+    weights /= gpus if stage >= 3 else 1
+    total = shape.total_params + (0 if setup.method == "full" else trained)
+    return MemoryPlan(
+        weights / GB, gradients / GB, optimizer / GB, activation_bytes(shape, setup) / GB, trained, total, setup
+    )
+
+
+def verdict(plan: MemoryPlan, gpu: Gpu) -> str:
+    """'fits on an H100 (80 GB) with 12.3 GB to spare', or how far it is over."""
+    gpus, size = plan.setup.gpus, f"{gpu.memory_gb:g} GB"
+    if not gpu.name:
+        where = f"in {size}" + (" per GPU" if gpus > 1 else "")
+    elif gpus > 1:
+        where = f"on each of {gpus} {gpu.name} GPUs ({size})"
+    else:
+        where = f"on {_article(gpu.name)} {gpu.name} ({size})"
+    spare = gpu.memory_gb - plan.total_gb
+    if spare >= 0:
+        return f"fits {where} with {spare:.1f} GB to spare"
+    return f"does not fit {where}: needs {plan.total_gb:.1f} GB, {-spare:.1f} GB more"
+
+
+def _article(name: str) -> str:
+    return "an" if name[:1].upper() in "AEFHILMNORSX" else "a"  # letters whose names start with a vowel sound
+
+
+# ---------------------------------------------------------------- compute
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """The cost of training `params` parameters on `tokens` tokens."""
+
+    params: float
+    tokens: float
+    chinchilla_params: float | None = None
+    chinchilla_tokens: float | None = None
+    gpu: Gpu | None = None
+    utilisation: float = 0.4
+
+    @property
+    def flops(self) -> float:
+        return 6 * self.params * self.tokens  # forward 2ND + backward 4ND
+
+    @property
+    def petaflop_s_days(self) -> float:
+        return self.flops / PETAFLOP_S_DAY
+
+    @property
+    def gpu_hours(self) -> float | None:
+        if self.gpu is None or self.gpu.peak_tflops is None:
+            return None
+        return self.flops / (self.gpu.peak_tflops * 1e12 * self.utilisation) / 3600
+
+    def to_json(self) -> dict:
+        record = {"params": self.params, "tokens": self.tokens, "flops": self.flops, "petaflop_s_days": self.petaflop_s_days}
+        if self.gpu_hours is not None:
+            record.update(gpu=self.gpu.name, utilisation=self.utilisation, gpu_hours=self.gpu_hours)
+        for name in ("chinchilla_params", "chinchilla_tokens"):
+            if getattr(self, name) is not None:
+                record[name] = getattr(self, name)
+        return record
+
+
+def chinchilla_for_budget(flops: float) -> tuple[float, float]:
+    """C = 6ND with D = 20N gives N = sqrt(C / 120)."""
+    params = math.sqrt(flops / (6 * TOKENS_PER_PARAM))
+    return params, TOKENS_PER_PARAM * params
+
+
+def plan_compute(
+    params: float | None = None, tokens: float | None = None, flops: float | None = None,
+    gpu: Gpu | None = None, utilisation: float = 0.4,
+) -> ComputePlan:
+    """FLOPs and GPU time for a model (and its token count), or the Chinchilla-optimal model for a budget."""
+    if not 0 < utilisation <= 1:
+        raise UserError(f"--utilisation must be in (0, 1], not {utilisation}")
+    if gpu is not None and gpu.peak_tflops is None:
+        raise UserError("GPU-hours need a named GPU (--gpu NAME); --gpu-memory gives no throughput")
+    for flag, value in (("--params", params), ("--tokens", tokens), ("--flops", flops)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, not {value}")
+    if flops is not None:
+        if params is not None or tokens is not None:
+            raise UserError("give --flops alone, or --params (with or without --tokens)")
+        best_params, best_tokens = chinchilla_for_budget(flops)
+        return ComputePlan(best_params, best_tokens, best_params, best_tokens, gpu, utilisation)
+    if params is None:
+        raise UserError("give --params N (with or without --tokens D), or --flops C")
+    optimal_tokens = TOKENS_PER_PARAM * params
+    return ComputePlan(params, tokens or optimal_tokens, None, optimal_tokens, gpu, utilisation)

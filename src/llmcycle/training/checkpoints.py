@@ -1,0 +1,92 @@
+"""Checkpoints that resume exactly: weights, optimizer, scheduler, RNG states and the data position.
+
+A checkpoint is written under a temporary name and renamed to `checkpoints/step-N` once complete, so a run
+killed mid-write leaves only complete checkpoints behind. Weights are safetensors in the save_pretrained
+layout (a checkpoint's `model/` or `adapter/` loads like a final one). Optimizer and scheduler states are
+loaded with `torch.load(weights_only=True)`, which reads tensors and plain containers and runs no code.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PREFIX = "step-"
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
+    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def save_weights(model, tokenizer, folder: Path, is_adapter: bool) -> None:
+    folder = folder / ("adapter" if is_adapter else "model")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def save(out: Path, step: int, model, tokenizer, is_adapter: bool, optimizer, scheduler, state: dict) -> Path:
+    final = out / "checkpoints" / f"{PREFIX}{step}"
+    staging = out / "checkpoints" / f".{PREFIX}{step}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_weights(model, tokenizer, staging, is_adapter)
+    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
+    random_state = random.getstate()
+    numpy_state = np.random.get_state()
+    full_state = {
+        **state,
+        "python_rng": [random_state[0], list(random_state[1]), random_state[2]],
+        "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+    }
+    (staging / "trainer_state.json").write_text(json.dumps(full_state, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return final
+
+
+def load(folder: Path, model, is_adapter: bool, optimizer, scheduler) -> dict:
+    """Restore everything `save` wrote into the live objects; returns the trainer state."""
+    from safetensors.torch import load_file
+
+    if is_adapter:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors"))
+    else:
+        weights = {}
+        for shard in sorted((folder / "model").glob("*.safetensors")):
+            weights.update(load_file(shard))
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        tied = {name for name in missing if _is_tied(model, name)}
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)[:3]}")
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state = json.loads((folder / "trainer_state.json").read_text())
+    version, internal, gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy_rng"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    return state
+
+
+def _is_tied(model, name: str) -> bool:
+    # save_pretrained drops tied copies (e.g. lm_head.weight tied to the input embeddings).
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return output is not None and name.startswith("lm_head") and getattr(model.config, "tie_word_embeddings", False)

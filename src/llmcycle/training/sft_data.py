@@ -1,0 +1,137 @@
+"""Tokenising prompt/completion examples for supervised fine-tuning, batching, and packing.
+
+The loss covers completion tokens only. For decoder-only models prompt and completion are tokenised
+separately and joined, so the boundary between them is exact whatever the tokenizer merges; prompt positions
+get the label -100. For encoder-decoder models the prompt is the encoder input and the completion the labels.
+Every completion ends with EOS, so the tuned model learns to stop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import Example
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+    """Decoder-only: same length as input_ids, -100 on prompt positions. Encoder-decoder: the target ids."""
+
+    @property
+    def target_tokens(self) -> int:
+        return sum(label != IGNORE for label in self.labels)
+
+
+def tokenize(examples: list[Example], tokenizer, is_encoder_decoder: bool, max_length: int) -> tuple[list[Tokenized], int, int]:
+    """(rows, how many were truncated, how many were dropped because no completion token fit)."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=True)["input_ids"]
+    targets = tokenizer([e.completion or "" for e in examples], add_special_tokens=False)["input_ids"]
+    rows, truncated, dropped = [], 0, 0
+    for prompt, target in zip(prompts, targets):
+        target = target + eos
+        if is_encoder_decoder:
+            row = Tokenized(prompt[:max_length], target[:max_length])
+            truncated += len(prompt) > max_length or len(target) > max_length
+        else:
+            ids, labels = prompt + target, [IGNORE] * len(prompt) + target
+            truncated += len(ids) > max_length
+            row = Tokenized(ids[:max_length], labels[:max_length])
+        if row.target_tokens == 0:
+            dropped += 1
+            continue
+        rows.append(row)
+    return rows, truncated, dropped
+
+
+def epoch_batches(count: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Row indices of each micro-batch of one epoch, shuffled by (seed, epoch): the same on every resume."""
+    generator = torch.Generator().manual_seed(seed * 10_007 + epoch)
+    order = torch.randperm(count, generator=generator).tolist()
+    return [order[start : start + batch_size] for start in range(0, count, batch_size)]
+
+
+def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows])
+
+
+def collate(rows: list[Tokenized], pad_id: int, is_encoder_decoder: bool) -> dict[str, torch.Tensor]:
+    """Right-padded tensors; padding is masked out of attention and carries label -100."""
+    batch = {
+        "input_ids": _pad([r.input_ids for r in rows], pad_id),
+        "attention_mask": _pad([[1] * len(r.input_ids) for r in rows], 0),
+        "labels": _pad([r.labels for r in rows], IGNORE),
+    }
+    if is_encoder_decoder:
+        # Decoder inputs are the labels shifted right; the model builds them from `labels` itself.
+        batch["decoder_attention_mask"] = _pad([[1] * len(r.labels) for r in rows], 0)
+    return batch
+
+
+def pack(rows: list[Tokenized], max_length: int) -> list[Tokenized]:
+    """Greedily concatenate decoder-only rows into sequences of at most `max_length` tokens.
+
+    Position ids restart at 0 for each row (see `collate_packed`), which transformers reads as separate
+    sequences: no attention crosses a row boundary. A row's first token is a prompt token (label -100), so
+    no loss is taken across the boundary either.
+    """
+    packed, current_ids, current_labels, lengths = [], [], [], []
+    for row in rows:
+        if current_ids and len(current_ids) + len(row.input_ids) > max_length:
+            packed.append(PackedRow(current_ids, current_labels, tuple(lengths)))
+            current_ids, current_labels, lengths = [], [], []
+        current_ids = current_ids + row.input_ids
+        current_labels = current_labels + row.labels
+        lengths.append(len(row.input_ids))
+    if current_ids:
+        packed.append(PackedRow(current_ids, current_labels, tuple(lengths)))
+    return packed
+
+
+@dataclass(frozen=True)
+class PackedRow(Tokenized):
+    lengths: tuple[int, ...] = ()
+    """Length of each original row inside this sequence."""
+
+
+def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor]:
+    """Packed rows with restarting position ids and no 2D attention mask (transformers' packed format)."""
+    width = max(len(r.input_ids) for r in rows)
+    positions = []
+    for row in rows:
+        ids = [p for length in row.lengths for p in range(length)]
+        positions.append(ids + list(range(width - len(ids))))  # the padding tail is one more "sequence"
+    return {
+        "input_ids": _pad([r.input_ids for r in rows], pad_id),
+        "labels": _pad([r.labels for r in rows], IGNORE),
+        "position_ids": torch.tensor(positions),
+    }
+
+
+def completion_loss_sum(model, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
+    """Summed cross-entropy over completion tokens (divided by the step's token count by the caller)."""
+    labels = batch["labels"]
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    if is_encoder_decoder:
+        # Shift the labels right ourselves: passing `labels` would make the model compute a second, mean loss.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        inputs["decoder_input_ids"] = base.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(**inputs).logits  # (batch, seq, vocab)
+    if not is_encoder_decoder:
+        logits = logits[:, -labels.shape[1] :]  # prompt tuning prepends virtual-token positions; they have no label
+        logits, labels = logits[:, :-1], labels[:, 1:]  # position t predicts token t+1
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def count_targets(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> int:
+    labels = batch["labels"] if is_encoder_decoder else batch["labels"][:, 1:]
+    return int((labels != IGNORE).sum())
