@@ -28,9 +28,14 @@ Memory follows the published arithmetic, so every figure can be checked by hand:
   s*b*h*(34 + 5*a*s/h) bytes a layer for 16-bit activations, where 2*s*b*h + a*s*s*b of that are 1-byte dropout
   masks; in fp32 the rest doubles. `--flash-attention` drops the a*s*s terms (scores are recomputed, not
   stored). Full gradient checkpointing keeps only each layer's input (2*s*b*h in 16 bits) plus one layer's
-  activations while it is recomputed. The logits add b*s*vocab*4 bytes (cast to fp32 for the loss). The formula
-  assumes a GPT-style block (MLP width 4h); encoder-decoder models count encoder and decoder layers alike. The
-  batch size is per GPU: data parallelism does not divide activations.
+  activations while it is recomputed. PyTorch keeps a linear layer's input only to compute that layer's weight
+  gradient, so with a frozen base the inputs of the linears nothing adapts are not kept: the attention output
+  projection's and both MLP layers' (12*s*b*h in 16 bits), and for prompt and prefix tuning the query/key/value
+  input too (2*s*b*h); LoRA on all linear layers keeps them all. The logits add b*s*vocab*(2 + 4) bytes (4 + 4
+  in fp32): the logits as the model returns them, held by the caller, and the fp32 log-softmax that the
+  cross-entropy loss keeps for backward (bench/plan_memory.py measures both). The formula assumes a GPT-style
+  block (MLP width 4h, fused GeLU); encoder-decoder models count encoder and decoder layers alike. The batch
+  size is per GPU: data parallelism does not divide activations.
 
 Architecture without `--model`: given `--params N` alone, the shape is derived with hidden = 128 * layers (the
 aspect ratio of GPT-3 6.7B/175B and Llama 7B), 128-wide heads and a 32000-token vocabulary, choosing the layer
@@ -407,23 +412,41 @@ def frozen_weight_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
     return quantised * nf4_bytes_per_param(setup.double_quant) + kept * weight_bytes(setup.precision)
 
 
-def layer_activation_bytes(seq: int, batch: int, hidden: int, heads: int, value_bytes: int, flash: bool) -> float:
-    """Korthikanti et al. 2022: 34*s*b*h + 5*a*s^2*b bytes in 16 bits, of which 2*s*b*h + a*s^2*b are 1-byte masks."""
+def layer_activation_bytes(
+    seq: int, batch: int, hidden: int, heads: int, value_bytes: int, flash: bool, unsaved_inputs: int = 0
+) -> float:
+    """Korthikanti et al. 2022: 34*s*b*h + 5*a*s^2*b bytes in 16 bits, of which 2*s*b*h + a*s^2*b are 1-byte masks.
+
+    `unsaved_inputs` is how many s*b*h values of frozen linear layers' inputs autograd does not keep.
+    """
     scores = 0 if flash else heads * seq * seq * batch
-    values = 16 * seq * batch * hidden + 2 * scores
+    values = (16 - unsaved_inputs) * seq * batch * hidden + 2 * scores
     masks = 2 * seq * batch * hidden + scores
     return value_bytes * values + masks
+
+
+def unsaved_linear_inputs(setup: TrainingSetup) -> int:
+    """s*b*h values a layer need not keep because the linears they feed are frozen and not adapted."""
+    if setup.method == "full" or (setup.method in ("lora", "qlora") and setup.lora_targets == "all-linear"):
+        return 0
+    output_projection, mlp_in, mlp_out = 1, 1, 4
+    qkv = 0 if setup.method in ("lora", "qlora") else 1  # LoRA's default targets read the q/k/v input
+    return output_projection + mlp_in + mlp_out + qkv
 
 
 def activation_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
     seq = setup.max_length + (setup.num_virtual_tokens if setup.method == "prompt-tuning" else 0)
     value_bytes = 4 if setup.precision == "fp32" else 2
-    one_layer = layer_activation_bytes(seq, setup.batch_size, shape.hidden, shape.heads, value_bytes, setup.flash_attention)
+    one_layer = layer_activation_bytes(
+        seq, setup.batch_size, shape.hidden, shape.heads, value_bytes, setup.flash_attention,
+        unsaved_linear_inputs(setup),
+    )
     if setup.gradient_checkpointing:  # layer inputs kept, one layer recomputed at a time
         blocks = shape.layers * value_bytes * seq * setup.batch_size * shape.hidden + one_layer
     else:
         blocks = shape.layers * one_layer
-    logits = setup.batch_size * setup.max_length * shape.vocab * 4  # (batch, seq, vocab) in fp32 for the loss
+    # (batch, seq, vocab): the logits returned, and the fp32 log-softmax the loss keeps
+    logits = setup.batch_size * setup.max_length * shape.vocab * (value_bytes + 4)
     return blocks + logits
 
 

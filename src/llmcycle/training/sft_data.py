@@ -118,7 +118,8 @@ def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor
 def completion_loss_sum(model, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
     """Summed cross-entropy over completion tokens (divided by the step's token count by the caller)."""
     labels = batch["labels"]
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    # No KV cache: training does not need one, and transformers only reads packed position ids without it.
+    inputs = {key: value for key, value in batch.items() if key != "labels"} | {"use_cache": False}
     if is_encoder_decoder:
         # Shift the labels right ourselves: passing `labels` would make the model compute a second, mean loss.
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
