@@ -234,3 +234,26 @@ def test_diverging_loss_stops_with_the_step_and_keeps_checkpoints(quiet_models, 
     message = capsys.readouterr().err
     assert "the loss became" in message and "at step" in message
     assert not (out / "model").exists() and (out / "checkpoints").is_dir()
+
+
+def test_resume_refuses_changed_settings_and_finished_runs(quiet_models, train_file, tmp_path, capsys):
+    out = tmp_path / "r"
+    run(quiet_models["gpt2"], train_file, out, "lora", max_steps=4, save_every=2)
+    assert run_cli("finetune", "--config", out / "config.yaml", "--resume") == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    (tmp_path / "r2").mkdir()
+    for name in ("checkpoints", "config.yaml"):
+        (tmp_path / "r2" / name).symlink_to(out / name)
+    assert run_cli("finetune", "--config", out / "config.yaml", "--set", f"out={tmp_path / 'r2'}", "--set", "lr=0.5", "--resume") == 2
+    assert "other settings than" in capsys.readouterr().err
+
+
+def test_prompt_tuning_from_text_and_lora_on_named_targets(quiet_models, train_file, tmp_path):
+    import json as json_
+
+    run(quiet_models["t5"], train_file, tmp_path / "pt", "prompt-tuning", max_steps=2, num_virtual_tokens=6,
+        prompt_init_text="Summarize the dialogue")
+    config = json_.loads((tmp_path / "pt/adapter/adapter_config.json").read_text())
+    assert config["prompt_tuning_init"] == "TEXT" and config["num_virtual_tokens"] == 6
+    metrics = run(quiet_models["t5"], train_file, tmp_path / "qv", "lora", max_steps=2, lora_targets="q,v", lora_rank=4)
+    assert metrics["trainable_params"] == 4 * (64 + 64) * 2 * (2 + 2 + 2)  # q and v in 2 encoder self, 2 decoder self and 2 cross attentions

@@ -176,14 +176,14 @@ def eval_(predictions, data, metrics, resamples, save_predictions, out, **kwargs
     )
 
 
-def _config_fields(cls, kwargs: dict) -> dict:
+def _given_flags(kwargs: dict) -> dict:
     """Flags the user actually gave (not their defaults), so a --config file's values are not overridden."""
     context = click.get_current_context()
     given = {}
     for name, value in kwargs.items():
         source = context.get_parameter_source(name)
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            given[name] = list(value) if isinstance(value, tuple) else value
+        if value is not None and source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
+            given[name] = value
     return given
 
 
@@ -232,8 +232,7 @@ def finetune(config_file, overrides, resume, **flags):
     from . import config as configs
     from .finetune import FinetuneConfig, finetune as run
 
-    given = {k: v for k, v in _config_fields(FinetuneConfig, flags).items() if v is not None}
-    run(configs.resolve(FinetuneConfig, config_file=config_file, flags=given, overrides=overrides), resume=resume)
+    run(configs.resolve(FinetuneConfig, config_file=config_file, flags=_given_flags(flags), overrides=overrides), resume=resume)
 
 
 @cli.command()

@@ -146,7 +146,7 @@ class FinetuneConfig:
 # ---------------------------------------------------------------- setup
 
 
-def check_out_dir(out: Path, resume: bool) -> Path | None:
+def check_out_dir(cfg: FinetuneConfig, out: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to overwrite another run."""
     finished = (out / "model").exists() or (out / "adapter").exists()
     if resume:
@@ -155,6 +155,11 @@ def check_out_dir(out: Path, resume: bool) -> Path | None:
             raise UserError(f"{out} holds a finished run; nothing to resume")
         if not found:
             raise UserError(f"--resume: no complete checkpoint in {out}/checkpoints")
+        saved = configs.from_dict(FinetuneConfig, configs.read_yaml(out / "config.yaml"), str(out / "config.yaml"))
+        changed = [name for name, value in configs.to_dict(saved).items() if name != "out" and getattr(cfg, name) != value]
+        if changed:
+            raise UserError(f"--resume with other settings than {out}/config.yaml ({changed[0]}: "
+                            f"{getattr(saved, changed[0])!r} there, {getattr(cfg, changed[0])!r} now); an exact resume needs the same")
         return found[-1]
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not empty; choose another --out (or --resume an unfinished run)")
@@ -285,7 +290,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Run `cfg`; returns the metrics written to DIR/metrics.json."""
     cfg.validate()
     out = Path(cfg.out)
-    resume_from = check_out_dir(out, resume)
+    resume_from = check_out_dir(cfg, out, resume)
     require_cuda_for_qlora(cfg)
     torch.manual_seed(cfg.seed)
     loaded = load_for_training(cfg)
