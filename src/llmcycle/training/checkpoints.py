@@ -34,12 +34,18 @@ def save_weights(model, tokenizer, folder: Path, is_adapter: bool) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def save(out: Path, step: int, model, tokenizer, is_adapter: bool, optimizer, scheduler, state: dict) -> Path:
+def save(out: Path, step: int, model, tokenizer, is_adapter: bool, optimizer, scheduler, state: dict,
+         extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoint `step`; `extra_tensors` maps file names to more state dicts (e.g. a value head)."""
+    from safetensors.torch import save_file
+
     final = out / "checkpoints" / f"{PREFIX}{step}"
     staging = out / "checkpoints" / f".{PREFIX}{step}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_weights(model, tokenizer, staging, is_adapter)
+    for name, tensors in (extra_tensors or {}).items():
+        save_file({key: value.contiguous() for key, value in tensors.items()}, staging / name)
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
     torch.save(scheduler.state_dict(), staging / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")

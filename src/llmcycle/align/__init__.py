@@ -1,0 +1,1 @@
+"""Alignment with human feedback: reward models, reward sources, PPO with a KL penalty, DPO."""
