@@ -34,8 +34,9 @@ Memory follows the published arithmetic, so every figure can be checked by hand:
   input too (2*s*b*h); LoRA on all linear layers keeps them all. The logits add b*s*vocab*(2 + 4) bytes (4 + 4
   in fp32): the logits as the model returns them, held by the caller, and the fp32 log-softmax that the
   cross-entropy loss keeps for backward (bench/plan_memory.py measures both). The formula assumes a GPT-style
-  block (MLP width 4h, fused GeLU); encoder-decoder models count encoder and decoder layers alike. The batch
-  size is per GPU: data parallelism does not divide activations.
+  block (MLP width 4h, fused GeLU); for `--model`, an activation written in Python (GPT-2's and T5's `gelu_new`)
+  adds the extra MLP-wide tensors autograd keeps of it. Encoder-decoder models count encoder and decoder layers
+  alike. The batch size is per GPU: data parallelism does not divide activations.
 
 Architecture without `--model`: given `--params N` alone, the shape is derived with hidden = 128 * layers (the
 aspect ratio of GPT-3 6.7B/175B and Llama 7B), 128-wide heads and a 32000-token vocabulary, choosing the layer
@@ -112,6 +113,7 @@ class ModelShape:
     encoder_decoder: bool = False
     prefix_layers: int = 0  # layers peft gives a prefix (the config's num_hidden_layers)
     kv_hidden: int = 0  # width of the keys and values a prefix supplies
+    activation_extra: float = 0.0  # s*b*h values a layer keeps beyond the formula's (an activation written in Python)
     description: str = ""
 
 
@@ -318,6 +320,7 @@ def _shape_of(model, config, spec: str) -> ModelShape:
         total_params=total, layers=blocks, hidden=hidden, heads=heads, vocab=config.vocab_size,
         linears=_linears_of(model), attention_targets=_attention_targets(config.model_type),
         encoder_decoder=encoder_decoder, prefix_layers=layers, kv_hidden=_kv_hidden(config),
+        activation_extra=_activation_extra(config),
         description=f"{spec}: {human(total)} params, {blocks} layers x {hidden} hidden, {heads} heads, vocab {config.vocab_size}",
     )
 
@@ -352,6 +355,33 @@ def _kv_hidden(config) -> int:
         return config.hidden_size
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return head_dim * kv_heads
+
+
+def _activation_extra(config) -> float:
+    """Values a layer keeps beyond the formula's one GeLU input, because its activation is written in Python.
+
+    GPT-2's and T5's `gelu_new` is a chain of tensor operations, and autograd keeps four MLP-wide tensors of it
+    where a fused GeLU keeps one. The count is measured, not listed: the activation runs once on a small tensor.
+    """
+    import torch
+    from transformers.activations import ACT2FN
+
+    name = next((getattr(config, a) for a in ("activation_function", "hidden_act", "dense_act_fn")
+                 if isinstance(getattr(config, a, None), str)), None)
+    if name not in ACT2FN:
+        return 0.0
+    probe, saved = torch.randn(64, requires_grad=True) * 1.0, {}
+
+    def keep(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        ACT2FN[name](probe)
+    copies = sum(saved.values()) / probe.untyped_storage().nbytes()
+    mlp_width = next((getattr(config, a) for a in ("n_inner", "intermediate_size", "d_ff", "encoder_ffn_dim")
+                      if getattr(config, a, None)), 4 * config.hidden_size)
+    return max(0.0, copies - 1) * mlp_width / config.hidden_size
 
 
 # ---------------------------------------------------------------- trained parameters
@@ -413,11 +443,11 @@ def frozen_weight_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
 
 
 def layer_activation_bytes(
-    seq: int, batch: int, hidden: int, heads: int, value_bytes: int, flash: bool, unsaved_inputs: int = 0
+    seq: int, batch: int, hidden: int, heads: int, value_bytes: int, flash: bool, unsaved_inputs: float = 0
 ) -> float:
     """Korthikanti et al. 2022: 34*s*b*h + 5*a*s^2*b bytes in 16 bits, of which 2*s*b*h + a*s^2*b are 1-byte masks.
 
-    `unsaved_inputs` is how many s*b*h values of frozen linear layers' inputs autograd does not keep.
+    `unsaved_inputs` is how many s*b*h values fewer the layer keeps (negative: more).
     """
     scores = 0 if flash else heads * seq * seq * batch
     values = (16 - unsaved_inputs) * seq * batch * hidden + 2 * scores
@@ -439,7 +469,7 @@ def activation_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
     value_bytes = 4 if setup.precision == "fp32" else 2
     one_layer = layer_activation_bytes(
         seq, setup.batch_size, shape.hidden, shape.heads, value_bytes, setup.flash_attention,
-        unsaved_linear_inputs(setup),
+        unsaved_linear_inputs(setup) - shape.activation_extra,
     )
     if setup.gradient_checkpointing:  # layer inputs kept, one layer recomputed at a time
         blocks = shape.layers * value_bytes * seq * setup.batch_size * shape.hidden + one_layer
