@@ -1,0 +1,122 @@
+"""Recipes: validation, the stages end to end on a tiny model, skipping completed stages, every shipped recipe."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import build, dialogue_rows, run_cli, write_jsonl
+
+from llmcycle.errors import UserError
+from llmcycle.pipeline import RECIPES, load_recipe, run_recipe
+
+SHIPPED = sorted(p for p in RECIPES.glob("*.yaml") if not p.name.endswith(".template.yaml"))
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    return build("t5", tmp_path_factory.mktemp("pipeline") / "t5", dropout=0.0)
+
+
+@pytest.fixture
+def local_data(tmp_path):
+    rows = dialogue_rows(24)
+    return {
+        "train": write_jsonl(tmp_path / "train.jsonl", rows[:16]),
+        "test": write_jsonl(tmp_path / "test.jsonl", rows[16:]),
+        "probe": write_jsonl(tmp_path / "probe.jsonl", [{"prompt": f"Is {w} a colour?", "completion": "yes" if w in ("red", "blue") else "no"} for w in ("red", "cat", "blue", "sky")]),
+        "dialogsum": write_jsonl(tmp_path / "ds.jsonl", [{"dialogue": r["prompt"], "summary": r["completion"]} for r in rows]),
+    }
+
+
+def recipe_file(tmp_path: Path, model, data, stages) -> Path:
+    text = json.dumps({
+        "name": "t", "model": str(model), "data": {"train": str(data["train"]), "test": str(data["test"])},
+        "probes": [str(data["probe"])], "generation": {"max_new_tokens": 6, "batch_size": 8}, "metrics": ["rouge", "toxicity"],
+        "stages": stages,
+    })
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)  # JSON is YAML
+    return path
+
+
+ALL_STAGES = [
+    {"baseline": {"shots": [0, 1]}},
+    {"finetune": {"name": "full", "method": "full", "lr": 1e-3, "max_steps": 3, "batch_size": 4}},
+    {"finetune": {"name": "lora", "method": "lora", "lr": 1e-2, "max_steps": 3, "batch_size": 4}},
+    {"eval": {}},
+    {"align": {"name": "lora+ppo", "from": "lora", "reward": ["toxicity"], "max_steps": 2, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 4}},
+    {"deploy": {"from": "full"}},
+    {"report": {}},
+]
+
+
+def test_every_stage_end_to_end_and_a_repeat_skips_them(tiny_t5, local_data, tmp_path, capsys):
+    recipe = recipe_file(tmp_path, tiny_t5, local_data, ALL_STAGES)
+    out = tmp_path / "run"
+    metrics = run_recipe(str(recipe), str(out))
+    assert list(metrics) == ["zero-shot", "one-shot", "full", "lora", "lora+ppo", "full+int8"]
+    for name, entry in metrics.items():
+        assert {"mean", "ci95", "n"} <= set(entry["rougeL"]) and "toxicity" in entry and "cost" in entry, name
+    assert set(metrics["full"]["forgetting"]) == {"probe"} and "probes" in metrics["zero-shot"]
+    assert metrics["lora"]["cost"]["trainable_params"] < metrics["full"]["cost"]["trainable_params"]
+    assert metrics["full+int8"]["cost"]["size_on_disk_bytes"] < metrics["full+int8"]["cost"]["float32_bytes"]
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and html.count("data:image/png;base64,") >= 4 and "lora+ppo" in html
+    stages = sorted(p.name for p in (out / "stages").iterdir())
+    assert stages == ["01-baseline", "02-finetune-full", "03-finetune-lora", "04-eval", "05-align-lora-ppo", "06-deploy", "07-report"]
+    capsys.readouterr()
+    assert run_recipe(str(recipe), str(out)) == metrics
+    assert capsys.readouterr().err.count("is complete; skipping") == 7
+
+
+def test_an_interrupted_run_continues_from_the_first_incomplete_stage(tiny_t5, local_data, tmp_path, capsys):
+    recipe = recipe_file(tmp_path, tiny_t5, local_data, ALL_STAGES[:4])
+    out = tmp_path / "run"
+    run_recipe(str(recipe), str(out))
+    (out / "stages/03-finetune-lora/stage.json").unlink()  # as if killed before the stage finished
+    (out / "stages/04-eval/stage.json").unlink()
+    capsys.readouterr()
+    metrics = run_recipe(str(recipe), str(out))
+    assert capsys.readouterr().err.count("is complete; skipping") == 2 and "lora" in metrics
+
+
+@pytest.mark.parametrize("stages,message", [
+    ([{"pretend": {}}], "stage 1: unknown stage 'pretend'"),
+    ([{"finetune": {"method": "lora", "lora_rank": 0}}], "--lora-rank must be at least 1"),
+    ([{"finetune": {"name": "a", "lr": "fast"}}], "field 'lr': expected a number"),
+    ([{"finetune": {"name": "a", "data": "x.jsonl"}}], "'data' comes from the recipe"),
+    ([{"align": {"from": "nothing", "reward": ["toxicity"]}}], "'from: nothing' names no earlier variant"),
+    ([{"eval": {"verbose": True}}], "takes no options"),
+    ([{"finetune": {"name": "a"}}, {"finetune": {"name": "a"}}], "variant name 'a' is used twice"),
+])
+def test_bad_recipes_are_one_line_errors(stages, message, tiny_t5, local_data, tmp_path, capsys):
+    recipe = recipe_file(tmp_path, tiny_t5, local_data, stages)
+    assert run_cli("run", recipe, "--out", tmp_path / "out") == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_and_unknown_field(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("model: m\ndata: {train: nope.jsonl, test: nope.jsonl}\nstages: []\n")
+    assert run_cli("run", tmp_path / "r.yaml", "--dry-run") == 2
+    assert "file nope.jsonl does not exist" in capsys.readouterr().err
+    (tmp_path / "r.yaml").write_text("model: m\ncolour: blue\ndata: {}\nstages: []\n")
+    assert run_cli("run", tmp_path / "r.yaml") == 2
+    assert "unknown field 'colour'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_recipe_runs_with_a_tiny_model(recipe, tiny_t5, local_data, tmp_path, capsys):
+    assert run_cli("run", recipe, "--dry-run") == 0
+    data = []
+    if load_recipe(recipe).template:  # recipes written for hub datasets get local rows with the same fields
+        data = ["--data", f"train={local_data['dialogsum']}", "--data", f"test={local_data['dialogsum']}"]
+    elif not all(isinstance(spec, dict) and "task" in spec for spec in load_recipe(recipe).data.values()):
+        data = ["--data", f"train={local_data['train']}", "--data", f"test={local_data['test']}"]
+    probes = [item for i, _ in enumerate(load_recipe(recipe).probes) for item in ("--data", f"probe-{i}={local_data['probe']}")]
+    out = tmp_path / "out"
+    assert run_cli("run", recipe, "--smoke", "--model", tiny_t5, "--out", out, *data, *probes) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics and all("rougeL" in entry for entry in metrics.values())
+    assert (out / "report.html").is_file()
