@@ -366,6 +366,69 @@ def quickstart(out, smoke):
     click.echo(f"report: {Path(out) / 'report.html'}")
 
 
+def config_options(cls, skip: tuple[str, ...] = ()):
+    """A click option for every field of a config dataclass, with the field's docstring as help.
+
+    Defaults stay in the dataclass: a flag not given is not passed, so `--config FILE` values are not overridden.
+    """
+    from . import config as configs
+
+    docs, types_ = configs.field_docs(cls), configs.field_types(cls)
+
+    def decorate(func):
+        for name in reversed(list(types_)):
+            if name in skip:
+                continue
+            flag, annotation = "--" + name.replace("_", "-"), types_[name]
+            base = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)), annotation)
+            if annotation is bool:
+                option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=docs.get(name))
+            elif getattr(annotation, "__origin__", None) is list:
+                option = click.option(flag, name, multiple=True, help=docs.get(name))
+            else:
+                option = click.option(flag, name, type=base if base in (int, float) else str, default=None, help=docs.get(name))
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _synthetic_config():
+    from .synthetic import SyntheticConfig
+
+    return SyntheticConfig
+
+
+def _pretrain_config():
+    from .pretrain import PretrainConfig
+
+    return PretrainConfig
+
+
+@cli.command()
+@config_options(_synthetic_config())
+def synth(**flags):
+    """Write built-in synthetic data: dialogues with summaries, other instruction tasks, or a text corpus."""
+    from . import config as configs
+    from .synthetic import SyntheticConfig, write_synthetic
+
+    path = write_synthetic(configs.resolve(SyntheticConfig, config_file=None, flags=_given_flags(flags), overrides=()))
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@config_options(_pretrain_config())
+@click.option("--config", "config_file", type=click.Path(), help="YAML config (a saved DIR/config.yaml reproduces its run).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
+def pretrain(config_file, overrides, resume, **flags):
+    """Pre-train on a text corpus: span corruption (encoder-decoder) or next-token prediction (decoder-only)."""
+    from . import config as configs
+    from .pretrain import PretrainConfig, pretrain as run
+
+    run(configs.resolve(PretrainConfig, config_file=config_file, flags=_given_flags(flags), overrides=overrides), resume=resume)
+
+
 @cli.command(name="init-model")
 @click.option("--arch", type=click.Choice(["t5", "bart", "gpt2", "llama"]), default="gpt2", show_default=True)
 @click.option("--corpus", required=True, type=click.Path(), help="Text to train the tokenizer on: .txt (a document a line) or a data file.")

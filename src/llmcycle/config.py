@@ -116,6 +116,21 @@ def checked(cls, values: dict, source: str) -> dict:
     return {name: coerce(value, types_[name], f"{source}: field '{name}'") for name, value in values.items()}
 
 
+def field_docs(cls) -> dict[str, str]:
+    """The one-line docstring written under each field of a config dataclass."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            docs[node.target.id] = str(following.value.value).strip()
+    return docs
+
+
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
