@@ -64,7 +64,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, append_eos: bool):
     tokenizer.train_from_iterator(texts, trainer)
     if append_eos:  # encoder inputs end with </s>, as T5's and BART's tokenizers do
         eos = tokenizer.token_to_id("</s>")
-        tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", eos)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
     )

@@ -160,7 +160,8 @@ def usable_pairs(pairs: list[Pair], tokenizer, max_length: int, source: str) -> 
     kept = []
     for start in range(0, len(pairs), 256):
         chunk = pairs[start : start + 256]
-        encoded = reward_inputs(tokenizer, [p.prompt for p in chunk] * 2, [p.chosen for p in chunk] + [p.rejected for p in chunk], max_length)
+        responses = [p.chosen for p in chunk] + [p.rejected for p in chunk]
+        encoded = reward_inputs(tokenizer, [p.prompt for p in chunk] * 2, responses, max_length)
         ids, mask = encoded["input_ids"], encoded["attention_mask"]  # (2 * chunk, width): chosen rows, then rejected
         half = len(chunk)
         same = (ids[:half] == ids[half:]).all(dim=1) & (mask[:half] == mask[half:]).all(dim=1)
@@ -172,12 +173,20 @@ def usable_pairs(pairs: list[Pair], tokenizer, max_length: int, source: str) -> 
     return kept
 
 
+def load_usable_pairs(cfg: RewardConfig, source: str, tokenizer, max_length: int) -> list[Pair]:
+    pairs = load_pairs(source, split=cfg.split, skip_bad_rows=cfg.skip_bad_rows)
+    return usable_pairs(pairs, tokenizer, max_length, source)
+
+
 def probe(model, tokenizer, pairs: list[Pair], max_length: int, name: str) -> None:
     """Score a couple of pairs before anything is written, so a backbone that cannot read pairs fails early."""
     try:
-        pair_scores(model, tokenizer, pairs[:2], max_length)
+        with torch.no_grad():
+            pair_scores(model, tokenizer, pairs[:2], max_length)
     except (ValueError, RuntimeError, IndexError, TypeError) as exc:
         reason = " ".join(str(exc).split())[:200]
+        if "<eos>" in reason.lower():  # T5 and BART pool the last EOS token of the pair
+            reason += " (its tokenizer must end both sides of a text pair with EOS, as T5's and BART's own tokenizers do)"
         raise UserError(f"{name} cannot score (prompt, response) pairs as a reward model: {reason}") from None
 
 
@@ -231,7 +240,11 @@ def pair_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict:
 
 
 def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
-    """Train a reward model; writes DIR/model, config.yaml, log.jsonl, metrics.json. Returns the metrics."""
+    """Train a reward model; writes DIR/model, config.yaml, log.jsonl, metrics.json. Returns the metrics.
+
+    `pairwise_accuracy`, `eval_loss` and `mean_margin` are measured on the eval pairs, or on the training pairs
+    when no eval data is given; `pairwise_accuracy_on` says which.
+    """
     cfg.validate()
     out = Path(cfg.out)
     resume_from = check_out_dir(cfg, out, resume)
@@ -239,8 +252,8 @@ def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
     model, tokenizer = load_backbone(cfg)
     device = next(model.parameters()).device
     max_length = effective_max_length(cfg, model, tokenizer)
-    train_pairs = usable_pairs(load_pairs(cfg.data, split=cfg.split, skip_bad_rows=cfg.skip_bad_rows), tokenizer, max_length, cfg.data)
-    eval_pairs = usable_pairs(load_pairs(cfg.eval_data, split=cfg.split, skip_bad_rows=cfg.skip_bad_rows), tokenizer, max_length, cfg.eval_data) if cfg.eval_data else []
+    train_pairs = load_usable_pairs(cfg, cfg.data, tokenizer, max_length)
+    eval_pairs = load_usable_pairs(cfg, cfg.eval_data, tokenizer, max_length) if cfg.eval_data else []
     model.eval()
     probe(model, tokenizer, train_pairs, max_length, cfg.model)
     model.train()
@@ -260,7 +273,8 @@ def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
         state = checkpoints.load(resume_from, model, False, optimizer, scheduler)
         note(f"resuming from {resume_from} (step {state['step']})")
     trim_log(out / "log.jsonl", state["step"])
-    state = _loop(cfg, model, tokenizer, train_pairs, eval_pairs, optimizer, scheduler, state, per_epoch, total_steps, max_length, autocast, out)
+    state = _loop(cfg, model, tokenizer, train_pairs, eval_pairs, optimizer, scheduler, state, per_epoch, total_steps,
+                  max_length, autocast, out)
 
     scored_on = "eval" if eval_pairs else "train"
     final = pair_metrics(*score_all(model, tokenizer, eval_pairs or train_pairs, cfg, max_length, autocast))
@@ -296,7 +310,8 @@ def make_optimizer(model, cfg: RewardConfig, total_steps: int):
     return optimizer, scheduler
 
 
-def _loop(cfg, model, tokenizer, train_pairs, eval_pairs, optimizer, scheduler, state, per_epoch, total_steps, max_length, autocast, out: Path) -> dict:
+def _loop(cfg, model, tokenizer, train_pairs, eval_pairs, optimizer, scheduler, state, per_epoch, total_steps, max_length,
+          autocast, out: Path) -> dict:
     device = next(model.parameters()).device
     with progress() as bar, (out / "log.jsonl").open("a", encoding="utf-8") as log:
         task = bar.add_task("reward model", total=total_steps, completed=state["step"])
@@ -325,10 +340,12 @@ def _loop(cfg, model, tokenizer, train_pairs, eval_pairs, optimizer, scheduler, 
                       "memory_bytes": peak_memory_bytes(device)}
             if eval_pairs and cfg.eval_every and step % cfg.eval_every == 0:
                 scored = pair_metrics(*score_all(model, tokenizer, eval_pairs, cfg, max_length, autocast))
-                record.update(eval_loss=scored["loss"], eval_accuracy=scored["pairwise_accuracy"]["mean"], eval_margin=scored["mean_margin"])
+                record.update(eval_loss=scored["loss"], eval_accuracy=scored["pairwise_accuracy"]["mean"],
+                              eval_margin=scored["mean_margin"])
             log.write(json.dumps(record) + "\n")
             log.flush()
-            state.update(step=step, last_loss=record["loss"], last_accuracy=record["accuracy"], train_seconds=state["train_seconds"] + seconds)
+            state.update(step=step, last_loss=record["loss"], last_accuracy=record["accuracy"],
+                         train_seconds=state["train_seconds"] + seconds)
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                 checkpoints.save(out, step, model, tokenizer, False, optimizer, scheduler, state)
             bar.update(task, completed=step, description=f"reward model, loss {record['loss']:.4f}")

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..evaluation.metrics import toxicity_scores
-from ..models import locate, pick_device
+from ..models import context_window, locate, pick_device
 
 WORD = re.compile(r"[\w']+")
 
@@ -40,8 +40,9 @@ class RewardModel:
     @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str], batch_size: int = 16) -> np.ndarray:
         scores = []
+        limit = min(512, context_window(self.model.config, self.tokenizer) or 512)
         for start in range(0, len(prompts), batch_size):
-            batch = reward_inputs(self.tokenizer, prompts[start : start + batch_size], responses[start : start + batch_size])
+            batch = reward_inputs(self.tokenizer, prompts[start : start + batch_size], responses[start : start + batch_size], limit)
             logits = self.model(**batch.to(next(self.model.parameters()).device)).logits  # (batch, 1)
             scores.append(logits[:, 0].float().cpu().numpy())
         return np.concatenate(scores)
