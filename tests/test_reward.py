@@ -174,7 +174,6 @@ BAD = [
     ([{"prompt": "p", "responses": ["a", "b", "c"], "ranking": [1, 2]}], [], "'ranking' has 2 ranks for 3 responses"),
     ([{"prompt": "p " * 40, "chosen": "x " * 30 + "yes", "rejected": "x " * 30 + "no"}], ["--max-length", "8"], "no pair differs"),
     ([{"prompt": "p", "chosen": "a", "rejected": "b"}], ["--batch-size", "0"], "--batch-size must be at least 1"),
-    ([{"prompt": "p", "chosen": "a", "rejected": "b"}], ["--model", "{t5}"], "cannot score (prompt, response) pairs"),
 ]
 
 
