@@ -450,6 +450,15 @@ def init_model(corpus, out, **spec):
     click.echo(f"wrote a {spec['arch']} model to {path}")
 
 
+def _add_plan() -> None:
+    from .plan_cli import plan
+
+    cli.add_command(plan)
+
+
+_add_plan()
+
+
 def _quiet_libraries() -> None:
     """Our own progress bars replace the libraries' per-file ones; their warnings stay visible."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
