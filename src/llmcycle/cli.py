@@ -89,6 +89,59 @@ def _data(path: str, kwargs: dict, keep: bool = False):
     return DataOptions(path, **values)
 
 
+def config_options(cls, skip: tuple[str, ...] = ()):
+    """A click option for every field of a config dataclass, with the field's docstring as help.
+
+    Defaults stay in the dataclass: a flag not given is not passed, so `--config FILE` values are not overridden.
+    """
+    from . import config as configs
+
+    docs, types_ = configs.field_docs(cls), configs.field_types(cls)
+    short = {"model": "-m", "data": "-d", "out": "-o"}
+
+    def decorate(func):
+        for name in reversed(list(types_)):
+            if name in skip:
+                continue
+            flag, annotation = "--" + name.replace("_", "-"), types_[name]
+            base = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)), annotation)
+            names = [flag, *([short[name]] if name in short else [])]
+            if annotation is bool:
+                option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=docs.get(name))
+            elif getattr(annotation, "__origin__", None) is list:
+                option = click.option(*names, name, multiple=True, help=docs.get(name))
+            else:
+                option = click.option(*names, name, type=base if base in (int, float) else str, default=None, help=docs.get(name))
+            func = option(func)
+        return func
+
+    return decorate
+
+
+def _finetune_config():
+    from .finetune import FinetuneConfig
+
+    return FinetuneConfig
+
+
+def _reward_config():
+    from .align.reward import RewardConfig
+
+    return RewardConfig
+
+
+def _synthetic_config():
+    from .synthetic import SyntheticConfig
+
+    return SyntheticConfig
+
+
+def _pretrain_config():
+    from .pretrain import PretrainConfig
+
+    return PretrainConfig
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="llmcycle")
 def cli():
@@ -189,42 +242,7 @@ def _given_flags(kwargs: dict) -> dict:
 
 
 @cli.command()
-@click.option("--model", "-m", help="Base model folder, llmcycle run folder (model/) or hub id.")
-@click.option("--data", "-d", help="Training rows.")
-@click.option("--method", type=click.Choice(["full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "freeze"]), help="Fine-tuning method (default lora).")
-@click.option("--out", "-o", help="Run folder to write.")
-@click.option("--eval-data", help="Held-out rows for the validation loss.")
-@click.option("--epochs", type=int)
-@click.option("--max-steps", type=int)
-@click.option("--lr", type=float, help="Peak learning rate (default by method).")
-@click.option("--batch-size", type=int)
-@click.option("--grad-accum", type=int)
-@click.option("--max-length", type=int)
-@click.option("--warmup-steps", type=int)
-@click.option("--lr-scheduler", type=click.Choice(["linear", "cosine", "constant"]))
-@click.option("--weight-decay", type=float)
-@click.option("--max-grad-norm", type=float)
-@click.option("--seed", type=int)
-@click.option("--dtype", type=DTYPE_CHOICES)
-@click.option("--eval-every", type=int)
-@click.option("--save-every", type=int)
-@click.option("--log-every", type=int)
-@click.option("--packing/--no-packing", default=None, help="Pack short decoder-only rows into full sequences.")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
-@click.option("--lora-rank", type=int)
-@click.option("--lora-alpha", type=float)
-@click.option("--lora-dropout", type=float)
-@click.option("--lora-targets", help="attention, all-linear, or names such as q,v.")
-@click.option("--quant-type", type=click.Choice(["nf4", "fp4"]))
-@click.option("--double-quant/--no-double-quant", default=None)
-@click.option("--compute-dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
-@click.option("--num-virtual-tokens", type=int)
-@click.option("--prompt-init-text", help="Prompt tuning: initialise the virtual tokens from this text.")
-@click.option("--trainable", help="freeze: what trains (last:N, first:N, norm, embeddings, lm_head, name substrings).")
-@click.option("--template", type=click.Path())
-@click.option("--split")
-@click.option("--skip-bad-rows", is_flag=True, default=None)
-@click.option("--trust-remote-code", is_flag=True, default=None)
+@config_options(_finetune_config())
 @click.option("--config", "config_file", type=click.Path(), help="YAML config (a saved DIR/config.yaml reproduces its run).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Set any config field (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
@@ -237,27 +255,10 @@ def finetune(config_file, overrides, resume, **flags):
 
 
 @cli.command()
-@click.option("--model", "-m", help="Backbone: any encoder or decoder (e.g. minilm, the bundled all-MiniLM-L6-v2).")
-@click.option("--data", "-d", help="Preference rows: prompt/chosen/rejected or prompt/responses/ranking.")
-@click.option("--eval-data", help="Held-out preference rows (pairwise accuracy).")
-@click.option("--out", "-o", help="Run folder to write.")
-@click.option("--epochs", type=int)
-@click.option("--max-steps", type=int)
-@click.option("--lr", type=float)
-@click.option("--batch-size", type=int, help="Pairs per step.")
-@click.option("--max-length", type=int)
-@click.option("--warmup-steps", type=int)
-@click.option("--weight-decay", type=float)
-@click.option("--seed", type=int)
-@click.option("--dtype", type=DTYPE_CHOICES)
-@click.option("--eval-every", type=int)
-@click.option("--save-every", type=int)
-@click.option("--split")
-@click.option("--skip-bad-rows", is_flag=True, default=None)
-@click.option("--trust-remote-code", is_flag=True, default=None)
-@click.option("--config", "config_file", type=click.Path())
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
-@click.option("--resume", is_flag=True)
+@config_options(_reward_config())
+@click.option("--config", "config_file", type=click.Path(), help="YAML config (a saved DIR/config.yaml reproduces its run).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Set any config field (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
 def reward(config_file, overrides, resume, **flags):
     """Train a scalar reward model from preference pairs or rankings (Bradley-Terry loss)."""
     from . import config as configs
@@ -364,45 +365,6 @@ def quickstart(out, smoke):
 
     run_recipe(str(QUICKSTART), out, smoke=smoke)
     click.echo(f"report: {Path(out) / 'report.html'}")
-
-
-def config_options(cls, skip: tuple[str, ...] = ()):
-    """A click option for every field of a config dataclass, with the field's docstring as help.
-
-    Defaults stay in the dataclass: a flag not given is not passed, so `--config FILE` values are not overridden.
-    """
-    from . import config as configs
-
-    docs, types_ = configs.field_docs(cls), configs.field_types(cls)
-
-    def decorate(func):
-        for name in reversed(list(types_)):
-            if name in skip:
-                continue
-            flag, annotation = "--" + name.replace("_", "-"), types_[name]
-            base = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)), annotation)
-            if annotation is bool:
-                option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=docs.get(name))
-            elif getattr(annotation, "__origin__", None) is list:
-                option = click.option(flag, name, multiple=True, help=docs.get(name))
-            else:
-                option = click.option(flag, name, type=base if base in (int, float) else str, default=None, help=docs.get(name))
-            func = option(func)
-        return func
-
-    return decorate
-
-
-def _synthetic_config():
-    from .synthetic import SyntheticConfig
-
-    return SyntheticConfig
-
-
-def _pretrain_config():
-    from .pretrain import PretrainConfig
-
-    return PretrainConfig
 
 
 @cli.command()
