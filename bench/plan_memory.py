@@ -5,12 +5,13 @@ is still mapped) and is measured three ways:
 
 * model states, exactly: the bytes of every parameter, gradient and optimizer-state tensor after one AdamW step
   (tied weights counted once);
-* activations, exactly: the bytes of the tensors autograd saves for the backward pass during one forward pass
-  (collected with `torch.autograd.graph.saved_tensors_hooks`, storages counted once, parameters left out),
-  plus the logits the caller holds;
-* activations as the process sees them: the peak resident set size during forward + backward, sampled every
-  0.5 ms, less the RSS just before the forward pass (gradients and optimizer states already allocated).
-  This adds what the formula leaves out: gradients of activations and temporaries alive during backward.
+* activations at their peak, as the process sees them: the peak resident set size during forward + backward,
+  sampled every 0.5 ms, less the RSS just before the forward pass (gradients and optimizer states already
+  allocated); compared with the planner's activations;
+* what the forward pass saves, exactly: the bytes of the tensors autograd saves for the backward pass
+  (collected with `torch.autograd.graph.saved_tensors_hooks`, storages counted once, parameters left out), plus
+  the logits the caller holds; compared with the planner's `saved_activation_bytes` (its activations less the
+  gradients of the log-softmax and the logits, which exist only once backward starts).
 
 On a CPU, PyTorch's dropout keeps an fp32 mask (and its input); CUDA runs `torch.native_dropout`, which keeps a
 1-byte mask, as the formula assumes. `--native-dropout` makes the CPU run do the same, to measure what a GPU
@@ -19,8 +20,9 @@ would keep; the CPU default is measured too.
 glibc's mmap threshold is pinned (MALLOC_MMAP_THRESHOLD_) so that freed tensors go back to the system and RSS
 follows live memory. Models are built from configs (nothing is downloaded) in fp32 with eager attention, the
 setting the planner's activation formula (Korthikanti et al. 2022) describes: `--precision fp32`, AdamW.
-Run: `python bench/plan_memory.py [--models gpt2,gpt2-gelu,llama --methods full,lora,prompt-tuning,prefix-tuning
---batch-size 8 --max-length 256 --native-dropout]`.
+`--gradient-checkpointing` recomputes each layer in backward (with full and lora: peft's prompt methods refuse or
+break under it). Run: `python bench/plan_memory.py [--models gpt2,gpt2-gelu,llama --methods
+full,lora,prompt-tuning,prefix-tuning --batch-size 8 --max-length 256 --native-dropout --gradient-checkpointing]`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from llmcycle.plan import TrainingSetup, plan_memory, shape_from_model
+from llmcycle.plan import TrainingSetup, plan_memory, saved_activation_bytes, shape_from_model
 
 MB = 1e6
 CONFIGS = {
@@ -78,7 +80,7 @@ def tensor_bytes(tensors) -> int:
 
 
 def model_state_bytes(model, optimizer) -> int:
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     grads = [p.grad for p in params if p.grad is not None]
     states = [value for state in optimizer.state.values() for value in state.values()]
     return tensor_bytes(params) + tensor_bytes(grads) + tensor_bytes(states)
@@ -89,7 +91,7 @@ def batch(vocab: int, batch_size: int, length: int) -> dict:
     return {"input_ids": ids, "labels": ids}
 
 
-def saved_activation_bytes(model, inputs) -> int:
+def measured_saved_bytes(model, inputs) -> int:
     """Bytes autograd keeps for backward during one forward pass, plus the logits returned to the caller."""
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = {}
@@ -138,12 +140,16 @@ def use_native_dropout() -> None:
     F.dropout = dropout
 
 
-def measure(model_name: str, method: str, batch_size: int, length: int, native_dropout: bool) -> dict:
+def measure(model_name: str, method: str, batch_size: int, length: int, native_dropout: bool, checkpointing: bool) -> dict:
     """One run: a warm-up step at batch 1 allocates gradients and optimizer states, then the measured passes."""
     if native_dropout:
         use_native_dropout()
     with tempfile.TemporaryDirectory() as folder:
         model = build(model_name, Path(folder), method)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if method != "full":  # frozen embeddings: the checkpointed layers' inputs must still carry gradients
+                model.enable_input_require_grads()
         vocab = CONFIGS[model_name]["vocab_size"]
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         model(**batch(vocab, 1, 8)).loss.backward()
@@ -151,19 +157,22 @@ def measure(model_name: str, method: str, batch_size: int, length: int, native_d
         optimizer.zero_grad(set_to_none=False)  # gradients stay allocated, so the deltas below are activations only
         states = model_state_bytes(model, optimizer)
         inputs = batch(vocab, batch_size, length)
-        saved = saved_activation_bytes(model, inputs)
+        saved = measured_saved_bytes(model, inputs)
         optimizer.zero_grad(set_to_none=False)
         rss = peak_rss_delta(model, inputs)
-        setup = TrainingSetup(method=method, precision="fp32", batch_size=batch_size, max_length=length)
-        planned = plan_memory(shape_from_model(folder), setup)
+        setup = TrainingSetup(method=method, precision="fp32", batch_size=batch_size, max_length=length,
+                              gradient_checkpointing=checkpointing)
+        shape = shape_from_model(folder)
+        planned = plan_memory(shape, setup)
     return {"model": model_name, "method": method, "trainable": planned.trainable_params,
             "planned_states": planned.model_states_gb * 1e9, "states": states,
-            "planned_activations": planned.activations_gb * 1e9, "saved": saved, "rss": rss}
+            "planned_activations": planned.activations_gb * 1e9, "rss": rss,
+            "planned_saved": saved_activation_bytes(shape, setup), "saved": saved}
 
 
-def run_isolated(model_name: str, method: str, batch_size: int, length: int, native_dropout: bool) -> dict:
+def run_isolated(model_name: str, method: str, batch_size: int, length: int, native_dropout: bool, checkpointing: bool) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    args = [sys.executable, __file__, "--worker", json.dumps([model_name, method, batch_size, length, native_dropout])]
+    args = [sys.executable, __file__, "--worker", json.dumps([model_name, method, batch_size, length, native_dropout, checkpointing])]
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{model_name} {method} failed:\n{done.stderr}")
@@ -171,15 +180,17 @@ def run_isolated(model_name: str, method: str, batch_size: int, length: int, nat
 
 
 def table(results: list[dict]) -> str:
-    header = ("| model | method | trainable | states planned MB | measured MB | ratio | activations planned MB "
-              "| saved MB | ratio | peak RSS delta MB | ratio |")
+    """Markdown, in MB: model states, activations at their peak, what is saved for backward, and the total."""
+    header = ("| model | method | trainable | states planned | measured | ratio | activations planned | peak RSS delta "
+              "| ratio | saved planned | saved measured | ratio | total planned | states + RSS delta | ratio |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
-        lines.append(
-            f"| {r['model']} | {r['method']} | {r['trainable']:,} | {r['planned_states'] / MB:.1f} | {r['states'] / MB:.1f} "
-            f"| {r['planned_states'] / r['states']:.3f} | {r['planned_activations'] / MB:.1f} | {r['saved'] / MB:.1f} "
-            f"| {r['planned_activations'] / r['saved']:.2f} | {r['rss'] / MB:.1f} | {r['planned_activations'] / r['rss']:.2f} |"
-        )
+        pairs = ((r["planned_states"], r["states"]), (r["planned_activations"], r["rss"]),
+                 (r["planned_saved"], r["saved"]), (r["planned_states"] + r["planned_activations"], r["states"] + r["rss"]))
+        cells = [r["model"], r["method"], f"{r['trainable']:,}"]
+        for planned, measured in pairs:
+            cells += [f"{planned / MB:.1f}", f"{measured / MB:.1f}", f"{planned / measured:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -190,12 +201,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--native-dropout", action="store_true", help="Keep 1-byte dropout masks, as on a GPU.")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="Recompute each layer in backward.")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(measure(*json.loads(args.worker))))
         return
-    results = [run_isolated(m, method, args.batch_size, args.max_length, args.native_dropout)
+    results = [run_isolated(m, method, args.batch_size, args.max_length, args.native_dropout, args.gradient_checkpointing)
                for m in args.models.split(",") for method in args.methods.split(",")]
     print(table(results))
 

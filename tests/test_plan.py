@@ -132,6 +132,12 @@ def test_model_shape_counts_parameters_exactly_and_reads_run_folders(tmp_path):
     assert t5_shape.layers == 4 and t5_shape.encoder_decoder  # encoder and decoder blocks
 
 
+def test_activations_written_in_python_keep_more(tmp_path):
+    """GPT-2's gelu_new keeps 4 MLP-wide (4h) tensors for backward where a fused GeLU keeps 1."""
+    assert shape_from_model(str(tiny_model_dir("gpt2", tmp_path / "gpt2")[0])).activation_extra == 12
+    assert shape_from_model(str(tiny_model_dir("llama", tmp_path / "llama")[0])).activation_extra == 0
+
+
 # ---------------------------------------------------------------- architectures and activations
 
 
@@ -150,11 +156,11 @@ def test_activations_follow_korthikanti():
     assert layer_activation_bytes(s, b, h, a, 2, flash=False) == per_layer
     assert layer_activation_bytes(s, b, h, a, 2, flash=True) == s * b * h * 34
     shape = ModelShape(total_params=10**9, layers=24, hidden=h, heads=a, vocab=32000)
-    logits = b * s * 32000 * (2 + 4)  # bf16 logits held, fp32 log-softmax saved
+    logits = b * s * 32000 * 12  # fp32 log-softmax, its gradient and the logits' gradient as backward starts
     full = plan_memory(shape, TrainingSetup(batch_size=b, max_length=s)).activations_gb * 1e9
     assert full == pytest.approx(24 * per_layer + logits)
     setup = TrainingSetup(batch_size=b, max_length=s, gradient_checkpointing=True)
-    assert plan_memory(shape, setup).activations_gb * 1e9 == pytest.approx(24 * 2 * s * b * h + per_layer + logits)
+    assert plan_memory(shape, setup).activations_gb * 1e9 == pytest.approx(24 * 2 * s * b * h + max(per_layer, logits))
     lora = plan_memory(shape, TrainingSetup(method="lora", batch_size=b, max_length=s)).activations_gb * 1e9
     assert lora == pytest.approx(24 * (per_layer - 12 * s * b * h) + logits)  # frozen linears keep no inputs
     all_linear = TrainingSetup(method="lora", lora_targets="all-linear", batch_size=b, max_length=s)
@@ -252,3 +258,21 @@ def test_numbers_are_finite_for_every_method_and_strategy():
         for strategy in ("ddp", "zero1", "zero2", "zero3", "fsdp"):
             result = plan_memory(shape, TrainingSetup(method=method, strategy=strategy, gpus=4))
             assert math.isfinite(result.total_gb) and result.total_gb > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["memory", "--params", "0"], "error: --params must be positive, not 0"),
+    (["memory", "--params", "1B", "--strategy", "zero4"], "error: Invalid value for '--strategy'"),
+    (["compute", "--flops", "-1e20"], "error: --flops must be positive, not -1e20"),
+])
+def test_llmcycle_plan_errors_are_one_line_and_exit_2(args, message, monkeypatch, capsys):
+    from conftest import run_cli
+
+    import llmcycle.cli
+
+    monkeypatch.setitem(llmcycle.cli.cli.commands, "plan", plan)  # as `cli.add_command(plan)` registers it
+    assert run_cli("plan", *args) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message) and "Traceback" not in captured.err
+    assert captured.out == ""

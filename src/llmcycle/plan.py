@@ -27,13 +27,15 @@ Memory follows the published arithmetic, so every figure can be checked by hand:
 * Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", eq. 1):
   s*b*h*(34 + 5*a*s/h) bytes a layer for 16-bit activations, where 2*s*b*h + a*s*s*b of that are 1-byte dropout
   masks; in fp32 the rest doubles. `--flash-attention` drops the a*s*s terms (scores are recomputed, not
-  stored). Full gradient checkpointing keeps only each layer's input (2*s*b*h in 16 bits) plus one layer's
-  activations while it is recomputed. PyTorch keeps a linear layer's input only to compute that layer's weight
-  gradient, so with a frozen base the inputs of the linears nothing adapts are not kept: the attention output
-  projection's and both MLP layers' (12*s*b*h in 16 bits), and for prompt and prefix tuning the query/key/value
-  input too (2*s*b*h); LoRA on all linear layers keeps them all. The logits add b*s*vocab*(2 + 4) bytes (4 + 4
-  in fp32): the logits as the model returns them, held by the caller, and the fp32 log-softmax that the
-  cross-entropy loss keeps for backward (bench/plan_memory.py measures both). The formula assumes a GPT-style
+  stored). PyTorch keeps a linear layer's input only to compute that layer's weight gradient, so with a frozen
+  base the inputs of the linears nothing adapts are not kept: the attention output projection's and both MLP
+  layers' (12*s*b*h in 16 bits), and for prompt and prefix tuning the query/key/value input too (2*s*b*h); LoRA
+  on all linear layers keeps them all. Memory peaks as backward starts, with three (batch, seq, vocab) fp32
+  buffers beside the layers' tensors: the log-softmax the cross-entropy loss keeps and the gradients of the
+  log-softmax and of the logits, b*s*vocab*12 bytes (a caller that holds `outputs.logits` adds 2 or 4 bytes a
+  value). Full gradient checkpointing keeps only each layer's input (2*s*b*h in 16 bits); a layer recomputed
+  later in backward needs its full activations, but by then the logits' buffers are freed, so the larger of the
+  two counts. bench/plan_memory.py measures these terms on a CPU. The formula assumes a GPT-style
   block (MLP width 4h, fused GeLU); for `--model`, an activation written in Python (GPT-2's and T5's `gelu_new`)
   adds the extra MLP-wide tensors autograd keeps of it. Encoder-decoder models count encoder and decoder layers
   alike. The batch size is per GPU: data parallelism does not divide activations.
@@ -185,7 +187,7 @@ class MemoryPlan:
 # ---------------------------------------------------------------- sizes from the command line
 
 
-_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+_COUNT = re.compile(r"^\s*([+-]?[0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
 _SUFFIX = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
 
 
@@ -405,7 +407,8 @@ def trainable_params(shape: ModelShape, setup: TrainingSetup) -> int:
     if setup.method == "prompt-tuning":
         prompts = 2 if shape.encoder_decoder else 1  # peft gives encoder and decoder a prompt each
         return setup.num_virtual_tokens * prompts * shape.hidden
-    return setup.num_virtual_tokens * shape.prefix_layers * 2 * shape.kv_hidden  # a key and a value per layer
+    layers, kv_hidden = shape.prefix_layers or shape.layers, shape.kv_hidden or shape.hidden
+    return setup.num_virtual_tokens * layers * 2 * kv_hidden  # a key and a value per layer
 
 
 def nf4_bytes_per_param(double_quant: bool) -> float:
@@ -464,20 +467,37 @@ def unsaved_linear_inputs(setup: TrainingSetup) -> int:
     return output_projection + mlp_in + mlp_out + qkv
 
 
-def activation_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
+def _layer_bytes(shape: ModelShape, setup: TrainingSetup) -> tuple[float, float]:
+    """(one layer's saved tensors, what every layer keeps through the step) in bytes."""
     seq = setup.max_length + (setup.num_virtual_tokens if setup.method == "prompt-tuning" else 0)
     value_bytes = 4 if setup.precision == "fp32" else 2
     one_layer = layer_activation_bytes(
         seq, setup.batch_size, shape.hidden, shape.heads, value_bytes, setup.flash_attention,
         unsaved_linear_inputs(setup) - shape.activation_extra,
     )
-    if setup.gradient_checkpointing:  # layer inputs kept, one layer recomputed at a time
-        blocks = shape.layers * value_bytes * seq * setup.batch_size * shape.hidden + one_layer
-    else:
-        blocks = shape.layers * one_layer
-    # (batch, seq, vocab): the logits returned, and the fp32 log-softmax the loss keeps
-    logits = setup.batch_size * setup.max_length * shape.vocab * (value_bytes + 4)
-    return blocks + logits
+    if setup.gradient_checkpointing:  # only the layer inputs are kept
+        return one_layer, shape.layers * value_bytes * seq * setup.batch_size * shape.hidden
+    return one_layer, shape.layers * one_layer
+
+
+def logits_values(shape: ModelShape, setup: TrainingSetup) -> int:
+    """Values of one (batch, seq, vocab) tensor."""
+    return setup.batch_size * setup.max_length * shape.vocab
+
+
+def saved_activation_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
+    """What the forward pass leaves for backward when the caller holds the logits: the layers' saved tensors
+    (their inputs only, under checkpointing), the logits and their fp32 log-softmax."""
+    value_bytes = 4 if setup.precision == "fp32" else 2
+    return _layer_bytes(shape, setup)[1] + logits_values(shape, setup) * (value_bytes + 4)
+
+
+def activation_bytes(shape: ModelShape, setup: TrainingSetup) -> float:
+    """Activation memory at its peak: the layers' saved tensors and three fp32 logit-sized buffers as backward starts,
+    or, under checkpointing, the layer inputs and the larger of those buffers and one recomputed layer."""
+    one_layer, kept = _layer_bytes(shape, setup)
+    logits = logits_values(shape, setup) * 12  # log-softmax, its gradient, the logits' gradient: fp32
+    return kept + (max(logits, one_layer) if setup.gradient_checkpointing else logits)
 
 
 def plan_memory(shape: ModelShape, setup: TrainingSetup) -> MemoryPlan:
@@ -546,12 +566,13 @@ class ComputePlan:
         return self.flops / (self.gpu.peak_tflops * 1e12 * self.utilisation) / 3600
 
     def to_json(self) -> dict:
-        record = {"params": self.params, "tokens": self.tokens, "flops": self.flops, "petaflop_s_days": self.petaflop_s_days}
+        record = {"params": round(self.params), "tokens": round(self.tokens), "flops": self.flops,
+                  "petaflop_s_days": self.petaflop_s_days}
         if self.gpu_hours is not None:
             record.update(gpu=self.gpu.name, utilisation=self.utilisation, gpu_hours=self.gpu_hours)
         for name in ("chinchilla_params", "chinchilla_tokens"):
             if getattr(self, name) is not None:
-                record[name] = getattr(self, name)
+                record[name] = round(getattr(self, name))
         return record
 
 

@@ -21,8 +21,7 @@ def _choice(values) -> click.Choice:
     return click.Choice(values, case_sensitive=False)
 
 
-def _gpu_options(func):
-    func = click.option("--gpu-memory", type=float, default=None, help="GPU memory in GB (overrides the named GPU's).")(func)
+def _gpu_option(func):
     return click.option("--gpu", default=None, metavar="NAME", help="A known GPU: h100, a100-40gb, a100-80gb, h200, l4, t4, a10g, v100, rtx4090, ...")(func)
 
 
@@ -51,7 +50,8 @@ def plan():
 @click.option("--lora-targets", type=_choice(LORA_TARGETS), default="attention", show_default=True)
 @click.option("--num-virtual-tokens", type=int, default=20, show_default=True, help="Prompt and prefix tuning.")
 @click.option("--no-double-quant", is_flag=True, help="QLoRA without double quantisation of the constants.")
-@_gpu_options
+@_gpu_option
+@click.option("--gpu-memory", type=float, default=None, help="GPU memory in GB (overrides the named GPU's).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a config class shipped with the model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON only.")
 def memory(model, params, layers, hidden, heads, vocab, gpu, gpu_memory, trust_remote_code, as_json, no_double_quant, **setup):
@@ -95,14 +95,14 @@ def _print_memory(result: MemoryPlan, description: str, gpu) -> None:
 @click.option("--params", default=None, help="Model size: 70B, 1.3e9, ...")
 @click.option("--tokens", default=None, help="Training tokens (default: 20 per parameter, Chinchilla).")
 @click.option("--flops", default=None, help="A compute budget in FLOPs instead: the compute-optimal model and data.")
-@_gpu_options
+@_gpu_option
 @click.option("--utilisation", "--utilization", "utilisation", type=float, default=0.4, show_default=True, help="Share of the GPU's peak reached.")
 @click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON only.")
-def compute(params, tokens, flops, gpu, gpu_memory, utilisation, as_json):
+def compute(params, tokens, flops, gpu, utilisation, as_json):
     """Training FLOPs (6ND), petaflop/s-days, GPU-hours, and the Chinchilla pairing of model and data size."""
     values = {flag: parse_count(text, flag) if text is not None else None
               for flag, text in (("--params", params), ("--tokens", tokens), ("--flops", flops))}
-    result = plan_compute(values["--params"], values["--tokens"], values["--flops"], find_gpu(gpu, gpu_memory), utilisation)
+    result = plan_compute(values["--params"], values["--tokens"], values["--flops"], find_gpu(gpu), utilisation)
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return
