@@ -11,8 +11,8 @@ mkdir -p "$WORK"
 export HF_HUB_OFFLINE=1
 llmcycle synth --task corpus --rows 8000 --seed 100 --out "$WORK/corpus.txt"
 llmcycle pretrain --corpus "$WORK/corpus.txt" --arch t5 --layers 3 --hidden 128 --heads 4 --vocab-size 3000 \
-    --max-length 128 --batch-size 32 --max-steps 250 --lr 3e-3 --seed 0 --out "$WORK/pretrained"
-llmcycle synth --task instruct --rows 3000 --seed 101 --out "$WORK/instruct-train.jsonl"
+    --max-length 128 --batch-size 32 --max-steps 120 --lr 3e-3 --seed 0 --out "$WORK/pretrained"
+llmcycle synth --task instruct --rows 2000 --seed 101 --out "$WORK/instruct-train.jsonl"
 llmcycle synth --task instruct --rows 200 --seed 102 --out "$WORK/instruct-test.jsonl"
 llmcycle finetune --model "$WORK/pretrained/model" --data "$WORK/instruct-train.jsonl" --eval-data "$WORK/instruct-test.jsonl" \
     --method full --lr 1e-3 --epochs 2 --batch-size 32 --max-length 256 --warmup-steps 20 --seed 0 --out "$WORK/instruct"
