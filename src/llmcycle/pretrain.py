@@ -1,0 +1,373 @@
+"""Pre-training on plain text: span corruption for encoder-decoder models, next-token prediction for decoder-only.
+
+The lifecycle's first stage, and how llmcycle builds its own default model offline. The model is an existing
+one (continued pre-training) or one built from a config with a tokenizer trained on the corpus (scratch.py).
+- Encoder-decoder (T5, BART): T5's span corruption (Raffel et al. 2020, section 3.1.4). About 15% of a chunk's
+  tokens, in spans of mean length 3, are each replaced by one sentinel token <extra_id_i> in the encoder input;
+  the decoder predicts each sentinel followed by the tokens it hid. The noise is drawn per chunk from a
+  generator seeded by (seed, epoch, chunk), so a resumed run sees the same inputs as an uninterrupted one.
+- Decoder-only (GPT-2, Llama, ...): next-token prediction.
+The corpus is tokenised once and packed into chunks of max_length tokens, documents separated by EOS (as T5
+and GPT-2 were trained), so batches are full and nothing is padded. The loop is finetune.py's: AdamW, warm-up
+then linear decay, clipping, checkpoints that resume exactly, log.jsonl and metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as configs
+from .console import note, print_table, progress
+from .errors import UserError
+from .finetune import check_out_dir, folder_bytes, peak_memory_bytes, save_final, trim_log
+from .models import CONTEXT_WINDOW_ATTRS, ENCODER_DECODER, load_base, locate
+from .outputs import atomic_open, write_json
+from .scratch import ARCHITECTURES, ScratchSpec, build_model, corpus_texts, train_tokenizer
+from .training import checkpoints
+from .training.sft_data import Tokenized, collate, completion_loss_sum, count_targets, epoch_batches
+
+SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
+RECENT = 10  # final_loss is the mean of this many last steps: one step's loss is noisy
+
+
+@dataclass
+class PretrainConfig:
+    """Everything that defines a pre-training run; saved as DIR/config.yaml."""
+
+    corpus: str = ""
+    """Text to train on: .txt (a document a line) or a data file (each string field is a document)."""
+    out: str = ""
+    """Run folder to write."""
+    model: str | None = None
+    """Model to continue pre-training (folder, run folder or hub id); or build a new one with arch."""
+    arch: str | None = None
+    """Build a new model: t5, bart, gpt2 or llama, with a byte-level BPE tokenizer trained on the corpus."""
+    layers: int = 4
+    """New model: layers (encoder and decoder each, for t5 and bart)."""
+    hidden: int = 256
+    """New model: hidden size."""
+    heads: int = 4
+    """New model: attention heads."""
+    vocab_size: int = 8000
+    """New model: vocabulary size, including 100 sentinel tokens for t5 and bart."""
+    context: int = 512
+    """New model: context window in tokens."""
+    dropout: float = 0.0
+    """New model: dropout (none is usual for pre-training on a single pass)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides epochs."""
+    epochs: int = 1
+    """Passes over the corpus (unless max_steps is set)."""
+    batch_size: int = 16
+    """Chunks per step."""
+    lr: float | None = None
+    """Peak learning rate; default 1e-3 for a new model, 1e-4 to continue one."""
+    warmup_steps: int | None = None
+    """Steps of linear warm-up before the linear decay to 0; default a twentieth of the steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables clipping)."""
+    max_length: int = 128
+    """Tokens per chunk of the packed corpus (before span corruption, which shortens the encoder input)."""
+    noise_density: float = 0.15
+    """Encoder-decoder: share of each chunk's tokens that is masked."""
+    mean_span_length: float = 3.0
+    """Encoder-decoder: mean length of a masked span."""
+    seed: int = 0
+    """Seed for initialisation, data order and masking."""
+    save_every: int | None = None
+    """Write a checkpoint every N steps."""
+    log_every: int = 1
+    """Write a log.jsonl line every N steps."""
+
+    def validate(self) -> None:
+        for name in ("corpus", "out"):
+            if not getattr(self, name):
+                raise UserError(f"--{name} is required")
+        if bool(self.model) == bool(self.arch):
+            raise UserError("give either --model (continue pre-training it) or --arch (build a new model), not both or neither")
+        optional = {"max_steps": self.max_steps, "save_every": self.save_every}
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "log_every": self.log_every}
+        for name, value in [*positive.items(), *((k, v) for k, v in optional.items() if v is not None)]:
+            if value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.max_length < 4:
+            raise UserError(f"--max-length must be at least 4 (got {self.max_length})")
+        if not 0 < self.noise_density < 1 or self.mean_span_length < 1:
+            raise UserError("--noise-density must be between 0 and 1 and --mean-span-length at least 1")
+        if self.lr is not None and not self.lr > 0:
+            raise UserError(f"--lr must be above 0 (got {self.lr})")
+        if (self.warmup_steps or 0) < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or not 0 <= self.dropout < 1:
+            raise UserError("--warmup-steps, --weight-decay and --max-grad-norm must be 0 or more, --dropout in [0, 1)")
+        if self.arch:
+            self.spec().validate()
+            if self.arch in ("t5", "bart") and self.vocab_size < 400:
+                raise UserError(f"--vocab-size must be at least 400 for {self.arch} (100 of it are sentinel tokens)")
+            if self.max_length > self.context:
+                raise UserError(f"--max-length {self.max_length} is longer than --context {self.context}")
+
+    def spec(self) -> ScratchSpec:
+        return ScratchSpec(arch=self.arch or "", layers=self.layers, hidden=self.hidden, heads=self.heads,
+                           vocab_size=self.vocab_size, context=self.context, dropout=self.dropout, seed=self.seed)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (1e-3 if self.arch else 1e-4)
+
+
+# ---------------------------------------------------------------- span corruption
+
+
+def _positive_parts(total: int, parts: int, rng: np.random.Generator) -> list[int]:
+    """`total` split at random into `parts` lengths of at least 1."""
+    cuts = np.sort(rng.choice(total - 1, parts - 1, replace=False) + 1) if parts > 1 else np.array([], dtype=int)
+    return np.diff(np.concatenate([[0], cuts, [total]])).tolist()
+
+
+def noise_mask(length: int, noise_density: float, mean_span_length: float, max_spans: int, rng: np.random.Generator) -> list[bool]:
+    """Which of `length` tokens to mask: round(length * density) of them, in round(noise / mean_span) spans.
+
+    Unlike T5's code, the chunk may start or end with a masked span; spans are separated by at least one token.
+    """
+    noise = min(max(round(length * noise_density), 1), length - 1)
+    spans = max(1, min(round(noise / mean_span_length), max_spans, length - noise + 1))
+    noise_lengths = _positive_parts(noise, spans, rng)
+    # spans + 1 runs of kept tokens: the two ends may be empty (drawn one longer, then shortened), the others not
+    kept = _positive_parts(length - noise + 2, spans + 1, rng)
+    kept = [kept[0] - 1, *kept[1:-1], kept[-1] - 1]
+    mask: list[bool] = []
+    for run, span in zip(kept, noise_lengths):
+        mask += [False] * run + [True] * span
+    return mask + [False] * kept[-1]
+
+
+def span_corruption(ids: list[int], sentinels: list[int], eos: list[int], noise_density: float, mean_span_length: float,
+                    rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """(encoder input, decoder target): each masked span becomes sentinel i in the input, and the target is
+    sentinel i followed by the span's tokens, for every span in order; both end with `eos` ([] or [EOS id])."""
+    mask = noise_mask(len(ids), noise_density, mean_span_length, len(sentinels), rng)
+    inputs, targets, span = [], [], -1
+    for i, (token, masked) in enumerate(zip(ids, mask)):
+        if not masked:
+            inputs.append(token)
+            continue
+        if i == 0 or not mask[i - 1]:
+            span += 1
+            inputs.append(sentinels[span])
+            targets.append(sentinels[span])
+        targets.append(token)
+    return inputs + eos, targets + eos
+
+
+# ---------------------------------------------------------------- setup
+
+
+def sentinel_ids(tokenizer) -> list[int]:
+    """Ids of <extra_id_0>, <extra_id_1>, ... as far as the tokenizer has them."""
+    vocab = tokenizer.get_vocab()
+    ids = []
+    for token in SENTINELS:
+        if token not in vocab:
+            break
+        ids.append(vocab[token])
+    return ids
+
+
+def setup_model(cfg: PretrainConfig, texts: list[str], resume_from: Path | None):
+    """(model, tokenizer, is_encoder_decoder): from the checkpoint, the given model, or built new."""
+    if resume_from is not None or cfg.model:
+        if resume_from is not None:
+            base = str(resume_from / "model")
+        else:
+            source = locate(cfg.model)
+            if source.adapters:
+                raise UserError(f"{cfg.model} is an adapter; merge it first (llmcycle merge) or pre-train its base")
+            base = source.base
+        loaded = load_base(base, torch_dtype=torch.float32)
+        model, tokenizer, is_seq2seq = loaded.model, loaded.tokenizer, loaded.is_encoder_decoder
+        if is_seq2seq and not sentinel_ids(tokenizer):
+            tokenizer.add_special_tokens({"additional_special_tokens": SENTINELS})
+            model.resize_token_embeddings(len(tokenizer))
+            note(f"the tokenizer had no sentinel tokens; added {len(SENTINELS)} (<extra_id_0> ...) and resized the embeddings")
+    else:
+        is_seq2seq = cfg.arch in ("t5", "bart")
+        sentinels = len(SENTINELS) if is_seq2seq else 0
+        tokenizer = train_tokenizer(texts, cfg.vocab_size - sentinels, append_eos=is_seq2seq)
+        if is_seq2seq:
+            tokenizer.add_special_tokens({"additional_special_tokens": SENTINELS})
+        tokenizer.model_max_length = cfg.context
+        model = build_model(cfg.spec(), tokenizer)
+    window = next((value for attr in CONTEXT_WINDOW_ATTRS if isinstance(value := getattr(model.config, attr, None), int) and value > 0), None)
+    if window is not None and cfg.max_length > window:
+        raise UserError(f"--max-length {cfg.max_length} is longer than the model's context window ({window})")
+    return model.float().train(), tokenizer, is_seq2seq
+
+
+def pack_corpus(texts: list[str], tokenizer, chunk_length: int) -> tuple[list[list[int]], int]:
+    """(chunks of `chunk_length` tokens of the documents joined by EOS; the corpus's token count)."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
+        stream.extend(ids + eos)
+    chunks = [stream[start : start + chunk_length] for start in range(0, len(stream), chunk_length)]
+    return [chunk for chunk in chunks if len(chunk) >= 2], len(stream)
+
+
+def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq2seq: bool):
+    """Batch `i` of the run (across epochs) and the batches per epoch; the same for a fresh and a resumed run."""
+    per_epoch = math.ceil(len(chunks) / cfg.batch_size)
+    sentinels, eos = sentinel_ids(tokenizer), [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def batch(index: int) -> tuple[dict[str, torch.Tensor], int]:
+        epoch, position = divmod(index, per_epoch)
+        chosen = epoch_batches(len(chunks), cfg.batch_size, cfg.seed, epoch)[position]
+        if is_seq2seq:
+            rows = [Tokenized(*span_corruption(chunks[i], sentinels, eos, cfg.noise_density, cfg.mean_span_length,
+                                               np.random.default_rng([cfg.seed, epoch, i]))) for i in chosen]
+        else:
+            rows = [Tokenized(chunks[i], chunks[i]) for i in chosen]
+        return collate(rows, pad_id, is_seq2seq), sum(len(chunks[i]) for i in chosen)
+
+    return batch, per_epoch
+
+
+# ---------------------------------------------------------------- the run
+
+
+def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
+    """Run `cfg`; returns the metrics written to DIR/metrics.json."""
+    cfg.validate()
+    out = Path(cfg.out)
+    resume_from = check_out_dir(cfg, out, resume)
+    texts = corpus_texts(cfg.corpus)
+    if not texts:
+        raise UserError(f"corpus {cfg.corpus} holds no text")
+    torch.manual_seed(cfg.seed)
+    model, tokenizer, is_seq2seq = setup_model(cfg, texts, resume_from)
+    chunks, corpus_tokens = pack_corpus(texts, tokenizer, cfg.max_length - 1 if is_seq2seq else cfg.max_length)
+    if not chunks:
+        raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
+    batch_of, per_epoch = make_batches(chunks, cfg, tokenizer, is_seq2seq)
+    total_steps = cfg.max_steps or per_epoch * cfg.epochs
+    optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    objective = "span corruption" if is_seq2seq else "next-token prediction"
+    total_params = sum(p.numel() for p in model.parameters())
+    note(f"{objective} on {model.config.model_type}, {total_params:,} parameters; {len(texts)} documents, "
+         f"{corpus_tokens:,} tokens in {len(chunks)} chunks; {total_steps} steps of {cfg.batch_size}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "config.yaml") as handle:
+        handle.write(configs.dump_yaml(cfg))
+    state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "first_loss": None, "last_loss": None, "recent_losses": []}
+    if resume_from is not None:
+        state = restore(resume_from, optimizer, scheduler)
+        note(f"resuming from {resume_from} (step {state['step']})")
+    trim_log(out / "log.jsonl", state["step"])
+    state = _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out)
+
+    weights_dir = save_final(out, model, tokenizer, False)
+    metrics = {
+        "objective": objective,
+        "model_type": model.config.model_type,
+        "first_loss": state["first_loss"],
+        "final_loss": sum(state["recent_losses"]) / len(state["recent_losses"]),
+        "last_step_loss": state["last_loss"],
+        "steps": state["step"],
+        "epochs": round(state["step"] / per_epoch, 4),
+        "tokens_seen": state["tokens"],
+        "tokens_per_second": state["tokens"] / max(state["train_seconds"], 1e-9),
+        "wall_time_s": state["train_seconds"],
+        "total_params": total_params,
+        "corpus_documents": len(texts),
+        "corpus_tokens": corpus_tokens,
+        "peak_memory_bytes": peak_memory_bytes(next(model.parameters()).device),
+        "size_on_disk_bytes": folder_bytes(weights_dir),
+    }
+    write_json(out / "metrics.json", metrics)
+    _print_summary(metrics, weights_dir)
+    return metrics
+
+
+def restore(folder: Path, optimizer, scheduler) -> dict:
+    """What checkpoints.load restores but the weights, which setup_model has read from `folder` already.
+
+    (checkpoints.load refuses T5 and BART checkpoints: save_pretrained leaves out the embeddings tied to
+    `shared`, and its check for tied weights knows only lm_head.)
+    """
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng = torch.load(folder / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"]:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state = json.loads((folder / "trainer_state.json").read_text())
+    version, internal, gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy_rng"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    return state
+
+
+def make_optimizer(model, cfg: PretrainConfig, total_steps: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else total_steps // 20
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out: Path) -> dict:
+    with progress() as bar, (out / "log.jsonl").open("a", encoding="utf-8") as log:
+        task = bar.add_task("pre-training", total=total_steps, completed=state["step"])
+        while state["step"] < total_steps:
+            started = time.perf_counter()
+            batch, tokens = batch_of(state["step"])
+            loss = completion_loss_sum(model, batch, is_seq2seq) / max(count_targets(batch, is_seq2seq), 1)
+            step, value = state["step"] + 1, loss.item()
+            if not math.isfinite(value):
+                kept = checkpoints.checkpoint_dirs(out)
+                raise UserError(f"the loss became {value} at step {step}; stopped. Last complete checkpoint: "
+                                f"{kept[-1] if kept else 'none'}. Try a lower --lr (now {cfg.learning_rate:g})")
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - started
+            state.update(step=step, last_loss=value, tokens=state["tokens"] + tokens, train_seconds=state["train_seconds"] + seconds,
+                         first_loss=state["first_loss"] if state["first_loss"] is not None else value,
+                         recent_losses=[*state["recent_losses"], value][-RECENT:])
+            if step % cfg.log_every == 0 or step == total_steps:
+                record = {"step": step, "epoch": round(step / per_epoch, 4), "loss": value, "lr": scheduler.get_last_lr()[0],
+                          "tokens_per_second": tokens / seconds, "memory_bytes": peak_memory_bytes(next(model.parameters()).device)}
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
+                checkpoints.save(out, step, model, tokenizer, False, optimizer, scheduler, state)
+            bar.update(task, completed=step, description=f"pre-training, loss {value:.4f}")
+    return state
+
+
+def _print_summary(metrics: dict, weights_dir: Path) -> None:
+    rows = [
+        ("objective", f"{metrics['objective']} ({metrics['model_type']})"),
+        ("parameters", f"{metrics['total_params']:,}"),
+        ("loss", f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} (mean of the last steps)"),
+        ("steps (epochs)", f"{metrics['steps']} ({metrics['epochs']:g})"),
+        ("tokens seen", f"{metrics['tokens_seen']:,}"),
+        ("tokens/s", f"{metrics['tokens_per_second']:,.0f}"),
+        ("wall time", f"{metrics['wall_time_s']:.1f} s"),
+        ("size on disk", f"{metrics['size_on_disk_bytes'] / 2**20:,.2f} MiB ({weights_dir})"),
+    ]
+    print_table("pre-training", ["", "value"], rows)
