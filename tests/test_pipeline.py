@@ -120,3 +120,21 @@ def test_every_shipped_recipe_runs_with_a_tiny_model(recipe, tiny_t5, local_data
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics and all("rougeL" in entry for entry in metrics.values())
     assert (out / "report.html").is_file()
+
+
+def test_quickstart_shortened_on_the_embedded_model(tmp_path):
+    out = tmp_path / "qs"
+    assert run_cli("quickstart", "--smoke", "--out", out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "lora+ppo", "full+int8"]
+    for name, entry in metrics.items():
+        for metric in ("rouge1", "rouge2", "rougeL", "rougeLsum", "toxicity"):
+            assert {"mean", "ci95", "n"} <= set(entry[metric]), (name, metric)
+        assert {"trainable_params", "wall_time_s", "size_on_disk_bytes"} <= set(entry["cost"]), name
+    for name in ("full", "lora", "prompt-tuning", "lora+ppo"):
+        assert set(metrics[name]["forgetting"]) == {"classify", "extract"}
+        assert {"peak_memory_bytes", "trainable_share"} <= set(metrics[name]["cost"])
+    html = (out / "report.html").read_text()
+    for section in ("What each step bought", "Quality", "Cost", "Forgetting", "Outputs side by side"):
+        assert section in html
+    assert html.count("data:image/png;base64,") == 5
