@@ -17,6 +17,15 @@ TINY = dict(layers=2, hidden=64, heads=4, vocab_size=500, context=128, max_lengt
 SENTINELS = list(range(900, 1000))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy 2-core machine its spin-waits cost seconds a step."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
     return write_synthetic(SyntheticConfig(task="corpus", rows=200, seed=1, out=str(tmp_path_factory.mktemp("corpus") / "corpus.jsonl")))

@@ -87,7 +87,9 @@ def build_model(spec: ScratchSpec, tokenizer):
             feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=spec.dropout, **ids,
         )
         model = tf.T5ForConditionalGeneration(config)
-        with torch.no_grad():  # T5 initialises an untied LM head with std 1, giving logits in the hundreds
+        # transformers 5 ties T5's LM head to the input embeddings (tie_word_embeddings=False only turns off the
+        # output scaling); shrink the shared matrix so the first logits are not in the hundreds.
+        with torch.no_grad():
             model.lm_head.weight.mul_(spec.hidden**-0.5)
         return model
     if spec.arch == "bart":

@@ -75,7 +75,8 @@ def load(folder: Path, model, is_adapter: bool, optimizer, scheduler) -> dict:
         for shard in sorted((folder / "model").glob("*.safetensors")):
             weights.update(load_file(shard))
         missing, unexpected = model.load_state_dict(weights, strict=False)
-        tied = {name for name in missing if _is_tied(model, name)}
+        aliases = _tied_aliases(model)
+        tied = {name for name in missing if any(other in weights for other in aliases.get(name, []))}
         if set(missing) - tied or unexpected:
             raise RuntimeError(f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)[:3]}")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
@@ -92,7 +93,9 @@ def load(folder: Path, model, is_adapter: bool, optimizer, scheduler) -> dict:
     return state
 
 
-def _is_tied(model, name: str) -> bool:
-    # save_pretrained drops tied copies (e.g. lm_head.weight tied to the input embeddings).
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return output is not None and name.startswith("lm_head") and getattr(model.config, "tie_word_embeddings", False)
+def _tied_aliases(model) -> dict[str, list[str]]:
+    """Each parameter name -> the other names of the same tensor (save_pretrained writes a shared tensor once)."""
+    groups: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(parameter), []).append(name)
+    return {name: [other for other in group if other != name] for group in groups.values() for name in group}
