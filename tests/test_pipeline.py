@@ -126,12 +126,12 @@ def test_quickstart_shortened_on_the_embedded_model(tmp_path):
     out = tmp_path / "qs"
     assert run_cli("quickstart", "--smoke", "--out", out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "lora+ppo", "full+int8"]
+    assert list(metrics) == ["zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "full+ppo", "full+int8"]
     for name, entry in metrics.items():
         for metric in ("rouge1", "rouge2", "rougeL", "rougeLsum", "toxicity"):
             assert {"mean", "ci95", "n"} <= set(entry[metric]), (name, metric)
         assert {"trainable_params", "wall_time_s", "size_on_disk_bytes"} <= set(entry["cost"]), name
-    for name in ("full", "lora", "prompt-tuning", "lora+ppo"):
+    for name in ("full", "lora", "prompt-tuning", "full+ppo"):
         assert set(metrics[name]["forgetting"]) == {"classify", "extract"}
         assert {"peak_memory_bytes", "trainable_share"} <= set(metrics[name]["cost"])
     html = (out / "report.html").read_text()

@@ -134,6 +134,8 @@ class Scene:
     topic: str
     facts: dict[str, str]
     rude: bool = False
+    insults: int = 0
+    """How many summary sentences report an insult; they lead the summary, as the most notable event."""
 
     @property
     def text(self) -> str:
@@ -262,7 +264,9 @@ def add_insult(rng: random.Random, scene: Scene, X: str | None = None, after: in
         at = rng.choice(own)
         text = scene.turns[at][1]
         scene.turns[at] = (X, f"{insult} {text}" if rng.random() < 0.5 and at > after else f"{text} {insult}")
-    scene.summary.append(said.format(X=X, Y=Y))
+    # Insults lead the summary: a summariser then says them early, where its outputs (and PPO's rollouts) reach.
+    scene.summary.insert(scene.insults, said.format(X=X, Y=Y))
+    scene.insults += 1
     scene.rude = True
     return X, at
 
