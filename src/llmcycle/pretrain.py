@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,7 +269,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
         handle.write(configs.dump_yaml(cfg))
     state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "first_loss": None, "last_loss": None, "recent_losses": []}
     if resume_from is not None:
-        state = restore(resume_from, optimizer, scheduler)
+        state = checkpoints.load_training_state(resume_from, optimizer, scheduler)  # setup_model read the weights
         note(f"resuming from {resume_from} (step {state['step']})")
     trim_log(out / "log.jsonl", state["step"])
     state = _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out)
@@ -296,26 +295,6 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     write_json(out / "metrics.json", metrics)
     _print_summary(metrics, weights_dir)
     return metrics
-
-
-def restore(folder: Path, optimizer, scheduler) -> dict:
-    """What checkpoints.load restores but the weights, which setup_model has read from `folder` already.
-
-    (checkpoints.load refuses T5 and BART checkpoints: save_pretrained leaves out the embeddings tied to
-    `shared`, and its check for tied weights knows only lm_head.)
-    """
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"]:
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    state = json.loads((folder / "trainer_state.json").read_text())
-    version, internal, gauss = state["python_rng"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, *rest = state["numpy_rng"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    return state
 
 
 def make_optimizer(model, cfg: PretrainConfig, total_steps: int):

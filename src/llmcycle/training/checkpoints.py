@@ -79,6 +79,11 @@ def load(folder: Path, model, is_adapter: bool, optimizer, scheduler) -> dict:
         tied = {name for name in missing if any(other in weights for other in aliases.get(name, []))}
         if set(missing) - tied or unexpected:
             raise RuntimeError(f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)[:3]}")
+    return load_training_state(folder, optimizer, scheduler)
+
+
+def load_training_state(folder: Path, optimizer, scheduler) -> dict:
+    """Everything but the weights: optimizer, scheduler, RNG states; returns the trainer state."""
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
