@@ -18,6 +18,7 @@ import click
 from .console import err
 from .errors import UserError
 from .generation import GenerationSettings
+from .training.distributed import ReportedError
 
 DTYPE_CHOICES = click.Choice(["auto", "float32", "bfloat16", "float16"])
 
@@ -435,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("LLMCYCLE_DEBUG") == "1"
     args = [arg for arg in args if arg != "--debug"]
+    saved_debug = os.environ.get("LLMCYCLE_DEBUG")
+    if debug:
+        os.environ["LLMCYCLE_DEBUG"] = "1"  # training processes started by the launcher inherit it
     try:
         _quiet_libraries()
         cli.main(args=args, prog_name="llmcycle", standalone_mode=False)
@@ -443,12 +447,17 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         err.print("error: interrupted")
         sys.exit(130)
+    except ReportedError as exc:
+        sys.exit(exc.exit_code)  # the training processes printed the error themselves
     except (click.UsageError, UserError) as exc:
         if debug:
             traceback.print_exc()
         message = exc.format_message() if isinstance(exc, click.UsageError) else str(exc)
         err.print("error: " + " ".join(message.split()), highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
+    finally:
+        if saved_debug is None:
+            os.environ.pop("LLMCYCLE_DEBUG", None)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,13 @@ from .errors import UserError
 from .models import DECODER_ONLY, LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
 from .outputs import atomic_open, write_json
 from .training import checkpoints
+from .training.distributed import Distributed, DistributedSettings, launch, needs_launch, session
 from .training.methods import ADAPTER_METHODS, DEFAULT_LR, METHODS, apply_method, count_parameters
 from .training.sft_data import Tokenized, collate, collate_packed, completion_loss_sum, count_targets, epoch_batches, pack, tokenize
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(DistributedSettings):
     """Everything that defines a fine-tuning run; saved as DIR/config.yaml."""
 
     model: str = ""
@@ -133,6 +134,9 @@ class FinetuneConfig:
             raise UserError("--dtype must be auto, float32, bfloat16 or float16 (--compute-dtype without auto)")
         if self.method == "freeze" and not self.trainable:
             raise UserError("--method freeze needs --trainable, for example last:2 or last:1,norm")
+        self.validate_distributed()
+        if self.method == "qlora" and self.num_processes > 1 and (self.strategy == "fsdp" or self.deepspeed):
+            raise UserError("--method qlora trains on several processes with --strategy ddp only (4-bit weights are not sharded here)")
 
     @property
     def learning_rate(self) -> float:
@@ -148,6 +152,8 @@ class FinetuneConfig:
 
 def check_out_dir(cfg, out: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to overwrite another run."""
+    if resume and getattr(cfg, "deepspeed", None):
+        raise UserError("--resume is not supported with --deepspeed; checkpoints resume under --strategy ddp or fsdp")
     finished = (out / "model").exists() or (out / "adapter").exists()
     if resume:
         found = checkpoints.checkpoint_dirs(out)
@@ -174,7 +180,7 @@ def load_for_training(cfg: FinetuneConfig) -> LoadedModel:
     device = pick_device()
     extra = {}
     if cfg.method == "qlora":
-        extra = {"quantization_config": qlora_config(cfg), "device_map": {"": 0}}
+        extra = {"quantization_config": qlora_config(cfg), "device_map": {"": device.index or 0}}
     dtype = torch.float32 if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, device)
     loaded = load_base(base, torch_dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra)
     if cfg.method != "qlora":
@@ -218,16 +224,21 @@ def load_rows(cfg: FinetuneConfig, loaded: LoadedModel, source: str) -> list[Tok
     return rows
 
 
-def micro_batches(rows: list[Tokenized], cfg: FinetuneConfig, pad_id: int, is_encoder_decoder: bool):
-    """Micro-batch `i` of the run (across epochs); the same for a fresh and a resumed run."""
+def micro_batches(rows: list[Tokenized], cfg: FinetuneConfig, pad_id: int, is_encoder_decoder: bool, dist: Distributed):
+    """This process's part of micro-batch `i` of the run (across epochs) and its loss weight.
+
+    The same for a fresh and a resumed run; on P processes, global micro-batch `i` holds the rows of a
+    one-process run with P times the batch size.
+    """
     if cfg.packing:
         rows = pack(rows, cfg.max_length)
-    per_epoch = math.ceil(len(rows) / cfg.batch_size)
+    global_batch = cfg.batch_size * dist.world_size
+    per_epoch = math.ceil(len(rows) / global_batch)
 
-    def batch(index: int) -> dict[str, torch.Tensor]:
+    def batch(index: int) -> tuple[dict[str, torch.Tensor], float]:
         epoch, position = divmod(index, per_epoch)
-        chosen = [rows[i] for i in epoch_batches(len(rows), cfg.batch_size, cfg.seed, epoch)[position]]
-        return collate_packed(chosen, pad_id) if cfg.packing else collate(chosen, pad_id, is_encoder_decoder)
+        chosen, weight = dist.shard([rows[i] for i in epoch_batches(len(rows), global_batch, cfg.seed, epoch)[position]])
+        return (collate_packed(chosen, pad_id) if cfg.packing else collate(chosen, pad_id, is_encoder_decoder)), weight
 
     return batch, per_epoch
 
@@ -244,35 +255,46 @@ def make_optimizer(model, cfg: FinetuneConfig, total_steps: int):
 # ---------------------------------------------------------------- the loop
 
 
-def train_step(model, batches: list[dict], is_encoder_decoder: bool, device, autocast) -> tuple[float, int, int]:
-    """One optimizer step's forward and backward passes: (mean loss, completion tokens, input tokens).
+def train_step(model, batches: list[dict], is_encoder_decoder: bool, device, autocast,
+               dist: Distributed | None = None, weights: list[float] | None = None) -> tuple[float, int, int]:
+    """One optimizer step's forward and backward passes: (mean loss, completion tokens, input tokens), all processes.
 
-    Each micro-batch's summed loss is divided by the completion tokens of the whole step, so the gradient
-    is that of one large batch, however the step is split into micro-batches.
+    Each micro-batch's summed loss is divided by the completion tokens of the whole step (on every process), so
+    the gradient is that of one large batch, however the step is split into micro-batches and processes.
     """
-    targets = sum(count_targets(b, is_encoder_decoder) for b in batches)
-    total_loss, inputs = 0.0, 0
-    for batch in batches:
+    dist = dist or Distributed()
+    weights = weights or [1.0] * len(batches)
+    local_targets = sum(count_targets(b, is_encoder_decoder) * w for b, w in zip(batches, weights))
+    local_inputs = sum(w * (int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel())
+                       for b, w in zip(batches, weights))
+    targets, inputs = dist.sum(local_targets, local_inputs)
+    scale, total_loss = dist.loss_scale(targets), 0.0
+    for index, (batch, weight) in enumerate(zip(batches, weights)):
         batch = {key: value.to(device) for key, value in batch.items()}
-        with autocast():
-            loss = completion_loss_sum(model, batch, is_encoder_decoder) / max(targets, 1)
-        loss.backward()
+        with dist.accumulating(model, sync=index == len(batches) - 1):
+            with autocast():
+                loss = completion_loss_sum(model, batch, is_encoder_decoder) * (scale * weight)
+            dist.backward(loss, len(batches))
         total_loss += loss.item()
-        inputs += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-    return total_loss, targets, inputs
+    (total_loss,) = dist.sum(total_loss)
+    return total_loss / dist.world_size, int(targets), int(inputs)
 
 
 @torch.no_grad()
-def evaluate_loss(model, rows: list[Tokenized], cfg: FinetuneConfig, pad_id: int, is_encoder_decoder: bool, device, autocast) -> float:
-    """Validation loss: mean cross-entropy per completion token."""
+def evaluate_loss(model, rows: list[Tokenized], cfg: FinetuneConfig, pad_id: int, is_encoder_decoder: bool, device, autocast,
+                  dist: Distributed | None = None) -> float:
+    """Validation loss: mean cross-entropy per completion token (each process scores its share of the rows)."""
+    dist = dist or Distributed()
     model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(rows), cfg.batch_size):
-        batch = {k: v.to(device) for k, v in collate(rows[start : start + cfg.batch_size], pad_id, is_encoder_decoder).items()}
+    total, count, step = 0.0, 0.0, cfg.batch_size * dist.world_size
+    for start in range(0, len(rows), step):
+        part, weight = dist.shard(rows[start : start + step])
+        batch = {k: v.to(device) for k, v in collate(part, pad_id, is_encoder_decoder).items()}
         with autocast():
-            total += completion_loss_sum(model, batch, is_encoder_decoder).item()
-        count += count_targets(batch, is_encoder_decoder)
+            total += completion_loss_sum(model, batch, is_encoder_decoder).item() * weight
+        count += count_targets(batch, is_encoder_decoder) * weight
     model.train()
+    total, count = dist.sum(total, count)
     return total / max(count, 1)
 
 
@@ -287,10 +309,20 @@ def folder_bytes(folder: Path) -> int:
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
-    """Run `cfg`; returns the metrics written to DIR/metrics.json."""
+    """Run `cfg`; returns the metrics written to DIR/metrics.json. With num_processes > 1, starts the processes."""
     cfg.validate()
+    if needs_launch(cfg):
+        check_out_dir(cfg, Path(cfg.out), resume)
+        launch(["finetune"], cfg, resume)
+        return json.loads((Path(cfg.out) / "metrics.json").read_text())
+    with session(cfg) as dist:
+        return _finetune(cfg, resume, dist)
+
+
+def _finetune(cfg: FinetuneConfig, resume: bool, dist: Distributed) -> dict:
     out = Path(cfg.out)
     resume_from = check_out_dir(cfg, out, resume)
+    dist.barrier()  # every process has looked at --out before the main one writes there
     require_cuda_for_qlora(cfg)
     torch.manual_seed(cfg.seed)
     loaded = load_for_training(cfg)
@@ -300,29 +332,40 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     train_rows = load_rows(cfg, loaded, cfg.data)
     eval_rows = load_rows(cfg, loaded, cfg.eval_data) if cfg.eval_data else []
     model = apply_method(loaded.model, cfg, is_seq2seq, loaded.name)
+    if resume_from is not None:
+        checkpoints.load_weights(resume_from, model, cfg.is_adapter)  # into the whole model, before any sharding
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model.train()
     trainable, total = count_parameters(model)
-    batch_of, per_epoch = micro_batches(train_rows, cfg, pad_id, is_seq2seq)
+    model = dist.wrap(model)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # same initial weights everywhere, different dropout per process
+    batch_of, per_epoch = micro_batches(train_rows, cfg, pad_id, is_seq2seq, dist)
     total_steps = cfg.max_steps or math.ceil(per_epoch * cfg.epochs / cfg.grad_accum)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    model, optimizer = dist.prepare_optimizer(model, optimizer)
     autocast = _autocast(cfg, device)
     note(f"{cfg.method} on {loaded.kind} {Path(loaded.name).name}: {trainable:,} trainable of {total:,} parameters; "
          f"{len(train_rows)} rows, {total_steps} steps, {device.type}, {'bf16 autocast' if device.type == 'cuda' and cfg.dtype == 'auto' else next(model.parameters()).dtype}")
+    if dist.enabled:
+        note(f"{dist.describe()}: global batch {cfg.batch_size * dist.world_size * cfg.grad_accum} = "
+             f"{cfg.batch_size} rows x {dist.world_size} processes x {cfg.grad_accum} accumulation")
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(configs.dump_yaml(cfg))
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_open(out / "config.yaml") as handle:
+            handle.write(configs.dump_yaml(cfg))
     state = {"step": 0, "tokens": 0, "completion_tokens": 0, "train_seconds": 0.0, "last_loss": None, "eval_loss": None, "loss_history": []}
     if resume_from is not None:
-        state = checkpoints.load(resume_from, model, cfg.is_adapter, optimizer, scheduler)
+        state = checkpoints.load_training_state(resume_from, optimizer, scheduler, dist, model)
         note(f"resuming from {resume_from} (step {state['step']})")
-    trim_log(out / "log.jsonl", state["step"])
+    if dist.is_main:
+        trim_log(out / "log.jsonl", state["step"])
 
-    state = _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out)
-    final_eval = evaluate_loss(model, eval_rows, cfg, pad_id, is_seq2seq, device, autocast) if eval_rows else None
-    weights_dir = save_final(out, model, loaded.tokenizer, cfg.is_adapter)
+    state = _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out, dist)
+    final_eval = evaluate_loss(model, eval_rows, cfg, pad_id, is_seq2seq, device, autocast, dist) if eval_rows else None
+    weights_dir = save_final(out, model, loaded.tokenizer, cfg.is_adapter, dist)
     metrics = {
         "method": cfg.method,
         "train_loss": state["last_loss"],
@@ -331,53 +374,67 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
         "total_params": total,
         "trainable_share": trainable / total,
         "steps": state["step"],
+        "world_size": dist.world_size,
+        "global_batch_size": cfg.batch_size * dist.world_size * cfg.grad_accum,
         "tokens_per_second": state["tokens"] / max(state["train_seconds"], 1e-9),
         "completion_tokens_per_second": state["completion_tokens"] / max(state["train_seconds"], 1e-9),
         "peak_memory_bytes": peak_memory_bytes(device),
         "wall_time_s": state["train_seconds"],
-        "size_on_disk_bytes": folder_bytes(weights_dir),
     }
-    if cfg.is_adapter:
-        metrics["adapter_size_bytes"] = metrics["size_on_disk_bytes"]
-    write_json(out / "metrics.json", metrics)
-    _print_summary(metrics, weights_dir)
+    if dist.is_main:
+        metrics["size_on_disk_bytes"] = folder_bytes(weights_dir)
+        if cfg.is_adapter:
+            metrics["adapter_size_bytes"] = metrics["size_on_disk_bytes"]
+        write_json(out / "metrics.json", metrics)
+        _print_summary(metrics, weights_dir)
+    dist.barrier()  # no process leaves (and ends the process group) while the main one still writes
     return metrics
 
 
-def _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out: Path) -> dict:
+def _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out: Path,
+          dist: Distributed) -> dict:
     device, is_seq2seq, pad_id = loaded.device, loaded.is_encoder_decoder, loaded.tokenizer.pad_token_id
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    with progress() as bar, (out / "log.jsonl").open("a", encoding="utf-8") as log:
+    with progress() as bar, main_log(out, dist) as log:
         task = bar.add_task(f"{cfg.method} fine-tuning", total=total_steps, completed=state["step"])
         while state["step"] < total_steps:
             started = time.perf_counter()
             first = state["step"] * cfg.grad_accum
-            batches = [batch_of(i) for i in range(first, first + cfg.grad_accum)]
-            loss, targets, inputs = train_step(model, batches, is_seq2seq, device, autocast)
+            batches, weights = zip(*[batch_of(i) for i in range(first, first + cfg.grad_accum)])
+            loss, targets, inputs = train_step(model, list(batches), is_seq2seq, device, autocast, dist, list(weights))
             step = state["step"] + 1
             if not math.isfinite(loss):
                 kept = checkpoints.checkpoint_dirs(out)
                 raise UserError(f"the loss became {loss} at step {step}; stopped. Last complete checkpoint: "
                                 f"{kept[-1] if kept else 'none'}. Try a lower --lr (now {cfg.learning_rate:g})")
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            optimizer.step()
+            dist.step(model, optimizer, cfg.max_grad_norm)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - started
             state.update(step=step, last_loss=loss, tokens=state["tokens"] + inputs,
                          completion_tokens=state["completion_tokens"] + targets, train_seconds=state["train_seconds"] + seconds)
             record = {"step": step, "epoch": round(step * cfg.grad_accum / per_epoch, 4), "loss": loss,
                       "lr": scheduler.get_last_lr()[0], "tokens_per_second": inputs / seconds, "memory_bytes": peak_memory_bytes(device)}
             if eval_rows and cfg.eval_every and step % cfg.eval_every == 0:
-                record["eval_loss"] = state["eval_loss"] = evaluate_loss(model, eval_rows, cfg, pad_id, is_seq2seq, device, autocast)
+                record["eval_loss"] = state["eval_loss"] = evaluate_loss(model, eval_rows, cfg, pad_id, is_seq2seq, device, autocast, dist)
             if step % cfg.log_every == 0 or step == total_steps or "eval_loss" in record:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                log(record)
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                checkpoints.save(out, step, model, loaded.tokenizer, cfg.is_adapter, optimizer, scheduler, state)
+                checkpoints.save(out, step, model, loaded.tokenizer, cfg.is_adapter, optimizer, scheduler, state, dist=dist)
             bar.update(task, completed=step, description=f"{cfg.method} fine-tuning, loss {loss:.4f}")
     return state
+
+
+@contextlib.contextmanager
+def main_log(out: Path, dist: Distributed):
+    """A function appending one record to DIR/log.jsonl; on processes other than the main one it does nothing."""
+    if not dist.is_main:
+        yield lambda record: None
+        return
+    with (out / "log.jsonl").open("a", encoding="utf-8") as handle:
+        def write(record: dict) -> None:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+
+        yield write
 
 
 def _autocast(cfg: FinetuneConfig, device):
@@ -402,14 +459,19 @@ def trim_log(path: Path, step: int) -> None:
         handle.write("".join(line + "\n" for line in lines))
 
 
-def save_final(out: Path, model, tokenizer, is_adapter: bool) -> Path:
-    """Write model/ or adapter/ under a temporary name, then rename: it appears only when complete."""
-    staging = out / ".final.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    checkpoints.save_weights(model, tokenizer, staging, is_adapter)
-    name = "adapter" if is_adapter else "model"
-    (staging / name).rename(out / name)
-    staging.rmdir()
+def save_final(out: Path, model, tokenizer, is_adapter: bool, dist: Distributed | None = None) -> Path:
+    """Write model/ or adapter/ under a temporary name, then rename: it appears only when complete.
+
+    On several processes every one takes part (sharded weights are gathered) and the main one writes.
+    """
+    dist = dist or Distributed()
+    staging, name = out / ".final.tmp", "adapter" if is_adapter else "model"
+    if dist.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+    checkpoints.save_weights(model, tokenizer, staging, is_adapter, dist)
+    if dist.is_main:
+        (staging / name).rename(out / name)
+        staging.rmdir()
     return out / name
 
 

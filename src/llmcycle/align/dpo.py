@@ -46,7 +46,7 @@ from ..models import LoadedModel, load_base, locate, pick_device, resolve_dtype
 from ..outputs import atomic_open, write_json
 from ..training import checkpoints
 from ..training.methods import count_parameters, lora_targets, task_type
-from ..training.sft_data import IGNORE, Tokenized, collate, epoch_batches, tokenize
+from ..training.sft_data import IGNORE, Tokenized, collate, decoder_input_ids, epoch_batches, tokenize
 
 MAX_GRAD_NORM = 1.0
 """Gradient clipping, as trl's DPOConfig does by default."""
@@ -179,8 +179,7 @@ def sequence_log_probs(model, batch: dict[str, torch.Tensor], is_encoder_decoder
     labels = batch["labels"]
     inputs = {key: value for key, value in batch.items() if key != "labels"} | {"use_cache": False}
     if is_encoder_decoder:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        inputs["decoder_input_ids"] = base.prepare_decoder_input_ids_from_labels(labels=labels)
+        inputs["decoder_input_ids"] = decoder_input_ids(model, labels)
     logits = model(**inputs).logits  # (rows, seq, vocab)
     if not is_encoder_decoder:
         logits, labels = logits[:, -labels.shape[1] :][:, :-1], labels[:, 1:]  # position t predicts token t+1

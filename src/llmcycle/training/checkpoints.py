@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distributed import Distributed
+
 PREFIX = "step-"
 
 
@@ -28,66 +30,89 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def save_weights(model, tokenizer, folder: Path, is_adapter: bool) -> None:
+def save_weights(model, tokenizer, folder: Path, is_adapter: bool, dist: Distributed | None = None) -> None:
+    """save_pretrained into folder/model or folder/adapter; on several processes all gather, the main one writes."""
+    dist = dist or Distributed()
+    full_state = dist.full_state_dict(model)  # a collective: every process calls it
+    if not dist.is_main:
+        return
     folder = folder / ("adapter" if is_adapter else "model")
-    model.save_pretrained(folder, safe_serialization=True)
+    extra = {} if full_state is None else {"state_dict": full_state}
+    dist.unwrap(model).save_pretrained(folder, safe_serialization=True, **extra)
     tokenizer.save_pretrained(folder)
 
 
 def save(out: Path, step: int, model, tokenizer, is_adapter: bool, optimizer, scheduler, state: dict,
-         extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+         extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None, dist: Distributed | None = None) -> Path:
     """Write checkpoint `step`; `extra_tensors` maps file names to more state dicts (e.g. a value head)."""
     from safetensors.torch import save_file
 
+    dist = dist or Distributed()
     final = out / "checkpoints" / f"{PREFIX}{step}"
     staging = out / "checkpoints" / f".{PREFIX}{step}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_weights(model, tokenizer, staging, is_adapter)
-    for name, tensors in (extra_tensors or {}).items():
-        save_file({key: value.contiguous() for key, value in tensors.items()}, staging / name)
-    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
-    random_state = random.getstate()
-    numpy_state = np.random.get_state()
-    full_state = {
-        **state,
-        "python_rng": [random_state[0], list(random_state[1]), random_state[2]],
-        "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-    }
-    (staging / "trainer_state.json").write_text(json.dumps(full_state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
+    if dist.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    save_weights(model, tokenizer, staging, is_adapter, dist)
+    optimizer_state = dist.optimizer_state(model, optimizer)
+    rng_per_process = dist.gather_objects(torch.get_rng_state())
+    if dist.is_main:
+        for name, tensors in (extra_tensors or {}).items():
+            save_file({key: value.contiguous() for key, value in tensors.items()}, staging / name)
+        torch.save(optimizer_state, staging / "optimizer.pt")
+        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "per_process": rng_per_process}, staging / "rng.pt")
+        random_state = random.getstate()
+        numpy_state = np.random.get_state()
+        full_state = {
+            **state,
+            "python_rng": [random_state[0], list(random_state[1]), random_state[2]],
+            "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        }
+        (staging / "trainer_state.json").write_text(json.dumps(full_state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        staging.rename(final)
+    dist.barrier()  # the checkpoint is complete before any process goes on (and might be killed)
     return final
 
 
 def load(folder: Path, model, is_adapter: bool, optimizer, scheduler) -> dict:
     """Restore everything `save` wrote into the live objects; returns the trainer state."""
+    load_weights(folder, model, is_adapter)
+    return load_training_state(folder, optimizer, scheduler)
+
+
+def load_weights(folder: Path, model, is_adapter: bool) -> None:
+    """The checkpoint's weights into an unwrapped model (before DDP or FSDP wrap it)."""
     from safetensors.torch import load_file
 
     if is_adapter:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, load_file(folder / "adapter" / "adapter_model.safetensors"))
-    else:
-        weights = {}
-        for shard in sorted((folder / "model").glob("*.safetensors")):
-            weights.update(load_file(shard))
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-        aliases = _tied_aliases(model)
-        tied = {name for name in missing if any(other in weights for other in aliases.get(name, []))}
-        if set(missing) - tied or unexpected:
-            raise RuntimeError(f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)[:3]}")
-    return load_training_state(folder, optimizer, scheduler)
+        return
+    weights = {}
+    for shard in sorted((folder / "model").glob("*.safetensors")):
+        weights.update(load_file(shard))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    aliases = _tied_aliases(model)
+    tied = {name for name in missing if any(other in weights for other in aliases.get(name, []))}
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)[:3]}")
 
 
-def load_training_state(folder: Path, optimizer, scheduler) -> dict:
-    """Everything but the weights: optimizer, scheduler, RNG states; returns the trainer state."""
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+def load_training_state(folder: Path, optimizer, scheduler, dist: Distributed | None = None, model=None) -> dict:
+    """Everything but the weights: optimizer, scheduler, RNG states; returns the trainer state.
+
+    Under FSDP the optimizer state is the full one `save` gathered; each process keeps its shard of it.
+    """
+    dist = dist or Distributed()
+    dist.load_optimizer_state(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
+    per_process = rng.get("per_process") or []
+    torch.set_rng_state(per_process[dist.rank] if len(per_process) == dist.world_size else rng["torch"])
     if rng["cuda"]:
         torch.cuda.set_rng_state_all(rng["cuda"])
     state = json.loads((folder / "trainer_state.json").read_text())

@@ -122,8 +122,7 @@ def completion_loss_sum(model, batch: dict[str, torch.Tensor], is_encoder_decode
     inputs = {key: value for key, value in batch.items() if key != "labels"} | {"use_cache": False}
     if is_encoder_decoder:
         # Shift the labels right ourselves: passing `labels` would make the model compute a second, mean loss.
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        inputs["decoder_input_ids"] = base.prepare_decoder_input_ids_from_labels(labels=labels)
+        inputs["decoder_input_ids"] = decoder_input_ids(model, labels)
     logits = model(**inputs).logits  # (batch, seq, vocab)
     if not is_encoder_decoder:
         logits = logits[:, -labels.shape[1] :]  # prompt tuning prepends virtual-token positions; they have no label
@@ -136,3 +135,10 @@ def completion_loss_sum(model, batch: dict[str, torch.Tensor], is_encoder_decode
 def count_targets(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> int:
     labels = batch["labels"] if is_encoder_decoder else batch["labels"][:, 1:]
     return int((labels != IGNORE).sum())
+
+
+def decoder_input_ids(model, labels: torch.Tensor) -> torch.Tensor:
+    """An encoder-decoder's decoder inputs: `labels` shifted right, as the (possibly wrapped) model builds them."""
+    inner = getattr(model, "module", model)  # DDP and DeepSpeed hold the model as .module
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return base.prepare_decoder_input_ids_from_labels(labels=labels)
