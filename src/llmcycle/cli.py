@@ -90,15 +90,29 @@ def _data(path: str, kwargs: dict, keep: bool = False):
     return DataOptions(path, **values)
 
 
-def config_options(cls, skip: tuple[str, ...] = ()):
-    """A click option for every field of a config dataclass, with the field's docstring as help.
+def config_options(*classes, skip: tuple[str, ...] = ()):
+    """A click option for every field of one or more config dataclasses, with the field's docstring as help.
 
     Defaults stay in the dataclass: a flag not given is not passed, so `--config FILE` values are not overridden.
+    With several classes (align's ppo and dpo), a field only one of them has says so in its help.
     """
     from . import config as configs
 
-    docs, types_ = configs.field_docs(cls), configs.field_types(cls)
+    docs: dict[str, dict[str, str]] = {}  # field -> {command: doc}
+    types_ = {}
+    for cls in classes:
+        command = cls.__name__.removesuffix("Config").lower()
+        field_docs = configs.field_docs(cls)
+        for name, annotation in configs.field_types(cls).items():
+            types_.setdefault(name, annotation)
+            docs.setdefault(name, {})[command] = field_docs.get(name, "")
     short = {"model": "-m", "data": "-d", "out": "-o"}
+
+    def help_for(name: str) -> str:
+        by_command = docs[name]
+        if len(classes) > 1 and (len(by_command) < len(classes) or len(set(by_command.values())) > 1):
+            return "; ".join(f"{command}: {doc.rstrip('.')}" for command, doc in by_command.items()) + "."
+        return next(iter(by_command.values()))
 
     def decorate(func):
         for name in reversed(list(types_)):
@@ -108,11 +122,11 @@ def config_options(cls, skip: tuple[str, ...] = ()):
             base = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)), annotation)
             names = [flag, *([short[name]] if name in short else [])]
             if annotation is bool:
-                option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=docs.get(name))
+                option = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_for(name))
             elif getattr(annotation, "__origin__", None) is list:
-                option = click.option(*names, name, multiple=True, help=docs.get(name))
+                option = click.option(*names, name, multiple=True, help=help_for(name))
             else:
-                option = click.option(*names, name, type=base if base in (int, float) else str, default=None, help=docs.get(name))
+                option = click.option(*names, name, type=base if base in (int, float) else str, default=None, help=help_for(name))
             func = option(func)
         return func
 
@@ -268,61 +282,32 @@ def reward(config_file, overrides, resume, **flags):
     train_reward(configs.resolve(RewardConfig, config_file=config_file, flags=_given_flags(flags), overrides=overrides), resume=resume)
 
 
+def _align_configs():
+    from .align.dpo import DPOConfig
+    from .align.ppo import PPOConfig
+
+    return PPOConfig, DPOConfig
+
+
 @cli.command()
 @click.option("--method", type=click.Choice(["ppo", "dpo"]), required=True)
-@click.option("--model", "-m", help="Policy to align.")
-@click.option("--data", "-d", help="ppo: prompts; dpo: preference rows (prompt/chosen/rejected or prompt/responses/ranking).")
-@click.option("--out", "-o", help="Run folder to write.")
-@click.option("--reward", multiple=True, help="ppo: rm=DIR, DIR, toxicity or word=WORD, each optionally :WEIGHT (repeatable; they add up).")
-@click.option("--tune", type=click.Choice(["lora", "full"]), help="Train a LoRA adapter (default) or every weight.")
-@click.option("--max-steps", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--mini-batch-size", type=int)
-@click.option("--ppo-epochs", type=int)
-@click.option("--lr", type=float)
-@click.option("--kl-coef", type=float)
-@click.option("--target-kl", type=float, help="Adapt kl_coef towards this KL per sequence.")
-@click.option("--gamma", type=float)
-@click.option("--lam", type=float)
-@click.option("--clip-range", type=float)
-@click.option("--clip-range-value", type=float)
-@click.option("--vf-coef", type=float)
-@click.option("--reward-norm", type=click.Choice(["none", "whiten", "running"]))
-@click.option("--max-new-tokens", type=int)
-@click.option("--temperature", type=float)
-@click.option("--top-k", type=int)
-@click.option("--top-p", type=float)
-@click.option("--beta", type=float, help="dpo: strength of the implicit KL constraint.")
-@click.option("--eval-data", help="dpo: held-out preference rows.")
-@click.option("--epochs", type=int)
-@click.option("--max-length", type=int)
-@click.option("--lora-rank", type=int)
-@click.option("--lora-alpha", type=float)
-@click.option("--lora-targets")
-@click.option("--seed", type=int)
-@click.option("--dtype", type=DTYPE_CHOICES)
-@click.option("--save-every", type=int)
-@click.option("--template", type=click.Path())
-@click.option("--split")
-@click.option("--skip-bad-rows", is_flag=True, default=None)
-@click.option("--trust-remote-code", is_flag=True, default=None)
+@config_options(*_align_configs(), skip=("method",))
 @click.option("--config", "config_file", type=click.Path(), help="YAML config (a saved DIR/config.yaml reproduces its run).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Set any config field (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
 def align(method, config_file, overrides, resume, **flags):
     """Align with feedback: PPO against a reward with a KL penalty, or DPO on preference pairs."""
     from . import config as configs
+    from .align.dpo import dpo
+    from .align.ppo import ppo
 
+    cls = dict(zip(("ppo", "dpo"), _align_configs()))[method]
     given = _given_flags(flags)
-    given["method"] = method
-    if method == "ppo":
-        from .align.ppo import PPOConfig, ppo
-
-        ppo(configs.resolve(PPOConfig, config_file=config_file, flags=given, overrides=overrides), resume=resume)
-    else:
-        from .align.dpo import DPOConfig, dpo
-
-        dpo(configs.resolve(DPOConfig, config_file=config_file, flags=given, overrides=overrides), resume=resume)
+    for name in given:
+        if name not in configs.field_types(cls):
+            raise UserError(f"--{name.replace('_', '-')} does not apply to --method {method}")
+    run = ppo if method == "ppo" else dpo
+    run(configs.resolve(cls, config_file=config_file, flags={**given, "method": method}, overrides=overrides), resume=resume)
 
 
 @cli.command()

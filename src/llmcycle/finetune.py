@@ -26,7 +26,8 @@ from .errors import UserError
 from .models import DECODER_ONLY, LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
 from .outputs import atomic_open, write_json
 from .training import checkpoints
-from .training.distributed import Distributed, DistributedSettings, launch, needs_launch, session
+from .training import distributed
+from .training.distributed import Distributed, DistributedSettings
 from .training.methods import ADAPTER_METHODS, DEFAULT_LR, METHODS, apply_method, count_parameters
 from .training.sft_data import Tokenized, collate, collate_packed, completion_loss_sum, count_targets, epoch_batches, pack, tokenize
 
@@ -311,12 +312,8 @@ def folder_bytes(folder: Path) -> int:
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Run `cfg`; returns the metrics written to DIR/metrics.json. With num_processes > 1, starts the processes."""
     cfg.validate()
-    if needs_launch(cfg):
-        check_out_dir(cfg, Path(cfg.out), resume)
-        launch(["finetune"], cfg, resume)
-        return json.loads((Path(cfg.out) / "metrics.json").read_text())
-    with session(cfg) as dist:
-        return _finetune(cfg, resume, dist)
+    check_out_dir(cfg, Path(cfg.out), resume)
+    return distributed.run(["finetune"], cfg, resume, _finetune)
 
 
 def _finetune(cfg: FinetuneConfig, resume: bool, dist: Distributed) -> dict:
@@ -352,16 +349,8 @@ def _finetune(cfg: FinetuneConfig, resume: bool, dist: Distributed) -> dict:
         note(f"{dist.describe()}: global batch {cfg.batch_size * dist.world_size * cfg.grad_accum} = "
              f"{cfg.batch_size} rows x {dist.world_size} processes x {cfg.grad_accum} accumulation")
 
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_open(out / "config.yaml") as handle:
-            handle.write(configs.dump_yaml(cfg))
     state = {"step": 0, "tokens": 0, "completion_tokens": 0, "train_seconds": 0.0, "last_loss": None, "eval_loss": None, "loss_history": []}
-    if resume_from is not None:
-        state = checkpoints.load_training_state(resume_from, optimizer, scheduler, dist, model)
-        note(f"resuming from {resume_from} (step {state['step']})")
-    if dist.is_main:
-        trim_log(out / "log.jsonl", state["step"])
+    state = open_run_folder(cfg, out, state, resume_from, optimizer, scheduler, dist, model)
 
     state = _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out, dist)
     final_eval = evaluate_loss(model, eval_rows, cfg, pad_id, is_seq2seq, device, autocast, dist) if eval_rows else None
@@ -420,6 +409,21 @@ def _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_s
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                 checkpoints.save(out, step, model, loaded.tokenizer, cfg.is_adapter, optimizer, scheduler, state, dist=dist)
             bar.update(task, completed=step, description=f"{cfg.method} fine-tuning, loss {loss:.4f}")
+    return state
+
+
+def open_run_folder(cfg, out: Path, state: dict, resume_from: Path | None, optimizer, scheduler, dist: Distributed, model) -> dict:
+    """Create the run folder with its config.yaml (main process), restore a checkpoint's training state if
+    resuming (every process), and drop log lines past it. Returns the trainer state to start from."""
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_open(out / "config.yaml") as handle:
+            handle.write(configs.dump_yaml(cfg))
+    if resume_from is not None:
+        state = checkpoints.load_training_state(resume_from, optimizer, scheduler, dist, model)
+        note(f"resuming from {resume_from} (step {state['step']})")
+    if dist.is_main:
+        trim_log(out / "log.jsonl", state["step"])
     return state
 
 

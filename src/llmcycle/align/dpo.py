@@ -41,10 +41,11 @@ from ..console import note, print_table, progress
 from ..data import Example
 from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
-from ..finetune import check_out_dir, folder_bytes, peak_memory_bytes, save_final, trim_log
+from ..finetune import check_out_dir, folder_bytes, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import LoadedModel, load_base, locate, pick_device, resolve_dtype
 from ..outputs import atomic_open, write_json
-from ..training import checkpoints
+from ..training import checkpoints, distributed
+from ..training.distributed import Distributed, DistributedSettings
 from ..training.methods import count_parameters, lora_targets, task_type
 from ..training.sft_data import IGNORE, Tokenized, collate, decoder_input_ids, epoch_batches, tokenize
 
@@ -54,7 +55,7 @@ DEFAULT_LR = {"lora": 5e-5, "full": 5e-6}
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(DistributedSettings):
     """A DPO run; saved as DIR/config.yaml."""
 
     model: str = ""
@@ -123,6 +124,7 @@ class DPOConfig:
             raise UserError("--dtype must be auto, float32, bfloat16 or float16")
         if self.template is not None:
             raise UserError("--template does not apply to dpo: preference rows already hold prompt, chosen and rejected")
+        self.validate_distributed()
 
     @property
     def learning_rate(self) -> float:
@@ -200,9 +202,12 @@ class Policy:
     """The trained model, and how to score under the reference."""
 
     model: torch.nn.Module
+    """What trains: the model itself, or the DDP wrapper around it."""
     reference: torch.nn.Module | None
     """A frozen copy (full); None with LoRA, where the reference is the model with its adapter disabled."""
     is_encoder_decoder: bool
+    inner: torch.nn.Module | None = None
+    """The model inside a DDP wrapper (the reference pass needs no gradient synchronisation)."""
 
     def log_probs(self, batch: dict) -> torch.Tensor:
         return sequence_log_probs(self.model, batch, self.is_encoder_decoder)
@@ -211,35 +216,47 @@ class Policy:
     def reference_log_probs(self, batch: dict) -> torch.Tensor:
         if self.reference is not None:
             return sequence_log_probs(self.reference, batch, self.is_encoder_decoder)
-        with self.model.disable_adapter():
-            return sequence_log_probs(self.model, batch, self.is_encoder_decoder)
+        inner = self.inner or self.model
+        with inner.disable_adapter():
+            return sequence_log_probs(inner, batch, self.is_encoder_decoder)
 
 
-def dpo_batch(policy: Policy, batch: dict, beta: float) -> tuple[torch.Tensor, dict]:
-    """Mean loss of a batch (with gradients) and its statistics."""
+def dpo_batch(policy: Policy, batch: dict, beta: float, dist: Distributed | None = None, pairs: int | None = None,
+              weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Loss of a batch (with gradients, scaled for `dist`) and the step's statistics, means over its `pairs` pairs.
+
+    On several processes `batch` is this process's share of the step's pairs; the statistics cover all of them.
+    """
+    dist = dist or Distributed()
     policy_logps = policy.log_probs(batch)  # (2 * pairs,): chosen rows, then rejected rows
     reference_logps = policy.reference_log_probs(batch)
     losses, chosen, rejected = dpo_loss(*policy_logps.chunk(2), *reference_logps.chunk(2), beta)
     margin = (chosen - rejected).detach()
-    stats = {"reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item(),
-             "reward_chosen": chosen.mean().item(), "reward_rejected": rejected.mean().item(),
-             "logps_chosen": policy_logps.chunk(2)[0].mean().item(), "logps_rejected": policy_logps.chunk(2)[1].mean().item()}
-    return losses.mean(), stats
+    logps_chosen, logps_rejected = policy_logps.detach().chunk(2)
+    sums = dist.sum(*(weight * float(value.sum()) for value in
+                      (losses.detach(), margin, (margin > 0).float(), chosen, rejected, logps_chosen, logps_rejected)))
+    count = pairs or len(margin)
+    names = ("loss", "reward_margin", "reward_accuracy", "reward_chosen", "reward_rejected", "logps_chosen", "logps_rejected")
+    stats = {name: total / count for name, total in zip(names, sums)}
+    return losses.sum() * (dist.loss_scale(count) * weight), stats
 
 
 @torch.no_grad()
-def evaluate(policy: Policy, rows: list[TokenizedPair], cfg: DPOConfig, pad_id: int, device, autocast) -> dict:
-    """Loss, reward margin and accuracy of the policy over `rows` (means over pairs)."""
-    losses, margins = [], []
-    for start in range(0, len(rows), cfg.batch_size):
-        part = pair_batch(rows[start : start + cfg.batch_size], pad_id, policy.is_encoder_decoder)
-        batch = {k: v.to(device) for k, v in part.items()}
+def evaluate(policy: Policy, rows: list[TokenizedPair], cfg: DPOConfig, pad_id: int, device, autocast,
+             dist: Distributed | None = None) -> dict:
+    """Loss, reward margin and accuracy of the policy over `rows` (means over pairs; each process scores its share)."""
+    dist = dist or Distributed()
+    scorer = Policy(policy.inner or policy.model, policy.reference, policy.is_encoder_decoder)  # no DDP wrapper to sync
+
+    def score(part: list[TokenizedPair]) -> list[tuple[float, float]]:
+        batch = {k: v.to(device) for k, v in pair_batch(part, pad_id, policy.is_encoder_decoder).items()}
         with autocast():
-            loss, chosen, rejected = dpo_loss(*policy.log_probs(batch).chunk(2), *policy.reference_log_probs(batch).chunk(2), cfg.beta)
-        losses.append(loss.cpu())
-        margins.append((chosen - rejected).cpu())
-    loss, margin = torch.cat(losses), torch.cat(margins)
-    return {"loss": loss.mean().item(), "reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).float().mean().item()}
+            loss, chosen, rejected = dpo_loss(*scorer.log_probs(batch).chunk(2), *scorer.reference_log_probs(batch).chunk(2), cfg.beta)
+        return list(zip(loss.tolist(), (chosen - rejected).tolist()))
+
+    scored = torch.tensor(dist.map_chunks(rows, cfg.batch_size, score), dtype=torch.float64)  # (pairs, 2)
+    loss, margin = scored[:, 0], scored[:, 1]
+    return {"loss": loss.mean().item(), "reward_margin": margin.mean().item(), "reward_accuracy": (margin > 0).double().mean().item()}
 
 
 # ---------------------------------------------------------------- setup
@@ -289,41 +306,50 @@ def _autocast(cfg: DPOConfig, device):
 def dpo(cfg: DPOConfig, resume: bool = False) -> dict:
     """Run DPO; writes DIR/adapter or DIR/model, config.yaml, log.jsonl, metrics.json. Returns the metrics."""
     cfg.validate()
+    check_out_dir(cfg, Path(cfg.out), resume)
+    return distributed.run(["align", "--method", "dpo"], cfg, resume, _dpo)
+
+
+def _dpo(cfg: DPOConfig, resume: bool, dist: Distributed) -> dict:
     out = Path(cfg.out)
     resume_from = check_out_dir(cfg, out, resume)
+    dist.barrier()  # every process has looked at --out before the main one writes there
     torch.manual_seed(cfg.seed)
     loaded = load_policy(cfg)
     train_rows = load_rows(cfg, loaded, cfg.data)
     eval_rows = load_rows(cfg, loaded, cfg.eval_data) if cfg.eval_data else []
     policy = build_policy(loaded, cfg)
+    if resume_from is not None:
+        checkpoints.load_weights(resume_from, policy.model, cfg.is_adapter)
     trainable, total = count_parameters(policy.model)
-    per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
+    policy.inner, policy.model = policy.model, dist.wrap(policy.model)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)
+    per_epoch = math.ceil(len(train_rows) / (cfg.batch_size * dist.world_size))
     total_steps = cfg.max_steps or per_epoch * cfg.epochs
     optimizer, scheduler = make_optimizer(policy.model, cfg, total_steps)
+    policy.model, optimizer = dist.prepare_optimizer(policy.model, optimizer)
     autocast = _autocast(cfg, loaded.device)
     note(f"dpo ({cfg.tune}) on {loaded.kind} {Path(loaded.name).name}: {trainable:,} trainable of {total:,} parameters; "
-         f"{len(train_rows)} pairs, {total_steps} steps of {cfg.batch_size}, beta {cfg.beta:g}")
+         f"{len(train_rows)} pairs, {total_steps} steps of {cfg.batch_size * dist.world_size}, beta {cfg.beta:g}"
+         + (f", {dist.describe()}" if dist.enabled else ""))
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(configs.dump_yaml(cfg))
     state = {"step": 0, "train_seconds": 0.0, "last_loss": None, "history": []}
-    if resume_from is not None:
-        state = checkpoints.load(resume_from, policy.model, cfg.is_adapter, optimizer, scheduler)
-        note(f"resuming from {resume_from} (step {state['step']})")
-    trim_log(out / "log.jsonl", state["step"])
-    state = _loop(cfg, policy, loaded, train_rows, optimizer, scheduler, state, per_epoch, total_steps, autocast, out)
+    state = open_run_folder(cfg, out, state, resume_from, optimizer, scheduler, dist, policy.model)
+    state = _loop(cfg, policy, loaded, train_rows, optimizer, scheduler, state, per_epoch, total_steps, autocast, out, dist)
 
-    final = evaluate(policy, eval_rows, cfg, loaded.tokenizer.pad_token_id, loaded.device, autocast) if eval_rows else None
-    weights_dir = save_final(out, policy.model, loaded.tokenizer, cfg.is_adapter)
+    final = evaluate(policy, eval_rows, cfg, loaded.tokenizer.pad_token_id, loaded.device, autocast, dist) if eval_rows else None
+    weights_dir = save_final(out, policy.model, loaded.tokenizer, cfg.is_adapter, dist)
     metrics = {"method": "dpo", "tune": cfg.tune, "beta": cfg.beta, **reward_metrics(state["history"], final),
                "train_loss": state["last_loss"], "eval_loss": final["loss"] if final else None,
-               "pairs": len(train_rows), "eval_pairs": len(eval_rows), "steps": state["step"],
+               "pairs": len(train_rows), "eval_pairs": len(eval_rows), "steps": state["step"], "world_size": dist.world_size,
                "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
-               "peak_memory_bytes": peak_memory_bytes(loaded.device), "wall_time_s": state["train_seconds"],
-               "size_on_disk_bytes": folder_bytes(weights_dir)}
-    write_json(out / "metrics.json", metrics)
-    _print_summary(metrics, weights_dir)
+               "peak_memory_bytes": peak_memory_bytes(loaded.device), "wall_time_s": state["train_seconds"]}
+    if dist.is_main:
+        metrics["size_on_disk_bytes"] = folder_bytes(weights_dir)
+        write_json(out / "metrics.json", metrics)
+        _print_summary(metrics, weights_dir)
+    dist.barrier()
     return metrics
 
 
@@ -348,39 +374,38 @@ def make_optimizer(model, cfg: DPOConfig, total_steps: int):
     return optimizer, scheduler
 
 
-def _loop(cfg, policy: Policy, loaded, rows, optimizer, scheduler, state, per_epoch, total_steps, autocast, out: Path) -> dict:
+def _loop(cfg, policy: Policy, loaded, rows, optimizer, scheduler, state, per_epoch, total_steps, autocast, out: Path,
+          dist: Distributed) -> dict:
     device, pad_id = loaded.device, loaded.tokenizer.pad_token_id
-    trainable = [p for p in policy.model.parameters() if p.requires_grad]
-    with progress() as bar, (out / "log.jsonl").open("a", encoding="utf-8") as log:
+    global_batch = cfg.batch_size * dist.world_size
+    with progress() as bar, main_log(out, dist) as log:
         task = bar.add_task("dpo", total=total_steps, completed=state["step"])
         while state["step"] < total_steps:
             started = time.perf_counter()
             epoch, position = divmod(state["step"], per_epoch)
-            chosen = [rows[i] for i in epoch_batches(len(rows), cfg.batch_size, cfg.seed, epoch)[position]]
-            batch = {k: v.to(device) for k, v in pair_batch(chosen, pad_id, policy.is_encoder_decoder).items()}
+            step_rows = [rows[i] for i in epoch_batches(len(rows), global_batch, cfg.seed, epoch)[position]]
+            mine, weight = dist.shard(step_rows)
+            batch = {k: v.to(device) for k, v in pair_batch(mine, pad_id, policy.is_encoder_decoder).items()}
             with autocast():
-                loss, stats = dpo_batch(policy, batch, cfg.beta)
+                loss, stats = dpo_batch(policy, batch, cfg.beta, dist, len(step_rows), weight)
             step = state["step"] + 1
-            if not math.isfinite(loss.item()):
+            if not math.isfinite(stats["loss"]):
                 kept = checkpoints.checkpoint_dirs(out)
-                raise UserError(f"the DPO loss became {loss.item()} at step {step}; stopped. Last complete checkpoint: "
+                raise UserError(f"the DPO loss became {stats['loss']} at step {step}; stopped. Last complete checkpoint: "
                                 f"{kept[-1] if kept else 'none'}. Try a lower --lr (now {cfg.learning_rate:g})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
-            optimizer.step()
+            dist.backward(loss)
+            dist.step(policy.model, optimizer, MAX_GRAD_NORM)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - started
-            record = {"step": step, "epoch": round(step / per_epoch, 4), "loss": loss.item(), **stats,
-                      "lr": scheduler.get_last_lr()[0], "pairs_per_second": len(chosen) / seconds,
+            record = {"step": step, "epoch": round(step / per_epoch, 4), **stats,
+                      "lr": scheduler.get_last_lr()[0], "pairs_per_second": len(step_rows) / seconds,
                       "memory_bytes": peak_memory_bytes(device)}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log(record)
             summary = {"reward_margin": stats["reward_margin"], "reward_accuracy": stats["reward_accuracy"]}
             state.update(step=step, last_loss=record["loss"], train_seconds=state["train_seconds"] + seconds,
                          history=state["history"] + [summary])
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                checkpoints.save(out, step, policy.model, loaded.tokenizer, cfg.is_adapter, optimizer, scheduler, state)
+                checkpoints.save(out, step, policy.model, loaded.tokenizer, cfg.is_adapter, optimizer, scheduler, state, dist=dist)
             bar.update(task, completed=step, description=f"dpo, loss {record['loss']:.4f}, margin {stats['reward_margin']:.3f}")
     return state
 

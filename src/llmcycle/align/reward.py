@@ -35,11 +35,12 @@ from .. import config as configs
 from ..console import note, print_table, progress
 from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
-from ..finetune import check_out_dir, folder_bytes, peak_memory_bytes, save_final, trim_log
+from ..finetune import check_out_dir, folder_bytes, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import context_window, load_tokenizer, locate, pick_device, resolve_dtype
 from ..outputs import atomic_open, write_json
 from ..evaluation.stats import Statistic, bootstrap_summary, mean_of_first
-from ..training import checkpoints
+from ..training import checkpoints, distributed
+from ..training.distributed import Distributed, DistributedSettings
 from ..training.methods import count_parameters
 from ..training.sft_data import epoch_batches
 from .rewards import reward_inputs
@@ -49,7 +50,7 @@ MAX_GRAD_NORM = 1.0
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(DistributedSettings):
     """A reward-model run; saved as DIR/config.yaml."""
 
     model: str = ""
@@ -107,6 +108,7 @@ class RewardConfig:
             raise UserError("--warmup-steps and --weight-decay must be 0 or more")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UserError("--dtype must be auto, float32, bfloat16 or float16")
+        self.validate_distributed()
 
 
 # ---------------------------------------------------------------- setup
@@ -213,18 +215,21 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def score_all(model, tokenizer, pairs: list[Pair], cfg: RewardConfig, max_length: int, autocast) -> tuple[np.ndarray, np.ndarray]:
-    """Chosen and rejected rewards of every pair, without dropout."""
+def score_all(model, tokenizer, pairs: list[Pair], cfg: RewardConfig, max_length: int, autocast,
+              dist: Distributed | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Chosen and rejected rewards of every pair, without dropout (each process scores its share)."""
+    dist = dist or Distributed()
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
-    for start in range(0, len(pairs), cfg.batch_size):
+
+    def score(part: list[Pair]) -> list[tuple[float, float]]:
         with autocast():
-            c, r = pair_scores(model, tokenizer, pairs[start : start + cfg.batch_size], max_length)
-        chosen.append(c.cpu().numpy())
-        rejected.append(r.cpu().numpy())
+            chosen, rejected = pair_scores(dist.unwrap(model), tokenizer, part, max_length)
+        return list(zip(chosen.tolist(), rejected.tolist()))
+
+    scored = dist.map_chunks(pairs, cfg.batch_size, score)
     model.train(was_training)
-    return np.concatenate(chosen).astype(np.float64), np.concatenate(rejected).astype(np.float64)
+    return np.array([c for c, _ in scored], dtype=np.float64), np.array([r for _, r in scored], dtype=np.float64)
 
 
 def pair_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict:
@@ -246,8 +251,14 @@ def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
     when no eval data is given; `pairwise_accuracy_on` says which.
     """
     cfg.validate()
+    check_out_dir(cfg, Path(cfg.out), resume)
+    return distributed.run(["reward"], cfg, resume, _train_reward)
+
+
+def _train_reward(cfg: RewardConfig, resume: bool, dist: Distributed) -> dict:
     out = Path(cfg.out)
     resume_from = check_out_dir(cfg, out, resume)
+    dist.barrier()  # every process has looked at --out before the main one writes there
     torch.manual_seed(cfg.seed)  # the new head's initialisation
     model, tokenizer = load_backbone(cfg)
     device = next(model.parameters()).device
@@ -256,29 +267,30 @@ def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
     eval_pairs = load_usable_pairs(cfg, cfg.eval_data, tokenizer, max_length) if cfg.eval_data else []
     model.eval()
     probe(model, tokenizer, train_pairs, max_length, cfg.model)
+    if resume_from is not None:
+        checkpoints.load_weights(resume_from, model, False)
     model.train()
     trainable, total = count_parameters(model)
-    per_epoch = math.ceil(len(train_pairs) / cfg.batch_size)
+    model = dist.wrap(model)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # same initial weights everywhere, different dropout per process
+    per_epoch = math.ceil(len(train_pairs) / (cfg.batch_size * dist.world_size))
     total_steps = cfg.max_steps or per_epoch * cfg.epochs
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    model, optimizer = dist.prepare_optimizer(model, optimizer)
     autocast = _autocast(cfg, device)
-    note(f"reward model on {model.config.model_type} {Path(cfg.model).name}: {trainable:,} parameters; "
-         f"{len(train_pairs)} pairs, {total_steps} steps of {cfg.batch_size}, {device.type}")
+    note(f"reward model on {dist.unwrap(model).config.model_type} {Path(cfg.model).name}: {trainable:,} parameters; "
+         f"{len(train_pairs)} pairs, {total_steps} steps of {cfg.batch_size * dist.world_size}, {device.type}"
+         + (f", {dist.describe()}" if dist.enabled else ""))
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(configs.dump_yaml(cfg))
     state = {"step": 0, "train_seconds": 0.0, "last_loss": None, "last_accuracy": None}
-    if resume_from is not None:
-        state = checkpoints.load(resume_from, model, False, optimizer, scheduler)
-        note(f"resuming from {resume_from} (step {state['step']})")
-    trim_log(out / "log.jsonl", state["step"])
+    state = open_run_folder(cfg, out, state, resume_from, optimizer, scheduler, dist, model)
     state = _loop(cfg, model, tokenizer, train_pairs, eval_pairs, optimizer, scheduler, state, per_epoch, total_steps,
-                  max_length, autocast, out)
+                  max_length, autocast, out, dist)
 
     scored_on = "eval" if eval_pairs else "train"
-    final = pair_metrics(*score_all(model, tokenizer, eval_pairs or train_pairs, cfg, max_length, autocast))
-    weights_dir = save_final(out, model, tokenizer, is_adapter=False)
+    final = pair_metrics(*score_all(model, tokenizer, eval_pairs or train_pairs, cfg, max_length, autocast, dist))
+    weights_dir = save_final(out, model, tokenizer, False, dist)
     metrics = {
         "method": "reward",
         "pairwise_accuracy": final["pairwise_accuracy"],
@@ -290,15 +302,18 @@ def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
         "pairs": len(train_pairs),
         "eval_pairs": len(eval_pairs),
         "steps": state["step"],
+        "world_size": dist.world_size,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_share": trainable / total,
         "peak_memory_bytes": peak_memory_bytes(device),
         "wall_time_s": state["train_seconds"],
-        "size_on_disk_bytes": folder_bytes(weights_dir),
     }
-    write_json(out / "metrics.json", metrics)
-    _print_summary(metrics, weights_dir)
+    if dist.is_main:
+        metrics["size_on_disk_bytes"] = folder_bytes(weights_dir)
+        write_json(out / "metrics.json", metrics)
+        _print_summary(metrics, weights_dir)
+    dist.barrier()
     return metrics
 
 
@@ -311,43 +326,44 @@ def make_optimizer(model, cfg: RewardConfig, total_steps: int):
 
 
 def _loop(cfg, model, tokenizer, train_pairs, eval_pairs, optimizer, scheduler, state, per_epoch, total_steps, max_length,
-          autocast, out: Path) -> dict:
+          autocast, out: Path, dist: Distributed) -> dict:
     device = next(model.parameters()).device
-    with progress() as bar, (out / "log.jsonl").open("a", encoding="utf-8") as log:
+    global_batch = cfg.batch_size * dist.world_size
+    with progress() as bar, main_log(out, dist) as log:
         task = bar.add_task("reward model", total=total_steps, completed=state["step"])
         while state["step"] < total_steps:
             started = time.perf_counter()
             epoch, position = divmod(state["step"], per_epoch)
-            batch = [train_pairs[i] for i in epoch_batches(len(train_pairs), cfg.batch_size, cfg.seed, epoch)[position]]
+            step_pairs = [train_pairs[i] for i in epoch_batches(len(train_pairs), global_batch, cfg.seed, epoch)[position]]
+            batch, weight = dist.shard(step_pairs)
             with autocast():
                 chosen, rejected = pair_scores(model, tokenizer, batch, max_length)
-            loss = bradley_terry_loss(chosen, rejected).mean()
-            step = state["step"] + 1
-            if not math.isfinite(loss.item()):
-                kept = checkpoints.checkpoint_dirs(out)
-                raise UserError(f"the loss became {loss.item()} at step {step}; stopped. Last complete checkpoint: "
-                                f"{kept[-1] if kept else 'none'}. Try a lower --lr (now {cfg.lr:g})")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], MAX_GRAD_NORM)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            seconds = time.perf_counter() - started
+            losses = bradley_terry_loss(chosen, rejected)
             margin = (chosen - rejected).detach()
-            record = {"step": step, "epoch": round(step / per_epoch, 4), "loss": loss.item(),
-                      "accuracy": (margin > 0).float().mean().item(), "margin": margin.mean().item(),
-                      "lr": scheduler.get_last_lr()[0], "pairs_per_second": len(batch) / seconds,
+            loss_sum, correct, margin_sum = dist.sum(losses.sum().item() * weight, (margin > 0).sum().item() * weight,
+                                                     margin.sum().item() * weight)
+            step, loss = state["step"] + 1, loss_sum / len(step_pairs)
+            if not math.isfinite(loss):
+                kept = checkpoints.checkpoint_dirs(out)
+                raise UserError(f"the loss became {loss} at step {step}; stopped. Last complete checkpoint: "
+                                f"{kept[-1] if kept else 'none'}. Try a lower --lr (now {cfg.lr:g})")
+            dist.backward(losses.sum() * (dist.loss_scale(len(step_pairs)) * weight))
+            dist.step(model, optimizer, MAX_GRAD_NORM)
+            scheduler.step()
+            seconds = time.perf_counter() - started
+            record = {"step": step, "epoch": round(step / per_epoch, 4), "loss": loss,
+                      "accuracy": correct / len(step_pairs), "margin": margin_sum / len(step_pairs),
+                      "lr": scheduler.get_last_lr()[0], "pairs_per_second": len(step_pairs) / seconds,
                       "memory_bytes": peak_memory_bytes(device)}
             if eval_pairs and cfg.eval_every and step % cfg.eval_every == 0:
-                scored = pair_metrics(*score_all(model, tokenizer, eval_pairs, cfg, max_length, autocast))
+                scored = pair_metrics(*score_all(model, tokenizer, eval_pairs, cfg, max_length, autocast, dist))
                 record.update(eval_loss=scored["loss"], eval_accuracy=scored["pairwise_accuracy"]["mean"],
                               eval_margin=scored["mean_margin"])
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log(record)
             state.update(step=step, last_loss=record["loss"], last_accuracy=record["accuracy"],
                          train_seconds=state["train_seconds"] + seconds)
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                checkpoints.save(out, step, model, tokenizer, False, optimizer, scheduler, state)
+                checkpoints.save(out, step, model, tokenizer, False, optimizer, scheduler, state, dist=dist)
             bar.update(task, completed=step, description=f"reward model, loss {record['loss']:.4f}")
     return state
 

@@ -19,6 +19,7 @@ What the training loops rely on:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -84,6 +85,15 @@ def usable_slots() -> tuple[int, str]:
 
 def needs_launch(settings: DistributedSettings) -> bool:
     return settings.num_processes > 1 and not launched_externally()
+
+
+def run(command: list[str], cfg, resume: bool, train) -> dict:
+    """`train(cfg, resume, dist)` in this process, or on cfg.num_processes started ones; the run's metrics."""
+    if needs_launch(cfg):
+        launch(command, cfg, resume)
+        return json.loads((Path(cfg.out) / "metrics.json").read_text())
+    with session(cfg) as dist:
+        return train(cfg, resume, dist)
 
 
 # ---------------------------------------------------------------- starting the processes
@@ -201,6 +211,16 @@ class Distributed:
         tensor = torch.tensor(values, dtype=torch.float64, device=device)
         torch.distributed.all_reduce(tensor)
         return tensor.tolist()
+
+    def map_chunks(self, items: list, chunk: int, score) -> list:
+        """`score(part)` (one result per item) over `items` in chunks of `chunk` per process, each process
+        scoring its share of every chunk; the results in item order, on every process."""
+        results: list = []
+        for start in range(0, len(items), chunk * self.world_size):
+            part = items[start : start + chunk * self.world_size]
+            gathered = self.gather_objects(score(self.shard(part)[0]))
+            results += [gathered[i % self.world_size][i // self.world_size] for i in range(len(part))]
+        return results
 
     def barrier(self) -> None:
         if self.enabled:
