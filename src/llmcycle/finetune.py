@@ -463,17 +463,19 @@ def trim_log(path: Path, step: int) -> None:
         handle.write("".join(line + "\n" for line in lines))
 
 
-def save_final(out: Path, model, tokenizer, is_adapter: bool, dist: Distributed | None = None) -> Path:
+def save_final(out: Path, model, tokenizer, is_adapter: bool, dist: Distributed | None = None, within: str = "", extra=None) -> Path:
     """Write model/ or adapter/ under a temporary name, then rename: it appears only when complete.
 
     On several processes every one takes part (sharded weights are gathered) and the main one writes.
+    `within` and `extra` are as in `checkpoints.save`; extra files go into DIR itself.
     """
     dist = dist or Distributed()
     staging, name = out / ".final.tmp", "adapter" if is_adapter else "model"
     if dist.is_main:
         shutil.rmtree(staging, ignore_errors=True)
-    checkpoints.save_weights(model, tokenizer, staging, is_adapter, dist)
+    full_state = checkpoints.save_weights(model, tokenizer, staging, is_adapter, dist, within)
     if dist.is_main:
+        checkpoints.save_extra(out, model, full_state, extra, dist)
         (staging / name).rename(out / name)
         staging.rmdir()
     return out / name

@@ -30,10 +30,11 @@ from .. import config as configs
 from ..console import note, print_table, progress
 from ..data import load_examples, load_template
 from ..errors import UserError
-from ..finetune import check_out_dir, folder_bytes, peak_memory_bytes, save_final, trim_log
+from ..finetune import check_out_dir, folder_bytes, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
 from ..outputs import atomic_open, write_json
-from ..training import checkpoints
+from ..training import checkpoints, distributed
+from ..training.distributed import Distributed, DistributedSettings
 from ..training.methods import count_parameters, lora_targets, task_type
 from ..training.sft_data import epoch_batches
 from .rewards import Reward
@@ -42,7 +43,7 @@ VALUE_HEAD = "value_head.safetensors"
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(DistributedSettings):
     """A PPO run; saved as DIR/config.yaml."""
 
     model: str = ""
@@ -140,6 +141,7 @@ class PPOConfig:
             raise UserError("--clip-range and --clip-range-value must be above 0; --gamma and --lam in [0, 1]")
         if self.lr is not None and not self.lr > 0 or self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise UserError("--lr and --temperature must be above 0, --top-p in (0, 1]")
+        self.validate_distributed()
 
     @property
     def learning_rate(self) -> float:
@@ -166,12 +168,16 @@ class Rollout:
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
         return Rollout(*(pick(getattr(self, name)) for name in self.__dataclass_fields__))
 
+    def tensors(self) -> dict[str, torch.Tensor | None]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
 
 # ---------------------------------------------------------------- rollouts
 
 
 @torch.no_grad()
 def sample(policy, loaded: LoadedModel, prompts: list[str], cfg: PPOConfig) -> Rollout:
+    """One sampled response per prompt; `policy` is anything with the policy's `generate` (the actor-critic)."""
     tokenizer, device = loaded.tokenizer, loaded.device
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True, max_length=cfg.max_prompt_length).to(device)
     generation_config = copy.deepcopy(loaded.model.generation_config)
@@ -232,10 +238,13 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    return (values - mean) * torch.rsqrt(variance + 1e-8) * mask
+def whiten(values: torch.Tensor, mask: torch.Tensor, dist: Distributed | None = None) -> torch.Tensor:
+    """Zero mean and unit variance over the real tokens of the whole step (on every process)."""
+    dist = dist or Distributed()
+    total, count = dist.sum(float((values * mask).sum()), float(mask.sum()))
+    mean = total / max(count, 1)
+    (squares,) = dist.sum(float((((values - mean) ** 2) * mask).sum()))
+    return (values - mean) * torch.rsqrt(torch.tensor(squares / max(count, 1) + 1e-8)) * mask
 
 
 def token_rewards(scores: torch.Tensor, log_probs, ref_log_probs, mask, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,39 +301,75 @@ class RunningMoments:
 # ---------------------------------------------------------------- the run
 
 
+class ActorCritic(torch.nn.Module):
+    """The policy and its value head as one module, so DDP and FSDP keep both in step across processes."""
+
+    def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module):
+        super().__init__()
+        self.policy, self.value_head = policy, value_head
+
+    def forward(self, with_values: bool = True, **rollout: torch.Tensor | None):
+        return score_tokens(self.policy, Rollout(**rollout), self.value_head if with_values else None)
+
+    # Under FSDP these two are registered as forward methods: the weights are gathered around them too.
+
+    def generate(self, **kwargs) -> torch.Tensor:
+        return self.policy.generate(**kwargs)
+
+    def reference_log_probs(self, **rollout: torch.Tensor | None) -> torch.Tensor:
+        """LoRA: the policy with its adapter disabled is the reference."""
+        with self.policy.disable_adapter():
+            return score_tokens(self.policy, Rollout(**rollout))[0]
+
+
 @dataclass
 class Actors:
-    """The trained policy, its value head, and how to score under the reference."""
+    """The trained policy with its value head, and how to score under the reference."""
 
-    policy: torch.nn.Module
-    value_head: torch.nn.Module
+    model: torch.nn.Module
+    """The ActorCritic, or the DDP wrapper around it: what trains."""
+    inner: ActorCritic
     reference: torch.nn.Module | None
     """A frozen copy (full); None with LoRA, where the reference is the policy with its adapter disabled."""
+    dist: Distributed
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        return self.inner.policy
+
+    def score(self, rollout: Rollout, with_values: bool = True):
+        return self.model(with_values=with_values, **rollout.tensors())
 
     def reference_log_probs(self, rollout: Rollout) -> torch.Tensor:
         if self.reference is not None:
             return score_tokens(self.reference, rollout)[0]
-        with self.policy.disable_adapter():
-            return score_tokens(self.policy, rollout)[0]
+        return self.inner.reference_log_probs(**rollout.tensors())
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def build_actors(loaded: LoadedModel, cfg: PPOConfig) -> Actors:
+def build_actors(loaded: LoadedModel, cfg: PPOConfig, dist: Distributed, resume_from: Path | None) -> Actors:
     import peft
 
     hidden = loaded.model.get_output_embeddings().in_features
     value_head = torch.nn.Linear(hidden, 1).to(loaded.device)
     torch.nn.init.normal_(value_head.weight, std=1 / math.sqrt(hidden + 1))
     torch.nn.init.zeros_(value_head.bias)
+    reference = None
     if cfg.tune == "full":
         reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
-        return Actors(loaded.model.eval(), value_head, reference)
-    lora = peft.LoraConfig(task_type=task_type(loaded.is_encoder_decoder), r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                           lora_dropout=0.0, target_modules=lora_targets(loaded.model, cfg.lora_targets),
-                           fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in loaded.model.modules()))
-    return Actors(peft.get_peft_model(loaded.model, lora).eval(), value_head, None)
+        policy = loaded.model.eval()
+    else:
+        lora = peft.LoraConfig(task_type=task_type(loaded.is_encoder_decoder), r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                               lora_dropout=0.0, target_modules=lora_targets(loaded.model, cfg.lora_targets),
+                               fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in loaded.model.modules()))
+        policy = peft.get_peft_model(loaded.model, lora).eval()
+    if resume_from is not None:  # into the whole model, before any sharding
+        checkpoints.load_weights(resume_from, policy, cfg.tune == "lora")
+        _load_value_head(value_head, resume_from)
+    inner = ActorCritic(policy, value_head).eval()
+    return Actors(dist.wrap(inner, forward_methods=("generate", "reference_log_probs")), inner, reference, dist)
 
 
 def load_policy(cfg: PPOConfig) -> LoadedModel:
@@ -348,13 +393,18 @@ def load_prompts(cfg: PPOConfig, loaded: LoadedModel) -> list[str]:
 
 
 def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOConfig, kl_coef: float, optimizer) -> dict:
-    """Score the rollouts, then `ppo_epochs` of clipped updates over minibatches; returns the step's statistics."""
+    """Score the rollouts, then `ppo_epochs` of clipped updates over minibatches; returns the step's statistics.
+
+    On several processes each scores and updates on its own rollouts (every process has as many) and DDP or
+    FSDP averages the gradients; advantages are whitened and statistics averaged over all processes.
+    """
+    dist = actors.dist
     with torch.no_grad():
-        old_log_probs, old_values, _ = score_tokens(actors.policy, rollout, actors.value_head)
+        old_log_probs, old_values, _ = actors.score(rollout)
         ref_log_probs = actors.reference_log_probs(rollout)
         rewards, kl = token_rewards(scores, old_log_probs, ref_log_probs, rollout.mask.float(), kl_coef)
         advantages, returns = gae(rewards, old_values, rollout.mask.float(), cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, rollout.mask.float())
+        advantages = whiten(advantages, rollout.mask.float(), dist)
     totals = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
     updates = 0
     generator = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
@@ -364,7 +414,7 @@ def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOCon
             rows = order[start : start + cfg.mini_batch_size].to(rollout.response.device)
             part = rollout.select(rows)
             mask = part.mask.float()
-            log_probs, values, entropy = score_tokens(actors.policy, part, actors.value_head)
+            log_probs, values, entropy = actors.score(part)
             ratio = torch.exp(log_probs - old_log_probs[rows])
             unclipped = -advantages[rows] * ratio
             clipped = -advantages[rows] * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
@@ -372,48 +422,50 @@ def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOCon
             values_clipped = old_values[rows] + (values - old_values[rows]).clamp(-cfg.clip_range_value, cfg.clip_range_value)
             value_loss = 0.5 * masked_mean(torch.maximum((values - returns[rows]) ** 2, (values_clipped - returns[rows]) ** 2), mask)
             loss = policy_loss + cfg.vf_coef * value_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(actors.parameters(), cfg.max_grad_norm)
-            optimizer.step()
+            dist.backward(loss)
+            dist.step(actors.model, optimizer, cfg.max_grad_norm)
             updates += 1
             totals["policy_loss"] += policy_loss.item()
             totals["value_loss"] += value_loss.item()
             totals["clip_fraction"] += masked_mean((clipped > unclipped).float(), mask).item()
             totals["entropy"] += masked_mean(entropy.detach(), mask).item()
-    stats = {name: value / updates for name, value in totals.items()}
-    stats["kl"] = kl.sum(dim=1).mean().item()  # per sequence, summed over its tokens
-    return stats
+    totals["kl"] = kl.sum(dim=1).mean().item() * updates  # per sequence, summed over its tokens
+    return {name: value / (updates * dist.world_size) for name, value in zip(totals, dist.sum(*totals.values()))}
 
 
 def ppo(cfg: PPOConfig, resume: bool = False) -> dict:
     """Run PPO; writes DIR/adapter or DIR/model, value_head.safetensors, config.yaml, log.jsonl, metrics.json."""
     cfg.validate()
+    check_out_dir(cfg, Path(cfg.out), resume)
+    return distributed.run(["align", "--method", "ppo"], cfg, resume, _ppo)
+
+
+def _ppo(cfg: PPOConfig, resume: bool, dist: Distributed) -> dict:
     out = Path(cfg.out)
     resume_from = check_out_dir(cfg, out, resume)
+    dist.barrier()  # every process has looked at --out before the main one writes there
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     reward = Reward(cfg.reward)
     loaded = load_policy(cfg)
     prompts = load_prompts(cfg, loaded)
-    actors = build_actors(loaded, cfg)
+    if dist.enabled and len(prompts) < cfg.batch_size * dist.world_size:
+        raise UserError(f"{cfg.data}: {len(prompts)} prompts; {dist.world_size} processes with --batch-size {cfg.batch_size} "
+                        f"need at least {cfg.batch_size * dist.world_size}")
+    actors = build_actors(loaded, cfg, dist, resume_from)
+    trainable, total = count_parameters(actors.policy)  # FSDP's sharded parameters report their whole size
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # same initial weights everywhere, different samples per process
     optimizer = torch.optim.AdamW(actors.parameters(), lr=cfg.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant; kept for checkpoint symmetry
-    trainable, total = count_parameters(actors.policy)
+    actors.model, optimizer = dist.prepare_optimizer(actors.model, optimizer)
     note(f"ppo ({cfg.tune}) on {loaded.kind} {Path(loaded.name).name}: {trainable:,} trainable of {total:,} parameters; "
-         f"{len(prompts)} prompts, {cfg.max_steps} steps of {cfg.batch_size} rollouts")
+         f"{len(prompts)} prompts, {cfg.max_steps} steps of {cfg.batch_size * dist.world_size} rollouts"
+         + (f", {dist.describe()}" if dist.enabled else ""))
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(configs.dump_yaml(cfg))
     state = {"step": 0, "kl_coef": cfg.kl_coef, "running": [0, 0.0, 0.0], "history": [], "seconds": 0.0}
+    state = open_run_folder(cfg, out, state, resume_from, optimizer, scheduler, dist, actors.model)
     is_adapter = cfg.tune == "lora"
-    if resume_from is not None:
-        state = checkpoints.load(resume_from, actors.policy, is_adapter, optimizer, scheduler)
-        _load_value_head(actors.value_head, resume_from)
-        note(f"resuming from {resume_from} (step {state['step']})")
-    trim_log(out / "log.jsonl", state["step"])
     state = _loop(cfg, actors, loaded, prompts, reward, optimizer, scheduler, state, out, is_adapter)
     weights = _save_final(out, actors, loaded.tokenizer, is_adapter)
     history = state["history"]
@@ -421,6 +473,7 @@ def ppo(cfg: PPOConfig, resume: bool = False) -> dict:
         "method": "ppo",
         "tune": cfg.tune,
         "steps": state["step"],
+        "world_size": dist.world_size,
         "reward_first": history[0]["reward"],
         "reward_last": history[-1]["reward"],
         "reward_mean_last_quarter": float(np.mean([h["reward"] for h in history[-max(1, len(history) // 4):]])),
@@ -431,50 +484,58 @@ def ppo(cfg: PPOConfig, resume: bool = False) -> dict:
         "trainable_share": trainable / total,
         "peak_memory_bytes": peak_memory_bytes(loaded.device),
         "wall_time_s": state["seconds"],
-        "size_on_disk_bytes": folder_bytes(weights),
     }
-    write_json(out / "metrics.json", metrics)
-    print_table("ppo", ["", "value"], [
-        ("mean reward, first step -> last", f"{metrics['reward_first']:.4f} -> {metrics['reward_last']:.4f}"),
-        ("KL to reference (last step)", f"{metrics['kl_last']:.4f}"),
-        ("kl_coef (final)", f"{metrics['kl_coef_final']:.4f}"),
-        ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / total:.2%})"),
-        ("wall time", f"{metrics['wall_time_s']:.1f} s"),
-    ])
+    if dist.is_main:
+        metrics["size_on_disk_bytes"] = folder_bytes(weights)
+        write_json(out / "metrics.json", metrics)
+        print_table("ppo", ["", "value"], [
+            ("mean reward, first step -> last", f"{metrics['reward_first']:.4f} -> {metrics['reward_last']:.4f}"),
+            ("KL to reference (last step)", f"{metrics['kl_last']:.4f}"),
+            ("kl_coef (final)", f"{metrics['kl_coef_final']:.4f}"),
+            ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / total:.2%})"),
+            ("wall time", f"{metrics['wall_time_s']:.1f} s"),
+        ])
+    dist.barrier()
     return metrics
 
 
-def _loop(cfg, actors, loaded, prompts, reward, optimizer, scheduler, state, out: Path, is_adapter: bool) -> dict:
+def _loop(cfg, actors: Actors, loaded, prompts, reward, optimizer, scheduler, state, out: Path, is_adapter: bool) -> dict:
+    dist = actors.dist
     controller = AdaptiveKL(state["kl_coef"], cfg.target_kl, cfg.kl_horizon)
     moments = RunningMoments()
     moments.count, moments.mean, moments.m2 = state["running"]
-    per_epoch = math.ceil(len(prompts) / cfg.batch_size)
-    with progress() as bar, (out / "log.jsonl").open("a", encoding="utf-8") as log:
+    global_batch = cfg.batch_size * dist.world_size
+    # On several processes every step has full batches (each process must make as many updates); one process
+    # keeps the short last batch of an epoch, as before.
+    per_epoch = len(prompts) // global_batch if dist.enabled else math.ceil(len(prompts) / global_batch)
+    with progress() as bar, main_log(out, dist) as log:
         task = bar.add_task("ppo", total=cfg.max_steps, completed=state["step"])
         while state["step"] < cfg.max_steps:
             started = time.perf_counter()
             epoch, position = divmod(state["step"], per_epoch)
-            batch_prompts = [prompts[i] for i in epoch_batches(len(prompts), cfg.batch_size, cfg.seed, epoch)[position]]
-            rollout = sample(actors.policy, loaded, batch_prompts, cfg)
+            step_prompts = [prompts[i] for i in epoch_batches(len(prompts), global_batch, cfg.seed, epoch)[position]]
+            batch_prompts = dist.shard(step_prompts)[0]
+            rollout = sample(actors.inner, loaded, batch_prompts, cfg)
             texts = loaded.tokenizer.batch_decode(rollout.response, skip_special_tokens=True)
             raw = np.asarray(reward(batch_prompts, [t.strip() for t in texts]), dtype=np.float64)
-            scores = _normalise(raw, cfg.reward_norm, moments)
+            every_raw = np.concatenate([np.asarray(part) for part in dist.gather_objects(raw)])  # rank order
+            scores = _normalise(every_raw, cfg.reward_norm, moments).reshape(dist.world_size, -1)[dist.rank]
             stats = ppo_step(actors, rollout, torch.tensor(scores, dtype=torch.float32, device=loaded.device), cfg, controller.coef, optimizer)
-            controller.update(stats["kl"], len(batch_prompts))
+            controller.update(stats["kl"], len(step_prompts))
             seconds = time.perf_counter() - started
             step = state["step"] + 1
-            record = {"step": step, "reward": float(raw.mean()), "reward_std": float(raw.std()), **stats,
-                      "kl_coef": controller.coef, "response_tokens": int(rollout.mask.sum()),
-                      "tokens_per_second": float(rollout.mask.sum()) / seconds}
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            (response_tokens,) = dist.sum(float(rollout.mask.sum()))
+            record = {"step": step, "reward": float(every_raw.mean()), "reward_std": float(every_raw.std()), **stats,
+                      "kl_coef": controller.coef, "response_tokens": int(response_tokens),
+                      "tokens_per_second": response_tokens / seconds}
+            log(record)
             if not math.isfinite(stats["policy_loss"] + stats["value_loss"]):
                 raise UserError(f"the PPO loss became non-finite at step {step}; try a lower --lr (now {cfg.learning_rate:g})")
             state.update(step=step, kl_coef=controller.coef, running=[moments.count, moments.mean, moments.m2],
                          seconds=state["seconds"] + seconds, history=state["history"] + [{"reward": record["reward"], "kl": record["kl"]}])
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                checkpoints.save(out, step, actors.policy, loaded.tokenizer, is_adapter, optimizer, scheduler, state,
-                                 extra_tensors={VALUE_HEAD: actors.value_head.state_dict()})
+                checkpoints.save(out, step, actors.model, loaded.tokenizer, is_adapter, optimizer, scheduler, state,
+                                 extra=_value_head_file, dist=dist, within="policy")
             bar.update(task, completed=step, description=f"ppo, reward {record['reward']:.3f}, kl {record['kl']:.3f}")
     return state
 
@@ -493,8 +554,14 @@ def _load_value_head(value_head, folder: Path) -> None:
     value_head.load_state_dict(load_file(folder / VALUE_HEAD))
 
 
-def _save_final(out: Path, actors: Actors, tokenizer, is_adapter: bool) -> Path:
-    from safetensors.torch import save_file
+def _value_head_file(model: torch.nn.Module, full_state: dict | None) -> dict[str, dict[str, torch.Tensor]]:
+    """value_head.safetensors from the unwrapped actor-critic, or from its gathered full state dict (FSDP)."""
+    if full_state is None:
+        tensors = model.value_head.state_dict()
+    else:
+        tensors = {name.removeprefix("value_head."): value for name, value in full_state.items() if name.startswith("value_head.")}
+    return {VALUE_HEAD: tensors}
 
-    save_file({k: v.contiguous() for k, v in actors.value_head.state_dict().items()}, out / VALUE_HEAD)
-    return save_final(out, actors.policy, tokenizer, is_adapter)
+
+def _save_final(out: Path, actors: Actors, tokenizer, is_adapter: bool) -> Path:
+    return save_final(out, actors.model, tokenizer, is_adapter, actors.dist, within="policy", extra=_value_head_file)

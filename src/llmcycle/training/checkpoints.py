@@ -30,47 +30,61 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name[len(PREFIX):]))
 
 
-def save_weights(model, tokenizer, folder: Path, is_adapter: bool, dist: Distributed | None = None) -> None:
-    """save_pretrained into folder/model or folder/adapter; on several processes all gather, the main one writes."""
+def save_weights(model, tokenizer, folder: Path, is_adapter: bool, dist: Distributed | None = None, within: str = "") -> dict | None:
+    """save_pretrained into folder/model or folder/adapter; on several processes all gather, the main one writes.
+
+    `within` names the submodule that is the model to save (PPO's policy inside its actor-critic). Returns the
+    gathered full state dict when weights are sharded (on the main process), else None.
+    """
     dist = dist or Distributed()
     full_state = dist.full_state_dict(model)  # a collective: every process calls it
     if not dist.is_main:
-        return
+        return None
+    module, state = dist.unwrap(model), full_state
+    if within:
+        module = getattr(module, within)
+        if state is not None:
+            state = {name.removeprefix(within + "."): value for name, value in state.items() if name.startswith(within + ".")}
     folder = folder / ("adapter" if is_adapter else "model")
-    extra = {} if full_state is None else {"state_dict": full_state}
-    dist.unwrap(model).save_pretrained(folder, safe_serialization=True, **extra)
+    module.save_pretrained(folder, safe_serialization=True, **({} if state is None else {"state_dict": state}))
     tokenizer.save_pretrained(folder)
+    return full_state
+
+
+def save_extra(folder: Path, model, full_state: dict | None, extra, dist: Distributed) -> None:
+    """Write the safetensors files `extra(unwrapped model, full state or None)` returns ({file name: tensors})."""
+    from safetensors.torch import save_file
+
+    for name, tensors in (extra(dist.unwrap(model), full_state) if extra else {}).items():
+        save_file({key: value.contiguous() for key, value in tensors.items()}, folder / name)
 
 
 def save(out: Path, step: int, model, tokenizer, is_adapter: bool, optimizer, scheduler, state: dict,
-         extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None, dist: Distributed | None = None) -> Path:
-    """Write checkpoint `step`; `extra_tensors` maps file names to more state dicts (e.g. a value head)."""
-    from safetensors.torch import save_file
-
+         extra=None, dist: Distributed | None = None, within: str = "") -> Path:
+    """Write checkpoint `step`; `extra` adds files beside the weights (see `save_extra`; PPO's value head)."""
     dist = dist or Distributed()
     final = out / "checkpoints" / f"{PREFIX}{step}"
     staging = out / "checkpoints" / f".{PREFIX}{step}.tmp"
     if dist.is_main:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-    save_weights(model, tokenizer, staging, is_adapter, dist)
+    full_state = save_weights(model, tokenizer, staging, is_adapter, dist, within)
     optimizer_state = dist.optimizer_state(model, optimizer)
     rng_per_process = dist.gather_objects(torch.get_rng_state())
     if dist.is_main:
-        for name, tensors in (extra_tensors or {}).items():
-            save_file({key: value.contiguous() for key, value in tensors.items()}, staging / name)
+        save_extra(staging, model, full_state, extra, dist)
         torch.save(optimizer_state, staging / "optimizer.pt")
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "per_process": rng_per_process}, staging / "rng.pt")
         random_state = random.getstate()
         numpy_state = np.random.get_state()
-        full_state = {
+        trainer_state = {
             **state,
             "python_rng": [random_state[0], list(random_state[1]), random_state[2]],
             "numpy_rng": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
         }
-        (staging / "trainer_state.json").write_text(json.dumps(full_state, indent=1))
+        (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     dist.barrier()  # the checkpoint is complete before any process goes on (and might be killed)

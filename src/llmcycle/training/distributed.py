@@ -236,20 +236,28 @@ class Distributed:
 
     # -- the model
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model as this strategy trains it: DDP, or FSDP with each transformer block a shard unit."""
+    def wrap(self, model: torch.nn.Module, forward_methods: tuple[str, ...] = ()) -> torch.nn.Module:
+        """The model as this strategy trains it: DDP, or FSDP with each transformer block a shard unit.
+
+        `forward_methods` name methods other than `forward` that run the model (PPO's `generate`): FSDP gathers
+        the weights around them as it does around `forward`.
+        """
         if not self.enabled or self.deepspeed:
             return model
         if self.strategy == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
             on_gpu = next(model.parameters()).device.type == "cuda"
-            return DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None)
-        from torch.distributed.fsdp import fully_shard
+            # No buffer broadcast: transformers' buffers (rotary frequencies, position ids) are constants, and
+            # without it a forward pass outside training (scoring, evaluation) needs no other process.
+            return DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None, broadcast_buffers=False)
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         for block in transformer_blocks(model):
             fully_shard(block)
         fully_shard(model)
+        for name in forward_methods:
+            register_fsdp_forward_method(model, name)
         return model
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -324,18 +332,6 @@ class Distributed:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
-
-    @contextlib.contextmanager
-    def gathered(self, model):
-        """Whole weights on every process for the duration (FSDP), for code that calls into submodules, as generate does."""
-        if not self.sharded or self.accelerator is not None:
-            yield
-            return
-        model.unshard()
-        try:
-            yield
-        finally:
-            model.reshard()
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
