@@ -184,3 +184,13 @@ def test_deepspeed_missing_is_a_clear_error(quiet, rows, tmp_path, capsys):
         pytest.skip("deepspeed is installed here")
     assert run_cli("align", "--method", "dpo", "-m", quiet["gpt2"], "-d", rows, "-o", tmp_path / "run", "--deepspeed", "zero3") == 2
     assert "--deepspeed needs the deepspeed package: pip install deepspeed" in capsys.readouterr().err
+
+
+def test_deepspeed_zero3_takes_the_steps_ddp_takes(quiet, rows, tmp_path):
+    """Runs where the deepspeed package is installed (pip install llmcycle[deepspeed]); CPU works too."""
+    pytest.importorskip("deepspeed")
+    flags = ["-m", quiet["gpt2"], "-d", rows, *FINETUNE, "--batch-size", "2", "--grad-accum", "2", "--num-processes", "2"]
+    assert run_cli("finetune", *flags, "-o", tmp_path / "ddp") == 0
+    assert run_cli("finetune", *flags, "-o", tmp_path / "zero3", "--deepspeed", "zero3") == 0
+    assert [r["loss"] for r in log(tmp_path / "zero3")] == pytest.approx([r["loss"] for r in log(tmp_path / "ddp")], rel=1e-5)
+    assert (tmp_path / "zero3/adapter/adapter_model.safetensors").is_file()

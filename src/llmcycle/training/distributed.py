@@ -58,6 +58,9 @@ class DistributedSettings:
                 raise UserError(f"unknown --deepspeed '{self.deepspeed}'; use zero2 or zero3")
             if self.strategy == "fsdp":
                 raise UserError("--deepspeed and --strategy fsdp are two ways to shard the same states; choose one")
+            if getattr(self, "save_every", None):
+                raise UserError("--save-every: checkpoints are written under --strategy ddp or fsdp, not --deepspeed "
+                                "(its optimizer states have their own layout)")
             try:
                 import deepspeed  # noqa: F401
             except ImportError:
@@ -142,15 +145,18 @@ def launch(command: list[str], cfg, resume: bool) -> None:
 @contextlib.contextmanager
 def _worker_environment(processes: int):
     """Split the CPU cores between the workers (as torchrun does), unless the user set OMP_NUM_THREADS."""
-    saved = os.environ.get("OMP_NUM_THREADS")
-    if saved is None:
+    added = {}
+    if "OMP_NUM_THREADS" not in os.environ:
         cores = usable_slots()[0] if not torch.cuda.is_available() else (os.cpu_count() or 1)
-        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // processes))
+        added["OMP_NUM_THREADS"] = str(max(1, cores // processes))
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        added["DS_ACCELERATOR"] = "cpu"  # DeepSpeed would find that out itself, with a warning per process
+    os.environ.update(added)
     try:
         yield
     finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
+        for name in added:
+            os.environ.pop(name, None)
 
 
 # ---------------------------------------------------------------- inside a worker
@@ -277,7 +283,12 @@ class Distributed:
     @contextlib.contextmanager
     def accumulating(self, model, sync: bool):
         """Skip the gradient all-reduce on micro-batches before the last of a step (`sync` False)."""
-        if not self.enabled or sync or self.deepspeed:
+        if self.accelerator is not None:
+            # accelerate counts the micro-batches and tells the DeepSpeed engine where a step ends; every
+            # step has exactly grad_accum of them, so its count agrees with `sync`.
+            with self.accelerator.accumulate(model):
+                yield
+        elif not self.enabled or sync:
             yield
         elif self.strategy == "ddp":
             with model.no_sync():

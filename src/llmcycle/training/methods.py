@@ -144,7 +144,7 @@ def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts; 4-bit weights count as the parameters they pack."""
     trainable = total = 0
     for parameter in model.parameters():
-        count = parameter.numel()
+        count = getattr(parameter, "ds_numel", parameter.numel())  # DeepSpeed ZeRO-3 leaves an empty shard here
         if type(parameter).__name__ == "Params4bit":
             count *= 2
         total += count
