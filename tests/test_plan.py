@@ -218,6 +218,21 @@ def test_cli_memory_json_and_table():
     assert "optimizer states" in table and "fits on an H100 (80 GB)" in table
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "t5"])
+def test_the_planned_command_trains_what_the_plan_counted(arch, tmp_path):
+    from conftest import build, dialogue_rows, run_cli, write_jsonl
+
+    model = build(arch, tmp_path / "model")
+    record = json.loads(invoke("memory", "--model", model, "--method", "lora", "--gpus", 2, "--strategy", "zero3", "--json"))
+    assert "--num-processes 2 --strategy fsdp" in record["command"]
+    command = record["command"].replace("DATA", str(write_jsonl(tmp_path / "rows.jsonl", dialogue_rows(8))))
+    command = command.replace("OUT", str(tmp_path / "run")).replace("--num-processes 2 --strategy fsdp", "--max-steps 1")
+    assert command.startswith("llmcycle finetune ")
+    assert run_cli(*command.split()[1:]) == 0
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert (metrics["trainable_params"], metrics["total_params"]) == (record["trainable_params"], record["total_params"])
+
+
 def test_cli_compute_json():
     record = json.loads(invoke("compute", "--params", "175B", "--tokens", "300B", "--gpu", "h100", "--json"))
     assert record["flops"] == pytest.approx(3.15e23) and record["petaflop_s_days"] == pytest.approx(3645.8, rel=1e-4)

@@ -62,10 +62,43 @@ def memory(model, params, layers, hidden, heads, vocab, gpu, gpu_memory, trust_r
     shape = _shape(model, params, layers, hidden, heads, vocab, trust_remote_code)
     target = find_gpu(gpu, gpu_memory)
     result = plan_memory(shape, setup)
+    command = finetune_command(model, setup, shape)
     if as_json:
-        click.echo(json.dumps(result.to_json(target)))
+        click.echo(json.dumps({**result.to_json(target), "command": command}))
         return
     _print_memory(result, shape.description, target)
+    if command:
+        out.print(f"to run it: {command}", highlight=False, soft_wrap=True)
+
+
+# The planner's strategies as `llmcycle finetune` flags: FSDP's full sharding is ZeRO stage 3; ZeRO-1 has no
+# flag of its own, so the plan for it runs as ZeRO-2 (which shards gradients too, and so needs less).
+STRATEGY_FLAGS = {"ddp": "--strategy ddp", "fsdp": "--strategy fsdp", "zero3": "--strategy fsdp",
+                  "zero2": "--deepspeed zero2", "zero1": "--deepspeed zero2"}
+PRECISION_FLAGS = {"mixed": "", "fp32": "--dtype float32", "bf16": "--dtype bfloat16", "fp16": "--dtype float16"}
+
+
+def finetune_command(model: str | None, setup: TrainingSetup, shape: ModelShape) -> str | None:
+    """The `llmcycle finetune` command line that trains as planned, or None when llmcycle cannot (no model
+    folder, or an optimizer other than AdamW).
+
+    The planner's LoRA `attention` is peft's default targets for the model type (query and value, mostly);
+    finetune's `attention` adapts every attention projection, so the command names the planner's modules.
+    """
+    if model is None or setup.optimizer != "adamw":
+        return None
+    parts = ["llmcycle finetune", f"--model {model}", "--data DATA", "--out OUT", f"--method {setup.method}",
+             f"--batch-size {setup.batch_size}", f"--max-length {setup.max_length}", PRECISION_FLAGS[setup.precision]]
+    if setup.method in ("lora", "qlora"):
+        targets = ",".join(shape.attention_targets) if setup.lora_targets == "attention" else "all-linear"
+        parts += [f"--lora-rank {setup.lora_rank}", f"--lora-targets {targets}"]
+    if setup.method in ("prompt-tuning", "prefix-tuning"):
+        parts.append(f"--num-virtual-tokens {setup.num_virtual_tokens}")
+    if setup.gradient_checkpointing:
+        parts.append("--gradient-checkpointing")
+    if setup.gpus > 1:
+        parts += [f"--num-processes {setup.gpus}", STRATEGY_FLAGS[setup.strategy]]
+    return " ".join(part for part in parts if part)
 
 
 def _shape(model, params, layers, hidden, heads, vocab, trust_remote_code) -> ModelShape:
