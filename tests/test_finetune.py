@@ -117,6 +117,36 @@ def test_accumulated_gradient_equals_the_full_batch_gradient(arch, quiet_models)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("method", ["full", "prompt-tuning"])
+def test_the_output_head_on_completion_positions_only_gives_the_full_loss(arch, method, quiet_models):
+    """completion_loss_sum skips the logits of prompt positions; the loss and gradients are those of all logits."""
+    from llmcycle.data import Example
+    from llmcycle.models import load_model
+    from llmcycle.training.methods import apply_method
+    from llmcycle.training.sft_data import IGNORE, collate, completion_loss_sum, positions_to_score, tokenize
+
+    loaded = load_model(str(quiet_models[arch]))
+    model = apply_method(loaded.model, FinetuneConfig(method=method, num_virtual_tokens=4), False, arch).train()
+    examples = [Example(r["prompt"], r["completion"], "", i) for i, r in enumerate(dialogue_rows(6))]
+    batch = collate(tokenize(examples, loaded.tokenizer, False, 512)[0], loaded.tokenizer.pad_token_id, False)
+    assert positions_to_score(batch["labels"]) < batch["labels"].shape[1]  # there are prompt positions to skip
+
+    def gradients(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    fast = completion_loss_sum(model, batch, False)
+    fast_grads = gradients(fast)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, -batch["labels"].shape[1]:]
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
+                                                  ignore_index=IGNORE, reduction="sum")
+    assert fast.item() == pytest.approx(reference.item(), rel=1e-6)
+    for a, b in zip(fast_grads, gradients(reference)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
 def test_two_seeded_runs_are_equal_and_config_yaml_reproduces_the_run(quiet_models, train_file, tmp_path):
     run(quiet_models["gpt2"], train_file, tmp_path / "a", "lora", max_steps=4, lora_dropout=0.1)
     run(quiet_models["gpt2"], train_file, tmp_path / "b", "lora", max_steps=4, lora_dropout=0.1)

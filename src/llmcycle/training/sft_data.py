@@ -8,6 +8,8 @@ Every completion ends with EOS, so the tuned model learns to stop.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -116,20 +118,50 @@ def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor
 
 
 def completion_loss_sum(model, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
-    """Summed cross-entropy over completion tokens (divided by the step's token count by the caller)."""
+    """Summed cross-entropy over completion tokens (divided by the step's token count by the caller).
+
+    Decoder-only: the output head runs only from the first position that predicts a completion token in the
+    batch (`logits_to_keep`), not over every prompt position, whose logits would be thrown away.
+    """
     labels = batch["labels"]
     # No KV cache: training does not need one, and transformers only reads packed position ids without it.
     inputs = {key: value for key, value in batch.items() if key != "labels"} | {"use_cache": False}
     if is_encoder_decoder:
         # Shift the labels right ourselves: passing `labels` would make the model compute a second, mean loss.
         inputs["decoder_input_ids"] = decoder_input_ids(model, labels)
-    logits = model(**inputs).logits  # (batch, seq, vocab)
+    else:
+        keep = positions_to_score(labels)
+        if keep < labels.shape[1] and accepts_logits_to_keep(model):
+            inputs["logits_to_keep"] = keep
+    logits = model(**inputs).logits  # (batch, seq or keep, vocab)
     if not is_encoder_decoder:
-        logits = logits[:, -labels.shape[1] :]  # prompt tuning prepends virtual-token positions; they have no label
-        logits, labels = logits[:, :-1], labels[:, 1:]  # position t predicts token t+1
+        # The logits are those of the last positions: prompt tuning's virtual tokens come first, `keep` cuts
+        # from the front. Position t predicts token t+1.
+        width = min(logits.shape[1], labels.shape[1])
+        logits, labels = logits[:, -width:][:, :-1], labels[:, -width:][:, 1:]
     return torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )
+
+
+def positions_to_score(labels: torch.Tensor) -> int:
+    """How many last positions of a decoder-only batch predict a completion token somewhere in it."""
+    targets = labels[:, 1:] != IGNORE  # (batch, seq - 1): position t predicts token t + 1
+    if not targets.any():
+        return labels.shape[1]
+    first = int(targets.any(dim=0).int().argmax())  # the earliest position any row is scored at
+    return labels.shape[1] - first
+
+
+def accepts_logits_to_keep(model) -> bool:
+    inner = getattr(model, "module", model)  # DDP and DeepSpeed hold the model as .module
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return _forward_takes(type(base), "logits_to_keep")
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes(model_class: type, name: str) -> bool:
+    return name in inspect.signature(model_class.forward).parameters
 
 
 def count_targets(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> int:
