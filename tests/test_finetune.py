@@ -124,13 +124,19 @@ def test_the_output_head_on_completion_positions_only_gives_the_full_loss(arch, 
     from llmcycle.data import Example
     from llmcycle.models import load_model
     from llmcycle.training.methods import apply_method
-    from llmcycle.training.sft_data import IGNORE, collate, completion_loss_sum, positions_to_score, tokenize
+    from llmcycle.training.sft_data import IGNORE, collate, completion_loss_sum, positions_to_score, scored_positions_only, tokenize
 
     loaded = load_model(str(quiet_models[arch]))
     model = apply_method(loaded.model, FinetuneConfig(method=method, num_virtual_tokens=4), False, arch).train()
     examples = [Example(r["prompt"], r["completion"], "", i) for i, r in enumerate(dialogue_rows(6))]
     batch = collate(tokenize(examples, loaded.tokenizer, False, 512)[0], loaded.tokenizer.pad_token_id, False)
-    assert positions_to_score(batch["labels"]) < batch["labels"].shape[1]  # there are prompt positions to skip
+    keep = positions_to_score(batch["labels"])
+    assert keep < batch["labels"].shape[1]  # there are prompt positions to skip
+    scored = torch.zeros(len(batch["labels"]), keep, dtype=torch.bool)
+    scored[:, :-1] = batch["labels"][:, -keep:][:, 1:] != IGNORE
+    with torch.no_grad(), scored_positions_only(model, scored) as selection:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    assert selection["applied"] and logits.shape == (int(scored.sum()), model.config.vocab_size)  # the fast path runs
 
     def gradients(loss):
         model.zero_grad()
