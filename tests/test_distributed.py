@@ -104,6 +104,17 @@ def test_fsdp_full_fine_tuning_writes_a_plain_transformers_model(quiet, rows, tm
                                    atol=1e-4, rtol=1e-4)
 
 
+def test_fsdp_prompt_tuning_saves_the_trained_virtual_tokens(quiet, rows, tmp_path):
+    """peft computes the prompt embeddings it saves from the live module, which FSDP holds in shards."""
+    flags = ["-m", quiet["gpt2"], "-d", rows, "--method", "prompt-tuning", "--num-virtual-tokens", "4", "--max-steps", "2"]
+    assert run_cli("finetune", *flags, "-o", tmp_path / "one", "--batch-size", "8") == 0
+    assert run_cli("finetune", *flags, "-o", tmp_path / "two", "--batch-size", "4", "--num-processes", "2", "--strategy", "fsdp") == 0
+    one, two = weights(tmp_path / "one/adapter"), weights(tmp_path / "two/adapter")
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4)
+
+
 def test_reward_and_dpo_on_two_processes_match_one(quiet, pairs, tmp_path):
     reward_flags = ["-m", quiet["gpt2"], "-d", pairs, "--max-steps", "2", "--lr", "1e-3"]
     assert run_cli("reward", *reward_flags, "-o", tmp_path / "r1", "--batch-size", "8") == 0

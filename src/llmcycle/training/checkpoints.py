@@ -38,16 +38,17 @@ def save_weights(model, tokenizer, folder: Path, is_adapter: bool, dist: Distrib
     """
     dist = dist or Distributed()
     full_state = dist.full_state_dict(model)  # a collective: every process calls it
-    if not dist.is_main:
-        return None
-    module, state = dist.unwrap(model), full_state
-    if within:
-        module = getattr(module, within)
-        if state is not None:
-            state = {name.removeprefix(within + "."): value for name, value in state.items() if name.startswith(within + ".")}
-    folder = folder / ("adapter" if is_adapter else "model")
-    module.save_pretrained(folder, safe_serialization=True, **({} if state is None else {"state_dict": state}))
-    tokenizer.save_pretrained(folder)
+    with dist.root_gathered(model):  # so is this
+        if not dist.is_main:
+            return None
+        module, state = dist.unwrap(model), full_state
+        if within:
+            module = getattr(module, within)
+            if state is not None:
+                state = {name.removeprefix(within + "."): value for name, value in state.items() if name.startswith(within + ".")}
+        folder = folder / ("adapter" if is_adapter else "model")
+        module.save_pretrained(folder, safe_serialization=True, **({} if state is None else {"state_dict": state}))
+        tokenizer.save_pretrained(folder)
     return full_state
 
 

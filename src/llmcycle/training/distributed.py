@@ -345,6 +345,20 @@ class Distributed:
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+    @contextlib.contextmanager
+    def root_gathered(self, model):
+        """FSDP: the root module's own weights whole for the duration (every process takes part). Saving needs
+        it where peft reads live weights instead of the state dict: prompt tuning's virtual-token embeddings."""
+        if not (self.enabled and self.strategy == "fsdp" and self.deepspeed is None):
+            yield
+            return
+        model.unshard()
+        try:
+            yield
+        finally:
+            model.reshard()
+
+
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules transformers says must not be split across devices (`_no_split_modules`): FSDP's shard units."""
     names: set[str] = set()
