@@ -227,6 +227,17 @@ def test_packing_gives_the_loss_of_separate_rows(quiet_models):
     torch.testing.assert_close(separate, together, rtol=1e-5, atol=1e-4)
 
 
+def test_packing_is_best_fit_decreasing():
+    from llmcycle.training.sft_data import Tokenized, pack
+
+    rows = [Tokenized(list(range(n)), [-100] + list(range(1, n))) for n in (6, 5, 4, 3, 2)]
+    packed = pack(rows, 10)
+    # In file order they would fill three sequences ([6], [5, 4], [3, 2]); best fit needs two.
+    assert [p.lengths for p in packed] == [(6, 4), (5, 3, 2)]
+    assert all(len(p.input_ids) == len(p.labels) == sum(p.lengths) <= 10 for p in packed)
+    assert sorted(len(r.input_ids) for r in rows) == sorted(n for p in packed for n in p.lengths)
+
+
 def test_packed_training_runs(quiet_models, train_file, tmp_path):
     metrics = run(quiet_models["llama"], train_file, tmp_path / "p", "lora", packing=True, max_length=256)
     assert metrics["steps"] == 12 and losses(tmp_path / "p")[-1] < losses(tmp_path / "p")[0]

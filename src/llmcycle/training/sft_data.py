@@ -8,6 +8,7 @@ Every completion ends with EOS, so the tuned model learns to stop.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
 import inspect
@@ -79,23 +80,27 @@ def collate(rows: list[Tokenized], pad_id: int, is_encoder_decoder: bool) -> dic
 
 
 def pack(rows: list[Tokenized], max_length: int) -> list[Tokenized]:
-    """Greedily concatenate decoder-only rows into sequences of at most `max_length` tokens.
+    """Concatenate decoder-only rows into sequences of at most `max_length` tokens, by best-fit decreasing.
 
-    Position ids restart at 0 for each row (see `collate_packed`), which transformers reads as separate
-    sequences: no attention crosses a row boundary. A row's first token is a prompt token (label -100), so
-    no loss is taken across the boundary either.
+    Longest rows first, each into the fullest sequence it still fits (as trl packs): fewer, fuller sequences
+    than filling them in file order, so a packed step carries more completion tokens. Position ids restart
+    at 0 for each row (see `collate_packed`), which transformers reads as separate sequences: no attention
+    crosses a row boundary. A row's first token is a prompt token (label -100), so no loss is taken across
+    the boundary either.
     """
-    packed, current_ids, current_labels, lengths = [], [], [], []
-    for row in rows:
-        if current_ids and len(current_ids) + len(row.input_ids) > max_length:
-            packed.append(PackedRow(current_ids, current_labels, tuple(lengths)))
-            current_ids, current_labels, lengths = [], [], []
-        current_ids = current_ids + row.input_ids
-        current_labels = current_labels + row.labels
-        lengths.append(len(row.input_ids))
-    if current_ids:
-        packed.append(PackedRow(current_ids, current_labels, tuple(lengths)))
-    return packed
+    bins: list[list[Tokenized]] = []
+    free: list[tuple[int, int]] = []  # (tokens still free, bin index), sorted
+    for row in sorted(rows, key=lambda r: -len(r.input_ids)):  # stable: ties keep file order
+        size = len(row.input_ids)
+        at = bisect.bisect_left(free, (size, -1))  # the bin with the least room that still holds the row
+        space, index = free.pop(at) if at < len(free) else (max_length, len(bins))
+        if index == len(bins):
+            bins.append([])
+        bins[index].append(row)
+        if space > size:
+            bisect.insort(free, (space - size, index))
+    return [PackedRow([t for r in group for t in r.input_ids], [t for r in group for t in r.labels],
+                      tuple(len(r.input_ids) for r in group)) for group in bins]
 
 
 @dataclass(frozen=True)
