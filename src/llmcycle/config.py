@@ -22,7 +22,11 @@ C = TypeVar("C")
 
 
 def field_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """Field name -> type, in reading order: a config's own fields first, then those it inherits (such as the
+    distributed settings every training config shares), so YAML files and --help start with model and data."""
+    hints = typing.get_type_hints(cls)
+    own = [name for name in cls.__dict__.get("__annotations__", {}) if name in hints]
+    return {name: hints[name] for name in own + [name for name in hints if name not in own]}
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -132,7 +136,8 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def to_dict(config) -> dict:
-    return dataclasses.asdict(config)
+    values = dataclasses.asdict(config)
+    return {name: values[name] for name in field_types(type(config)) if name in values}
 
 
 def dump_yaml(config) -> str:

@@ -46,7 +46,7 @@ from ..models import LoadedModel, load_base, locate, pick_device, resolve_dtype
 from ..outputs import atomic_open, write_json
 from ..training import checkpoints, distributed
 from ..training.distributed import Distributed, DistributedSettings
-from ..training.methods import count_parameters, lora_targets, task_type
+from ..training.methods import count_parameters, lora_config
 from ..training.sft_data import IGNORE, Tokenized, collate, decoder_input_ids, epoch_batches, tokenize
 
 MAX_GRAD_NORM = 1.0
@@ -279,9 +279,7 @@ def build_policy(loaded: LoadedModel, cfg: DPOConfig) -> Policy:
     if cfg.tune == "full":
         reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
         return Policy(loaded.model.eval(), reference, loaded.is_encoder_decoder)
-    lora = peft.LoraConfig(task_type=task_type(loaded.is_encoder_decoder), r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                           lora_dropout=0.0, target_modules=lora_targets(loaded.model, cfg.lora_targets),
-                           fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in loaded.model.modules()))
+    lora = lora_config(loaded.model, loaded.is_encoder_decoder, cfg.lora_rank, cfg.lora_alpha, 0.0, cfg.lora_targets)
     try:
         model = peft.get_peft_model(loaded.model, lora)
     except (ValueError, TypeError, KeyError) as exc:

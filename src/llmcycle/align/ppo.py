@@ -35,7 +35,7 @@ from ..models import LoadedModel, chat_renderer, load_base, locate, pick_device,
 from ..outputs import atomic_open, write_json
 from ..training import checkpoints, distributed
 from ..training.distributed import Distributed, DistributedSettings
-from ..training.methods import count_parameters, lora_targets, task_type
+from ..training.methods import count_parameters, lora_config
 from ..training.sft_data import epoch_batches
 from .rewards import Reward
 
@@ -361,9 +361,7 @@ def build_actors(loaded: LoadedModel, cfg: PPOConfig, dist: Distributed, resume_
         reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
         policy = loaded.model.eval()
     else:
-        lora = peft.LoraConfig(task_type=task_type(loaded.is_encoder_decoder), r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                               lora_dropout=0.0, target_modules=lora_targets(loaded.model, cfg.lora_targets),
-                               fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in loaded.model.modules()))
+        lora = lora_config(loaded.model, loaded.is_encoder_decoder, cfg.lora_rank, cfg.lora_alpha, 0.0, cfg.lora_targets)
         policy = peft.get_peft_model(loaded.model, lora).eval()
     if resume_from is not None:  # into the whole model, before any sharding
         checkpoints.load_weights(resume_from, policy, cfg.tune == "lora")

@@ -39,7 +39,7 @@ DEEPSPEED_STAGES = {"zero2": 2, "zero3": 3}
 
 @dataclass
 class DistributedSettings:
-    """Fields shared by every training config; they come first in its YAML."""
+    """Fields shared by every training config (they come last in its YAML and --help)."""
 
     num_processes: int = 1
     """Training processes (one per GPU, or CPU processes over gloo); above 1 they are started with torchrun."""

@@ -59,6 +59,17 @@ def task_type(is_encoder_decoder: bool) -> str:
     return "SEQ_2_SEQ_LM" if is_encoder_decoder else "CAUSAL_LM"
 
 
+def lora_config(model, is_encoder_decoder: bool, rank: int, alpha: float, dropout: float, targets: str):
+    """peft's LoraConfig for `model` (fine-tuning, DPO and PPO all build theirs here)."""
+    import peft
+
+    return peft.LoraConfig(
+        task_type=task_type(is_encoder_decoder), r=rank, lora_alpha=alpha, lora_dropout=dropout,
+        target_modules=lora_targets(model, targets),
+        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),  # GPT-2 stores weights transposed
+    )
+
+
 def apply_method(model, cfg, is_encoder_decoder: bool, base_name: str):
     """The model to train, with only the method's parameters requiring gradients."""
     import peft
@@ -70,11 +81,7 @@ def apply_method(model, cfg, is_encoder_decoder: bool, base_name: str):
         return model
     kind = task_type(is_encoder_decoder)
     if cfg.method in ("lora", "qlora"):
-        config = peft.LoraConfig(
-            task_type=kind, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=lora_targets(model, cfg.lora_targets),
-            fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),
-        )
+        config = lora_config(model, is_encoder_decoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
         if cfg.method == "qlora":
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.method == "prompt-tuning":
