@@ -312,8 +312,7 @@ def folder_bytes(folder: Path) -> int:
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Run `cfg`; returns the metrics written to DIR/metrics.json. With num_processes > 1, starts the processes."""
     cfg.validate()
-    check_out_dir(cfg, Path(cfg.out), resume)
-    return distributed.run(["finetune"], cfg, resume, _finetune)
+    return distributed.run(["finetune"], cfg, resume, _finetune, check_out_dir)
 
 
 def _finetune(cfg: FinetuneConfig, resume: bool, dist: Distributed) -> dict:

@@ -304,8 +304,7 @@ def _autocast(cfg: DPOConfig, device):
 def dpo(cfg: DPOConfig, resume: bool = False) -> dict:
     """Run DPO; writes DIR/adapter or DIR/model, config.yaml, log.jsonl, metrics.json. Returns the metrics."""
     cfg.validate()
-    check_out_dir(cfg, Path(cfg.out), resume)
-    return distributed.run(["align", "--method", "dpo"], cfg, resume, _dpo)
+    return distributed.run(["align", "--method", "dpo"], cfg, resume, _dpo, check_out_dir)
 
 
 def _dpo(cfg: DPOConfig, resume: bool, dist: Distributed) -> dict:

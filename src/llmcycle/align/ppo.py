@@ -434,8 +434,7 @@ def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOCon
 def ppo(cfg: PPOConfig, resume: bool = False) -> dict:
     """Run PPO; writes DIR/adapter or DIR/model, value_head.safetensors, config.yaml, log.jsonl, metrics.json."""
     cfg.validate()
-    check_out_dir(cfg, Path(cfg.out), resume)
-    return distributed.run(["align", "--method", "ppo"], cfg, resume, _ppo)
+    return distributed.run(["align", "--method", "ppo"], cfg, resume, _ppo, check_out_dir)
 
 
 def _ppo(cfg: PPOConfig, resume: bool, dist: Distributed) -> dict:

@@ -251,8 +251,7 @@ def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
     when no eval data is given; `pairwise_accuracy_on` says which.
     """
     cfg.validate()
-    check_out_dir(cfg, Path(cfg.out), resume)
-    return distributed.run(["reward"], cfg, resume, _train_reward)
+    return distributed.run(["reward"], cfg, resume, _train_reward, check_out_dir)
 
 
 def _train_reward(cfg: RewardConfig, resume: bool, dist: Distributed) -> dict:

@@ -90,9 +90,15 @@ def needs_launch(settings: DistributedSettings) -> bool:
     return settings.num_processes > 1 and not launched_externally()
 
 
-def run(command: list[str], cfg, resume: bool, train) -> dict:
-    """`train(cfg, resume, dist)` in this process, or on cfg.num_processes started ones; the run's metrics."""
+def run(command: list[str], cfg, resume: bool, train, check_out_dir) -> dict:
+    """`train(cfg, resume, dist)` in this process, or on cfg.num_processes started ones; the run's metrics.
+
+    Before starting processes, `check_out_dir(cfg, out, resume)` refuses a bad --out here, at once. (Inside a
+    worker the check comes after joining the group, which sets num_processes from an outside launcher's
+    WORLD_SIZE, so `--resume` of a torchrun-launched run compares like with like.)
+    """
     if needs_launch(cfg):
+        check_out_dir(cfg, Path(cfg.out), resume)
         launch(command, cfg, resume)
         return json.loads((Path(cfg.out) / "metrics.json").read_text())
     with session(cfg) as dist:
