@@ -149,15 +149,23 @@ def test_ppo_on_two_fsdp_processes_writes_the_run_and_resumes_exactly(quiet, row
         assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_an_outside_torchrun_launch_is_recognised(quiet, rows, tmp_path):
+def test_an_outside_torchrun_launch_is_recognised_and_resumes(quiet, rows, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llmcycle",
-               "finetune", "-m", str(quiet["gpt2"]), "-d", str(rows), "-o", str(out), *FINETUNE, "--batch-size", "4"]
+               "finetune", "-m", str(quiet["gpt2"]), "-d", str(rows), "-o", str(out), *FINETUNE, "--batch-size", "4",
+               "--save-every", "2"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "2 processes (ddp, gloo)" in done.stderr
     assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
     assert "num_processes: 2" in (out / "config.yaml").read_text()  # the saved config reruns on 2 processes
+    uninterrupted = weights(out / "adapter")
+    shutil.rmtree(out / "adapter")  # as if killed after the step-2 checkpoint
+    (out / "metrics.json").unlink()
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stderr
+    assert all(torch.equal(uninterrupted[k], v) for k, v in weights(out / "adapter").items())
 
 
 def test_a_worker_error_is_one_line_and_exit_2_with_nothing_written(quiet, tmp_path):
