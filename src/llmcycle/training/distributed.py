@@ -350,7 +350,6 @@ class Distributed:
 
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
-
     @contextlib.contextmanager
     def root_gathered(self, model):
         """FSDP: the root module's own weights whole for the duration (every process takes part). Saving needs
@@ -432,6 +431,8 @@ def _deepspeed_accelerator(settings):
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin
 
-    config = deepspeed_config(settings, settings.batch_size, getattr(settings, "grad_accum", 1),
+    micro_batch = getattr(settings, "mini_batch_size", settings.batch_size)  # PPO updates on minibatches
+    config = deepspeed_config(settings, micro_batch, getattr(settings, "grad_accum", 1),
                               getattr(settings, "max_grad_norm", 1.0), torch.cuda.is_available())
-    return Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config), gradient_accumulation_steps=config["gradient_accumulation_steps"])
+    return Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config),
+                       gradient_accumulation_steps=config["gradient_accumulation_steps"])
