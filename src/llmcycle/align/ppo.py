@@ -447,8 +447,8 @@ def _ppo(cfg: PPOConfig, resume: bool, dist: Distributed) -> dict:
     loaded = load_policy(cfg)
     prompts = load_prompts(cfg, loaded)
     if dist.enabled and len(prompts) < cfg.batch_size * dist.world_size:
-        raise UserError(f"{cfg.data}: {len(prompts)} prompts; {dist.world_size} processes with --batch-size {cfg.batch_size} "
-                        f"need at least {cfg.batch_size * dist.world_size}")
+        raise UserError(f"{cfg.data}: {len(prompts)} prompt{'s' if len(prompts) != 1 else ''}; {dist.world_size} processes "
+                        f"with --batch-size {cfg.batch_size} need at least {cfg.batch_size * dist.world_size}")
     actors = build_actors(loaded, cfg, dist, resume_from)
     trainable, total = count_parameters(actors.policy)  # FSDP's sharded parameters report their whole size
     if dist.enabled:
