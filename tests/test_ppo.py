@@ -120,3 +120,20 @@ def test_masks_rewards_and_advantages_by_hand():
     advantages, returns = gae(rewards, torch.zeros(2, 4), mask.float(), gamma=1.0, lam=1.0)
     assert advantages[0].tolist() == pytest.approx([0.95, 1.0, 0, 0]) and advantages[1].tolist() == pytest.approx([3.0] * 4)
     assert torch.equal(returns, advantages)
+
+
+def test_response_log_probs_skip_the_prompt_logits_and_equal_the_full_ones(yes_no):
+    """score_tokens asks the model for the response positions' logits only; they equal the full forward's."""
+    from llmcycle.align.ppo import PPOConfig, sample, score_tokens
+    from llmcycle.models import load_model
+
+    loaded = load_model(str(yes_no[0]["gpt2"]))
+    torch.manual_seed(0)
+    rollout = sample(loaded.model, loaded, ["Question 1: is it red?", "Q: big?"], PPOConfig(max_new_tokens=4))
+    with torch.no_grad():
+        fast = score_tokens(loaded.model, rollout)[0]
+        logits = loaded.model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                              position_ids=rollout.position_ids).logits  # (batch, P + R, vocab)
+    width = rollout.response.shape[1]
+    expected = torch.log_softmax(logits[:, -width - 1 : -1].float(), -1).gather(-1, rollout.response.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=1e-5)

@@ -36,7 +36,7 @@ from ..outputs import atomic_open, write_json
 from ..training import checkpoints, distributed
 from ..training.distributed import Distributed, DistributedSettings
 from ..training.methods import count_parameters, lora_config
-from ..training.sft_data import epoch_batches
+from ..training.sft_data import accepts_logits_to_keep, epoch_batches
 from .rewards import Reward
 
 VALUE_HEAD = "value_head.safetensors"
@@ -216,11 +216,13 @@ def score_tokens(model, rollout: Rollout, value_head=None):
         logits = outputs.logits
         hidden = outputs.decoder_hidden_states[-1] if want_hidden else None
     else:
-        outputs = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-                        position_ids=rollout.position_ids, output_hidden_states=want_hidden, use_cache=False)
         width = rollout.response.shape[1]
         start = rollout.input_ids.shape[1] - width - 1  # the last prompt position predicts the first response token
-        logits = outputs.logits[:, start : start + width]
+        # Logits only where they are used: the output head skips the prompt positions.
+        keep = {"logits_to_keep": width + 1} if accepts_logits_to_keep(model) else {}
+        outputs = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                        position_ids=rollout.position_ids, output_hidden_states=want_hidden, use_cache=False, **keep)
+        logits = outputs.logits[:, -(width + 1) : -1]  # (batch, R, vocab)
         hidden = outputs.hidden_states[-1][:, start : start + width] if want_hidden else None
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # (batch, R, vocab)
     chosen = log_probs.gather(-1, rollout.response.unsqueeze(-1)).squeeze(-1)
