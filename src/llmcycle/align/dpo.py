@@ -47,7 +47,7 @@ from ..outputs import atomic_open, write_json
 from ..training import checkpoints, distributed
 from ..training.distributed import Distributed, DistributedSettings
 from ..training.methods import count_parameters, lora_config
-from ..training.sft_data import IGNORE, Tokenized, collate, decoder_input_ids, epoch_batches, tokenize
+from ..training.sft_data import Tokenized, collate, completion_token_losses, epoch_batches, tokenize
 
 MAX_GRAD_NORM = 1.0
 """Gradient clipping, as trl's DPOConfig does by default."""
@@ -176,17 +176,10 @@ def pair_batch(rows: list[TokenizedPair], pad_id: int, is_encoder_decoder: bool)
 def sequence_log_probs(model, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
     """(rows,) summed log-probability of each row's completion tokens given its prompt.
 
-    The same forward as `sft_data.completion_loss_sum`, summed per row instead of over the batch.
+    The forward of fine-tuning's loss (`sft_data.completion_token_losses`), summed per row instead of over the batch.
     """
-    labels = batch["labels"]
-    inputs = {key: value for key, value in batch.items() if key != "labels"} | {"use_cache": False}
-    if is_encoder_decoder:
-        inputs["decoder_input_ids"] = decoder_input_ids(model, labels)
-    logits = model(**inputs).logits  # (rows, seq, vocab)
-    if not is_encoder_decoder:
-        logits, labels = logits[:, -labels.shape[1] :][:, :-1], labels[:, 1:]  # position t predicts token t+1
-    token_nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")  # (rows, seq)
-    return -token_nll.sum(dim=1)
+    losses, rows = completion_token_losses(model, batch, is_encoder_decoder)
+    return -torch.zeros(len(batch["labels"]), dtype=losses.dtype, device=losses.device).index_add(0, rows, losses)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,

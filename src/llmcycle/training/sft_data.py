@@ -124,7 +124,12 @@ def collate_packed(rows: list[PackedRow], pad_id: int) -> dict[str, torch.Tensor
 
 
 def completion_loss_sum(model, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
-    """Summed cross-entropy over completion tokens (divided by the step's token count by the caller).
+    """Summed cross-entropy over completion tokens (divided by the step's token count by the caller)."""
+    return completion_token_losses(model, batch, is_encoder_decoder)[0].sum()
+
+
+def completion_token_losses(model, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every completion token, (tokens,), and the batch row each one belongs to, (tokens,).
 
     Decoder-only: the output head runs only at the positions that predict a completion token. The forward
     goes through the (possibly DDP- or FSDP-wrapped) model as usual; `logits_to_keep` drops the positions
@@ -137,7 +142,7 @@ def completion_loss_sum(model, batch: dict[str, torch.Tensor], is_encoder_decode
     if is_encoder_decoder:
         # Shift the labels right ourselves: passing `labels` would make the model compute a second, mean loss.
         inputs["decoder_input_ids"] = decoder_input_ids(model, labels)
-        return _summed_cross_entropy(model(**inputs).logits, labels)  # (batch, seq, vocab)
+        return _token_losses(model(**inputs).logits, labels)  # (batch, seq, vocab)
     keep = positions_to_score(labels)
     if keep < labels.shape[1] and accepts_logits_to_keep(model):
         window = labels[:, -keep:]  # (batch, keep): the labels from the first scored position on
@@ -145,19 +150,21 @@ def completion_loss_sum(model, batch: dict[str, torch.Tensor], is_encoder_decode
         scored[:, :-1] = window[:, 1:] != IGNORE  # position t predicts token t + 1
         with scored_positions_only(model, scored) as selection:
             logits = model(**inputs, logits_to_keep=keep).logits
-        if selection["applied"]:
-            return _summed_cross_entropy(logits, window[:, 1:][scored[:, :-1]])  # (scored, vocab) against (scored,)
+        if selection["applied"]:  # (scored positions, vocab), in row-major order
+            targets = window[:, 1:][scored[:, :-1]]
+            losses = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+            return losses, scored.nonzero()[:, 0]
     else:
         logits = model(**inputs).logits  # (batch, seq, vocab)
     # The logits are those of the last positions: prompt tuning's virtual tokens come first.
     width = min(logits.shape[1], labels.shape[1])
-    return _summed_cross_entropy(logits[:, -width:][:, :-1], labels[:, -width:][:, 1:])
+    return _token_losses(logits[:, -width:][:, :-1], labels[:, -width:][:, 1:])
 
 
-def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
-    )
+def _token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, seq, vocab) logits against (batch, seq) labels: the losses where a label is set, and their rows."""
+    mask = labels != IGNORE
+    return torch.nn.functional.cross_entropy(logits[mask].float(), labels[mask], reduction="none"), mask.nonzero()[:, 0]
 
 
 @contextlib.contextmanager
