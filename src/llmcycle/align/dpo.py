@@ -224,7 +224,8 @@ def dpo_batch(policy: Policy, batch: dict, beta: float, dist: Distributed | None
     policy_logps = policy.log_probs(batch)  # (2 * pairs,): chosen rows, then rejected rows
     reference_logps = policy.reference_log_probs(batch)
     losses, chosen, rejected = dpo_loss(*policy_logps.chunk(2), *reference_logps.chunk(2), beta)
-    margin = (chosen - rejected).detach()
+    chosen, rejected = chosen.detach(), rejected.detach()
+    margin = chosen - rejected
     logps_chosen, logps_rejected = policy_logps.detach().chunk(2)
     sums = dist.sum(*(weight * float(value.sum()) for value in
                       (losses.detach(), margin, (margin > 0).float(), chosen, rejected, logps_chosen, logps_rejected)))
