@@ -52,7 +52,9 @@ class DistributedSettings:
         if self.num_processes < 1:
             raise UserError(f"--num-processes must be at least 1 (got {self.num_processes})")
         if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown --strategy '{self.strategy}'; use ddp or fsdp")
+            hint = {"zero3": " (ZeRO-3 sharding is fsdp here)", "zero2": " (for ZeRO-2 give --deepspeed zero2)",
+                    "zero1": " (for ZeRO-1/2 give --deepspeed zero2)"}.get(self.strategy, "")
+            raise UserError(f"unknown --strategy '{self.strategy}'; use ddp or fsdp{hint}")
         if self.deepspeed is not None:
             if self.deepspeed not in DEEPSPEED_STAGES:
                 raise UserError(f"unknown --deepspeed '{self.deepspeed}'; use zero2 or zero3")
