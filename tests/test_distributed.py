@@ -149,6 +149,17 @@ def test_ppo_on_two_fsdp_processes_writes_the_run_and_resumes_exactly(quiet, row
         assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_pretraining_on_two_fsdp_processes_matches_one(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{r['prompt']} {r['completion']}\n" for r in dialogue_rows(40)))
+    flags = ["--corpus", corpus, "--arch", "t5", "--layers", "2", "--hidden", "64", "--vocab-size", "500", "--dropout", "0",
+             "--max-length", "64", "--max-steps", "3"]
+    assert run_cli("pretrain", *flags, "-o", tmp_path / "one", "--batch-size", "8") == 0
+    assert run_cli("pretrain", *flags, "-o", tmp_path / "two", "--batch-size", "4", "--num-processes", "2", "--strategy", "fsdp") == 0
+    assert [r["loss"] for r in log(tmp_path / "two")] == pytest.approx([r["loss"] for r in log(tmp_path / "one")], rel=1e-5)
+    assert (tmp_path / "two/model/tokenizer.json").is_file()
+
+
 def test_an_outside_torchrun_launch_is_recognised_and_resumes(quiet, rows, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llmcycle",

@@ -14,7 +14,7 @@ then linear decay, clipping, checkpoints that resume exactly, log.jsonl and metr
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -23,22 +23,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import config as configs
 from .console import note, print_table, progress
 from .errors import UserError
-from .finetune import check_out_dir, folder_bytes, peak_memory_bytes, save_final, trim_log
+from .finetune import check_out_dir, folder_bytes, main_log, open_run_folder, peak_memory_bytes, save_final, train_step
 from .models import CONTEXT_WINDOW_ATTRS, ENCODER_DECODER, load_base, locate
-from .outputs import atomic_open, write_json
+from .outputs import write_json
 from .scratch import ARCHITECTURES, ScratchSpec, build_model, corpus_texts, train_tokenizer
-from .training import checkpoints
-from .training.sft_data import Tokenized, collate, completion_loss_sum, count_targets, epoch_batches
+from .training import checkpoints, distributed
+from .training.distributed import Distributed, DistributedSettings
+from .training.sft_data import Tokenized, collate, epoch_batches
 
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
 RECENT = 10  # final_loss is the mean of this many last steps: one step's loss is noisy
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(DistributedSettings):
     """Everything that defines a pre-training run; saved as DIR/config.yaml."""
 
     corpus: str = ""
@@ -113,6 +113,7 @@ class PretrainConfig:
                 raise UserError(f"--vocab-size must be at least 400 for {self.arch} (100 of it are sentinel tokens)")
             if self.max_length > self.context:
                 raise UserError(f"--max-length {self.max_length} is longer than --context {self.context}")
+        self.validate_distributed()
 
     def spec(self) -> ScratchSpec:
         return ScratchSpec(arch=self.arch or "", layers=self.layers, hidden=self.hidden, heads=self.heads,
@@ -221,21 +222,24 @@ def pack_corpus(texts: list[str], tokenizer, chunk_length: int) -> tuple[list[li
     return [chunk for chunk in chunks if len(chunk) >= 2], len(stream)
 
 
-def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq2seq: bool):
-    """Batch `i` of the run (across epochs) and the batches per epoch; the same for a fresh and a resumed run."""
-    per_epoch = math.ceil(len(chunks) / cfg.batch_size)
+def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq2seq: bool, dist: Distributed):
+    """This process's part of batch `i` of the run (across epochs), its loss weight and the tokens of the whole
+    batch; and the batches per epoch. The same for a fresh and a resumed run."""
+    global_batch = cfg.batch_size * dist.world_size
+    per_epoch = math.ceil(len(chunks) / global_batch)
     sentinels, eos = sentinel_ids(tokenizer), [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def batch(index: int) -> tuple[dict[str, torch.Tensor], int]:
+    def batch(index: int) -> tuple[dict[str, torch.Tensor], float, int]:
         epoch, position = divmod(index, per_epoch)
-        chosen = epoch_batches(len(chunks), cfg.batch_size, cfg.seed, epoch)[position]
+        every = epoch_batches(len(chunks), global_batch, cfg.seed, epoch)[position]
+        chosen, weight = dist.shard(every)
         if is_seq2seq:
             rows = [Tokenized(*span_corruption(chunks[i], sentinels, eos, cfg.noise_density, cfg.mean_span_length,
                                                np.random.default_rng([cfg.seed, epoch, i]))) for i in chosen]
         else:
             rows = [Tokenized(chunks[i], chunks[i]) for i in chosen]
-        return collate(rows, pad_id, is_seq2seq), sum(len(chunks[i]) for i in chosen)
+        return collate(rows, pad_id, is_seq2seq), weight, sum(len(chunks[i]) for i in every)
 
     return batch, per_epoch
 
@@ -244,45 +248,50 @@ def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
-    """Run `cfg`; returns the metrics written to DIR/metrics.json."""
+    """Run `cfg`; returns the metrics written to DIR/metrics.json. With num_processes > 1, starts the processes."""
     cfg.validate()
+    return distributed.run(["pretrain"], cfg, resume, _pretrain, check_out_dir)
+
+
+def _pretrain(cfg: PretrainConfig, resume: bool, dist: Distributed) -> dict:
     out = Path(cfg.out)
     resume_from = check_out_dir(cfg, out, resume)
+    dist.barrier()  # every process has looked at --out before the main one writes there
     texts = corpus_texts(cfg.corpus)
     if not texts:
         raise UserError(f"corpus {cfg.corpus} holds no text")
     torch.manual_seed(cfg.seed)
-    model, tokenizer, is_seq2seq = setup_model(cfg, texts, resume_from)
+    model, tokenizer, is_seq2seq = setup_model(cfg, texts, resume_from)  # the same tokenizer and weights everywhere
     chunks, corpus_tokens = pack_corpus(texts, tokenizer, cfg.max_length - 1 if is_seq2seq else cfg.max_length)
     if not chunks:
         raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
-    batch_of, per_epoch = make_batches(chunks, cfg, tokenizer, is_seq2seq)
+    total_params = sum(p.numel() for p in model.parameters())
+    model = dist.wrap(model)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # different dropout per process
+    batch_of, per_epoch = make_batches(chunks, cfg, tokenizer, is_seq2seq, dist)
     total_steps = cfg.max_steps or per_epoch * cfg.epochs
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    model, optimizer = dist.prepare_optimizer(model, optimizer)
     objective = "span corruption" if is_seq2seq else "next-token prediction"
-    total_params = sum(p.numel() for p in model.parameters())
-    note(f"{objective} on {model.config.model_type}, {total_params:,} parameters; {len(texts)} documents, "
-         f"{corpus_tokens:,} tokens in {len(chunks)} chunks; {total_steps} steps of {cfg.batch_size}")
+    note(f"{objective} on {dist.unwrap(model).config.model_type}, {total_params:,} parameters; {len(texts)} documents, "
+         f"{corpus_tokens:,} tokens in {len(chunks)} chunks; {total_steps} steps of {cfg.batch_size * dist.world_size}"
+         + (f", {dist.describe()}" if dist.enabled else ""))
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "config.yaml") as handle:
-        handle.write(configs.dump_yaml(cfg))
     state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "first_loss": None, "last_loss": None, "recent_losses": []}
-    if resume_from is not None:
-        state = checkpoints.load_training_state(resume_from, optimizer, scheduler)  # setup_model read the weights
-        note(f"resuming from {resume_from} (step {state['step']})")
-    trim_log(out / "log.jsonl", state["step"])
-    state = _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out)
+    state = open_run_folder(cfg, out, state, resume_from, optimizer, scheduler, dist, model)  # setup_model read the weights
+    state = _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out, dist)
 
-    weights_dir = save_final(out, model, tokenizer, False)
+    weights_dir = save_final(out, model, tokenizer, False, dist)
     metrics = {
         "objective": objective,
-        "model_type": model.config.model_type,
+        "model_type": dist.unwrap(model).config.model_type,
         "first_loss": state["first_loss"],
         "final_loss": sum(state["recent_losses"]) / len(state["recent_losses"]),
         "last_step_loss": state["last_loss"],
         "steps": state["step"],
         "epochs": round(state["step"] / per_epoch, 4),
+        "world_size": dist.world_size,
         "tokens_seen": state["tokens"],
         "tokens_per_second": state["tokens"] / max(state["train_seconds"], 1e-9),
         "wall_time_s": state["train_seconds"],
@@ -290,10 +299,12 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
         "corpus_documents": len(texts),
         "corpus_tokens": corpus_tokens,
         "peak_memory_bytes": peak_memory_bytes(next(model.parameters()).device),
-        "size_on_disk_bytes": folder_bytes(weights_dir),
     }
-    write_json(out / "metrics.json", metrics)
-    _print_summary(metrics, weights_dir)
+    if dist.is_main:
+        metrics["size_on_disk_bytes"] = folder_bytes(weights_dir)
+        write_json(out / "metrics.json", metrics)
+        _print_summary(metrics, weights_dir)
+    dist.barrier()
     return metrics
 
 
@@ -305,35 +316,31 @@ def make_optimizer(model, cfg: PretrainConfig, total_steps: int):
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 
 
-def _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out: Path) -> dict:
-    with progress() as bar, (out / "log.jsonl").open("a", encoding="utf-8") as log:
+def _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out: Path,
+          dist: Distributed) -> dict:
+    device = next(model.parameters()).device
+    with progress() as bar, main_log(out, dist) as log:
         task = bar.add_task("pre-training", total=total_steps, completed=state["step"])
         while state["step"] < total_steps:
             started = time.perf_counter()
-            batch, tokens = batch_of(state["step"])
-            loss = completion_loss_sum(model, batch, is_seq2seq) / max(count_targets(batch, is_seq2seq), 1)
-            step, value = state["step"] + 1, loss.item()
+            batch, weight, tokens = batch_of(state["step"])
+            value, _, _ = train_step(model, [batch], is_seq2seq, device, contextlib.nullcontext, dist, [weight])
+            step = state["step"] + 1
             if not math.isfinite(value):
                 kept = checkpoints.checkpoint_dirs(out)
                 raise UserError(f"the loss became {value} at step {step}; stopped. Last complete checkpoint: "
                                 f"{kept[-1] if kept else 'none'}. Try a lower --lr (now {cfg.learning_rate:g})")
-            loss.backward()
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
+            dist.step(model, optimizer, cfg.max_grad_norm)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             seconds = time.perf_counter() - started
             state.update(step=step, last_loss=value, tokens=state["tokens"] + tokens, train_seconds=state["train_seconds"] + seconds,
                          first_loss=state["first_loss"] if state["first_loss"] is not None else value,
                          recent_losses=[*state["recent_losses"], value][-RECENT:])
             if step % cfg.log_every == 0 or step == total_steps:
-                record = {"step": step, "epoch": round(step / per_epoch, 4), "loss": value, "lr": scheduler.get_last_lr()[0],
-                          "tokens_per_second": tokens / seconds, "memory_bytes": peak_memory_bytes(next(model.parameters()).device)}
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                log({"step": step, "epoch": round(step / per_epoch, 4), "loss": value, "lr": scheduler.get_last_lr()[0],
+                     "tokens_per_second": tokens / seconds, "memory_bytes": peak_memory_bytes(device)})
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                checkpoints.save(out, step, model, tokenizer, False, optimizer, scheduler, state)
+                checkpoints.save(out, step, model, tokenizer, False, optimizer, scheduler, state, dist=dist)
             bar.update(task, completed=step, description=f"pre-training, loss {value:.4f}")
     return state
 
