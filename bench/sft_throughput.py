@@ -7,7 +7,7 @@ vocab 1000; overhead-bound) and 30M parameters (7 layers, hidden 512, vocab 8000
 synthetic dialogue -> summary prompt/completion rows (prompts ~35-380 tokens, completions ~10-50).
 
   llmcycle padded    FinetuneConfig(packing=False): 8 rows a step, padded to the longest row
-  llmcycle packed    FinetuneConfig(packing=True): rows packed greedily into 512-token rows, 8 of those a step
+  llmcycle packed    FinetuneConfig(packing=True): best-fit-decreasing packing into 512-token rows, 8 of those a step
   trl padded         SFTConfig(): 8 rows a step, padded to the longest row
   trl packed         SFTConfig(packing=True): best-fit-decreasing packing into 512-token rows, 8 a step; trl then
                      runs padding-free (the 8 rows flattened into one sequence). Same work per step as llmcycle packed.
@@ -19,9 +19,9 @@ defaults are switched off), LoRA r=8 alpha=16 dropout 0 on q/k/v/o_proj (what ll
 picks), AdamW lr 2e-4, linear decay, no warm-up or weight decay, clipping at 1.0, batch 8, no accumulation,
 max_length 512, seed 0, loss on completion tokens only (EOS appended), summed and divided by the step's completion
 tokens. Both shuffle with torch.randperm seeded 0, so the padded and padding-free runs see the same rows in the same
-order, and their per-step losses must agree. Differences left: llmcycle packs greedily in file order, trl by best
-fit (denser); trl's AdamW is the fused kernel; trl scores tokens with its chunked "fused LM head" (and also computes
-entropy and accuracy for its logs), llmcycle builds the full logits. Times: llmcycle's `wall_time_s` (sum of step
+order, and their per-step losses must agree; both pack by best fit decreasing, so the packed runs' losses agree too.
+Differences left: trl's AdamW is the fused kernel; trl scores tokens with its chunked "fused LM head" (and also
+computes entropy and accuracy for its logs), llmcycle runs its output head only at the scored positions. Times: llmcycle's `wall_time_s` (sum of step
 times), trl's `train_runtime` (its loop, per-step logging included). Before each run the script waits for the CPU
 to go idle and reruns a run during which other jobs used over 10% of the machine.
 
