@@ -152,7 +152,7 @@ class FinetuneConfig(DistributedSettings):
 
 def check_out_dir(cfg, out: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to overwrite another run."""
-    if resume and getattr(cfg, "deepspeed", None):
+    if resume and cfg.deepspeed:
         raise UserError("--resume is not supported with --deepspeed; checkpoints resume under --strategy ddp or fsdp")
     finished = (out / "model").exists() or (out / "adapter").exists()
     if resume:
@@ -368,14 +368,8 @@ def _finetune(cfg: FinetuneConfig, resume: bool, dist: Distributed) -> dict:
         "peak_memory_bytes": peak_memory_bytes(device),
         "wall_time_s": state["train_seconds"],
     }
-    if dist.is_main:
-        metrics["size_on_disk_bytes"] = folder_bytes(weights_dir)
-        if cfg.is_adapter:
-            metrics["adapter_size_bytes"] = metrics["size_on_disk_bytes"]
-        write_json(out / "metrics.json", metrics)
-        _print_summary(metrics, weights_dir)
-    dist.barrier()  # no process leaves (and ends the process group) while the main one still writes
-    return metrics
+    size_keys = ("size_on_disk_bytes", "adapter_size_bytes") if cfg.is_adapter else ("size_on_disk_bytes",)
+    return close_run_folder(out, metrics, weights_dir, dist, lambda m: _print_summary(m, weights_dir), size_keys)
 
 
 def _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out: Path,
@@ -423,6 +417,18 @@ def open_run_folder(cfg, out: Path, state: dict, resume_from: Path | None, optim
     if dist.is_main:
         trim_log(out / "log.jsonl", state["step"])
     return state
+
+
+def close_run_folder(out: Path, metrics: dict, weights_dir: Path, dist: Distributed, summary,
+                     size_keys: tuple[str, ...] = ("size_on_disk_bytes",)) -> dict:
+    """The main process adds the size of the saved weights (under each of `size_keys`), writes metrics.json
+    and prints `summary(metrics)`; every process waits for it, so none ends the process group too early."""
+    if dist.is_main:
+        metrics.update(dict.fromkeys(size_keys, folder_bytes(weights_dir)))
+        write_json(out / "metrics.json", metrics)
+        summary(metrics)
+    dist.barrier()
+    return metrics
 
 
 @contextlib.contextmanager

@@ -25,10 +25,9 @@ import torch
 
 from .console import note, print_table, progress
 from .errors import UserError
-from .finetune import check_out_dir, folder_bytes, main_log, open_run_folder, peak_memory_bytes, save_final, train_step
-from .models import CONTEXT_WINDOW_ATTRS, ENCODER_DECODER, load_base, locate
-from .outputs import write_json
-from .scratch import ARCHITECTURES, ScratchSpec, build_model, corpus_texts, train_tokenizer
+from .finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final, train_step
+from .models import CONTEXT_WINDOW_ATTRS, load_base, locate
+from .scratch import ScratchSpec, build_model, corpus_texts, train_tokenizer
 from .training import checkpoints, distributed
 from .training.distributed import Distributed, DistributedSettings
 from .training.sft_data import Tokenized, collate, epoch_batches
@@ -300,12 +299,7 @@ def _pretrain(cfg: PretrainConfig, resume: bool, dist: Distributed) -> dict:
         "corpus_tokens": corpus_tokens,
         "peak_memory_bytes": peak_memory_bytes(next(model.parameters()).device),
     }
-    if dist.is_main:
-        metrics["size_on_disk_bytes"] = folder_bytes(weights_dir)
-        write_json(out / "metrics.json", metrics)
-        _print_summary(metrics, weights_dir)
-    dist.barrier()
-    return metrics
+    return close_run_folder(out, metrics, weights_dir, dist, lambda m: _print_summary(m, weights_dir))
 
 
 def make_optimizer(model, cfg: PretrainConfig, total_steps: int):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -36,14 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import config as configs
 from ..console import note, print_table, progress
 from ..data import Example
 from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
-from ..finetune import check_out_dir, folder_bytes, main_log, open_run_folder, peak_memory_bytes, save_final
+from ..finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import LoadedModel, load_base, locate, pick_device, resolve_dtype
-from ..outputs import atomic_open, write_json
 from ..training import checkpoints, distributed
 from ..training.distributed import Distributed, DistributedSettings
 from ..training.methods import count_parameters, lora_config
@@ -336,12 +333,7 @@ def _dpo(cfg: DPOConfig, resume: bool, dist: Distributed) -> dict:
                "pairs": len(train_rows), "eval_pairs": len(eval_rows), "steps": state["step"], "world_size": dist.world_size,
                "trainable_params": trainable, "total_params": total, "trainable_share": trainable / total,
                "peak_memory_bytes": peak_memory_bytes(loaded.device), "wall_time_s": state["train_seconds"]}
-    if dist.is_main:
-        metrics["size_on_disk_bytes"] = folder_bytes(weights_dir)
-        write_json(out / "metrics.json", metrics)
-        _print_summary(metrics, weights_dir)
-    dist.barrier()
-    return metrics
+    return close_run_folder(out, metrics, weights_dir, dist, lambda m: _print_summary(m, weights_dir))
 
 
 def reward_metrics(history: list[dict], final: dict | None) -> dict:

@@ -17,7 +17,6 @@ fine-tuning it is a frozen copy. Dropout is off throughout, so log-probabilities
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,13 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import config as configs
 from ..console import note, print_table, progress
 from ..data import load_examples, load_template
 from ..errors import UserError
-from ..finetune import check_out_dir, folder_bytes, main_log, open_run_folder, peak_memory_bytes, save_final
+from ..finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
-from ..outputs import atomic_open, write_json
 from ..training import checkpoints, distributed
 from ..training.distributed import Distributed, DistributedSettings
 from ..training.methods import count_parameters, lora_config
@@ -484,18 +481,18 @@ def _ppo(cfg: PPOConfig, resume: bool, dist: Distributed) -> dict:
         "peak_memory_bytes": peak_memory_bytes(loaded.device),
         "wall_time_s": state["seconds"],
     }
-    if dist.is_main:
-        metrics["size_on_disk_bytes"] = folder_bytes(weights)
-        write_json(out / "metrics.json", metrics)
-        print_table("ppo", ["", "value"], [
-            ("mean reward, first step -> last", f"{metrics['reward_first']:.4f} -> {metrics['reward_last']:.4f}"),
-            ("KL to reference (last step)", f"{metrics['kl_last']:.4f}"),
-            ("kl_coef (final)", f"{metrics['kl_coef_final']:.4f}"),
-            ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / total:.2%})"),
-            ("wall time", f"{metrics['wall_time_s']:.1f} s"),
-        ])
-    dist.barrier()
-    return metrics
+    return close_run_folder(out, metrics, weights, dist, _print_summary)
+
+
+def _print_summary(metrics: dict) -> None:
+    trainable, total = metrics["trainable_params"], metrics["total_params"]
+    print_table("ppo", ["", "value"], [
+        ("mean reward, first step -> last", f"{metrics['reward_first']:.4f} -> {metrics['reward_last']:.4f}"),
+        ("KL to reference (last step)", f"{metrics['kl_last']:.4f}"),
+        ("kl_coef (final)", f"{metrics['kl_coef_final']:.4f}"),
+        ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / total:.2%})"),
+        ("wall time", f"{metrics['wall_time_s']:.1f} s"),
+    ])
 
 
 def _loop(cfg, actors: Actors, loaded, prompts, reward, optimizer, scheduler, state, out: Path, is_adapter: bool) -> dict:

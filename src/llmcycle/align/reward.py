@@ -21,7 +21,6 @@ for every backbone.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,13 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import config as configs
 from ..console import note, print_table, progress
 from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
-from ..finetune import check_out_dir, folder_bytes, main_log, open_run_folder, peak_memory_bytes, save_final
+from ..finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import context_window, load_tokenizer, locate, pick_device, resolve_dtype
-from ..outputs import atomic_open, write_json
 from ..evaluation.stats import Statistic, bootstrap_summary, mean_of_first
 from ..training import checkpoints, distributed
 from ..training.distributed import Distributed, DistributedSettings
@@ -308,12 +305,7 @@ def _train_reward(cfg: RewardConfig, resume: bool, dist: Distributed) -> dict:
         "peak_memory_bytes": peak_memory_bytes(device),
         "wall_time_s": state["train_seconds"],
     }
-    if dist.is_main:
-        metrics["size_on_disk_bytes"] = folder_bytes(weights_dir)
-        write_json(out / "metrics.json", metrics)
-        _print_summary(metrics, weights_dir)
-    dist.barrier()
-    return metrics
+    return close_run_folder(out, metrics, weights_dir, dist, lambda m: _print_summary(m, weights_dir))
 
 
 def make_optimizer(model, cfg: RewardConfig, total_steps: int):

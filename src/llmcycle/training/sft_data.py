@@ -174,8 +174,7 @@ def scored_positions_only(model, scored: torch.Tensor):
     Yields a dict whose "applied" says whether it happened: a head input of another shape (an architecture
     that does something else before its head) is left alone, and the caller scores the full logits.
     """
-    inner = getattr(model, "module", model)
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    base = transformers_model(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     selection = {"applied": False}
     if head is None:
@@ -206,9 +205,7 @@ def positions_to_score(labels: torch.Tensor) -> int:
 
 
 def accepts_logits_to_keep(model) -> bool:
-    inner = getattr(model, "module", model)  # DDP and DeepSpeed hold the model as .module
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return _forward_takes(type(base), "logits_to_keep")
+    return _forward_takes(type(transformers_model(model)), "logits_to_keep")
 
 
 @functools.lru_cache(maxsize=None)
@@ -223,6 +220,10 @@ def count_targets(batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> i
 
 def decoder_input_ids(model, labels: torch.Tensor) -> torch.Tensor:
     """An encoder-decoder's decoder inputs: `labels` shifted right, as the (possibly wrapped) model builds them."""
-    inner = getattr(model, "module", model)  # DDP and DeepSpeed hold the model as .module
-    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
-    return base.prepare_decoder_input_ids_from_labels(labels=labels)
+    return transformers_model(model).prepare_decoder_input_ids_from_labels(labels=labels)
+
+
+def transformers_model(model):
+    """The transformers model inside DDP or a DeepSpeed engine (both hold it as .module) and a peft wrapper."""
+    inner = getattr(model, "module", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
