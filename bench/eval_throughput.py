@@ -8,7 +8,7 @@ that the outputs agree row by row, and prints the speedup (target: at least 5x o
 sides' times include loading the model and computing ROUGE; each side runs `--repeat` times and the
 fastest run counts. The CLI (`llmcycle eval ...` in a subprocess, Python start-up included) is timed once.
 
-Models are built offline with `llmcycle.scratch` (a BPE tokenizer trained on the synthetic data and a
+Models are built offline with `llmcycle.train.scratch` (a BPE tokenizer trained on the synthetic data and a
 random-init model), then every weight is redrawn from N(0, 0.5) so greedy decoding gives varied text
 rather than one token repeated. Run: `python bench/eval_throughput.py [--rows 200 --max-new-tokens 32
 --batch-size 32 --repeat 2]`.
@@ -33,9 +33,9 @@ from rouge_score import rouge_scorer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from llmcycle.api import DataOptions, ModelOptions, evaluate
-from llmcycle.generation import GenerationSettings
-from llmcycle.scratch import ScratchSpec, init_model
+from llmcycle.generate.predict import DataOptions, ModelOptions, evaluate
+from llmcycle.generate.engine import GenerationSettings
+from llmcycle.train.scratch import ScratchSpec, init_model
 
 ROUGE_TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 NAMES = ["Anna", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hiro", "Ines", "Jon"]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from llmcycle.plan import TrainingSetup, plan_memory, saved_activation_bytes, shape_from_model
+from llmcycle.plan.memory import TrainingSetup, plan_memory, saved_activation_bytes, shape_from_model
 
 MB = 1e6
 CONFIGS = {

@@ -56,7 +56,7 @@ def build(folder: Path, layers: int, hidden: int, vocab: int):
 def worker(args) -> None:
     import peft
 
-    from llmcycle.training.distributed import Distributed
+    from llmcycle.train.distributed import Distributed
 
     torch.distributed.init_process_group("gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -81,7 +81,7 @@ def worker(args) -> None:
 
 
 def report(measured: list[dict], folder: Path) -> None:
-    from llmcycle.plan import TrainingSetup, plan_memory, shape_from_model
+    from llmcycle.plan.memory import TrainingSetup, plan_memory, shape_from_model
 
     print("| strategy | method | state | planned per process (MB) | held, process 0 / 1 (MB) | held / planned |")
     print("|---|---|---|---|---|---|")

@@ -1,8 +1,8 @@
-"""LoRA SFT throughput: `llmcycle.finetune` against trl's `SFTTrainer` on the same model, data and hyperparameters.
+"""LoRA SFT throughput: `llmcycle.train.finetune` against trl's `SFTTrainer` on the same model, data and hyperparameters.
 
 Measures completion tokens per second of training (tokens that carry loss / time of the training loop), peak
 memory (max RSS; every run is a fresh subprocess) and the final training loss (mean of the last 10% of steps, at
-least 3). Two Llama models built offline by `llmcycle.scratch` (random init, no dropout): tiny (2 layers, hidden 64,
+least 3). Two Llama models built offline by `llmcycle.train.scratch` (random init, no dropout): tiny (2 layers, hidden 64,
 vocab 1000; overhead-bound) and 30M parameters (7 layers, hidden 512, vocab 8000; compute-bound). Data: 400
 synthetic dialogue -> summary prompt/completion rows (prompts ~35-380 tokens, completions ~10-50).
 
@@ -73,7 +73,7 @@ def make_rows(count: int, seed: int = 0) -> list[dict]:
 
 def build(work: Path, rows: int) -> None:
     """Write train.jsonl and one model per size under `work` (kept between runs)."""
-    from llmcycle.scratch import ScratchSpec, init_model
+    from llmcycle.train.scratch import ScratchSpec, init_model
 
     data = make_rows(rows)
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
@@ -90,7 +90,7 @@ def final_loss(losses: list[float]) -> float:
 
 
 def run_llmcycle(model: str, data: str, steps: int, packed: bool, out: Path) -> dict:
-    from llmcycle.finetune import FinetuneConfig, finetune
+    from llmcycle.train.finetune import FinetuneConfig, finetune
 
     metrics = finetune(FinetuneConfig(
         model=model, data=data, out=str(out), method="lora", lr=2e-4, batch_size=8, grad_accum=1, max_steps=steps,

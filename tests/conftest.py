@@ -40,7 +40,7 @@ def build(arch: str, out: Path, **size) -> Path:
     Freshly initialised tiny models tend to repeat one token whatever the prompt, which would let a broken
     batching or seeding pass the tests unnoticed.
     """
-    from llmcycle.scratch import ScratchSpec, build_model, train_tokenizer
+    from llmcycle.train.scratch import ScratchSpec, build_model, train_tokenizer
 
     tokenizer = train_tokenizer(CORPUS, 400, append_eos=arch in ("t5", "bart"))
     tokenizer.model_max_length = size.get("context", 512)

@@ -127,7 +127,7 @@ def test_the_loss_is_the_dpo_papers():
 @pytest.mark.parametrize("arch", ["t5", "gpt2"])
 def test_sequence_log_probs_sum_to_minus_the_fine_tuning_loss(arch, quiet):
     from llmcycle.models import load_base
-    from llmcycle.training.sft_data import completion_loss_sum
+    from llmcycle.train.sft_data import completion_loss_sum
 
     loaded = load_base(str(quiet[arch]), torch_dtype=torch.float32)
     pairs = [Pair(r["prompt"], r["chosen"], r["rejected"], "") for r in preference_rows(5)]

@@ -14,7 +14,7 @@ import torch
 from conftest import build, dialogue_rows, run_cli, write_jsonl
 from safetensors.torch import load_file
 
-from llmcycle.finetune import FinetuneConfig, finetune
+from llmcycle.train.finetune import FinetuneConfig, finetune
 
 LR = {"full": 3e-3, "freeze": 3e-3, "lora": 3e-2, "prompt-tuning": 1e-1, "prefix-tuning": 3e-2}
 
@@ -96,9 +96,9 @@ def test_accumulation_equals_a_larger_batch(arch, quiet_models, tmp_path):
 @pytest.mark.parametrize("arch", ["t5", "gpt2"])
 def test_accumulated_gradient_equals_the_full_batch_gradient(arch, quiet_models):
     from llmcycle.data import Example
-    from llmcycle.finetune import train_step
+    from llmcycle.train.finetune import train_step
     from llmcycle.models import load_model
-    from llmcycle.training.sft_data import collate, tokenize
+    from llmcycle.train.sft_data import collate, tokenize
 
     loaded = load_model(str(quiet_models[arch]))
     examples = [Example(r["prompt"], r["completion"], "", i) for i, r in enumerate(dialogue_rows(8))]
@@ -123,8 +123,8 @@ def test_the_output_head_on_completion_positions_only_gives_the_full_loss(arch, 
     """completion_loss_sum skips the logits of prompt positions; the loss and gradients are those of all logits."""
     from llmcycle.data import Example
     from llmcycle.models import load_model
-    from llmcycle.training.methods import apply_method
-    from llmcycle.training.sft_data import IGNORE, collate, completion_loss_sum, positions_to_score, scored_positions_only, tokenize
+    from llmcycle.train.methods import apply_method
+    from llmcycle.train.sft_data import IGNORE, collate, completion_loss_sum, positions_to_score, scored_positions_only, tokenize
 
     loaded = load_model(str(quiet_models[arch]))
     model = apply_method(loaded.model, FinetuneConfig(method=method, num_virtual_tokens=4), False, arch).train()
@@ -214,7 +214,7 @@ def test_full_run_folder_loads_in_plain_transformers_and_every_verb(quiet_models
 def test_packing_gives_the_loss_of_separate_rows(quiet_models):
     from llmcycle.data import Example
     from llmcycle.models import load_model
-    from llmcycle.training.sft_data import collate, collate_packed, completion_loss_sum, pack, tokenize
+    from llmcycle.train.sft_data import collate, collate_packed, completion_loss_sum, pack, tokenize
 
     loaded = load_model(str(quiet_models["llama"]))
     examples = [Example(r["prompt"], r["completion"], "", i) for i, r in enumerate(dialogue_rows(5))]
@@ -228,7 +228,7 @@ def test_packing_gives_the_loss_of_separate_rows(quiet_models):
 
 
 def test_packing_is_best_fit_decreasing():
-    from llmcycle.training.sft_data import Tokenized, pack
+    from llmcycle.train.sft_data import Tokenized, pack
 
     rows = [Tokenized(list(range(n)), [-100] + list(range(1, n))) for n in (6, 5, 4, 3, 2)]
     packed = pack(rows, 10)

@@ -1,7 +1,7 @@
 import pytest
 
 from llmcycle.errors import UserError
-from llmcycle.generation import GenerationSettings, generate
+from llmcycle.generate.engine import GenerationSettings, generate
 from llmcycle.models import load_model
 
 PROMPTS = [

@@ -7,8 +7,8 @@ import torch
 from rouge_score import rouge_scorer
 
 from llmcycle.errors import UserError
-from llmcycle.evaluation import MetricInput, parse_metrics, score
-from llmcycle.evaluation.report import compare
+from llmcycle.evaluate import MetricInput, parse_metrics, score
+from llmcycle.evaluate.compare import compare
 from llmcycle.models import load_model
 
 PREDICTIONS = ["the cat sat on the mat", "a dog ran in the park today", "hello there", "we book a table for two"]

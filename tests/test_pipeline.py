@@ -7,7 +7,7 @@ import pytest
 from conftest import build, dialogue_rows, run_cli, write_jsonl
 
 from llmcycle.errors import UserError
-from llmcycle.pipeline import RECIPES, load_recipe, run_recipe
+from llmcycle.lifecycle.recipes import RECIPES, load_recipe, run_recipe
 
 SHIPPED = sorted(p for p in RECIPES.glob("*.yaml") if not p.name.endswith(".template.yaml"))
 

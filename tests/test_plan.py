@@ -10,11 +10,11 @@ import transformers as tf
 from click.testing import CliRunner
 
 from llmcycle.errors import UserError
-from llmcycle.plan import (
+from llmcycle.plan.memory import (
     ModelShape, TrainingSetup, find_gpu, layer_activation_bytes, nf4_bytes_per_param, parse_count, plan_compute,
     plan_memory, shape_from_model, shape_from_size, verdict,
 )
-from llmcycle.plan_cli import plan
+from llmcycle.plan.commands import plan
 
 TINY_CONFIGS = {
     "gpt2": lambda: tf.GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64),

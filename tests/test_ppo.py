@@ -14,10 +14,10 @@ from conftest import build, run_cli, write_jsonl
 from safetensors.torch import load_file
 
 from llmcycle.align.ppo import PPOConfig, gae, ppo, response_mask, token_rewards
-from llmcycle.align.rewards import Reward, parse_reward
+from llmcycle.align.reward_sources import Reward, parse_reward
 from llmcycle.errors import UserError
-from llmcycle.evaluation.metrics import toxicity_scores
-from llmcycle.finetune import FinetuneConfig, finetune
+from llmcycle.evaluate.metrics import toxicity_scores
+from llmcycle.train.finetune import FinetuneConfig, finetune
 
 WORDS = ["red", "big", "cold", "far", "new", "old", "hot", "wet"]
 

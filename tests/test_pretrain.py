@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from llmcycle.errors import UserError
-from llmcycle.pretrain import PretrainConfig, noise_mask, pretrain, span_corruption
-from llmcycle.synthetic import SyntheticConfig, write_synthetic
+from llmcycle.train.pretrain import PretrainConfig, noise_mask, pretrain, span_corruption
+from llmcycle.data.synthetic import SyntheticConfig, write_synthetic
 
 TINY = dict(layers=2, hidden=64, heads=4, vocab_size=500, context=128, max_length=64, batch_size=8)
 SENTINELS = list(range(900, 1000))

@@ -4,7 +4,7 @@ from conftest import dialogue_rows, write_jsonl
 from llmcycle.data import load_examples
 from llmcycle.errors import UserError
 from llmcycle.models import load_model
-from llmcycle.prompting import SHOT_SEPARATOR, build_prompts, draw_shots, parse_shots
+from llmcycle.generate.prompting import SHOT_SEPARATOR, build_prompts, draw_shots, parse_shots
 
 
 def test_shots_never_include_the_row_and_are_seeded(dialogues):

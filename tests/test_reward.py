@@ -10,8 +10,8 @@ import torch
 from conftest import CORPUS, NAMES, TASKS, build, run_cli, write_jsonl
 from safetensors.torch import load_file
 
-from llmcycle.align.reward import RewardConfig, train_reward
-from llmcycle.align.rewards import load_reward_model
+from llmcycle.align.reward_model import RewardConfig, train_reward
+from llmcycle.align.reward_sources import load_reward_model
 from llmcycle.data.preferences import load_pairs
 
 POLITE = ["thank you, happy to help", "thanks so much, gladly", "of course, thank you for asking", "sure, thanks and kind regards"]
@@ -32,7 +32,7 @@ def tiny_bert(out: Path, texts: list[str]) -> Path:
     """An encoder backbone as minilm is one (a BertModel), with a tokenizer trained on the test's own text."""
     from transformers import BertConfig, BertModel
 
-    from llmcycle.scratch import train_tokenizer
+    from llmcycle.train.scratch import train_tokenizer
 
     tokenizer = train_tokenizer(texts, 400, append_eos=False)
     tokenizer.model_max_length = 128
@@ -89,7 +89,7 @@ def test_learns_separable_preferences_and_scores_them_the_same_way_after_loading
     # The folder loads in plain transformers and in PPO's reward loader, which score alike.
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from llmcycle.align.rewards import reward_inputs
+    from llmcycle.align.reward_sources import reward_inputs
 
     plain = AutoModelForSequenceClassification.from_pretrained(out / "model").eval()
     tokenizer = AutoTokenizer.from_pretrained(out / "model")
@@ -161,7 +161,7 @@ def test_an_encoder_decoder_backbone_trains_when_its_tokenizer_marks_pairs(tmp_p
 
 
 def test_a_non_finite_loss_stops_naming_the_step(backbones, data, tmp_path, monkeypatch):
-    import llmcycle.align.reward as reward
+    import llmcycle.align.reward_model as reward
 
     monkeypatch.setattr(reward, "bradley_terry_loss", lambda chosen, rejected: (chosen - rejected) * float("nan"))
     with pytest.raises(reward.UserError, match="at step 1"):

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from llmcycle import synthetic
+from llmcycle.data import synthetic
 from llmcycle.data import load_examples
 from llmcycle.errors import UserError
-from llmcycle.scratch import corpus_texts
-from llmcycle.synthetic import ALL_TASKS, INSTRUCT_TASKS, TASKS, SyntheticConfig, corpus, generate, write_synthetic
+from llmcycle.train.scratch import corpus_texts
+from llmcycle.data.synthetic import ALL_TASKS, INSTRUCT_TASKS, TASKS, SyntheticConfig, corpus, generate, write_synthetic
 
 ROW_TASKS = [*TASKS, "instruct"]
 

@@ -17,8 +17,8 @@ import click
 
 from .console import err
 from .errors import UserError
-from .generation import GenerationSettings
-from .training.distributed import ReportedError
+from .generate.engine import GenerationSettings
+from .train.distributed import ReportedError
 
 DTYPE_CHOICES = click.Choice(["auto", "float32", "bfloat16", "float16"])
 
@@ -69,7 +69,7 @@ def _settings(kwargs: dict) -> GenerationSettings:
 
 
 def _model(kwargs: dict):
-    from .api import ModelOptions
+    from .generate.predict import ModelOptions
 
     adapters = []
     for spec in kwargs.pop("adapters"):
@@ -83,7 +83,7 @@ def _model(kwargs: dict):
 
 
 def _data(path: str, kwargs: dict, keep: bool = False):
-    from .api import DataOptions
+    from .generate.predict import DataOptions
 
     names = ("split", "template", "skip_bad_rows", "limit")
     values = {name: (kwargs[name] if keep else kwargs.pop(name)) for name in names}
@@ -134,25 +134,25 @@ def config_options(*classes, skip: tuple[str, ...] = ()):
 
 
 def _finetune_config():
-    from .finetune import FinetuneConfig
+    from .train.finetune import FinetuneConfig
 
     return FinetuneConfig
 
 
 def _reward_config():
-    from .align.reward import RewardConfig
+    from .align.reward_model import RewardConfig
 
     return RewardConfig
 
 
 def _synthetic_config():
-    from .synthetic import SyntheticConfig
+    from .data.synthetic import SyntheticConfig
 
     return SyntheticConfig
 
 
 def _pretrain_config():
-    from .pretrain import PretrainConfig
+    from .train.pretrain import PretrainConfig
 
     return PretrainConfig
 
@@ -175,7 +175,7 @@ def cli():
 @generation_options
 def generate(prompt, data, out, **kwargs):
     """Complete one prompt, or every row of a data file."""
-    from .api import generate_dataset, generate_one
+    from .generate.predict import generate_dataset, generate_one
     from .outputs import dump_jsonl
 
     settings, model = _settings(kwargs), _model(kwargs)
@@ -204,7 +204,7 @@ def generate(prompt, data, out, **kwargs):
 @generation_options
 def prompt(data, shots, shot_data, truncate_shots, metrics, metrics_out, out, **kwargs):
     """In-context learning: zero-, one- and few-shot prompts, compared."""
-    from .api import prompt_dataset
+    from .generate.predict import prompt_dataset
 
     settings, model = _settings(kwargs), _model(kwargs)
     shot_options = _data(shot_data, kwargs, keep=True) if shot_data else None
@@ -230,7 +230,7 @@ def prompt(data, shots, shot_data, truncate_shots, metrics, metrics_out, out, **
 @generation_options
 def eval_(predictions, data, metrics, resamples, save_predictions, out, **kwargs):
     """Score predictions (ROUGE, BLEU, exact match, toxicity, perplexity) with bootstrap 95% intervals."""
-    from .api import evaluate
+    from .generate.predict import evaluate
 
     settings = _settings(kwargs)
     model = _model(kwargs) if kwargs.get("model") else None
@@ -264,7 +264,7 @@ def _given_flags(kwargs: dict) -> dict:
 def finetune(config_file, overrides, resume, **flags):
     """Instruction fine-tuning: full, LoRA, QLoRA, prompt tuning, prefix tuning or selected layers."""
     from . import config as configs
-    from .finetune import FinetuneConfig, finetune as run
+    from .train.finetune import FinetuneConfig, finetune as run
 
     run(configs.resolve(FinetuneConfig, config_file=config_file, flags=_given_flags(flags), overrides=overrides), resume=resume)
 
@@ -277,7 +277,7 @@ def finetune(config_file, overrides, resume, **flags):
 def reward(config_file, overrides, resume, **flags):
     """Train a scalar reward model from preference pairs or rankings (Bradley-Terry loss)."""
     from . import config as configs
-    from .align.reward import RewardConfig, train_reward
+    from .align.reward_model import RewardConfig, train_reward
 
     train_reward(configs.resolve(RewardConfig, config_file=config_file, flags=_given_flags(flags), overrides=overrides), resume=resume)
 
@@ -317,7 +317,7 @@ def align(method, config_file, overrides, resume, **flags):
 @click.option("--dtype", type=DTYPE_CHOICES, default="float32", show_default=True)
 def merge(model, adapter_dir, out, dtype):
     """Merge a LoRA adapter into its base weights: a plain model folder."""
-    from .adapters import merge_adapter
+    from .deploy.merge import merge_adapter
 
     click.echo(f"wrote merged model to {merge_adapter(model, adapter_dir, out, dtype)}")
 
@@ -331,7 +331,7 @@ def merge(model, adapter_dir, out, dtype):
 @click.option("--data", "-d", "data", multiple=True, metavar="NAME=PATH", help="Replace the recipe's train, test or probe-N data.")
 def run_(recipe, out, dry_run, smoke, model, data):
     """Run a recipe: the lifecycle's stages in order, then one report comparing them."""
-    from .pipeline import run_recipe
+    from .lifecycle.recipes import run_recipe
 
     replacements = {}
     for item in data:
@@ -347,7 +347,7 @@ def run_(recipe, out, dry_run, smoke, model, data):
 @click.option("--smoke", is_flag=True, help="A shortened run, to check the installation.")
 def quickstart(out, smoke):
     """The whole lifecycle on the embedded model, offline: prompting, fine-tuning, PPO, a report."""
-    from .pipeline import QUICKSTART, run_recipe
+    from .lifecycle.recipes import QUICKSTART, run_recipe
 
     run_recipe(str(QUICKSTART), out, smoke=smoke)
     click.echo(f"report: {Path(out) / 'report.html'}")
@@ -358,7 +358,7 @@ def quickstart(out, smoke):
 def synth(**flags):
     """Write built-in synthetic data: dialogues with summaries, other instruction tasks, or a text corpus."""
     from . import config as configs
-    from .synthetic import SyntheticConfig, write_synthetic
+    from .data.synthetic import SyntheticConfig, write_synthetic
 
     path = write_synthetic(configs.resolve(SyntheticConfig, config_file=None, flags=_given_flags(flags), overrides=()))
     click.echo(f"wrote {path}")
@@ -372,7 +372,7 @@ def synth(**flags):
 def pretrain(config_file, overrides, resume, **flags):
     """Pre-train on a text corpus: span corruption (encoder-decoder) or next-token prediction (decoder-only)."""
     from . import config as configs
-    from .pretrain import PretrainConfig, pretrain as run
+    from .train.pretrain import PretrainConfig, pretrain as run
 
     run(configs.resolve(PretrainConfig, config_file=config_file, flags=_given_flags(flags), overrides=overrides), resume=resume)
 
@@ -389,7 +389,7 @@ def pretrain(config_file, overrides, resume, **flags):
 @click.option("--seed", type=int, default=0, show_default=True)
 def init_model(corpus, out, **spec):
     """Build a randomly initialised model and a tokenizer trained on CORPUS (for trying llmcycle offline)."""
-    from .scratch import ScratchSpec, corpus_texts, init_model as build
+    from .train.scratch import ScratchSpec, corpus_texts, init_model as build
 
     target = Path(out)
     if target.exists() and any(target.iterdir()):
@@ -399,7 +399,7 @@ def init_model(corpus, out, **spec):
 
 
 def _add_plan() -> None:
-    from .plan_cli import plan
+    from .plan.commands import plan
 
     cli.add_command(plan)
 

@@ -39,12 +39,12 @@ from ..console import note, print_table, progress
 from ..data import Example
 from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
-from ..finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
+from ..train.finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import LoadedModel, load_base, locate, pick_device, resolve_dtype
-from ..training import checkpoints, distributed
-from ..training.distributed import Distributed, DistributedSettings
-from ..training.methods import count_parameters, lora_config
-from ..training.sft_data import Tokenized, collate, completion_token_losses, epoch_batches, tokenize
+from ..train import checkpoints, distributed
+from ..train.distributed import Distributed, DistributedSettings
+from ..train.methods import count_parameters, lora_config
+from ..train.sft_data import Tokenized, collate, completion_token_losses, epoch_batches, tokenize
 
 MAX_GRAD_NORM = 1.0
 """Gradient clipping, as trl's DPOConfig does by default."""

@@ -28,13 +28,13 @@ import torch
 from ..console import note, print_table, progress
 from ..data import load_examples, load_template
 from ..errors import UserError
-from ..finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
+from ..train.finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
-from ..training import checkpoints, distributed
-from ..training.distributed import Distributed, DistributedSettings
-from ..training.methods import count_parameters, lora_config
-from ..training.sft_data import accepts_logits_to_keep, epoch_batches
-from .rewards import Reward
+from ..train import checkpoints, distributed
+from ..train.distributed import Distributed, DistributedSettings
+from ..train.methods import count_parameters, lora_config
+from ..train.sft_data import accepts_logits_to_keep, epoch_batches
+from .reward_sources import Reward
 
 VALUE_HEAD = "value_head.safetensors"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]
 ARCHITECTURES = ("t5", "bart", "gpt2", "llama")
@@ -139,7 +139,7 @@ def init_model(texts: list[str], out: str | Path, spec: ScratchSpec) -> Path:
 
 def corpus_texts(path: str | Path) -> list[str]:
     """Lines of a .txt file, or every string field of the rows of a data file."""
-    from .data.io import read_rows
+    from ..data.io import read_rows
 
     path = Path(path)
     if path.suffix.lower() == ".txt":

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import torch
 
-from . import config as configs
-from .console import note, print_table, progress
-from .data import load_examples, load_template
-from .errors import UserError
-from .models import DECODER_ONLY, LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
-from .outputs import atomic_open, write_json
-from .training import checkpoints, distributed
-from .training.distributed import Distributed, DistributedSettings
-from .training.methods import ADAPTER_METHODS, DEFAULT_LR, METHODS, apply_method, count_parameters
-from .training.sft_data import Tokenized, collate, collate_packed, completion_loss_sum, count_targets, epoch_batches, pack, tokenize
+from .. import config as configs
+from ..console import note, print_table, progress
+from ..data import load_examples, load_template
+from ..errors import UserError
+from ..models import DECODER_ONLY, LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
+from ..outputs import atomic_open, write_json
+from . import checkpoints, distributed
+from .distributed import Distributed, DistributedSettings
+from .methods import ADAPTER_METHODS, DEFAULT_LR, METHODS, apply_method, count_parameters
+from .sft_data import Tokenized, collate, collate_packed, completion_loss_sum, count_targets, epoch_batches, pack, tokenize
 
 
 @dataclass

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
-from .models import load_model
+from ..errors import UserError
+from ..models import load_model
 
 
 def merge_adapter(model: str, adapter: str | None, out: str, dtype: str = "float32") -> Path:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .console import progress
-from .errors import UserError
-from .models import LoadedModel
+from ..console import progress
+from ..errors import UserError
+from ..models import LoadedModel
 
 
 @dataclass

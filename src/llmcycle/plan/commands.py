@@ -1,4 +1,4 @@
-"""`llmcycle plan memory|compute`: the planner of `llmcycle.plan` from the command line.
+"""`llmcycle plan memory|compute`: the planner of `llmcycle.plan.memory` from the command line.
 
 Results go to stdout as a table and a one-line verdict, or, with `--json`, as one JSON object and nothing else.
 """
@@ -9,9 +9,9 @@ import json
 
 import click
 
-from .console import out, print_table
-from .errors import UserError
-from .plan import (
+from ..console import out, print_table
+from ..errors import UserError
+from .memory import (
     LORA_TARGETS, METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, MemoryPlan, ModelShape, TrainingSetup, find_gpu,
     human, parse_count, plan_compute, plan_memory, shape_from_model, shape_from_size, verdict,
 )

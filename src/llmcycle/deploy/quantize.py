@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .evaluation import MetricInput, score
-from .generation import GenerationSettings, generate
-from .models import LoadedModel, load_model
-from .outputs import write_jsonl
+from ..evaluate import MetricInput, score
+from ..generate.engine import GenerationSettings, generate
+from ..models import LoadedModel, load_model
+from ..outputs import write_jsonl
 
 
 def state_bytes(model: torch.nn.Module) -> int:

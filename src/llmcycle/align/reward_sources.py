@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..evaluation.metrics import toxicity_scores
+from ..evaluate.metrics import toxicity_scores
 from ..models import context_window, locate, pick_device
 
 WORD = re.compile(r"[\w']+")

@@ -33,14 +33,14 @@ import torch.nn.functional as F
 from ..console import note, print_table, progress
 from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
-from ..finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
+from ..train.finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
 from ..models import context_window, load_tokenizer, locate, pick_device, resolve_dtype
-from ..evaluation.stats import Statistic, bootstrap_summary, mean_of_first
-from ..training import checkpoints, distributed
-from ..training.distributed import Distributed, DistributedSettings
-from ..training.methods import count_parameters
-from ..training.sft_data import epoch_batches
-from .rewards import reward_inputs
+from ..evaluate.stats import Statistic, bootstrap_summary, mean_of_first
+from ..train import checkpoints, distributed
+from ..train.distributed import Distributed, DistributedSettings
+from ..train.methods import count_parameters
+from ..train.sft_data import epoch_batches
+from .reward_sources import reward_inputs
 
 MAX_GRAD_NORM = 1.0
 """Gradient clipping, as in the Hugging Face Trainer's default."""

@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .outputs import atomic_open
+from ..outputs import atomic_open
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 STYLE = """

@@ -10,15 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .console import note
-from .data import Example, LoadedData, load_examples, load_template
-from .data.io import read_rows
-from .errors import UserError
-from .evaluation import MetricInput, parse_metrics, print_comparison, score
-from .evaluation.report import compare
-from .generation import GenerationSettings, check_fits, generate, token_lengths
-from .models import LoadedModel, chat_renderer, load_model, use_adapter
-from .outputs import check_writable, write_json, write_jsonl
+from ..console import note
+from ..data import Example, LoadedData, load_examples, load_template
+from ..data.io import read_rows
+from ..errors import UserError
+from ..evaluate import MetricInput, parse_metrics, print_comparison, score
+from ..evaluate.compare import compare
+from .engine import GenerationSettings, check_fits, generate, token_lengths
+from ..models import LoadedModel, chat_renderer, load_model, use_adapter
+from ..outputs import check_writable, write_json, write_jsonl
 from .prompting import build_prompts, parse_shots
 
 

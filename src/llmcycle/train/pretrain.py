@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .console import note, print_table, progress
-from .errors import UserError
+from ..console import note, print_table, progress
+from ..errors import UserError
 from .finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final, train_step
-from .models import CONTEXT_WINDOW_ATTRS, load_base, locate
+from ..models import CONTEXT_WINDOW_ATTRS, load_base, locate
 from .scratch import ScratchSpec, build_model, corpus_texts, train_tokenizer
-from .training import checkpoints, distributed
-from .training.distributed import Distributed, DistributedSettings
-from .training.sft_data import Tokenized, collate, epoch_batches
+from . import checkpoints, distributed
+from .distributed import Distributed, DistributedSettings
+from .sft_data import Tokenized, collate, epoch_batches
 
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
 RECENT = 10  # final_loss is the mean of this many last steps: one step's loss is noisy

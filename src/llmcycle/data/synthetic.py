@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 NAMES = [
     "Amy", "Ben", "Carla", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kemal", "Lena", "Mateo",
@@ -475,7 +475,7 @@ class SyntheticConfig:
 
 def write_synthetic(cfg: SyntheticConfig) -> Path:
     """Write the rows of `cfg` atomically; returns the path written."""
-    from .outputs import atomic_open, check_writable, write_jsonl
+    from ..outputs import atomic_open, check_writable, write_jsonl
 
     cfg.validate()
     out = Path(cfg.out)

@@ -55,7 +55,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from .errors import UserError
+from ..errors import UserError
 
 GB = 1e9  # decimal gigabytes, as the ZeRO paper and GPU data sheets use
 PETAFLOP_S_DAY = 1e15 * 86400  # 8.64e19 FLOPs
@@ -288,7 +288,7 @@ def shape_from_model(spec: str, trust_remote_code: bool = False) -> ModelShape:
     import torch
     from transformers import AutoConfig
 
-    from .models import locate
+    from ..models import locate
 
     base = locate(spec).base
     try:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .data import Example
-from .errors import UserError
-from .generation import token_lengths
-from .models import LoadedModel
+from ..data import Example
+from ..errors import UserError
+from .engine import token_lengths
+from ..models import LoadedModel
 
 SHOT_SEPARATOR = "\n\n\n"
 PROMPT_COMPLETION_SEPARATOR = "\n"

@@ -32,12 +32,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import config as configs
-from .console import note, print_table
-from .errors import UserError
-from .outputs import write_json, write_jsonl
+from .. import config as configs
+from ..console import note, print_table
+from ..errors import UserError
+from ..outputs import write_json, write_jsonl
 
-RECIPES = Path(__file__).parent / "recipes"
+RECIPES = Path(__file__).parent.parent / "recipes"
 QUICKSTART = RECIPES / "quickstart.yaml"
 STAGES = ("baseline", "finetune", "eval", "align", "deploy", "report")
 RECIPE_KEYS = {"name", "description", "model", "data", "template", "probes", "generation", "metrics", "stages"}
@@ -112,8 +112,8 @@ def load_recipe(path: str | Path, model: str | None = None, data_overrides: dict
             raise UserError(f"{source}: data.{name} is missing")
     for name, spec in [*recipe.data.items(), *((f"probes[{i}]", p) for i, p in enumerate(recipe.probes))]:
         _check_data_spec(spec, source, name)
-    from .evaluation import parse_metrics
-    from .generation import GenerationSettings
+    from ..evaluate import parse_metrics
+    from ..generate.engine import GenerationSettings
 
     parse_metrics(recipe.metrics)
     configs.checked(GenerationSettings, recipe.generation, f"{source}: generation")
@@ -144,7 +144,7 @@ def _list(value, source: str, name: str) -> list:
 
 def _check_data_spec(spec, source: str, name: str) -> None:
     """A file path, a hub id, {path, split} for a hub split, or {task, rows, seed} for built-in synthetic data."""
-    from .synthetic import TASKS
+    from ..data.synthetic import TASKS
 
     if isinstance(spec, dict) and "path" in spec and not set(spec) - {"path", "split"}:
         spec = spec["path"]
@@ -197,8 +197,8 @@ def plan(recipe: Recipe) -> list[Step]:
 
 
 def _check_stage(kind: str, options: dict, where: str, names: set[str]) -> None:
-    from .align.ppo import PPOConfig
-    from .finetune import FinetuneConfig
+    from ..align.ppo import PPOConfig
+    from ..train.finetune import FinetuneConfig
 
     if kind == "baseline":
         configs.checked(BaselineOptions, options, f"{where} (baseline)")
@@ -244,7 +244,7 @@ class Run:
         self.files: dict[str, str] = {}
 
     def settings(self):
-        from .generation import GenerationSettings
+        from ..generate.engine import GenerationSettings
 
         settings = GenerationSettings(**configs.checked(GenerationSettings, self.recipe.generation, "generation"))
         if self.smoke:
@@ -257,7 +257,7 @@ class Run:
             return self.files[name]
         target = self.out / "data" / f"{name}.jsonl"
         if isinstance(spec, dict) and "task" in spec:
-            from .synthetic import generate
+            from ..data.synthetic import generate
 
             rows = generate(spec["task"], spec.get("rows", 100), spec.get("seed", 0))
         else:
@@ -266,7 +266,7 @@ class Run:
             if local.exists() and not self.smoke:
                 self.files[name] = str(local)
                 return str(local)
-            from .data.io import read_rows
+            from ..data.io import read_rows
 
             rows = [row.values for row in read_rows(str(local) if local.exists() else path, split)[0]]
         if self.smoke:
@@ -277,7 +277,7 @@ class Run:
         return str(target)
 
     def data_options(self, path: str):
-        from .api import DataOptions
+        from ..generate.predict import DataOptions
 
         probe = path in self.probe_files().values()
         return DataOptions(path, template=None if probe else self.recipe.template)
@@ -349,8 +349,8 @@ def variant_metrics(run: Run) -> dict:
 
 
 def run_baseline(run: Run, step: Step, folder: Path) -> None:
-    from .api import DataOptions, ModelOptions, prompt_dataset, shots_label, shots_path
-    from .models import locate
+    from ..generate.predict import DataOptions, ModelOptions, prompt_dataset, shots_label, shots_path
+    from ..models import locate
 
     shots = BaselineOptions(**configs.checked(BaselineOptions, step.options, "baseline")).shots
     counts = ",".join(str(k) for k in shots)
@@ -368,7 +368,7 @@ def run_baseline(run: Run, step: Step, folder: Path) -> None:
 
 
 def run_finetune(run: Run, step: Step, folder: Path) -> None:
-    from .finetune import FinetuneConfig, finetune
+    from ..train.finetune import FinetuneConfig, finetune
 
     fields_ = {k: v for k, v in step.options.items() if k != "name"}
     cfg = FinetuneConfig(**configs.checked(FinetuneConfig, fields_, "finetune"), model=run.recipe.model, data=run.train,
@@ -413,7 +413,7 @@ def _first_prompting(run: Run) -> str | None:
 
 
 def _score(run: Run, model: str, data: str, predictions: Path, metrics: list[str]) -> tuple[dict, str]:
-    from .api import DataOptions, ModelOptions, evaluate
+    from ..generate.predict import DataOptions, ModelOptions, evaluate
 
     result = evaluate(model=ModelOptions(model), data=run.data_options(data), settings=run.settings(), metrics=metrics,
                       save_predictions=str(predictions), resamples=1000)
@@ -425,9 +425,9 @@ def _slug(name: str) -> str:
 
 
 def run_align(run: Run, step: Step, folder: Path) -> None:
-    from .adapters import merge_adapter
-    from .align.ppo import PPOConfig, ppo
-    from .models import locate
+    from ..deploy.merge import merge_adapter
+    from ..align.ppo import PPOConfig, ppo
+    from ..models import locate
 
     source = run.variants[step.options["from"]].model if step.options.get("from") else run.recipe.model
     policy = source
@@ -448,7 +448,7 @@ def run_align(run: Run, step: Step, folder: Path) -> None:
 
 def run_deploy(run: Run, step: Step, folder: Path) -> None:
     """int8 dynamic quantisation of a variant: its size, generation speed and scores after."""
-    from .deploy import quantize_and_measure
+    from ..deploy.quantize import quantize_and_measure
 
     variant = run.variants[step.options["from"]]
     result = quantize_and_measure(variant.model, run.data_options(run.test), run.settings(), run.recipe.metrics, folder)

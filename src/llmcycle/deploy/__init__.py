@@ -1,0 +1,1 @@
+"""Deployment: merge adapters into weights, quantise, serve."""

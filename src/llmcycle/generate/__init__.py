@@ -1,0 +1,1 @@
+"""Generation: the batched engine, prompting with shots, and predictions for data files."""

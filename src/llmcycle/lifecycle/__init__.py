@@ -1,0 +1,1 @@
+"""The lifecycle as a whole: recipes (stages in order) and the HTML report that compares them."""

@@ -1,1 +1,0 @@
-"""Instruction fine-tuning: methods (full, LoRA, QLoRA, prompt and prefix tuning, selective), data, checkpoints."""
