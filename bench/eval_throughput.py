@@ -33,7 +33,9 @@ from rouge_score import rouge_scorer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from llmcycle.generate.predict import DataOptions, ModelOptions, evaluate
+from llmcycle.data.options import DataOptions
+from llmcycle.evaluate.predictions import evaluate
+from llmcycle.models import ModelOptions
 from llmcycle.generate.engine import GenerationSettings
 from llmcycle.train.scratch import ScratchSpec, init_model
 

@@ -14,7 +14,7 @@ from llmcycle.plan.memory import (
     ModelShape, TrainingSetup, find_gpu, layer_activation_bytes, nf4_bytes_per_param, parse_count, plan_compute,
     plan_memory, shape_from_model, shape_from_size, verdict,
 )
-from llmcycle.plan.commands import plan
+from llmcycle.cli.plan import plan
 
 TINY_CONFIGS = {
     "gpt2": lambda: tf.GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64),

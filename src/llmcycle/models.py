@@ -297,3 +297,24 @@ def chat_renderer(tokenizer):
         return "\n".join(lines)
 
     return render_plain
+
+
+@dataclass
+class ModelOptions:
+    """Which model to load and how."""
+
+    model: str
+    """A save_pretrained folder, an llmcycle run folder (model/ or adapter/), or a hub id."""
+    dtype: str = "auto"
+    """auto (float32 on CPU, bfloat16 on a GPU that has it), float32, bfloat16 or float16."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model; off unless asked for."""
+    adapters: list[tuple[str, str]] = field(default_factory=list)
+    """Extra named adapters to load on the base: (name, folder)."""
+    use: str | None = None
+    """Which loaded adapter is active; `base` disables them."""
+
+    def load(self) -> LoadedModel:
+        loaded = load_model(self.model, dtype=self.dtype, trust_remote_code=self.trust_remote_code, adapters=self.adapters)
+        use_adapter(loaded, self.use)
+        return loaded

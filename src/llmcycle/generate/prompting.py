@@ -18,11 +18,19 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
+from ..console import note
 from ..data import Example
+from ..data.options import DataOptions
 from ..errors import UserError
-from .engine import token_lengths
-from ..models import LoadedModel
+from ..evaluate.compare import compare, print_comparison
+from ..evaluate.metrics import parse_metrics, score
+from ..evaluate.predictions import metric_input
+from ..models import LoadedModel, ModelOptions
+from ..outputs import check_writable, write_json, write_jsonl
+from .engine import GenerationSettings, generate, token_lengths
+from .predict import prediction_records
 
 SHOT_SEPARATOR = "\n\n\n"
 PROMPT_COMPLETION_SEPARATOR = "\n"
@@ -98,3 +106,71 @@ def parse_shots(value: str) -> list[int]:
     if len(set(counts)) != len(counts):
         raise UserError(f"--shots {value!r}: a count is given twice")
     return counts
+
+
+def shots_path(out_path: str, shots: int, several: bool) -> str:
+    """`preds.jsonl` for a single k; `preds.0-shot.jsonl`, `preds.5-shot.jsonl`, ... for several."""
+    if not several:
+        return out_path
+    path = Path(out_path)
+    return str(path.with_name(f"{path.stem}.{shots}-shot{path.suffix or '.jsonl'}"))
+
+
+def shots_label(shots: int) -> str:
+    return {0: "zero-shot", 1: "one-shot"}.get(shots, f"{shots}-shot")
+
+
+def prompt_dataset(
+    model: ModelOptions,
+    data: DataOptions,
+    shots: str,
+    settings: GenerationSettings,
+    out_path: str,
+    *,
+    shot_data: DataOptions | None = None,
+    truncate_shots: bool = False,
+    metrics: list[str] | None = None,
+    metrics_out: str | None = None,
+) -> dict[str, dict]:
+    """In-context learning with each shot count; returns `{label: metrics}` and writes a predictions file per count."""
+    counts = parse_shots(shots)
+    settings.validate()
+    metric_names = parse_metrics(metrics or ["rouge"])
+    paths = [shots_path(out_path, k, len(counts) > 1) for k in counts]
+    for path in [*paths, *([metrics_out] if metrics_out else [])]:
+        check_writable(path)
+    loaded = model.load()
+    queries = data.load(loaded, settings.seed).examples
+    pool_source = shot_data or data
+    pool = queries if shot_data is None else shot_data.load(loaded, settings.seed, require_completion=True).examples
+    if max(counts) > 0 and shot_data is None and any(e.completion is None for e in pool):
+        raise UserError(f"{data.data}: rows used as shots need a completion; pass --shot-data with solved examples")
+    # Build (and length-check) every prompt for every count before generating anything.
+    prompt_sets = {
+        k: build_prompts(loaded, queries, pool, k, seed=settings.seed, same_source=shot_data is None,
+                         max_new_tokens=settings.max_new_tokens, truncate_shots=truncate_shots)
+        for k in counts
+    }
+    results: dict[str, dict] = {}
+    for k, path in zip(counts, paths):
+        shot_prompts = prompt_sets[k]
+        truncated = sum(p.shots < k for p in shot_prompts)
+        if truncated:
+            note(f"{k}-shot: {truncated} of {len(shot_prompts)} prompts lost shots to fit the context window")
+        texts = [p.text for p in shot_prompts]
+        predictions = generate(loaded, texts, settings, description=f"{shots_label(k)} ({pool_source.data})")
+        records = [
+            {**record, "shots": p.shots}
+            for record, p in zip(prediction_records(queries, texts, predictions), shot_prompts)
+        ]
+        write_jsonl(path, records)
+        note(f"wrote {len(records)} predictions to {path}")
+        if all(e.completion is not None for e in queries):
+            results[shots_label(k)] = score(metric_input(records, path, loaded, settings.batch_size), metric_names, seed=settings.seed)
+    if results:
+        print_comparison("in-context learning", results)
+        if metrics_out:
+            write_json(metrics_out, compare(results))
+    else:
+        note("the data has no completions, so no metrics were computed")
+    return results

@@ -277,7 +277,7 @@ class Run:
         return str(target)
 
     def data_options(self, path: str):
-        from ..generate.predict import DataOptions
+        from ..data.options import DataOptions
 
         probe = path in self.probe_files().values()
         return DataOptions(path, template=None if probe else self.recipe.template)
@@ -349,7 +349,9 @@ def variant_metrics(run: Run) -> dict:
 
 
 def run_baseline(run: Run, step: Step, folder: Path) -> None:
-    from ..generate.predict import DataOptions, ModelOptions, prompt_dataset, shots_label, shots_path
+    from ..data.options import DataOptions
+    from ..generate.prompting import prompt_dataset, shots_label, shots_path
+    from ..models import ModelOptions
     from ..models import locate
 
     shots = BaselineOptions(**configs.checked(BaselineOptions, step.options, "baseline")).shots
@@ -413,7 +415,9 @@ def _first_prompting(run: Run) -> str | None:
 
 
 def _score(run: Run, model: str, data: str, predictions: Path, metrics: list[str]) -> tuple[dict, str]:
-    from ..generate.predict import DataOptions, ModelOptions, evaluate
+    from ..data.options import DataOptions
+    from ..evaluate.predictions import evaluate
+    from ..models import ModelOptions
 
     result = evaluate(model=ModelOptions(model), data=run.data_options(data), settings=run.settings(), metrics=metrics,
                       save_predictions=str(predictions), resamples=1000)

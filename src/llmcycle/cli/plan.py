@@ -1,4 +1,4 @@
-"""`llmcycle plan memory|compute`: the planner of `llmcycle.plan.memory` from the command line.
+"""`llmcycle plan memory|compute`: the planners of `llmcycle.plan` from the command line.
 
 Results go to stdout as a table and a one-line verdict, or, with `--json`, as one JSON object and nothing else.
 """
@@ -11,7 +11,7 @@ import click
 
 from ..console import out, print_table
 from ..errors import UserError
-from .memory import (
+from ..plan.memory import (
     LORA_TARGETS, METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, MemoryPlan, ModelShape, TrainingSetup, find_gpu,
     human, parse_count, plan_compute, plan_memory, shape_from_model, shape_from_size, verdict,
 )
@@ -148,3 +148,6 @@ def compute(params, tokens, flops, gpu, utilisation, as_json):
     if result.chinchilla_tokens is not None:
         rows.append(("Chinchilla-optimal tokens (20 a parameter)", human(result.chinchilla_tokens)))
     print_table("Training compute", ["", "value"], rows)
+
+
+COMMANDS = [plan]

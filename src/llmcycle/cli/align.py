@@ -1,0 +1,56 @@
+"""`llmcycle reward` and `align`: a reward model from rankings, then PPO against it or DPO on pairs."""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import UserError
+from .options import CONFIG_FILE, OVERRIDES, RESUME, config_options, given_flags, resolve_config
+
+
+def _reward_config():
+    from ..align.reward_model import RewardConfig
+
+    return RewardConfig
+
+
+def _align_configs():
+    from ..align.dpo import DPOConfig
+    from ..align.ppo import PPOConfig
+
+    return PPOConfig, DPOConfig
+
+
+@click.command()
+@config_options(_reward_config())
+@CONFIG_FILE
+@OVERRIDES
+@RESUME
+def reward(config_file, overrides, resume, **flags):
+    """Train a scalar reward model from preference pairs or rankings (Bradley-Terry loss)."""
+    from ..align.reward_model import train_reward
+
+    train_reward(resolve_config(_reward_config(), config_file, overrides, flags), resume=resume)
+
+
+@click.command()
+@click.option("--method", type=click.Choice(["ppo", "dpo"]), required=True)
+@config_options(*_align_configs(), skip=("method",))
+@CONFIG_FILE
+@OVERRIDES
+@RESUME
+def align(method, config_file, overrides, resume, **flags):
+    """Align with feedback: PPO against a reward with a KL penalty, or DPO on preference pairs."""
+    from .. import config as configs
+    from ..align.dpo import dpo
+    from ..align.ppo import ppo
+
+    cls = dict(zip(("ppo", "dpo"), _align_configs()))[method]
+    for name in given_flags(flags):
+        if name not in configs.field_types(cls):
+            raise UserError(f"--{name.replace('_', '-')} does not apply to --method {method}")
+    run = ppo if method == "ppo" else dpo
+    run(resolve_config(cls, config_file, overrides, flags, method=method), resume=resume)
+
+
+COMMANDS = [reward, align]
