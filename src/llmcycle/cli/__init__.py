@@ -1,6 +1,6 @@
 """The `llmcycle` command line: each verb parses its flags and calls one function of the Python API.
 
-One module a lifecycle stage (generate, train, align, deploy, plan, lifecycle); `options.py` holds the flags
+One module a lifecycle stage (generate, train, align, deploy, plan, lifecycle, rag); `options.py` holds the flags
 several verbs share. A user error prints one line starting `error:` and exits 2, with no traceback unless
 `--debug` is given (anywhere on the command line, or LLMCYCLE_DEBUG=1); with `--debug`, a user error caused by a
 library's exception shows that exception as its cause.
@@ -18,7 +18,7 @@ import click
 from ..console import err
 from ..errors import UserError
 from ..train.distributed import ReportedError
-from . import align, deploy, generate, lifecycle, plan, train
+from . import align, deploy, generate, lifecycle, plan, rag, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -30,7 +30,7 @@ def cli():
     """
 
 
-for _stage in (generate, train, align, deploy, lifecycle, plan):
+for _stage in (generate, train, align, deploy, lifecycle, plan, rag):
     for _command in _stage.COMMANDS:
         cli.add_command(_command)
 

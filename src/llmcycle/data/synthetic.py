@@ -403,7 +403,7 @@ TASKS: dict[str, Callable[[random.Random], dict]] = {
 """Instruction tasks: name -> one prompt/completion row from a random generator."""
 INSTRUCT_TASKS = ("extract", "classify", "rewrite", "topic")
 """The instruct model's tasks; dialogue summarisation is held out, so fine-tuning on it has something to add."""
-ALL_TASKS = (*TASKS, "instruct", "corpus")
+ALL_TASKS = (*TASKS, "instruct", "corpus", "docs-qa")  # docs-qa: data/synthetic_docs.py
 
 
 def generate(task: str, rows: int, seed: int) -> list[dict]:
@@ -453,7 +453,7 @@ class SyntheticConfig:
     """A synthetic data file: what `llmcycle synth` writes."""
 
     task: str = "dialogsum"
-    """dialogsum, extract, classify, rewrite, topic, instruct (the last four mixed), or corpus (pre-training text)."""
+    """dialogsum, extract, classify, rewrite, topic, instruct (the last four mixed), corpus (pre-training text), or docs-qa (documentation and questions, for RAG)."""
     rows: int = 500
     """Rows (documents, for corpus) to write."""
     seed: int = 1
@@ -480,6 +480,10 @@ def write_synthetic(cfg: SyntheticConfig) -> Path:
     cfg.validate()
     out = Path(cfg.out)
     check_writable(out)
+    if cfg.task == "docs-qa":
+        from .synthetic_docs import write_docs_qa
+
+        return write_docs_qa(out, cfg.rows, cfg.seed)
     if cfg.task != "corpus":
         write_jsonl(out, generate(cfg.task, cfg.rows, cfg.seed))
     elif out.suffix.lower() == ".txt":
