@@ -58,33 +58,54 @@ def prompt(data, shots, shot_data, truncate_shots, metrics, metrics_out, out, **
 
 @click.command(name="eval")
 @click.option("--predictions", "-P", multiple=True, help="Predictions JSONL (repeatable: compared against the first).")
-@click.option("--model", "-m", default=None, help="Model to generate with (and for perplexity).")
+@click.option("--model", "-m", default=None, help="Model to generate with or score on a suite (and for perplexity).")
 @click.option("--dtype", type=DTYPE_CHOICES, default="auto", show_default=True)
 @click.option("--trust-remote-code", is_flag=True)
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR")
 @click.option("--use", default=None, metavar="NAME")
-@click.option("--data", "-d", default=None, help="Test data to generate predictions for (with --model).")
+@click.option("--data", "-d", default=None, help="Test data to generate predictions for (with --model); prompt-only rows take reference-free metrics.")
+@click.option("--suite", default=None, help="Multiple-choice suite: rows of question/choices/answer, an MMLU folder (dev/, test/), or with --engine lm-eval a task name.")
+@click.option("--shots", type=int, default=0, show_default=True, help="With --suite: solved items before each question.")
+@click.option("--shot-data", default=None, help="With --suite: solved items to take shots from (default: an MMLU folder's dev/, else other items).")
+@click.option("--scoring", type=click.Choice(["choice", "letter"]), default="choice", show_default=True, help="With --suite: score each choice's text (lm-eval multiple_choice), or the letters A-D under a listed question (MMLU style).")
+@click.option("--samples", default=None, help="With --suite: write one line per item (id, answer, pred, correct, loglikelihoods) here.")
+@click.option("--compare", "compare_models", multiple=True, metavar="MODEL", help="Also score this model (a tuned run) on the same items or rows; paired change with interval and p-value (repeatable).")
+@click.option("--engine", type=click.Choice(["native", "lm-eval"]), default="native", show_default=True, help="With --suite: lm-eval runs a named lm-evaluation-harness task (pip install 'llmcycle[lm-eval]').")
+@click.option("--holistic", is_flag=True, help="With --suite: add the HELM-style view (calibration, robustness, toxicity, efficiency) under 'holistic'.")
 @data_options
-@click.option("--metrics", multiple=True, default=["rouge"], show_default=True, help="rouge, bleu, exact_match, toxicity, perplexity (comma-separated or repeated).")
+@click.option("--metrics", multiple=True, default=["rouge"], show_default=True, help="rouge, bleu, exact_match, perplexity (need references); toxicity, length, distinct (reference-free, for prompt-only rows too).")
 @click.option("--bootstrap", "resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
 @click.option("--save-predictions", default=None, help="With --model: also write the predictions (JSONL) here.")
 @click.option("--out", "-o", default=None, help="Write metrics (JSON) here.")
 @generation_options
-def eval_(predictions, data, metrics, resamples, save_predictions, out, **kwargs):
-    """Score predictions (ROUGE, BLEU, exact match, toxicity, perplexity) with bootstrap 95% intervals."""
+def eval_(predictions, data, suite, shots, shot_data, scoring, samples, compare_models, engine, holistic, metrics, resamples, save_predictions, out, **kwargs):
+    """Score predictions, a model on data, or a model on a multiple-choice suite, with bootstrap 95% intervals."""
+    from ..evaluate.benchmark import SuiteRequest
     from ..evaluate.predictions import evaluate
 
     settings = generation_settings(kwargs)
     model = model_spec(kwargs) if kwargs.get("model") else None
-    data_opts = data_spec(data, kwargs) if data else None
-    if model is None and (kwargs.get("adapters") or data):
-        raise UserError("--data and --adapter need --model")
-    if predictions and data:
-        raise UserError("give --predictions or --data, not both")
+    _check_eval_flags(model, kwargs, predictions, data, suite, compare_models)
+    suite_request = None
+    if suite:
+        suite_request = SuiteRequest(suite, shots, shot_data, scoring, kwargs["split"], kwargs["limit"], samples, resamples,
+                                     settings.seed, settings.batch_size, holistic)
+    elif shots or shot_data or samples or holistic or engine != "native":
+        raise UserError("--shots, --shot-data, --samples, --holistic and --engine go with --suite")
     evaluate(
-        predictions=list(predictions), model=model, data=data_opts, settings=settings, metrics=list(metrics),
-        out_path=out, save_predictions=save_predictions, resamples=resamples,
+        predictions=list(predictions), model=model, data=data_spec(data, kwargs) if data else None, settings=settings,
+        metrics=list(metrics or []), out_path=out, save_predictions=save_predictions, resamples=resamples,
+        suite=suite_request, compare_models=list(compare_models), engine=engine,
     )
+
+
+def _check_eval_flags(model, kwargs, predictions, data, suite, compare_models) -> None:
+    if model is None and (kwargs.get("adapters") or data or suite or compare_models):
+        raise UserError("--data, --suite, --compare and --adapter need --model")
+    if sum(bool(x) for x in (predictions, data, suite)) > 1:
+        raise UserError("give one of --predictions, --data or --suite")
+    if compare_models and not (data or suite):
+        raise UserError("--compare needs --data or --suite: the models are compared on the same rows")
 
 
 COMMANDS = [generate, prompt, eval_]

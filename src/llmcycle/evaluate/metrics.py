@@ -6,6 +6,8 @@
 - exact_match: prediction equals reference after trimming and collapsing whitespace.
 - toxicity: the offensive-language probability of alt-profanity-check: `toxicity` (mean), `toxicity_max`,
   `toxicity_share` (share of outputs above 0.5).
+- length: words per output (reference-free); distinct: distinct-1 and distinct-2, the share of an output's
+  unigrams and bigrams that are unique within it (reference-free, Li et al. 2016, averaged over outputs).
 - perplexity: of each reference (followed by EOS) given its prompt, under the model; exp(total NLL / total
   reference tokens) over the corpus.
 """
@@ -92,6 +94,20 @@ def _toxicity(data: MetricInput) -> dict[str, Statistic]:
     }
 
 
+def _length(data: MetricInput) -> dict[str, Statistic]:
+    return {"length": Statistic(np.array([[len(p.split())] for p in data.predictions], dtype=np.float64), mean_of_first)}
+
+
+def _distinct_share(words: list[str], n: int) -> float:
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _distinct(data: MetricInput) -> dict[str, Statistic]:
+    words = [p.split() for p in data.predictions]
+    return {f"distinct_{n}": Statistic(np.array([[_distinct_share(w, n)] for w in words]), mean_of_first) for n in (1, 2)}
+
+
 def _perplexity(data: MetricInput) -> dict[str, Statistic]:
     if data.model is None:
         raise UserError("metric 'perplexity' needs --model: it scores the references under a model")
@@ -151,7 +167,20 @@ METRICS: dict[str, Callable[[MetricInput], dict[str, Statistic]]] = {
     "exact_match": _exact_match,
     "toxicity": _toxicity,
     "perplexity": _perplexity,
+    "length": _length,
+    "distinct": _distinct,
 }
+REFERENCE_FREE = ("toxicity", "length", "distinct")
+"""Metrics that read only the outputs, so they run on rows that have a prompt and no completion."""
+
+
+def check_references(metrics: list[str], references: list[str | None], wheres: list[str]) -> None:
+    """Fail before any generation when a metric that needs references meets a row without one."""
+    needing = [name for name in metrics if name not in REFERENCE_FREE]
+    missing = next((where for reference, where in zip(references, wheres) if reference is None), None)
+    if needing and missing is not None:
+        raise UserError(f"{missing}: metric '{needing[0]}' needs a reference (a completion) and this row has none; "
+                        f"on prompt-only rows use {', '.join(REFERENCE_FREE)}")
 
 
 def parse_metrics(values: list[str] | str) -> list[str]:
@@ -164,12 +193,14 @@ def parse_metrics(values: list[str] | str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def score(data: MetricInput, metrics: list[str], resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """`{metric_name: {"mean", "ci95", "n", ...}}` for every metric asked for."""
+def statistics(data: MetricInput, metrics: list[str]) -> dict[str, Statistic]:
+    """Per-example statistics of every metric asked for, ready for the bootstrap (or a paired comparison)."""
     if not data.predictions:
         raise UserError("nothing to evaluate: no predictions")
-    result: dict[str, dict] = {}
-    for name in metrics:
-        for metric_name, statistic in METRICS[name](data).items():
-            result[metric_name] = bootstrap_summary(statistic, resamples, seed)
-    return result
+    check_references(metrics, data.references, data.wheres)
+    return {metric_name: statistic for name in metrics for metric_name, statistic in METRICS[name](data).items()}
+
+
+def score(data: MetricInput, metrics: list[str], resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """`{metric_name: {"mean", "ci95", "n", ...}}` for every metric asked for."""
+    return {name: bootstrap_summary(statistic, resamples, seed) for name, statistic in statistics(data, metrics).items()}

@@ -68,3 +68,28 @@ def bootstrap_summary(statistic: Statistic, resamples: int = DEFAULT_RESAMPLES, 
 
 def _round(value: float) -> float:
     return float(round(float(value), 6))
+
+
+def paired_change(before: Statistic, after: Statistic, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+    """Change `after - before` on the same rows, with a paired bootstrap: each resample draws the same rows for both.
+
+    `{"absolute", "relative", "ci95", "p_value"}`; the p-value is the two-sided bootstrap one (twice the smaller
+    share of resampled changes on either side of 0, at least 1/resamples), relative is None when before is 0.
+    """
+    if len(before.values) != len(after.values):
+        raise ValueError("a paired comparison needs the same rows on both sides")
+    width = before.values.shape[1]
+    joined = Statistic(
+        np.concatenate([before.values, after.values], axis=1),
+        lambda samples: after.aggregate(samples[..., width:]) - before.aggregate(samples[..., :width]),
+    )
+    point, base = joined.point(), before.point()
+    change: dict = {"absolute": _round(point), "relative": _round(point / abs(base)) if base else None}
+    if resamples > 0 and len(before.values) > 1:
+        samples = bootstrap(joined, resamples, seed)
+        low, high = np.percentile(samples, [2.5, 97.5])
+        p_value = 2 * min(np.mean(samples <= 0), np.mean(samples >= 0))
+        change.update(ci95=[_round(low), _round(high)], p_value=_round(min(1.0, max(p_value, 1 / resamples))))
+    else:
+        change.update(ci95=[change["absolute"], change["absolute"]], p_value=None)
+    return change

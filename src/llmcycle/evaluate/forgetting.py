@@ -1,0 +1,58 @@
+"""Did tuning make the model forget? Paired comparisons of models scored on the same items.
+
+Every compared model is scored on the same items with the same shots as the first (the model before tuning).
+Each metric's change carries a paired bootstrap 95% interval (stats.paired_change); for multiple-choice suites
+the change in accuracy also carries McNemar's exact p-value, computed from the discordant items only: those
+that went right -> wrong (`forgot`) and wrong -> right (`learned`). Under "no change" each discordant item is
+equally likely to go either way, so the p-value is the two-sided binomial tail of min(forgot, learned) out of
+forgot + learned at 1/2 (scipy's binomtest).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .stats import Statistic, paired_change
+
+
+def mcnemar(before: np.ndarray, after: np.ndarray) -> dict:
+    """`{"forgot", "learned", "p_value"}` for two 0/1 correctness vectors over the same items."""
+    from scipy.stats import binomtest
+
+    before, after = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    forgot, learned = int(np.sum(before & ~after)), int(np.sum(~before & after))
+    p_value = 1.0 if forgot + learned == 0 else float(binomtest(forgot, forgot + learned, 0.5).pvalue)
+    return {"forgot": forgot, "learned": learned, "p_value": round(min(1.0, p_value), 6)}
+
+
+def add_changes(
+    runs: dict[str, dict], stats: dict[str, dict[str, Statistic]], resamples: int, seed: int,
+    correct: dict[str, dict[str, np.ndarray]] | None = None,
+) -> dict[str, dict]:
+    """Give every metric of every run after the first a `change` against the first run.
+
+    `runs[name][metric]` are bootstrap summaries; `stats[name][metric]` the per-item statistics behind them.
+    `correct[name][metric]`, when given (suites), holds 0/1 per item: the change's p-value is then McNemar's,
+    and the run gets `forgot` and `learned` (of its first such metric, accuracy).
+    """
+    names = list(runs)
+    if len(names) < 2:
+        return runs
+    base = names[0]
+    for name in names[1:]:
+        for metric, summary in runs[name].items():
+            if metric not in stats[name] or metric not in stats[base]:
+                continue
+            summary["change"] = paired_change(stats[base][metric], stats[name][metric], resamples, seed)
+            if correct and metric in correct[name]:
+                test = mcnemar(correct[base][metric], correct[name][metric])
+                summary["change"]["p_value"] = test["p_value"]
+                runs[name].setdefault("forgot", test["forgot"])
+                runs[name].setdefault("learned", test["learned"])
+    return runs
+
+
+def significant(change: dict) -> bool:
+    """Whether a change's 95% interval excludes 0 (what a report may call forgetting, or a gain)."""
+    low, high = change["ci95"]
+    return low > 0 or high < 0
