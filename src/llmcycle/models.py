@@ -100,8 +100,9 @@ def locate(spec: str) -> ModelSource:
         return ModelSource(spec)
     if not path.is_dir():
         raise UserError(f"model {spec} is a file; give a model folder or a hub id")
-    if (path / "adapter").is_dir():
-        return ModelSource(_adapter_base(path / "adapter", path), (("default", str(path / "adapter")),))
+    if (path / "adapter").is_dir():  # a run folder, or a quantised base with its adapter kept beside (config.json here)
+        base = str(path) if (path / "config.json").is_file() else _adapter_base(path / "adapter", path)
+        return ModelSource(base, (("default", str(path / "adapter")),))
     if (path / "model").is_dir() and (path / "model" / "config.json").is_file():
         return ModelSource(str(path / "model"))
     if (path / "adapter_config.json").is_file():
@@ -180,6 +181,10 @@ def load_base(base: str, *, torch_dtype: torch.dtype, trust_remote_code: bool = 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     config = _from_pretrained(AutoConfig, base, trust_remote_code=trust_remote_code)
+    if getattr(config, "quantization_config", None) is not None:  # written by `llmcycle quantize`, or a hub quantised model
+        from .deploy.quantize import require_backend
+
+        require_backend(config)
     kind = model_kind(config)
     auto = AutoModelForSeq2SeqLM if kind == ENCODER_DECODER else AutoModelForCausalLM
     tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)

@@ -1,69 +1,293 @@
-"""Deployment check: int8 dynamic quantisation of a model's linear layers, and what it costs in quality.
+"""`llmcycle quantize`: a model folder whose linear weights are stored in int8, int4 or NF4.
 
-Dynamic quantisation stores linear weights as int8 and quantises activations on the fly: a CPU serving
-option that needs no calibration data. We use torch's eager `quantize_dynamic` (deprecated in favour of
-torchao, whose int8 path targets GPUs and compiled graphs; the eager one still runs as-is on any CPU).
-The quantised model is measured in memory (size, generation time, scores) rather than written: its packed
-weights have no safetensors form that plain transformers loads.
+Methods, and the library that does the work:
+
+* `int8-dynamic` (torchao `Int8DynamicActivationInt8WeightConfig`): int8 weights, one scale per output row;
+  activations quantised to int8 per token at run time. It replaces torch's deprecated eager
+  `torch.ao.quantization.quantize_dynamic`; the recipe's `quantize: int8` means this method.
+* `int8-weight` (torchao `Int8WeightOnlyConfig`): int8 weights per row, activations stay in float.
+* `int4-weight` (torchao `Int4WeightOnlyConfig`, groups of 128, tinygemm's tile-packed layout in bfloat16):
+  torchao's int4 kernels run on CUDA only, so on other hardware it is refused before anything is written.
+* `nf4` and `int8-bnb` (bitsandbytes through transformers' `BitsAndBytesConfig`): QLoRA's NF4 storage (double
+  quantisation, bfloat16 compute) and LLM.int8(). bitsandbytes is the optional extra `llmcycle[bnb]` and is
+  used on CUDA only; without CUDA the method is refused naming CUDA, whether or not bitsandbytes is installed.
+
+The quantisation itself is transformers' own: the (merged) model is loaded with `from_pretrained(...,
+quantization_config=...)` and saved with `save_pretrained`, so OUT is an ordinary model folder whose
+config.json carries the quantisation config and which plain `AutoModel*.from_pretrained(OUT)` loads. torchao
+tensors are written as safetensors (torchao's flattened tensor-subclass format, described in the file's JSON
+metadata and rebuilt only from torchao's list of allowed classes); no pickle is written or loaded.
+
+Adapters: with `--merge` a LoRA-style adapter is folded into the weights first (llmcycle.deploy.merge);
+otherwise it is copied to OUT/adapter/ and checked to load on the quantised base (peft supports LoRA on
+torchao int8 and on bitsandbytes layers, not on torchao int4). `llmcycle.models.locate` takes such a folder as
+the quantised base with its adapter attached.
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import logging
+import shutil
+import tempfile
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..evaluate import MetricInput, score
-from ..generate.engine import GenerationSettings, generate
-from ..models import LoadedModel, load_model
-from ..outputs import write_jsonl
+from ..console import note
+from ..errors import UserError
+
+TORCHAO_METHODS = ("int8-dynamic", "int8-weight", "int4-weight")
+BNB_METHODS = ("nf4", "int8-bnb")
+METHODS = TORCHAO_METHODS + BNB_METHODS
+ALIASES = {"int8": "int8-dynamic"}
+INT4_GROUP_SIZE = 128  # torchao's default group; layers whose input width it does not divide stay in float
+METADATA_FILE = "quantization.json"
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")  # missing optional CUDA kernels, a deprecation in torchao's import
 
 
-def state_bytes(model: torch.nn.Module) -> int:
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    return buffer.tell()
+@dataclass
+class QuantizeResult:
+    """What `quantize` wrote."""
+
+    out: Path
+    method: str
+    quantized_layers: int
+    size_on_disk_bytes: int
+    seconds: float
+    adapter: str  # "merged", "kept" or "none"
 
 
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")  # the same deprecation, as a UserWarning
-        from torch.ao.quantization import quantize_dynamic
+def canonical_method(method: str) -> str:
+    """The method's name, with the recipe's `int8` as `int8-dynamic`; an unknown one is a user error."""
+    name = ALIASES.get(method, method)
+    if name not in METHODS:
+        raise UserError(f"unknown quantisation method '{method}'; use one of {', '.join(METHODS)}")
+    return name
 
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+@contextlib.contextmanager
+def quiet_torchao():
+    """torchao logs at import that optional kernels for other hardware did not load; not for users."""
+    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
-def quantize_and_measure(model_spec: str, test_data, settings: GenerationSettings, metrics: list[str], folder: Path) -> dict:
-    """Generate on `test_data` (DataOptions) with the float32 model and its int8 version; returns int8 metrics and costs."""
-    loaded = load_model(model_spec, dtype="float32", device=torch.device("cpu"))
-    if loaded.adapters:
-        loaded.model = loaded.model.merge_and_unload()
-    examples = test_data.load(loaded, settings.seed, require_completion=True).examples
-    prompts = [e.prompt for e in examples]
+def import_torchao():
+    """torchao, with the modules transformers imports to read and write its safetensors, imported quietly."""
+    with quiet_torchao():
+        import torchao
+        import torchao.prototype.safetensors.safetensors_support  # noqa: F401
+
+    return torchao
+
+
+def require_hardware(method: str, device: torch.device) -> None:
+    """Refuse, in one line naming what is missing, a method that cannot run on `device`."""
+    if method in BNB_METHODS:
+        if device.type != "cuda":
+            raise UserError(f"--method {method} needs a CUDA GPU (bitsandbytes quantises on CUDA), and none is visible here; "
+                            "on this machine use int8-dynamic or int8-weight")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise UserError(f"--method {method} needs bitsandbytes: pip install 'llmcycle[bnb]'") from exc
+    elif method == "int4-weight" and device.type != "cuda":
+        raise UserError("--method int4-weight needs a CUDA GPU: torchao's int4 weight-only kernels run on CUDA only; "
+                        "on this machine use int8-weight or int8-dynamic")
+    if method in TORCHAO_METHODS:
+        _probe(method, device)
+
+
+def _probe(method: str, device: torch.device) -> None:
+    """Quantise and run one small linear layer, so a kernel missing on this hardware fails before any work."""
+    dtype = torch.bfloat16 if method == "int4-weight" else torch.float32
+    layer = torch.nn.Linear(256, 256, dtype=dtype, device=device)
+    try:
+        with quiet_torchao():
+            from torchao.quantization import quantize_
+
+            quantize_(layer, torchao_config(method))
+            layer(torch.ones(2, 256, dtype=dtype, device=device))
+    except (ImportError, RuntimeError, AssertionError, NotImplementedError) as exc:
+        version = import_torchao().__version__
+        raise UserError(f"--method {method} cannot run on {device.type} with torchao {version}: {' '.join(str(exc).split())[:200]}") from exc
+
+
+def torchao_config(method: str):
+    with quiet_torchao():
+        from torchao.quantization import Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+
+    if method == "int8-dynamic":
+        return Int8DynamicActivationInt8WeightConfig()
+    if method == "int8-weight":
+        return Int8WeightOnlyConfig()
+    return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d")
+
+
+def quantization_config(method: str):
+    """transformers' quantisation config for `method` (TorchAoConfig or BitsAndBytesConfig)."""
+    if method in TORCHAO_METHODS:
+        from transformers import TorchAoConfig
+
+        with quiet_torchao():
+            return TorchAoConfig(torchao_config(method))
+    from transformers import BitsAndBytesConfig
+
+    if method == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def weights_dtype(method: str, dtype: str, device: torch.device) -> torch.dtype:
+    """int4 and bitsandbytes compute in bfloat16; torchao's int8 keeps the model's dtype (float32 on a CPU)."""
+    from ..models import resolve_dtype
+
+    if method == "int4-weight" or method in BNB_METHODS:
+        if dtype not in ("auto", "bfloat16"):
+            note(f"--method {method} computes in bfloat16; --dtype {dtype} is not used")
+        return torch.bfloat16
+    return resolve_dtype(dtype, device)
+
+
+def quantized_layers(model: torch.nn.Module) -> int:
+    """Weights held in a quantised form: torchao tensor subclasses or bitsandbytes parameters."""
+    with quiet_torchao():
+        from torchao.utils import TorchAOBaseTensor
+
+    count = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, TorchAOBaseTensor) or type(weight).__name__ in ("Params4bit", "Int8Params"):
+            count += 1
+    return count
+
+
+def folder_bytes(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def weight_file_bytes(folder: str | Path) -> int:
+    """Bytes of the weight files alone (*.safetensors, *.bin) directly in `folder`: the model's size on disk."""
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin"))
+
+
+def check_output(out: str) -> Path:
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise UserError(f"--out {out} exists and is not an empty folder; give a new folder")
+    return target
+
+
+def quantize(model: str, out: str, method: str, *, adapter: str | None = None, merge: bool = False,
+             dtype: str = "auto", trust_remote_code: bool = False) -> QuantizeResult:
+    """Write `model` (+ adapter) quantised with `method` to the folder `out`; see the module docstring."""
+    from ..models import locate, pick_device
+
+    method = canonical_method(method)
+    device = pick_device()
+    require_hardware(method, device)
+    target = check_output(out)
+    source = locate(model)
+    adapters = [*source.adapters, *([("default", adapter)] if adapter else [])]
+    if len(adapters) > 1:
+        raise UserError(f"{model} already has an adapter; give --adapter only with a base model")
+    if merge and not adapters:
+        raise UserError(f"--merge: {model} has no adapter to merge; pass --adapter DIR")
     started = time.perf_counter()
-    generate(loaded, prompts, settings, description="float32")
-    float_seconds = time.perf_counter() - started
-    quantized = LoadedModel(quantize_int8(loaded.model), loaded.tokenizer, loaded.kind, model_spec)
-    started = time.perf_counter()
-    predictions = generate(quantized, prompts, settings, description="int8")
-    int8_seconds = time.perf_counter() - started
-    records = [{"prompt": p, "prediction": o, "reference": e.completion} for p, o, e in zip(prompts, predictions, examples)]
-    path = folder / "predictions.int8.jsonl"
-    write_jsonl(path, records)
-    data = MetricInput(predictions, [e.completion for e in examples], prompts, [e.where for e in examples])
-    return {
-        "metrics": score(data, metrics, seed=settings.seed),
-        "cost": {
-            "size_on_disk_bytes": state_bytes(quantized.model),
-            "float32_bytes": state_bytes(loaded.model),
-            "wall_time_s": int8_seconds,
-            "float32_generation_s": float_seconds,
-            "speedup": float_seconds / max(int8_seconds, 1e-9),
-            "trainable_params": 0,
-        },
-        "predictions": str(path),
-    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        merging = (adapter if adapter else None) if merge else False
+        written = _write_quantized(model, source.base, adapters, staging, method, merging, dtype, device, trust_remote_code)
+        if target.exists():
+            target.rmdir()
+        written.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result = QuantizeResult(target, method, _count_from_metadata(target), weight_file_bytes(target),
+                            time.perf_counter() - started, "merged" if merge else "kept" if adapters else "none")
+    return result
+
+
+def _write_quantized(model, base, adapters, staging: Path, method, merge, dtype, device, trust_remote_code) -> Path:
+    """Merge (if asked), load quantised, save; returns the finished folder inside `staging`.
+
+    `merge` is False, or the --adapter folder (a str), or None when the adapter comes with `model` itself.
+    """
+    from ..deploy.merge import merge_adapter
+    from ..models import load_base
+
+    if adapters and merge is not False:
+        base = str(merge_adapter(model, merge, str(staging / "merged")))
+    merge = merge is not False
+    folder = staging / "out"
+    with quiet_torchao():
+        loaded = load_base(base, torch_dtype=weights_dtype(method, dtype, device), trust_remote_code=trust_remote_code,
+                           quantization_config=quantization_config(method), **({"device_map": {"": device}} if device.type == "cuda" else {}))
+    count = quantized_layers(loaded.model)
+    if count == 0:
+        raise UserError(f"{model}: no layer was quantised with {method} (torchao and bitsandbytes quantise nn.Linear layers; "
+                        f"{loaded.model.config.model_type} may use other layer types, or widths the method's groups do not divide)")
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    if adapters and not merge:
+        _keep_adapter(loaded, adapters[0][1], folder, method)
+    _write_metadata(folder, method, model, count, "merged" if merge else "kept" if adapters else "none")
+    return folder
+
+
+def _keep_adapter(loaded, adapter_dir: str, folder: Path, method: str) -> None:
+    """Copy the adapter to OUT/adapter/ and check that peft attaches it to the quantised layers and runs."""
+    from ..models import attach_adapter
+
+    source = Path(adapter_dir)
+    if not (source / "adapter_config.json").is_file() and (source / "adapter" / "adapter_config.json").is_file():
+        source = source / "adapter"
+    shutil.copytree(source, folder / "adapter", ignore=shutil.ignore_patterns("checkpoint*", "*.pt", "*.pth"))
+    try:
+        attach_adapter(loaded, "default", str(folder / "adapter"))
+        inputs = loaded.tokenizer(["a"], return_tensors="pt").to(loaded.device)
+        extra = {"decoder_input_ids": inputs["input_ids"][:, :1]} if loaded.is_encoder_decoder else {}
+        with torch.inference_mode(), quiet_torchao():
+            loaded.model(**inputs, **extra)
+    except (UserError, TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise UserError(f"the adapter {adapter_dir} does not run on a {method} base ({' '.join(str(exc).split())[:160]}); "
+                        "pass --merge to fold it into the weights before quantising") from exc
+
+
+def _write_metadata(folder: Path, method: str, model: str, count: int, adapter: str) -> None:
+    from ..outputs import write_json
+
+    library = "torchao" if method in TORCHAO_METHODS else "bitsandbytes"
+    version = getattr(import_torchao() if library == "torchao" else __import__("bitsandbytes"), "__version__", "unknown")
+    write_json(folder / METADATA_FILE, {"method": method, "library": library, "library_version": version, "source": model,
+                                        "quantized_layers": count, "adapter": adapter})
+
+
+def _count_from_metadata(folder: Path) -> int:
+    import json
+
+    return int(json.loads((folder / METADATA_FILE).read_text())["quantized_layers"])
+
+
+def require_backend(config) -> None:
+    """Before loading a folder written by `quantize`: its library is importable quietly, and CUDA is there for bitsandbytes."""
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    method = getattr(method, "value", method)
+    if method == "torchao":
+        import_torchao()
+    elif method == "bitsandbytes":
+        four_bit = quant.get("load_in_4bit") if isinstance(quant, dict) else getattr(quant, "load_in_4bit", False)
+        require_hardware("nf4" if four_bit else "int8-bnb", torch.device("cuda" if torch.cuda.is_available() else "cpu"))

@@ -218,8 +218,12 @@ def _check_stage(kind: str, options: dict, where: str, names: set[str]) -> None:
         extra = set(options) - {"from", "quantize"}
         if extra:
             raise UserError(f"{where} (deploy): unknown field '{sorted(extra)[0]}'; deploy takes from and quantize")
-        if options.get("quantize", "int8") != "int8":
-            raise UserError(f"{where} (deploy): quantize must be int8 (dynamic quantisation of linear layers)")
+        from ..deploy.quantize import METHODS, canonical_method
+
+        try:
+            canonical_method(str(options.get("quantize", "int8")))
+        except UserError as exc:
+            raise UserError(f"{where} (deploy): quantize must be int8 or one of {', '.join(METHODS)}") from exc
         if options.get("from") not in names:
             raise UserError(f"{where} (deploy): 'from' must name an earlier variant ({', '.join(sorted(names))})")
     elif options:
@@ -451,14 +455,28 @@ def run_align(run: Run, step: Step, folder: Path) -> None:
 
 
 def run_deploy(run: Run, step: Step, folder: Path) -> None:
-    """int8 dynamic quantisation of a variant: its size, generation speed and scores after."""
-    from ..deploy.quantize import quantize_and_measure
+    """Quantise a variant into a model folder (llmcycle quantize --compare) and measure it against its float32 form."""
+    import shutil
+
+    from ..deploy.compare import compare_quantized
+    from ..deploy.quantize import canonical_method
 
     variant = run.variants[step.options["from"]]
-    result = quantize_and_measure(variant.model, run.data_options(run.test), run.settings(), run.recipe.metrics, folder)
-    name = f"{variant.name}+int8"
-    run.variants[name] = Variant(name, variant.model, "deploy", metrics=result["metrics"], cost=result["cost"],
-                                 predictions=result["predictions"])
+    label = str(step.options.get("quantize", "int8"))
+    method = canonical_method(label)
+    shutil.rmtree(folder / "compare", ignore_errors=True)  # an interrupted stage starts again
+    result = compare_quantized(variant.model, run.data_options(run.test), run.settings(), run.recipe.metrics, str(folder / "compare"),
+                               methods=[method], references=("float32",), resamples=1000)
+    reference, form = result["forms"]["float32"], result["forms"][method]
+    cost = {key: form[key] for key in ("size_on_disk_bytes", "load_s", "tokens_per_s", "peak_memory_bytes", "bytes_per_param",
+                                       "planned_bytes_per_param")}
+    cost.update(method=method, trainable_params=0, wall_time_s=form["generation_s"], float32_bytes=reference["size_on_disk_bytes"],
+                float32_generation_s=reference["generation_s"], speedup=reference["generation_s"] / max(form["generation_s"], 1e-9),
+                float32_tokens_per_s=reference["tokens_per_s"], float32_peak_memory_bytes=reference["peak_memory_bytes"])
+    metrics = {name: {k: v for k, v in summary.items() if k != "change"} for name, summary in form["metrics"].items()}
+    name = f"{variant.name}+{label}"
+    run.variants[name] = Variant(name, str(folder / "compare" / form["folder"]), "deploy", metrics=metrics, cost=cost,
+                                 predictions=str(folder / "compare" / form["predictions"]))
 
 
 def run_report(run: Run, step: Step, folder: Path) -> None:

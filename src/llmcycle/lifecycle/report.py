@@ -153,19 +153,49 @@ def quality_table(metrics: dict) -> str:
             f"<p class='ci'>mean, [95% bootstrap interval], change against {html.escape(next(iter(metrics), ''))}</p>")
 
 
+def _measured(cost: dict, key: str, spec: str, scale: float = 1, unit: str = "") -> str:
+    """A cost as text, or '-' where it was not measured (a prompt has no training time)."""
+    value = cost.get(key)
+    return "-" if value is None or (key == "wall_time_s" and value == 0) else f"{value / scale:{spec}}{unit}"
+
+
 def cost_table(metrics: dict) -> str:
     def row(name: str, cost: dict) -> str:
-        share = cost.get("trainable_share")
         cells = [
-            f"{cost.get('trainable_params', 0):,}", "-" if share is None else f"{share:.2%}",
-            f"{cost.get('wall_time_s', 0):.1f} s", f"{cost.get('peak_memory_bytes', 0) / 2**20:,.0f} MiB",
-            f"{cost.get('size_on_disk_bytes', 0) / 2**20:,.2f} MiB", f"{cost['speedup']:.2f}x" if "speedup" in cost else "-",
+            _measured(cost, "trainable_params", ",.0f"), _measured(cost, "trainable_share", ".2%"), _measured(cost, "wall_time_s", ".1f", unit=" s"),
+            _measured(cost, "peak_memory_bytes", ",.1f", 2**20, " MiB"), _measured(cost, "size_on_disk_bytes", ",.2f", 2**20, " MiB"),
         ]
         return f"<tr><td>{html.escape(name)}</td>{''.join(f'<td>{c}</td>' for c in cells)}</tr>"
 
     rows = "".join(row(name, entry.get("cost", {})) for name, entry in metrics.items())
     return ("<table><tr><th>variant</th><th>trainable parameters</th><th>share</th><th>training / generation time</th>"
-            f"<th>peak memory</th><th>size on disk</th><th>int8 speed-up</th></tr>{rows}</table>")
+            f"<th>peak memory</th><th>size on disk</th></tr>{rows}</table>" + deploy_table(metrics))
+
+
+def deploy_table(metrics: dict) -> str:
+    """Each quantised variant against the float32 form of its source, measured in the same run (llmcycle quantize --compare)."""
+    def row(name: str, entry: dict) -> str:
+        cost, source = entry["cost"], metrics.get(name.rsplit("+", 1)[0], {})
+        quality = next((m for m in ("rougeL", "bleu", "exact_match", "toxicity") if _mean(entry, m) is not None), None)
+        before, after = (_mean(source, quality), _mean(entry, quality)) if quality else (None, None)
+        cells = [
+            html.escape(cost.get("method", "-")),
+            f"{cost['size_on_disk_bytes'] / 2**20:,.2f} MiB ({cost['float32_bytes'] / cost['size_on_disk_bytes']:.2f}x smaller)",
+            f"{_measured(cost, 'bytes_per_param', '.3f')} ({_measured(cost, 'planned_bytes_per_param', '.3f')})",
+            _measured(cost, "load_s", ".2f", unit=" s"),
+            f"{_measured(cost, 'tokens_per_s', ',.1f')} ({_measured(cost, 'float32_tokens_per_s', ',.1f')})",
+            f"{_measured(cost, 'peak_memory_bytes', ',.1f', 2**20)} ({_measured(cost, 'float32_peak_memory_bytes', ',.1f', 2**20)}) MiB",
+            "-" if before is None or after is None else f"{quality} {before:.4f} &rarr; {after:.4f} ({after - before:+.4f})",
+        ]
+        return f"<tr><td>{html.escape(name)}</td>{''.join(f'<td>{c}</td>' for c in cells)}</tr>"
+
+    rows = "".join(row(name, entry) for name, entry in metrics.items() if "float32_bytes" in entry.get("cost", {}))
+    if not rows:
+        return ""
+    return ("<h3>Deployment: what each byte saved cost</h3><table><tr><th>variant</th><th>method</th><th>size on disk</th>"
+            "<th>bytes / parameter (planned)</th><th>load time</th><th>output tokens/s (float32)</th><th>peak memory (float32)</th>"
+            f"<th>quality against the source</th></tr>{rows}</table><p class='ci'>measured against the float32 form of the source "
+            "in the same run; peak memory is the rise during load and generation (CUDA allocations, or resident memory on a CPU)</p>")
 
 
 def forgetting_table(metrics: dict) -> str:
