@@ -5,10 +5,13 @@ Each metric's change carries a paired bootstrap 95% interval (stats.paired_chang
 the change in accuracy also carries McNemar's exact p-value, computed from the discordant items only: those
 that went right -> wrong (`forgot`) and wrong -> right (`learned`). Under "no change" each discordant item is
 equally likely to go either way, so the p-value is the two-sided binomial tail of min(forgot, learned) out of
-forgot + learned at 1/2 (scipy's binomtest).
+forgot + learned at 1/2, computed exactly with integers (it equals scipy's binomtest, which we do not need).
 """
 
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -17,12 +20,18 @@ from .stats import Statistic, paired_change
 
 def mcnemar(before: np.ndarray, after: np.ndarray) -> dict:
     """`{"forgot", "learned", "p_value"}` for two 0/1 correctness vectors over the same items."""
-    from scipy.stats import binomtest
-
     before, after = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
     forgot, learned = int(np.sum(before & ~after)), int(np.sum(~before & after))
-    p_value = 1.0 if forgot + learned == 0 else float(binomtest(forgot, forgot + learned, 0.5).pvalue)
-    return {"forgot": forgot, "learned": learned, "p_value": round(min(1.0, p_value), 6)}
+    return {"forgot": forgot, "learned": learned, "p_value": round(exact_binomial_p(forgot, forgot + learned), 6)}
+
+
+def exact_binomial_p(successes: int, trials: int) -> float:
+    """Two-sided exact binomial p-value at 1/2: twice the smaller tail, at most 1."""
+    if trials == 0:
+        return 1.0
+    low = min(successes, trials - successes)
+    tail = sum(math.comb(trials, i) for i in range(low + 1))
+    return min(1.0, float(Fraction(2 * tail, 2**trials)))
 
 
 def add_changes(

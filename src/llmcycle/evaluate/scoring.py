@@ -152,8 +152,10 @@ def _score_causal_full(loaded: LoadedModel, batch: list[Encoded]) -> list[float]
     device = loaded.device
     owners, targets = _rows(batch)
     inputs = [(batch[o].context + t)[:-1] for o, t in zip(owners, targets)]
-    logits = loaded.model(input_ids=_pad(inputs, 0).to(device), attention_mask=_mask(inputs).to(device)).logits
-    starts = [len(batch[o].context) - 1 for o in owners]
+    padded = _pad(inputs, 0).to(device)
+    logits = loaded.model(input_ids=padded, attention_mask=_mask(inputs).to(device)).logits
+    virtual = logits.shape[1] - padded.shape[1]  # prompt tuning prepends virtual tokens to the logits
+    starts = [virtual + len(batch[o].context) - 1 for o in owners]
     width = max(map(len, targets))
     picked = torch.stack([torch.nn.functional.pad(logits[r, s : s + len(t)], (0, 0, 0, width - len(t)))
                           for r, (s, t) in enumerate(zip(starts, targets))])  # (rows, width, vocab)
