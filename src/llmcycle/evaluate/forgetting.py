@@ -49,7 +49,7 @@ def add_changes(
         return runs
     base = names[0]
     for name in names[1:]:
-        for metric, summary in runs[name].items():
+        for metric, summary in list(runs[name].items()):
             if metric not in stats[name] or metric not in stats[base]:
                 continue
             summary["change"] = paired_change(stats[base][metric], stats[name][metric], resamples, seed)

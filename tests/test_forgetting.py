@@ -1,0 +1,105 @@
+"""Forgetting with a test (`eval --compare`), paired statistics, and reference-free metrics on prompt-only rows."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest
+
+from conftest import run_cli, write_jsonl
+from llmcycle.evaluate.forgetting import exact_binomial_p, mcnemar
+from llmcycle.evaluate.stats import Statistic, mean_of_first, paired_change
+from test_suites import ROWS
+
+
+@pytest.fixture(scope="module")
+def tuned_gpt2(gpt2_dir, tmp_path_factory):
+    """The tiny GPT-2 with its weights nudged: a stand-in for a tuned model of the same architecture."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tuned")
+    model = AutoModelForCausalLM.from_pretrained(gpt2_dir)
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.08)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(gpt2_dir).save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("forgot,learned", [(0, 0), (3, 0), (7, 2), (20, 31), (1, 1)])
+def test_mcnemar_exact_p_is_the_binomial_test_on_discordant_items(forgot, learned):
+    expected = 1.0 if forgot + learned == 0 else binomtest(forgot, forgot + learned, 0.5).pvalue
+    assert exact_binomial_p(forgot, forgot + learned) == pytest.approx(expected, rel=1e-9)
+    before = np.array([1] * forgot + [0] * learned + [1, 0, 1])
+    after = np.array([0] * forgot + [1] * learned + [1, 0, 1])
+    assert mcnemar(before, after) == {"forgot": forgot, "learned": learned, "p_value": round(expected, 6)}
+
+
+def test_paired_bootstrap_resamples_the_same_rows_on_both_sides():
+    rng = np.random.default_rng(0)
+    before = rng.normal(0.5, 0.2, size=200)
+    after = before + 0.05 + rng.normal(0, 0.01, size=200)  # a small change, consistent on every row
+    change = paired_change(Statistic(before[:, None], mean_of_first), Statistic(after[:, None], mean_of_first), 500, 0)
+    assert change["absolute"] == pytest.approx(np.mean(after - before), abs=1e-6)
+    assert 0 < change["ci95"][0] < change["absolute"] < change["ci95"][1] < 0.06  # unpaired, the interval would span 0
+    assert change["p_value"] == pytest.approx(1 / 500) and change["relative"] == pytest.approx(change["absolute"] / before.mean(), abs=1e-5)
+
+
+def test_compare_on_a_suite_gives_paired_change_mcnemar_and_forgot_learned(gpt2_dir, tuned_gpt2, tmp_path):
+    rows = [{**{k: v for k, v in row.items() if k != "id"}, "question": f"{row['question']} ({i})"} for i, row in enumerate(ROWS * 3)]
+    suite = write_jsonl(tmp_path / "suite.jsonl", rows)
+    out, samples, copy = tmp_path / "m.json", tmp_path / "s.jsonl", shutil.copytree(gpt2_dir, tmp_path / "copy")
+    assert run_cli("eval", "-m", gpt2_dir, "--suite", suite, "--compare", tuned_gpt2, "--compare", copy,
+                   "--out", out, "--samples", samples, "--bootstrap", 300) == 0
+    result = json.loads(out.read_text())
+    before, tuned, same = result.values()
+    assert "change" not in before["acc"] and before["acc"]["n"] == 18
+    lines = [json.loads(line) for line in samples.read_text().splitlines()]
+    names = list(result)
+    correct = {name: np.array([line["correct"] for line in lines if line["model"] == name]) for name in names}
+    assert tuned["forgot"] == int(np.sum(correct[names[0]] & ~correct[names[1]]))
+    assert tuned["learned"] == int(np.sum(~correct[names[0]] & correct[names[1]]))
+    change = tuned["acc"]["change"]
+    assert change["absolute"] == pytest.approx(tuned["acc"]["mean"] - before["acc"]["mean"], abs=1e-6)
+    assert change["p_value"] == pytest.approx(mcnemar(correct[names[0]], correct[names[1]])["p_value"])
+    assert change["ci95"][0] <= change["absolute"] <= change["ci95"][1] and set(change) == {"absolute", "relative", "ci95", "p_value"}
+    assert same["forgot"] == same["learned"] == 0 and same["acc"]["change"]["absolute"] == 0 and same["acc"]["change"]["p_value"] == 1
+
+
+PROMPTS = [{"prompt": f"Summarize: Amy and Ben talk about plan {i}. Summary:"} for i in range(6)]
+
+
+def test_reference_free_metrics_run_on_prompt_only_rows(gpt2_dir, tmp_path):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    out, saved = tmp_path / "m.json", tmp_path / "p.jsonl"
+    assert run_cli("eval", "-m", gpt2_dir, "--data", data, "--metrics", "toxicity,length,distinct", "--max-new-tokens", 8,
+                   "--out", out, "--save-predictions", saved, "--bootstrap", 100) == 0
+    result = json.loads(out.read_text())
+    predictions = [json.loads(line)["prediction"] for line in saved.read_text().splitlines()]
+    assert result["length"]["mean"] == pytest.approx(np.mean([len(p.split()) for p in predictions]), abs=1e-6)
+    assert result["toxicity"]["n"] == 6 and 0 <= result["toxicity"]["mean"] <= 1 and 0 < result["distinct_1"]["mean"] <= 1
+
+
+@pytest.mark.parametrize("metric", ["rouge", "perplexity"])
+def test_a_reference_metric_on_prompt_only_rows_is_one_line_naming_metric_and_row(metric, gpt2_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    assert run_cli("eval", "-m", gpt2_dir, "--data", data, "--metrics", f"toxicity,{metric}", "--out", tmp_path / "m.json") == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: {data} line 1: metric '{metric}' needs a reference")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_compare_on_data_pairs_generation_metrics(gpt2_dir, tuned_gpt2, tmp_path):
+    data = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS)
+    out = tmp_path / "m.json"
+    assert run_cli("eval", "-m", gpt2_dir, "--data", data, "--compare", tuned_gpt2, "--metrics", "length",
+                   "--max-new-tokens", 6, "--out", out, "--bootstrap", 200) == 0
+    before, after = json.loads(out.read_text()).values()
+    change = after["length"]["change"]
+    assert change["absolute"] == pytest.approx(after["length"]["mean"] - before["length"]["mean"], abs=1e-6)
+    assert change["ci95"][0] <= change["absolute"] <= change["ci95"][1] and 0 < change["p_value"] <= 1
