@@ -18,7 +18,7 @@ import click
 from ..console import err
 from ..errors import UserError
 from ..train.distributed import ReportedError
-from . import align, deploy, generate, lifecycle, plan, rag, train
+from . import align, deploy, generate, lifecycle, plan, rag, serve, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -30,7 +30,7 @@ def cli():
     """
 
 
-for _stage in (generate, train, align, deploy, lifecycle, plan, rag):
+for _stage in (generate, train, align, deploy, serve, lifecycle, plan, rag):
     for _command in _stage.COMMANDS:
         cli.add_command(_command)
 

@@ -1,0 +1,116 @@
+"""The running batch's tensors: rows of different lengths in one KV cache, joined and left between steps.
+
+Written here because transformers' own continuous batching (paged attention, `generate_batch`) serves neither
+encoder-decoder models nor peft's per-row adapters. Each row is prefilled alone; joining left-pads every row's
+self-attention cache to the longest, and the attention mask hides the padding. Decoder-only rows get their own
+position ids, so a padded row computes what it would alone (up to float rounding of the wider matrices).
+Encoder-decoder rows keep their encoder states and cross-attention cache right-padded, with the encoder mask.
+Leaving selects the remaining rows and drops padding columns no row needs any more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class BatchState:
+    """Cache and masks of a batch of rows (one row after its prefill)."""
+
+    cache: object  # DynamicCache, or EncoderDecoderCache for encoder-decoder models
+    mask: torch.Tensor  # (rows, cached tokens): 1 for real tokens, 0 for left padding
+    encoder: torch.Tensor | None = None  # (rows, source tokens, hidden)
+    encoder_mask: torch.Tensor | None = None  # (rows, source tokens): 0 for right padding
+
+    @property
+    def size(self) -> int:
+        return self.mask.shape[0]
+
+
+def self_layers(cache) -> list:
+    return list(getattr(cache, "self_attention_cache", cache).layers)
+
+
+def cross_layers(cache) -> list:
+    inner = getattr(cache, "cross_attention_cache", None)
+    return list(inner.layers) if inner is not None else []
+
+
+def _pad_seq(tensor: torch.Tensor, left: int, right: int, dim: int) -> torch.Tensor:
+    """Zero-pad `tensor` along `dim` (negative, counted from the end)."""
+    if left == 0 and right == 0:
+        return tensor
+    spec = [0, 0] * (-dim - 1) + [left, right]
+    return F.pad(tensor, spec)
+
+
+def _merge_layers(layer_lists: list[list], pads: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, every part's keys and values padded along the sequence and stacked along the batch."""
+    merged = []
+    for index in range(len(layer_lists[0])):
+        layers = [parts[index] for parts in layer_lists]
+        if not all(getattr(layer, "is_initialized", True) and layer.keys.numel() for layer in layers):
+            merged.append(None)
+            continue
+        keys = torch.cat([_pad_seq(layer.keys, *pad, dim=-2) for layer, pad in zip(layers, pads)])
+        values = torch.cat([_pad_seq(layer.values, *pad, dim=-2) for layer, pad in zip(layers, pads)])
+        merged.append((keys, values))
+    return merged
+
+
+def _assign(layers: list, tensors: list) -> None:
+    for layer, pair in zip(layers, tensors):
+        if pair is not None:
+            layer.keys, layer.values = pair
+
+
+def merge(parts: list[BatchState]) -> BatchState:
+    """One state holding every row of `parts`, in order; the first part's cache object is reused."""
+    longest = max(part.mask.shape[1] for part in parts)
+    pads = [(longest - part.mask.shape[1], 0) for part in parts]
+    merged_self = _merge_layers([self_layers(part.cache) for part in parts], pads)
+    mask = torch.cat([_pad_seq(part.mask, *pad, dim=-1) for part, pad in zip(parts, pads)])
+    encoder = encoder_mask = merged_cross = None
+    if parts[0].encoder is not None:
+        source = max(part.encoder_mask.shape[1] for part in parts)
+        cross_pads = [(0, source - part.encoder_mask.shape[1]) for part in parts]
+        merged_cross = _merge_layers([cross_layers(part.cache) for part in parts], cross_pads)
+        encoder = torch.cat([_pad_seq(part.encoder, *pad, dim=-2) for part, pad in zip(parts, cross_pads)])
+        encoder_mask = torch.cat([_pad_seq(part.encoder_mask, *pad, dim=-1) for part, pad in zip(parts, cross_pads)])
+    cache = parts[0].cache
+    _assign(self_layers(cache), merged_self)
+    if merged_cross is not None:
+        _assign(cross_layers(cache), merged_cross)
+    return BatchState(cache, mask, encoder, encoder_mask)
+
+
+def select(state: BatchState, keep: list[int]) -> BatchState:
+    """The rows `keep` of `state`, without the padding columns none of them needs."""
+    index = torch.tensor(keep, dtype=torch.long, device=state.mask.device)
+    mask = state.mask.index_select(0, index)
+    start = int((mask.sum(0) > 0).nonzero()[0]) if mask.numel() else 0
+    for layer in self_layers(state.cache):
+        if getattr(layer, "is_initialized", True) and layer.keys.numel():
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+    encoder = encoder_mask = None
+    if state.encoder is not None:
+        encoder_mask = state.encoder_mask.index_select(0, index)
+        end = int((encoder_mask.sum(0) > 0).nonzero()[-1]) + 1
+        encoder_mask = encoder_mask[:, :end]
+        encoder = state.encoder.index_select(0, index)[:, :end]
+        for layer in cross_layers(state.cache):
+            if getattr(layer, "is_initialized", True) and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, index)[:, :, :end]
+                layer.values = layer.values.index_select(0, index)[:, :, :end]
+    return BatchState(state.cache, mask[:, start:], encoder, encoder_mask)
+
+
+def repeat(state: BatchState, times: int) -> list[BatchState]:
+    """`times` independent copies of a one-row state (the choices of a request with n > 1)."""
+    from copy import deepcopy
+
+    return [state] + [deepcopy(state) for _ in range(times - 1)]

@@ -1,0 +1,205 @@
+"""Request bodies of the OpenAI completions and chat API, checked by hand, and the OpenAI error object.
+
+Checked here rather than with pydantic models so that every bad value gets OpenAI's error shape
+(`{"error": {"message", "type", "param", "code"}}`, status 400) naming the field, as clients written for the OpenAI
+API and vLLM expect, instead of FastAPI's 422 validation list.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+MAX_STOP = 4
+MAX_N = 128
+ROLES = ("system", "user", "assistant", "tool", "developer")
+UNSUPPORTED = {  # fields whose non-default values this server cannot honour
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None, ""),
+    "best_of": (None, 1), "tools": (None, []), "response_format": (None, {"type": "text"}), "logit_bias": (None, {}),
+}
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+             408: "timeout_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+             503: "service_unavailable"}
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        kind = self.TYPES.get(self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def bad(param: str, message: str, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+@dataclass
+class SamplingParams:
+    """How one request is decoded; temperature 0 is greedy."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no limit
+    seed: int | None = None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class ParsedRequest:
+    """A checked completions or chat request: prompts as text or token ids."""
+
+    model: str
+    prompts: list  # str or list[int] each
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    chat: bool = False
+
+
+def parse_json(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad("body", f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise bad("body", "the request body must be a JSON object")
+    return data
+
+
+def _number(data: dict, name: str, default, low: float, high: float, integer: bool = False, low_open: bool = False):
+    value = data.get(name)
+    if value is None:
+        return default
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or (isinstance(value, float) and not math.isfinite(value)):
+        raise bad(name, f"'{name}' must be {'an integer' if integer else 'a number'}, got {json.dumps(value)}")
+    if value < low or value > high or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise bad(name, f"'{name}' must be in {bracket}{low}, {high}], got {value}")
+    return value
+
+
+def _flag(data: dict, name: str) -> bool:
+    value = data.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise bad(name, f"'{name}' must be true or false, got {json.dumps(value)}")
+    return value
+
+
+def _stop(data: dict) -> list[str]:
+    stop = data.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise bad("stop", "'stop' must be a non-empty string or a list of non-empty strings")
+    if len(stops) > MAX_STOP:
+        raise bad("stop", f"'stop' takes at most {MAX_STOP} sequences, got {len(stops)}")
+    return stops
+
+
+def sampling_params(data: dict, max_n: int) -> SamplingParams:
+    max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
+    name = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
+    top_k = _number(data, "top_k", 0, -1, 1 << 30, integer=True)
+    return SamplingParams(
+        max_tokens=_number({name: max_tokens}, name, None, 1, 1 << 30, integer=True),
+        temperature=float(_number(data, "temperature", 1.0, 0, 2)),
+        top_p=float(_number(data, "top_p", 1.0, 0, 1, low_open=True)),
+        top_k=max(top_k, 0),
+        seed=_number(data, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True),
+        n=_number(data, "n", 1, 1, max_n, integer=True),
+        stop=_stop(data),
+        ignore_eos=_flag(data, "ignore_eos"),
+    )
+
+
+def _common(data: dict, max_n: int) -> tuple[str, SamplingParams, bool, bool]:
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad("model", "'model' is required: one of the names listed by GET /v1/models")
+    for name, defaults in UNSUPPORTED.items():
+        if data.get(name) not in defaults:
+            raise bad(name, f"'{name}' is not supported by this server")
+    stream = _flag(data, "stream")
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad("stream_options", "'stream_options' must be an object such as {\"include_usage\": true}")
+    include_usage = _flag(options or {}, "include_usage")
+    return model, sampling_params(data, max_n), stream, include_usage
+
+
+def _is_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+
+
+def parse_completion(data: dict, max_n: int = MAX_N) -> ParsedRequest:
+    model, params, stream, include_usage = _common(data, max_n)
+    prompt = data.get("prompt")
+    if isinstance(prompt, str) or _is_ids(prompt):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_ids(p) for p in prompt):
+        prompts = list(prompt)
+    else:
+        raise bad("prompt", "'prompt' must be a string, a list of strings, or token ids (a list of integers, or a list of such lists)")
+    return ParsedRequest(model, prompts, params, stream, include_usage)
+
+
+def _content(message: dict, index: int) -> str:
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise bad(f"messages[{index}].content", "message content must be a string or a list of {\"type\": \"text\", \"text\": ...} parts")
+
+
+def parse_messages(messages) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise bad("messages", "'messages' must be a non-empty list of {\"role\", \"content\"} objects")
+    checked = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise bad(f"messages[{index}].role", f"messages[{index}] needs a role, one of {', '.join(ROLES)}")
+        role = "system" if message["role"] == "developer" else message["role"]
+        checked.append({"role": role, "content": _content(message, index)})
+    return checked
+
+
+def parse_chat(data: dict, render, max_n: int = MAX_N) -> ParsedRequest:
+    """`render(messages)` turns the checked messages into the prompt text (the chat template)."""
+    model, params, stream, include_usage = _common(data, max_n)
+    prompt = render(parse_messages(data.get("messages")))
+    return ParsedRequest(model, [prompt], params, stream, include_usage, chat=True)
+
+
+def context_error(window: int, prompt_tokens: int, max_tokens: int, reserve: bool, param: str) -> APIError:
+    """400 for a prompt (plus, for decoder-only models, its completion) beyond the context window."""
+    if reserve:
+        message = (f"This model's maximum context length is {window} tokens. However, you requested "
+                   f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, {max_tokens} in the completion). "
+                   "Please reduce the length of the prompt or max_tokens.")
+    else:
+        message = (f"This model's maximum input length is {window} tokens. However, the prompt has {prompt_tokens} tokens. "
+                   "Please reduce the length of the prompt.")
+    return APIError(400, message, param=param, code="context_length_exceeded")

@@ -1,0 +1,61 @@
+"""Generated tokens to the text a client sees: stop sequences cut, nothing streamed that a stop could take back.
+
+The text is decoded the way `llmcycle generate` decodes it (special tokens skipped, surrounding whitespace
+stripped), so a temperature-0 answer equals that verb's output. While streaming, text that may still change is
+held back: the start of a stop sequence, trailing whitespace (stripped if nothing follows) and an incomplete
+UTF-8 character.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+INCOMPLETE = "\ufffd"  # what a tokenizer decodes half of a multi-byte character to
+
+
+@dataclass
+class TextTracker:
+    """Follows one sequence's tokens; `push` returns the new text to send and whether a stop sequence ended it."""
+
+    tokenizer: object
+    stop: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    sent: str = ""
+    text: str = ""
+
+    def push(self, token: int | None, final: bool) -> tuple[str, bool]:
+        """Add `token` (None adds nothing, e.g. for EOS) and return (text to send now, stopped by a stop sequence)."""
+        if token is not None:
+            self.tokens.append(token)
+        raw = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        stopped = False
+        cut = min((index for index in (raw.find(s) for s in self.stop) if index >= 0), default=-1)
+        if cut >= 0:
+            raw, stopped = raw[:cut], True
+        final = final or stopped
+        visible = raw.strip() if final else self._settled(raw.lstrip())
+        return self._advance(visible), stopped
+
+    def _settled(self, text: str) -> str:
+        """The part of unfinished `text` that can no longer change."""
+        end = len(text)
+        for stop in self.stop:  # a suffix that begins a stop sequence may yet become one
+            for size in range(min(len(stop) - 1, end), 0, -1):
+                if text.endswith(stop[:size]):
+                    end = min(end, len(text) - size)
+                    break
+        text = text[:end]
+        while text and text[-1] == INCOMPLETE:
+            text = text[:-1]
+        return text.rstrip()
+
+    def _advance(self, visible: str) -> str:
+        if not visible.startswith(self.sent):  # decoding changed earlier text (rare); send only what extends it
+            common = 0
+            while common < min(len(visible), len(self.sent)) and visible[common] == self.sent[common]:
+                common += 1
+            visible = self.sent + visible[common:] if len(visible) > len(self.sent) else self.sent
+        delta = visible[len(self.sent):]
+        self.sent = visible
+        self.text = visible
+        return delta

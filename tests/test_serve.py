@@ -1,0 +1,412 @@
+"""`llmcycle serve` with the official openai client: a tiny Llama and a tiny T5, each with two LoRA adapters and one
+prompt-tuning adapter, on loopback servers started in background threads and always stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli, write_jsonl
+
+openai = pytest.importorskip("openai")
+
+from llmcycle.deploy.serve.app import RunningServer, ServerConfig, bind  # noqa: E402
+
+PROMPTS = [
+    "Summarize: Amy and Ben. #Person1#: can we book a table today? Summary:",
+    "hello there",
+    "Summarize: Dev and Elena. #Person1#: can we fix the printer today? #Person2#: can we fix the printer today? Summary:",
+]
+NAMES = ["lora1", "lora2", "soft"]
+MAX_TOKENS = 10
+
+
+def make_adapters(base: Path, out: Path, seq2seq: bool) -> dict[str, Path]:
+    """Two LoRA adapters and a prompt-tuning adapter with random (non-zero) weights, so each changes the outputs."""
+    import peft
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    task = "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"
+    configs = {
+        "lora1": peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type=task),
+        "lora2": peft.LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", task_type=task),
+        "soft": peft.PromptTuningConfig(num_virtual_tokens=4, task_type=task),
+    }
+    paths = {}
+    for seed, (name, config) in enumerate(configs.items()):
+        model = peft.get_peft_model(auto.from_pretrained(base), config)
+        generator = torch.Generator().manual_seed(10 + seed)
+        with torch.no_grad():
+            for parameter_name, parameter in model.named_parameters():
+                if "lora_" in parameter_name or "prompt_encoder" in parameter_name:
+                    scale = 1.0 if "prompt_encoder" in parameter_name else 0.3
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+        model.save_pretrained(out / name)
+        paths[name] = out / name
+    return paths
+
+
+@pytest.fixture(scope="module")
+def setups(llama_dir, t5_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-adapters")
+    return {
+        "llama": (llama_dir, make_adapters(llama_dir, root / "llama", False)),
+        "t5": (t5_dir, make_adapters(t5_dir, root / "t5", True)),
+    }
+
+
+def start(config: ServerConfig) -> RunningServer:
+    server = RunningServer(config, bind("127.0.0.1", 0)).start()
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def servers(setups):
+    running = {}
+    try:
+        for arch, (base, adapters) in setups.items():
+            config = ServerConfig(str(base), [(name, str(path)) for name, path in adapters.items()], served_model_name=arch,
+                                  max_num_seqs=16, allow_adapter_loading=True)
+            running[arch] = start(config)
+        yield running
+    finally:
+        for server in running.values():
+            server.stop()
+
+
+def client(server: RunningServer, key: str = "EMPTY", **kwargs) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, timeout=60, **kwargs)
+
+
+def complete(server, model: str, prompt, **kwargs):
+    kwargs.setdefault("max_tokens", MAX_TOKENS)
+    kwargs.setdefault("temperature", 0)
+    return client(server).completions.create(model=model, prompt=prompt, **kwargs)
+
+
+def cli_generate(capsys, base: Path, prompts_file: Path, adapter: tuple[str, Path] | None) -> list[str]:
+    """What `llmcycle generate` writes for each prompt, greedy."""
+    args = ["generate", "--model", base, "--data", prompts_file, "--max-new-tokens", MAX_TOKENS, "--batch-size", 1]
+    if adapter:
+        args += ["--adapter", f"{adapter[0]}={adapter[1]}", "--use", adapter[0]]
+    capsys.readouterr()
+    assert run_cli(*args) == 0
+    return [json.loads(line)["prediction"] for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def peft_forward_greedy(base: Path, adapter: Path, prompt: str) -> str:
+    """Greedy decoding with peft's own forward (the virtual tokens put before the whole sequence on every call, no
+    cache): the reference for decoder-only prompt tuning, where peft 0.21's `generate` under transformers 5 puts the
+    virtual tokens into the cache again at every step (it looks for `past_key_values`, which transformers renamed)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    start = ids.shape[1]
+    with torch.no_grad():
+        for _ in range(MAX_TOKENS):
+            token = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+            if token.item() == tokenizer.eos_token_id:
+                break
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    return tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
+
+
+def test_model_cards(servers, setups):
+    cards = {card.id: card for card in client(servers["llama"]).models.list().data}
+    assert set(cards) == {"llama", *NAMES}
+    lora = cards["lora1"].model_dump()
+    assert (lora["parent"], lora["root"], lora["adapter_type"], lora["rank"]) == ("llama", str(setups["llama"][1]["lora1"]), "lora", 4)
+    assert cards["soft"].model_dump()["adapter_type"] == "prompt_tuning"
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_temperature_zero_equals_llmcycle_generate(arch, servers, setups, capsys, tmp_path):
+    base, adapters = setups[arch]
+    prompts_file = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    served = {}
+    for name in [arch, *NAMES]:
+        answer = complete(servers[arch], name, PROMPTS)
+        served[name] = [choice.text for choice in sorted(answer.choices, key=lambda c: c.index)]
+        adapter = None if name == arch else (name, adapters[name])
+        if arch == "llama" and name == "soft":
+            expected = [peft_forward_greedy(base, adapters[name], prompt) for prompt in PROMPTS]
+        else:
+            expected = cli_generate(capsys, base, prompts_file, adapter)
+        assert served[name] == expected, name
+    for name in NAMES:  # an adapter that silently did nothing would answer like the base
+        assert served[name] != served[arch], name
+    assert len(set(served[arch])) > 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_stream_usage_stop_and_length(arch, servers, setups):
+    server, prompt = servers[arch], PROMPTS[0]
+    whole = complete(server, "lora1", prompt)
+    text = whole.choices[0].text
+    assert whole.choices[0].finish_reason == "length" and whole.usage.completion_tokens == MAX_TOKENS
+    from transformers import AutoTokenizer
+
+    assert whole.usage.prompt_tokens == len(AutoTokenizer.from_pretrained(setups[arch][0])(prompt)["input_ids"])
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + MAX_TOKENS
+    chunks = list(complete(server, "lora1", prompt, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    assert stop.strip(), f"pick a prompt whose answer has text to stop at: {text!r}"
+    stopped = complete(server, "lora1", prompt, stop=[stop, "zzzz"])
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].text == text[: text.index(stop)].strip()
+    streamed = complete(server, "lora1", prompt, stop=[stop, "zzzz"], stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == stopped.choices[0].text
+
+
+def test_chat_completions(servers):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "plan a trip"}]
+    chat = client(servers["t5"]).chat.completions.create(model="lora2", messages=messages, max_tokens=8, temperature=0)
+    expected = complete(servers["t5"], "lora2", "System: be brief\nUser: plan a trip\nAssistant:", max_tokens=8)
+    assert chat.choices[0].message.content == expected.choices[0].text
+    assert chat.choices[0].message.role == "assistant" and chat.usage.prompt_tokens == expected.usage.prompt_tokens
+    stream = client(servers["t5"]).chat.completions.create(model="lora2", messages=messages, max_tokens=8, temperature=0,
+                                                           stream=True)
+    deltas = [c.choices[0].delta for c in stream]
+    assert deltas[0].role == "assistant"
+    assert "".join(d.content or "" for d in deltas) == chat.choices[0].message.content
+
+
+async def _gather(server, requests: list[dict]):
+    async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0, timeout=120) as aclient:
+        return await asyncio.gather(*(aclient.completions.create(**request) for request in requests))
+
+
+def test_seeded_sampling_and_n(servers):
+    server = servers["llama"]
+    sample = dict(model="soft", prompt=PROMPTS[1], max_tokens=MAX_TOKENS, temperature=1.5, seed=7, n=3)
+    alone = complete(server, **sample)
+    texts = [c.text for c in sorted(alone.choices, key=lambda c: c.index)]
+    assert [c.index for c in sorted(alone.choices, key=lambda c: c.index)] == [0, 1, 2]
+    assert len(set(texts)) > 1, "choices of one request are sampled independently"
+    others = [dict(model=name, prompt=p, max_tokens=MAX_TOKENS, temperature=1.0) for name in NAMES for p in PROMPTS]
+    answers = asyncio.run(_gather(server, others[:4] + [sample] + others[4:]))
+    assert [c.text for c in sorted(answers[4].choices, key=lambda c: c.index)] == texts
+    assert complete(server, **{**sample, "seed": 8}).choices[0].text != texts[0] or texts[0] == ""
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_64_concurrent_requests_over_mixed_adapters(arch, servers):
+    server = servers[arch]
+    names = [arch, *NAMES]
+    expected = {(name, p): complete(server, name, p).choices[0].text for name in names for p in PROMPTS}
+    requests = [dict(model=names[i % 4], prompt=PROMPTS[(i // 4) % 3], max_tokens=MAX_TOKENS, temperature=0) for i in range(64)]
+    answers = asyncio.run(_gather(server, requests))
+    for request, answer in zip(requests, answers):
+        assert answer.choices[0].text == expected[(request["model"], request["prompt"])], request
+    assert http(server.url + "/health")[0] == 200
+    assert metric(server, "vllm:num_requests_running") == 0
+
+
+def http(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw, status, header = response.read(), response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        raw, status, header = exc.read(), exc.code, dict(exc.headers)
+    try:
+        return status, json.loads(raw), header
+    except ValueError:
+        return status, {"text": raw.decode()}, header
+
+
+def metric(server, name: str) -> float:
+    _, body, _ = http(server.url + "/metrics")
+    lines = [line for line in body["text"].splitlines() if line.startswith(name + "{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+@pytest.fixture(scope="module")
+def strict_server(setups):
+    base, adapters = setups["llama"]
+    config = ServerConfig(str(base), [("lora1", str(adapters["lora1"]))], served_model_name="llama", api_key="sekret", max_num_seqs=1,
+                          max_queued_requests=1, max_model_len=64, max_request_bytes=4096)
+    server = start(config)
+    yield server
+    server.stop()
+
+
+def test_auth_and_unknown_model(strict_server):
+    with pytest.raises(openai.AuthenticationError) as info:
+        client(strict_server, key="wrong").models.list()
+    assert info.value.status_code == 401 and info.value.body["code"] == "invalid_api_key"
+    assert http(strict_server.url + "/v1/models")[0] == 401
+    for open_route in ("/health", "/metrics", "/"):
+        assert http(strict_server.url + open_route)[0] == 200, open_route
+    with pytest.raises(openai.NotFoundError) as info:
+        client(strict_server, key="sekret").completions.create(model="nope", prompt="hi", max_tokens=2)
+    assert info.value.body["param"] == "model" and "lora1" in info.value.body["message"]
+
+
+@pytest.mark.parametrize("body,param", [
+    (b"{not json", "body"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "temperature": 5}).encode(), "temperature"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "n": 0}).encode(), "n"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "max_tokens": -1}).encode(), "max_tokens"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}).encode(), "stop"),
+    (json.dumps({"model": "lora1", "prompt": 3}).encode(), "prompt"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "stream": "yes"}).encode(), "stream"),
+    (json.dumps({"model": "lora1", "prompt": "word " * 200}).encode(), "prompt"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "max_tokens": 500}).encode(), "max_tokens"),
+])
+def test_bad_requests_get_400(strict_server, body, param):
+    headers = {"Authorization": "Bearer sekret", "Content-Type": "application/json"}
+    status, answer, _ = http(strict_server.url + "/v1/completions", body, headers)
+    assert status == 400 and answer["error"]["param"] == param and answer["error"]["type"] == "invalid_request_error"
+    assert http(strict_server.url + "/health")[0] == 200
+
+
+def test_too_long_prompt_names_the_limit(strict_server):
+    with pytest.raises(openai.BadRequestError) as info:
+        client(strict_server, key="sekret").completions.create(model="lora1", prompt="word " * 200, max_tokens=4)
+    assert "64 tokens" in info.value.body["message"] and info.value.body["code"] == "context_length_exceeded"
+
+
+def test_oversized_body_gets_413(strict_server):
+    body = json.dumps({"model": "lora1", "prompt": "x" * 10_000}).encode()
+    status, answer, _ = http(strict_server.url + "/v1/completions", body, {"Authorization": "Bearer sekret"})
+    assert status == 413 and "4096" in answer["error"]["message"]
+
+
+def test_full_queue_gets_429_and_disconnect_frees_the_slot(setups):
+    server = start(ServerConfig(str(setups["t5"][0]), served_model_name="t5", max_num_seqs=1, max_queued_requests=1))
+    try:
+        asyncio.run(_queue_and_disconnect(server))
+        assert http(server.url + "/health")[0] == 200
+    finally:
+        server.stop()
+
+
+async def _queue_and_disconnect(server):
+    async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0, timeout=60) as aclient:
+        # T5's decoder has no length limit: with ignore_eos this stream runs until its client goes away
+        stream = await aclient.completions.create(model="t5", prompt="hi", max_tokens=1_000_000, stream=True,
+                                                  extra_body={"ignore_eos": True})
+        await stream.__anext__()  # the only slot is taken
+        calls = [asyncio.ensure_future(aclient.completions.create(model="t5", prompt="hi", max_tokens=2)) for _ in range(3)]
+        for _ in range(300):  # two of the three are refused at once; one waits in the queue
+            if sum(call.done() for call in calls) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        refused = [call.exception() for call in calls if call.done()]
+        assert len(refused) == 2 and all(isinstance(e, openai.RateLimitError) for e in refused), refused
+        assert refused[0].response.headers.get("retry-after") == "1"
+        assert metric(server, "vllm:num_requests_running") == 1 and metric(server, "vllm:num_requests_waiting") == 1
+        await stream.close()  # the client goes away mid-stream: its slot goes to the queued request
+        waiting = next(call for call in calls if not call.done())
+        answer = await asyncio.wait_for(waiting, timeout=60)
+        assert answer.choices[0].finish_reason in ("stop", "length")
+        assert metric(server, "vllm:num_requests_running") == 0
+
+
+def test_load_and_unload_adapter(servers, setups):
+    server = servers["t5"]
+    path = str(setups["t5"][1]["lora2"])
+    status, _, _ = http(server.url + "/v1/load_lora_adapter", json.dumps({"lora_name": "late", "lora_path": path}).encode())
+    assert status == 200
+    assert "late" in {card.id for card in client(server).models.list().data}
+    assert complete(server, "late", PROMPTS[0]).choices[0].text == complete(server, "lora2", PROMPTS[0]).choices[0].text
+    assert http(server.url + "/v1/unload_lora_adapter", json.dumps({"lora_name": "late"}).encode())[0] == 200
+    with pytest.raises(openai.NotFoundError):
+        complete(server, "late", PROMPTS[0])
+
+
+def test_request_timeout(setups):
+    base, _ = setups["t5"]
+    server = start(ServerConfig(str(base), served_model_name="t5", request_timeout=0.01, max_num_seqs=1))
+    try:
+        with pytest.raises(openai.APIStatusError) as info:
+            complete(server, "t5", ["hello"] * 4, max_tokens=400)
+        assert info.value.status_code == 408
+        assert http(server.url + "/health")[0] == 200
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_serves_and_stops_on_sigterm(setups):
+    base, adapters = setups["llama"]
+    port = free_port()
+    command = [sys.executable, "-m", "llmcycle", "serve", str(base), "--enable-lora", "--lora-modules",
+               f"a={adapters['lora1']}", f"b={adapters['lora2']}", "--served-model-name", "tiny", "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        for _ in range(600):
+            if process.poll() is not None or _health(port) == 200:
+                break
+            time.sleep(0.1)
+        assert _health(port) == 200
+        _, models, _ = http(f"http://127.0.0.1:{port}/v1/models")
+        assert [card["id"] for card in models["data"]] == ["tiny", "a", "b"]
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert f"http://127.0.0.1:{port}" in output and "from openai import OpenAI" in output
+
+
+def _health(port: int) -> int | None:
+    try:
+        return http(f"http://127.0.0.1:{port}/health")[0]
+    except OSError:
+        return None
+
+
+def test_cli_refuses_what_it_cannot_serve(setups, tmp_path, capsys):
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    base, _ = setups["llama"]
+    prefix = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base), peft.PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"))
+    prefix.save_pretrained(tmp_path / "prefix")
+    assert run_cli("serve", "--model", base, "--adapter", f"p={tmp_path / 'prefix'}", "--port", free_port()) == 2
+    assert "prefix-tuning" in capsys.readouterr().err
+    assert run_cli("serve", "--model", base, "--adapter", f"x={tmp_path / 'missing'}", "--port", free_port()) == 2
+    assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_lora_modules_spellings():
+    from llmcycle.cli.serve import parse_lora_modules, split_positionals
+
+    model, extra = split_positionals(None, ("a=/x",), ("base-dir", "b=/y"))
+    assert model == "base-dir"
+    assert parse_lora_modules(("a=/x",), extra) == [("a", "/x"), ("b", "/y")]
+    assert parse_lora_modules(('{"name": "c", "path": "/z"}',), ()) == [("c", "/z")]
