@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from .synthetic_arithmetic import arithmetic_row
 
 NAMES = [
     "Amy", "Ben", "Carla", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kemal", "Lena", "Mateo",
@@ -399,6 +400,7 @@ def topic_row(rng: random.Random) -> dict:
 
 TASKS: dict[str, Callable[[random.Random], dict]] = {
     "dialogsum": dialogsum_row, "extract": extract_row, "classify": classify_row, "rewrite": rewrite_row, "topic": topic_row,
+    "arithmetic": arithmetic_row,  # word problems with worked rationales: data/synthetic_arithmetic.py
 }
 """Instruction tasks: name -> one prompt/completion row from a random generator."""
 INSTRUCT_TASKS = ("extract", "classify", "rewrite", "topic")
@@ -453,7 +455,7 @@ class SyntheticConfig:
     """A synthetic data file: what `llmcycle synth` writes."""
 
     task: str = "dialogsum"
-    """dialogsum, extract, classify, rewrite, topic, instruct (the last four mixed), corpus (pre-training text), or docs-qa (documentation and questions, for RAG)."""
+    """dialogsum, extract, classify, rewrite, topic, instruct (the last four mixed), corpus (pre-training text), docs-qa (documentation and questions, for RAG), or arithmetic (word problems with rationales, for chain-of-thought)."""
     rows: int = 500
     """Rows (documents, for corpus) to write."""
     seed: int = 1
