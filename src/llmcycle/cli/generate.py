@@ -42,14 +42,26 @@ def generate(prompt, data, out, **kwargs):
 @click.option("--truncate-shots", is_flag=True, help="Drop shots from prompts that do not fit the context window, instead of failing.")
 @click.option("--metrics", multiple=True, default=["rouge"], show_default=True, help="Metrics for the table, when rows have completions.")
 @click.option("--metrics-out", default=None, help="Write the metrics per shot count (JSON) here.")
-@click.option("--out", "-o", required=True, help="Predictions file; with several counts, NAME.K-shot.jsonl each.")
+@click.option("--out", "-o", required=True, help="Predictions file; with several counts, NAME.K-shot.jsonl each; with --cot, NAME.direct/cot/self-consistency.jsonl.")
+@click.option("--cot", is_flag=True, help="Chain-of-thought: shots show question, rationale, 'The answer is X.'; compares direct answers with CoT (accuracy of the extracted answer).")
+@click.option("--answer-pattern", default=None, help="With --cot: regex with one group that extracts the answer (default: 'the answer is X').")
+@click.option("--self-consistency", type=int, default=0, show_default=True, metavar="K", help="With --cot: also sample K reasoning paths (seeded) and take the majority answer.")
 @generation_options
-def prompt(data, shots, shot_data, truncate_shots, metrics, metrics_out, out, **kwargs):
-    """In-context learning: zero-, one- and few-shot prompts, compared."""
-    from ..generate.prompting import prompt_dataset
+def prompt(data, shots, shot_data, truncate_shots, metrics, metrics_out, out, cot, answer_pattern, self_consistency, **kwargs):
+    """In-context learning: zero-, one- and few-shot prompts, compared; --cot compares chain-of-thought with direct answers."""
+    from ..generate.prompting import CotRequest, cot_dataset, parse_shots, prompt_dataset
 
     settings, model = generation_settings(kwargs), model_spec(kwargs)
     shot_options = data_spec(shot_data, kwargs, keep=True) if shot_data else None
+    if cot:
+        counts = parse_shots(shots)
+        if len(counts) != 1:
+            raise UserError("--cot takes one --shots count")
+        request = CotRequest(counts[0], answer_pattern, self_consistency, truncate_shots, metrics_out)
+        cot_dataset(model, data_spec(data, kwargs), settings, out, request, shot_data=shot_options)
+        return
+    if answer_pattern or self_consistency:
+        raise UserError("--answer-pattern and --self-consistency go with --cot")
     prompt_dataset(
         model, data_spec(data, kwargs), shots, settings, out, shot_data=shot_options,
         truncate_shots=truncate_shots, metrics=list(metrics), metrics_out=metrics_out,

@@ -12,15 +12,20 @@ before the query, the layout of the course's Lab 1:
 
 
     {query prompt}
+
+With --cot, shots carry their rationale and the model's answer is extracted and scored; see the
+chain-of-thought section below.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..console import note
+from ..console import note, print_table
 from ..data import Example
 from ..data.options import DataOptions
 from ..errors import UserError
@@ -72,15 +77,20 @@ def build_prompts(
     same_source: bool,
     max_new_tokens: int,
     truncate_shots: bool,
+    render=render_shot,
+    suffix: str = "",
 ) -> list[ShotPrompt]:
-    """Prompts with `shots` examples each; one that does not fit the context window is an error, or loses shots."""
+    """Prompts with `shots` examples each; one that does not fit the context window is an error, or loses shots.
+
+    `render` lays out one shot (chain-of-thought shots carry their rationale); `suffix` follows each query.
+    """
     window = loaded.context_window
     reserve = 0 if loaded.is_encoder_decoder else max_new_tokens
     result = []
     for query in queries:
         chosen = draw_shots(query, pool, shots, seed, same_source)
         while True:
-            text = SHOT_SEPARATOR.join([*map(render_shot, chosen), query.prompt])
+            text = SHOT_SEPARATOR.join([*map(render, chosen), query.prompt + suffix])
             length = token_lengths(loaded, [text])[0]
             if window is None or length + reserve <= window:
                 break
@@ -99,8 +109,8 @@ def parse_shots(value: str) -> list[int]:
     """`--shots 0,1,5` -> [0, 1, 5]."""
     try:
         counts = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--shots {value!r}: give a number or a comma-separated list such as 0,1,5") from None
+    except ValueError as exc:
+        raise UserError(f"--shots {value!r}: give a number or a comma-separated list such as 0,1,5") from exc
     if not counts or any(count < 0 for count in counts):
         raise UserError(f"--shots {value!r}: counts must be 0 or more")
     if len(set(counts)) != len(counts):
@@ -108,12 +118,13 @@ def parse_shots(value: str) -> list[int]:
     return counts
 
 
-def shots_path(out_path: str, shots: int, several: bool) -> str:
-    """`preds.jsonl` for a single k; `preds.0-shot.jsonl`, `preds.5-shot.jsonl`, ... for several."""
+def shots_path(out_path: str, shots: int | str, several: bool) -> str:
+    """`preds.jsonl` for a single k; `preds.0-shot.jsonl`, `preds.5-shot.jsonl`, ... for several (`preds.cot.jsonl` for a mode)."""
     if not several:
         return out_path
     path = Path(out_path)
-    return str(path.with_name(f"{path.stem}.{shots}-shot{path.suffix or '.jsonl'}"))
+    label = f"{shots}-shot" if isinstance(shots, int) else shots
+    return str(path.with_name(f"{path.stem}.{label}{path.suffix or '.jsonl'}"))
 
 
 def shots_label(shots: int) -> str:
@@ -174,3 +185,176 @@ def prompt_dataset(
     else:
         note("the data has no completions, so no metrics were computed")
     return results
+
+
+# ---------------------------------------------------------------- chain-of-thought
+#
+# A CoT shot is its question, its worked rationale, then "The answer is X."; a direct shot the same without the
+# rationale, so the two differ only in the reasoning. The model's answer is the first group of --answer-pattern
+# in what it wrote; accuracy compares it with the row's `answer` (or the answer in its completion). With no
+# shots, CoT asks "Let's think step by step." (Kojima et al., 2022). Self-consistency (Wang et al., 2023) samples
+# K reasoning paths with seeds seed..seed+K-1 and takes the most common answer.
+
+DEFAULT_ANSWER_PATTERN = r"(?i)the answer is:?\s*([^\n]+?)(?:\.(?!\d)|\n|$)"
+ANSWER_LINE = "The answer is {answer}."
+ZERO_SHOT_COT = "\nLet's think step by step."
+
+
+@dataclass(frozen=True)
+class Solved:
+    """What chain-of-thought needs from a row beyond its prompt: its rationale and its answer."""
+
+    rationale: str | None
+    answer: str | None
+
+
+def compile_answer_pattern(pattern: str | None) -> re.Pattern:
+    try:
+        compiled = re.compile(pattern or DEFAULT_ANSWER_PATTERN)
+    except re.error as exc:
+        raise UserError(f"--answer-pattern {pattern!r} is not a regular expression ({exc})") from exc
+    if compiled.groups != 1:
+        raise UserError(f"--answer-pattern {pattern!r} has {compiled.groups} groups; give exactly one, around the answer")
+    return compiled
+
+
+def normalize_answer(text: str) -> str:
+    """Compare answers without case, surrounding space and punctuation, currency signs or thousands separators."""
+    text = text.strip().strip(".!?;:").strip().lower().replace("$", "")
+    return re.sub(r"(?<=\d),(?=\d{3})", "", text).strip()
+
+
+def extract_answer(pattern: re.Pattern, text: str) -> str | None:
+    match = pattern.search(text)
+    return normalize_answer(match.group(1)) if match and match.group(1) else None
+
+
+def solved_rows(data: DataOptions, examples: list[Example], pattern: re.Pattern) -> dict[str, Solved]:
+    """Rationale and answer of each example, by location: the row's `rationale` and `answer` fields, else the
+    answer the completion states, else the completion itself."""
+    from ..data.io import read_rows
+
+    values = {row.where: row.values for row in read_rows(data.data, data.split)[0]}
+    result = {}
+    for example in examples:
+        row = values.get(example.where, {})
+        rationale = row.get("rationale") if isinstance(row.get("rationale"), str) and row["rationale"].strip() else None
+        answer = row.get("answer")
+        if answer is None and example.completion is not None:
+            answer = extract_answer(pattern, example.completion) or example.completion
+        result[example.where] = Solved(rationale, None if answer is None else normalize_answer(str(answer)))
+    return result
+
+
+def cot_shot(example: Example, solved: Solved, with_rationale: bool) -> str:
+    if solved.answer is None or (with_rationale and solved.rationale is None):
+        missing = "answer" if solved.answer is None else "rationale"
+        raise UserError(f"{example.where}: field '{missing}' is missing; chain-of-thought shots need a rationale and an answer")
+    reasoning = f"{solved.rationale.strip()} " if with_rationale and solved.rationale else ""
+    return f"{example.prompt.rstrip()}{PROMPT_COMPLETION_SEPARATOR}{reasoning}{ANSWER_LINE.format(answer=solved.answer)}"
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """The most common answer; ties go to the one seen first, paths without an answer do not vote."""
+    counts = Counter(a for a in answers if a is not None)
+    return max(counts, key=lambda a: (counts[a], -answers.index(a))) if counts else None
+
+
+@dataclass
+class CotRequest:
+    """What `llmcycle prompt --cot` was asked to do."""
+
+    shots: int = 0
+    answer_pattern: str | None = None
+    self_consistency: int = 0
+    truncate_shots: bool = False
+    metrics_out: str | None = None
+
+
+def cot_dataset(model: ModelOptions, data: DataOptions, settings: GenerationSettings, out_path: str, request: CotRequest,
+                shot_data: DataOptions | None = None) -> dict[str, dict]:
+    """Direct answers, chain-of-thought and (with self_consistency K) K sampled paths, on the same queries and shots.
+
+    Writes NAME.direct.jsonl, NAME.cot.jsonl (and NAME.self-consistency.jsonl); returns accuracy per mode with its
+    interval, CoT and self-consistency carrying a paired change against direct answers.
+    """
+    pattern = compile_answer_pattern(request.answer_pattern)
+    settings.validate()
+    if request.self_consistency < 0:
+        raise UserError("--self-consistency must be 0 (off) or a number of sampled paths")
+    modes = ["direct", "cot", *(["self-consistency"] if request.self_consistency else [])]
+    paths = {mode: shots_path(out_path, mode, True) for mode in modes}  # type: ignore[arg-type]
+    for path in [*paths.values(), *([request.metrics_out] if request.metrics_out else [])]:
+        check_writable(path)
+    loaded = model.load()
+    queries = data.load(loaded, settings.seed).examples
+    pool = queries if shot_data is None else shot_data.load(loaded, settings.seed).examples
+    solved = {**solved_rows(data, queries, pattern), **(solved_rows(shot_data, pool, pattern) if shot_data else {})}
+    prompts = {mode: _cot_prompts(loaded, queries, pool, solved, request, settings, mode != "direct", shot_data is None) for mode in modes[:2]}
+    records = {mode: _cot_records(loaded, queries, prompts[mode], solved, settings, pattern, 1, mode) for mode in modes[:2]}
+    if request.self_consistency:
+        records["self-consistency"] = _cot_records(loaded, queries, prompts["cot"], solved, settings, pattern,
+                                                   request.self_consistency, "self-consistency")
+    for mode in modes:
+        write_jsonl(paths[mode], records[mode])
+        note(f"wrote {len(records[mode])} {mode} predictions to {paths[mode]}")
+    return _cot_summary(records, queries, solved, settings.seed, request.metrics_out)
+
+
+def _cot_prompts(loaded, queries, pool, solved, request: CotRequest, settings, with_rationale: bool, same_source: bool) -> list[str]:
+    built = build_prompts(loaded, queries, pool, request.shots, seed=settings.seed, same_source=same_source,
+                          max_new_tokens=settings.max_new_tokens, truncate_shots=request.truncate_shots,
+                          render=lambda e: cot_shot(e, solved[e.where], with_rationale),
+                          suffix=ZERO_SHOT_COT if with_rationale and request.shots == 0 else "")
+    return [p.text for p in built]
+
+
+def _cot_records(loaded, queries, prompts, solved, settings: GenerationSettings, pattern, paths: int, mode: str) -> list[dict]:
+    """Generate `paths` completions per prompt (sampled, seeded per path, when more than one) and extract answers."""
+    if paths == 1:
+        outputs = [[text] for text in generate(loaded, prompts, settings, description=mode)]
+    else:
+        runs = [generate(loaded, prompts, replace(settings, do_sample=True, seed=settings.seed + k), description=f"{mode} path {k + 1}/{paths}")
+                for k in range(paths)]
+        outputs = [list(texts) for texts in zip(*runs)]
+    records = []
+    for query, prompt, texts in zip(queries, prompts, outputs):
+        answers = [extract_answer(pattern, text) for text in texts]
+        answer, reference = majority(answers), solved[query.where].answer
+        record = {"prompt": prompt, "prediction": texts[0] if paths == 1 else texts, "answer": answer, "reference": reference,
+                  "correct": None if reference is None else answer == reference}
+        records.append({**record, **({"path_answers": answers} if paths > 1 else {})})
+    return records
+
+
+def _cot_summary(records: dict[str, list[dict]], queries, solved, seed: int, metrics_out: str | None) -> dict[str, dict]:
+    import numpy as np
+
+    from ..evaluate.forgetting import add_changes
+    from ..evaluate.stats import Statistic, bootstrap_summary, mean_of_first
+
+    if any(solved[q.where].answer is None for q in queries):
+        note("some queries have neither an answer nor a completion, so no accuracy was computed")
+        return {}
+    correct = {mode: np.array([float(r["correct"]) for r in rows]) for mode, rows in records.items()}
+    stats = {mode: {"accuracy": Statistic(values[:, None], mean_of_first)} for mode, values in correct.items()}
+    runs = {mode: {"accuracy": bootstrap_summary(stat["accuracy"], seed=seed)} for mode, stat in stats.items()}
+    add_changes(runs, stats, 1000, seed, {mode: {"accuracy": values} for mode, values in correct.items()})
+    for mode, rows in records.items():
+        runs[mode]["answered"] = round(float(np.mean([r["answer"] is not None for r in rows])), 6)
+    _print_cot_table(runs, len(queries))
+    if metrics_out:
+        write_json(metrics_out, runs)
+    return runs
+
+
+def _print_cot_table(runs: dict[str, dict], queries: int) -> None:
+    def change(summary: dict) -> str:
+        c = summary.get("change")
+        return "-" if not c else f"{c['absolute']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}], McNemar p={c['p_value']:.3g}"
+
+    rows = [[mode, f"{run['accuracy']['mean']:.4f} [{run['accuracy']['ci95'][0]:.4f}, {run['accuracy']['ci95'][1]:.4f}]",
+             change(run["accuracy"]), f"{run.get('forgot', '-')}/{run.get('learned', '-')}", f"{run['answered']:.2f}"]
+            for mode, run in runs.items()]
+    print_table(f"accuracy of the extracted answer on {queries} queries (95% bootstrap intervals; change vs direct, paired)",
+                ["mode", "accuracy", "change vs direct", "lost/gained", "share answered"], rows)
