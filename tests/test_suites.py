@@ -204,3 +204,31 @@ def test_same_picks_as_lm_eval_harness(arch, tmp_path, request):
 
 def read_suite_answer(row: dict) -> int:
     return {"B": 1, "a trip": 0}.get(row["answer"], row["answer"])
+
+
+def test_expected_calibration_error_and_perturbations():
+    from llmcycle.evaluate.holistic import calibration, perturb
+
+    lls = [np.log([0.9, 0.1]), np.log([0.6, 0.4]), np.log([0.3, 0.7]), np.log([0.55, 0.45])]
+    answers = [0, 1, 1, 0]  # picks 0, 0, 1, 0: right, wrong, right, right
+    # bins: 0.9 -> [0.9, 1.0) one right; 0.6 -> [0.6, 0.7) wrong; 0.7 -> [0.7, 0.8) right; 0.55 -> [0.5, 0.6) right
+    expected = (abs(1 - 0.9) + abs(0 - 0.6) + abs(1 - 0.7) + abs(1 - 0.55)) / 4
+    assert calibration(lls, answers).point() == pytest.approx(expected)
+    import random
+
+    text = "Amy and Ben want to book a table for dinner tonight. Who books the table?"
+    once, again = perturb(text, random.Random(3)), perturb(text, random.Random(3))
+    assert once == again and once != text and sorted(once.lower().replace(" ", "")) == sorted(text.lower().replace(" ", ""))
+
+
+def test_holistic_view_in_metrics_json(gpt2_dir, suite, tmp_path):
+    out = tmp_path / "m.json"
+    assert run_cli("eval", "-m", gpt2_dir, "--suite", suite, "--holistic", "--max-new-tokens", 4, "--batch-size", 3,
+                   "--out", out, "--bootstrap", 100) == 0
+    result = json.loads(out.read_text())
+    view = result["holistic"]
+    assert set(view) == {"accuracy", "calibration_ece", "robustness", "toxicity", "efficiency"}
+    assert view["accuracy"]["mean"] == result["acc"]["mean"] and 0 <= view["calibration_ece"]["mean"] <= 1
+    assert view["robustness"]["change"]["absolute"] == pytest.approx(view["robustness"]["mean"] - result["acc"]["mean"], abs=1e-6)
+    assert view["efficiency"]["batches"] == 2 and view["efficiency"]["tokens_per_s"]["mean"] > 0
+    assert view["toxicity"]["n"] == 6
