@@ -179,9 +179,9 @@ def test_loss_and_rewards_equal_trls_dpo_trainer(quiet, tmp_path):
 BAD = [
     ([{"prompt": "p", "chosen": "same", "rejected": "same"}], [], "line 1: fields 'chosen' and 'rejected' are equal"),
     ([{"prompt": "p", "responses": ["a", "b"], "ranking": [1]}], [], "'ranking' has 1 ranks for 2 responses"),
-    ([{"prompt": "p", "chosen": "a", "rejected": "b"}], ["--beta", "0"], "--beta, --lr and --lora-alpha must be above 0"),
+    ([{"prompt": "p", "chosen": "a", "rejected": "b"}], ["--beta", "0"], "--beta must be above 0 (got 0"),
     ([{"prompt": "p", "chosen": "a", "rejected": "b"}], ["--kl-coef", "0.1"], "--kl-coef does not apply to --method dpo"),
-    ([{"prompt": "p", "chosen": "a", "rejected": "b"}], ["--template", "t.yaml"], "--template does not apply to dpo"),
+    ([{"prompt": "p", "chosen": "a", "rejected": "b"}], ["--template", "t.yaml"], "--template does not apply to --method dpo"),
 ]
 
 

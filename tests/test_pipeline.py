@@ -9,7 +9,7 @@ from conftest import build, dialogue_rows, run_cli, write_jsonl
 from llmcycle.errors import UserError
 from llmcycle.lifecycle.recipes import RECIPES, load_recipe, run_recipe
 
-SHIPPED = sorted(p for p in RECIPES.glob("*.yaml") if not p.name.endswith(".template.yaml"))
+SHIPPED = sorted(RECIPES.glob("*.yaml"))  # templates live in recipes/templates/, apart from the recipes
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,7 @@ def local_data(tmp_path):
         "test": write_jsonl(tmp_path / "test.jsonl", rows[16:]),
         "probe": write_jsonl(tmp_path / "probe.jsonl", [{"prompt": f"Is {w} a colour?", "completion": "yes" if w in ("red", "blue") else "no"} for w in ("red", "cat", "blue", "sky")]),
         "dialogsum": write_jsonl(tmp_path / "ds.jsonl", [{"dialogue": r["prompt"], "summary": r["completion"]} for r in rows]),
+        "prefs": write_jsonl(tmp_path / "prefs.jsonl", [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": "no."} for r in rows[:8]]),
     }
 
 
@@ -45,6 +46,7 @@ ALL_STAGES = [
     {"finetune": {"name": "lora", "method": "lora", "lr": 1e-2, "max_steps": 3, "batch_size": 4}},
     {"eval": {}},
     {"align": {"name": "lora+ppo", "from": "lora", "reward": ["toxicity"], "max_steps": 2, "batch_size": 4, "mini_batch_size": 2, "max_new_tokens": 4}},
+    {"align": {"name": "lora+dpo", "method": "dpo", "from": "lora", "data": "prefs.jsonl", "max_steps": 2, "batch_size": 4}},
     {"deploy": {"from": "full"}},
     {"report": {}},
 ]
@@ -54,7 +56,7 @@ def test_every_stage_end_to_end_and_a_repeat_skips_them(tiny_t5, local_data, tmp
     recipe = recipe_file(tmp_path, tiny_t5, local_data, ALL_STAGES)
     out = tmp_path / "run"
     metrics = run_recipe(str(recipe), str(out))
-    assert list(metrics) == ["zero-shot", "one-shot", "full", "lora", "lora+ppo", "full+int8"]
+    assert list(metrics) == ["zero-shot", "one-shot", "full", "lora", "lora+ppo", "lora+dpo", "full+int8"]
     for name, entry in metrics.items():
         assert {"mean", "ci95", "n"} <= set(entry["rougeL"]) and "toxicity" in entry and "cost" in entry, name
     assert set(metrics["full"]["forgetting"]) == {"probe"} and "probes" in metrics["zero-shot"]
@@ -64,10 +66,15 @@ def test_every_stage_end_to_end_and_a_repeat_skips_them(tiny_t5, local_data, tmp
     html = (out / "report.html").read_text()
     assert html.startswith("<!doctype html>") and html.count("data:image/png;base64,") >= 4 and "lora+ppo" in html
     stages = sorted(p.name for p in (out / "stages").iterdir())
-    assert stages == ["01-baseline", "02-finetune-full", "03-finetune-lora", "04-eval", "05-align-lora-ppo", "06-deploy", "07-report"]
+    assert stages == ["01-baseline", "02-finetune-full", "03-finetune-lora", "04-eval", "05-align-lora-ppo",
+                      "06-align-lora-dpo", "07-deploy", "08-report"]
+    # Both align stages continued the LoRA variant's adapter: their runs hold an adapter of the same rank
+    for name in ("05-align-lora-ppo", "06-align-lora-dpo"):
+        config = json.loads((out / "stages" / name / "run" / "adapter" / "adapter_config.json").read_text())
+        assert config["r"] == json.loads((out / "stages/03-finetune-lora/run/adapter/adapter_config.json").read_text())["r"]
     capsys.readouterr()
     assert run_recipe(str(recipe), str(out)) == metrics
-    assert capsys.readouterr().err.count("is complete; skipping") == 7
+    assert capsys.readouterr().err.count("is complete; skipping") == 8
 
 
 def test_an_interrupted_run_continues_from_the_first_incomplete_stage(tiny_t5, local_data, tmp_path, capsys):
@@ -87,6 +94,8 @@ def test_an_interrupted_run_continues_from_the_first_incomplete_stage(tiny_t5, l
     ([{"finetune": {"name": "a", "lr": "fast"}}], "field 'lr': expected a number"),
     ([{"finetune": {"name": "a", "data": "x.jsonl"}}], "'data' comes from the recipe"),
     ([{"align": {"from": "nothing", "reward": ["toxicity"]}}], "'from: nothing' names no earlier variant"),
+    ([{"align": {"method": "dpo", "beta": 0.1}}], "method dpo needs data"),
+    ([{"align": {"method": "sft"}}], "method must be ppo or dpo"),
     ([{"eval": {"verbose": True}}], "takes no options"),
     ([{"finetune": {"name": "a"}}, {"finetune": {"name": "a"}}], "variant name 'a' is used twice"),
 ])
@@ -138,3 +147,24 @@ def test_quickstart_shortened_on_the_embedded_model(tmp_path):
     for section in ("What each step bought", "Quality", "Cost", "Forgetting", "Outputs side by side"):
         assert section in html
     assert html.count("data:image/png;base64,") == 5
+
+
+def test_a_parquet_train_file_is_counted_as_finetune_counts_it(tiny_t5, local_data, tmp_path):
+    """The runner sizes the validation cadence from the training rows: a Parquet file is read as rows, not lines."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = dialogue_rows(20)
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+    data = {**local_data, "train": tmp_path / "train.parquet"}
+    stages = [{"finetune": {"name": "lora", "method": "lora", "epochs": 1, "batch_size": 8}}]
+    run_recipe(str(recipe_file(tmp_path, tiny_t5, data, stages)), str(tmp_path / "run"))
+    log = [json.loads(line) for line in (tmp_path / "run/stages/01-finetune-lora/run/log.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in log] == [1, 2, 3]  # ceil(20 / 8) steps, as finetune rounds
+    assert all("eval_loss" in record for record in log)  # every max(1, 3 // 10) = 1 steps
+
+
+def test_a_template_given_as_a_recipe_says_what_it_is(capsys):
+    template = RECIPES / "templates" / "dialogsum.yaml"
+    assert run_cli("run", template, "--dry-run") == 2
+    assert "is a data template (prompt/completion), not a recipe" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from llmcycle.plan.memory import (
     plan_memory, shape_from_model, shape_from_size, verdict,
 )
 from llmcycle.cli.plan import plan
+from llmcycle.train.methods import lora_config
 
 TINY_CONFIGS = {
     "gpt2": lambda: tf.GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64),
@@ -59,7 +60,7 @@ def test_mixed_precision_adam_splits_2_2_12_and_1b_params_need_16_gb():
 def test_parameter_efficient_methods_keep_states_only_for_trained_parameters():
     shape = shape_from_size(7e9, layers=32, hidden=4096)
     lora = plan_memory(shape, TrainingSetup(method="lora"))
-    assert lora.trainable_params == 32 * 2 * 8 * (4096 + 4096)  # q and v, rank 8
+    assert lora.trainable_params == 32 * 4 * 8 * (4096 + 4096)  # q, k, v and o (every attention projection), rank 8
     assert lora.gradients_gb == pytest.approx(lora.trainable_params * 2 / 1e9)
     assert lora.optimizer_gb == pytest.approx(lora.trainable_params * 12 / 1e9)
     assert lora.weights_gb == pytest.approx((7e9 + lora.trainable_params) * 2 / 1e9)
@@ -105,10 +106,9 @@ def test_lora_count_equals_peft(arch, targets, rank, tmp_path):
     folder, config = tiny_model_dir(arch, tmp_path)
     shape = shape_from_model(str(folder))
     ours = plan_memory(shape, TrainingSetup(method="lora", lora_rank=rank, lora_targets=targets)).trainable_params
-    peft_config = peft.LoraConfig(
-        r=rank, task_type=task_type(config), target_modules="all-linear" if targets == "all-linear" else None,
-        fan_in_fan_out=arch == "gpt2",  # GPT-2's Conv1D stores weights as (in, out)
-    )
+    auto = tf.AutoModelForSeq2SeqLM if config.is_encoder_decoder else tf.AutoModelForCausalLM
+    # What `llmcycle finetune --lora-targets TARGETS` trains: one meaning of the targets in both places.
+    peft_config = lora_config(auto.from_config(config), config.is_encoder_decoder, rank, 16.0, 0.0, targets)
     assert ours == peft_trainable(config, peft_config)
 
 

@@ -83,7 +83,7 @@ def test_full_tuning_resume_and_cli(yes_no, tmp_path, capsys):
     (["--reward", "nothing-usable"], "--reward 'nothing-usable'"),
     ([], "give at least one --reward"),
     (["--reward", "word=yes", "--mini-batch-size", "64"], "--mini-batch-size cannot exceed --batch-size"),
-    (["--reward", "word=yes", "--kl-coef", "-1"], "--kl-coef must be 0 or more"),
+    (["--reward", "word=yes", "--kl-coef", "-1"], "--kl-coef must be at least 0 (got -1"),
 ])
 def test_bad_input(flags, message, yes_no, tmp_path, capsys):
     policies, prompts = yes_no

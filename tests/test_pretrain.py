@@ -163,7 +163,7 @@ def test_a_resumed_run_ends_with_the_same_weights(t5_run, tmp_path):
     ({"noise_density": 1.5}, "--noise-density"),
     ({"arch": "t5", "vocab_size": 350}, "at least 400"),
     ({"arch": "gpt2", "max_length": 256}, "longer than --context"),
-    ({"arch": "rnn"}, "unknown architecture"),
+    ({"arch": "rnn"}, "unknown --arch 'rnn'; use one of t5, bart, gpt2, llama"),
     ({"batch_size": 0}, "--batch-size"),
 ])
 def test_bad_input_is_a_one_line_error_and_writes_nothing(changes, message, corpus_file, tmp_path):

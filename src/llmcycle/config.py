@@ -22,11 +22,60 @@ C = TypeVar("C")
 
 
 def field_types(cls) -> dict[str, Any]:
-    """Field name -> type, in reading order: a config's own fields first, then those it inherits (such as the
-    distributed settings every training config shares), so YAML files and --help start with model and data."""
+    """Field name -> type, in reading order: a config's own fields first, then each group it is composed of in
+    the order it names them (the distributed settings last), so YAML files and --help start with model and data."""
     hints = typing.get_type_hints(cls)
-    own = [name for name in cls.__dict__.get("__annotations__", {}) if name in hints]
-    return {name: hints[name] for name in own + [name for name in hints if name not in own]}
+    order: list[str] = []
+    for klass in cls.__mro__:
+        order += [name for name in klass.__dict__.get("__annotations__", {}) if name in hints and name not in order]
+    return {name: hints[name] for name in order}
+
+
+def at_least(default, minimum, **bounds):
+    """A field whose value (when not None) must be at least `minimum`; checked by `check_fields`."""
+    return dataclasses.field(default=default, metadata={"min": minimum, **bounds})
+
+
+def above(default, bound, **bounds):
+    """A field whose value (when not None) must be greater than `bound`."""
+    return dataclasses.field(default=default, metadata={"above": bound, **bounds})
+
+
+_BOUNDS = {
+    "min": (lambda value, bound: value >= bound, "at least"),
+    "above": (lambda value, bound: value > bound, "above"),
+    "below": (lambda value, bound: value < bound, "below"),
+    "max": (lambda value, bound: value <= bound, "at most"),
+}
+
+
+def check_fields(config) -> None:
+    """Bounds declared with the fields (at_least, above) and Literal choices, as one-line errors naming the flag."""
+    hints = field_types(type(config))
+    for item in dataclasses.fields(config):
+        value, flag = getattr(config, item.name), "--" + item.name.replace("_", "-")
+        if value is None:
+            continue
+        annotation = hints[item.name]
+        is_list = typing.get_origin(annotation) is list
+        choices = _literal_choices(typing.get_args(annotation)[0] if is_list else annotation)
+        for chosen in (value if is_list else [value]):
+            if choices and chosen not in choices:
+                raise UserError(f"unknown {flag} '{chosen}'; use one of {', '.join(map(str, choices))}")
+        for key, bound in item.metadata.items():
+            ok, words = _BOUNDS[key]
+            if not ok(value, bound):
+                raise UserError(f"{flag} must be {words} {bound:g} (got {value})")
+
+
+def _literal_choices(annotation) -> tuple:
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if typing.get_origin(arg) is typing.Literal:
+                return typing.get_args(arg)
+    return ()
 
 
 def coerce(value: Any, annotation: Any, where: str) -> Any:
@@ -93,7 +142,7 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"config {path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+        raise UserError(f"config {path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

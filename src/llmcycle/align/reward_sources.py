@@ -19,7 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..evaluate.metrics import toxicity_scores
-from ..models import context_window, locate, pick_device
+from ..models import context_window, ensure_pad_token, locate, pick_device
 
 WORD = re.compile(r"[\w']+")
 
@@ -58,12 +58,10 @@ def load_reward_model(spec: str) -> RewardModel:
         model = AutoModelForSequenceClassification.from_pretrained(source.base)
         tokenizer = AutoTokenizer.from_pretrained(source.base)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load reward model {spec}: {' '.join(str(exc).split())[:200]}") from None
+        raise UserError(f"cannot load reward model {spec}: {' '.join(str(exc).split())[:200]}") from exc
     if model.config.num_labels != 1:
         raise UserError(f"{spec} has {model.config.num_labels} outputs; a reward model has one (train it with llmcycle reward)")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
+    ensure_pad_token(model, tokenizer)
     return RewardModel(model.to(pick_device()).eval(), tokenizer, spec)
 
 

@@ -8,6 +8,7 @@ library's exception shows that exception as its cause.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -36,8 +37,15 @@ for _stage in (generate, train, align, deploy, serve, lifecycle, plan, rag):
 
 
 def _quiet_libraries() -> None:
-    """Our own progress bars replace the libraries' per-file ones. Warning filters are left to the user."""
+    """Our own progress bars replace the libraries' per-file ones. Warning filters are left to the user.
+
+    torchao (which peft imports when it is installed) logs a line for each CUDA kernel library it cannot load
+    on a CPU, and torch's pytree logs a deprecation for each of torchao's enums: noise on every command, not
+    something a user can act on; errors still show.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()

@@ -134,7 +134,9 @@ def _option_for(name: str, annotation, help_text: str):
     if annotation is bool:
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
     if typing.get_origin(annotation) is list:
-        return click.option(*names, name, multiple=True, help=help_text)
+        item = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
+        choices = typing.get_args(item) if typing.get_origin(item) is typing.Literal else None
+        return click.option(*names, name, multiple=True, type=click.Choice(choices) if choices else None, help=help_text)
     if typing.get_origin(base) is typing.Literal:
         return click.option(*names, name, type=click.Choice([str(a) for a in typing.get_args(base)]), default=None, help=help_text)
     return click.option(*names, name, type=base if base in (int, float) else str, default=None, help=help_text)

@@ -10,11 +10,16 @@ import json
 import click
 
 from ..console import out, print_table
+from ..config import field_docs
 from ..errors import UserError
+from ..train.settings import LoRASettings
 from ..plan.memory import (
     LORA_TARGETS, METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, MemoryPlan, ModelShape, TrainingSetup, find_gpu,
     human, parse_count, plan_compute, plan_memory, shape_from_model, shape_from_size, verdict,
 )
+
+
+_LORA, _LORA_DOCS = LoRASettings(), field_docs(LoRASettings)  # the same LoRA fields as finetune, dpo and ppo
 
 
 def _choice(values) -> click.Choice:
@@ -46,8 +51,9 @@ def plan():
 @click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per sequence.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Keep only each layer's input; recompute the rest.")
 @click.option("--flash-attention", is_flag=True, help="Attention scores are not stored (FlashAttention, SDPA).")
-@click.option("--lora-rank", type=int, default=8, show_default=True)
-@click.option("--lora-targets", type=_choice(LORA_TARGETS), default="attention", show_default=True)
+@click.option("--lora-rank", type=int, default=_LORA.lora_rank, show_default=True, help=_LORA_DOCS["lora_rank"])
+@click.option("--lora-targets", type=_choice(LORA_TARGETS), default=_LORA.lora_targets, show_default=True,
+              help="attention (every attention projection, as finetune adapts them) or all-linear.")
 @click.option("--num-virtual-tokens", type=int, default=20, show_default=True, help="Prompt and prefix tuning.")
 @click.option("--no-double-quant", is_flag=True, help="QLoRA without double quantisation of the constants.")
 @_gpu_option
@@ -82,16 +88,14 @@ def finetune_command(model: str | None, setup: TrainingSetup, shape: ModelShape)
     """The `llmcycle finetune` command line that trains as planned, or None when llmcycle cannot (no model
     folder, or an optimizer other than AdamW).
 
-    The planner's LoRA `attention` is peft's default targets for the model type (query and value, mostly);
-    finetune's `attention` adapts every attention projection, so the command names the planner's modules.
+    `--lora-targets` means the same in both (train/methods.py's attention_projections), so it carries over.
     """
     if model is None or setup.optimizer != "adamw":
         return None
     parts = ["llmcycle finetune", f"--model {model}", "--data DATA", "--out OUT", f"--method {setup.method}",
              f"--batch-size {setup.batch_size}", f"--max-length {setup.max_length}", PRECISION_FLAGS[setup.precision]]
     if setup.method in ("lora", "qlora"):
-        targets = ",".join(shape.attention_targets) if setup.lora_targets == "attention" else "all-linear"
-        parts += [f"--lora-rank {setup.lora_rank}", f"--lora-targets {targets}"]
+        parts += [f"--lora-rank {setup.lora_rank}", f"--lora-targets {setup.lora_targets}"]
     if setup.method in ("prompt-tuning", "prefix-tuning"):
         parts.append(f"--num-virtual-tokens {setup.num_virtual_tokens}")
     if setup.gradient_checkpointing:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .options import CONFIG_FILE, OVERRIDES, RESUME, config_options, given_flags, resolve_config
+from .options import CONFIG_FILE, OVERRIDES, RESUME, config_options, resolve_config
 
 
 def _finetune_config():

@@ -75,14 +75,14 @@ def _check_not_empty_or_binary(path: Path, kind: str) -> None:
         except UnicodeDecodeError as exc:
             # A multi-byte character cut at the sniff boundary is fine; anything earlier is not text.
             if exc.start < len(head) - 4:
-                raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+                raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
 
 
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # tolerate the byte-order mark some editors write
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
 
 
 def _read_jsonl(path: Path) -> tuple[list[Row], list[BadRow]]:
@@ -107,7 +107,7 @@ def _read_json(path: Path) -> tuple[list[Row], list[BadRow]]:
     try:
         data = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        raise UserError(f"{path} line {exc.lineno}: not valid JSON ({exc.msg})") from exc
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # the {"data": [...]} layout that `datasets` also accepts
     if not isinstance(data, list):
@@ -144,16 +144,16 @@ def _read_parquet(path: Path) -> tuple[list[Row], list[BadRow]]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise UserError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
     return [Row(record, f"{path} row {number}") for number, record in enumerate(table.to_pylist(), start=1)], []
 
 
 def _read_hub(name: str, split: str | None) -> list[Row]:
-    try:
-        import datasets
+    import datasets  # a declared dependency: its absence is an installation problem, not a missing dataset
 
+    try:
         dataset = datasets.load_dataset(name, split=split or "train")
-    except Exception as exc:
+    except (OSError, ValueError) as exc:  # not found, offline, unknown split (connection errors are OSErrors)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"data '{name}' is not a local file and could not be loaded from the hub ({reason})") from None
+        raise UserError(f"data '{name}' is not a local file and could not be loaded from the hub ({reason})") from exc
     return [Row(dict(record), f"{name}[{split or 'train'}] row {number}") for number, record in enumerate(dataset, start=1)]

@@ -52,7 +52,7 @@ def load_template(path: str | Path) -> Template:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"template {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"template {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
         raise UserError(f"template {path}: expected a mapping with 'prompt' and optionally 'completion'")
     unknown = set(data) - TEMPLATE_KEYS

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 from ..console import print_table
+from .metrics import verdict
 
 
 def compare(runs: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
@@ -26,23 +27,28 @@ def compare(runs: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
     return result
 
 
+COLOURS = {"better": "green", "worse": "red", "same": "default"}
+
+
 def print_comparison(title: str, runs: dict[str, dict[str, dict]]) -> None:
-    """One row per metric, one column per run: mean [95% interval], then (change, relative change) vs the first."""
+    """One row per metric, one column per run: mean [95% interval], then (change, relative change) vs the first,
+    green where the change is an improvement for that metric and red where it is not (a fall in toxicity is green)."""
     compared = compare(runs)
     metrics = list(dict.fromkeys(metric for run in compared.values() for metric in run))
-    rows = [[metric, *(_cell(run.get(metric)) for run in compared.values())] for metric in metrics]
+    rows = [[metric, *(_cell(metric, run.get(metric)) for run in compared.values())] for metric in metrics]
     print_table(title, ["metric", *compared], rows)
 
 
-def _cell(summary: dict | None) -> str:
-    if summary is None:
+def _cell(metric: str, summary: dict | None) -> str:
+    if not isinstance(summary, dict) or "mean" not in summary:
         return "-"
     low, high = summary["ci95"]
     text = f"{_fmt(summary['mean'])} [{_fmt(low)}, {_fmt(high)}]"
     change = summary.get("change")
     if change:
-        relative = "" if change["relative"] is None else f", {change['relative'] * 100:+.1f}%"
-        text += f"\n({_fmt(change['absolute'], signed=True)}{relative})"
+        relative = "" if change.get("relative") is None else f", {change['relative'] * 100:+.1f}%"
+        colour = COLOURS[verdict(metric, change["absolute"])]
+        text += f"\n[{colour}]({_fmt(change['absolute'], signed=True)}{relative})[/{colour}]"
     return text
 
 

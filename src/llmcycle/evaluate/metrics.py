@@ -204,3 +204,25 @@ def statistics(data: MetricInput, metrics: list[str]) -> dict[str, Statistic]:
 def score(data: MetricInput, metrics: list[str], resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
     """`{metric_name: {"mean", "ci95", "n", ...}}` for every metric asked for."""
     return {name: bootstrap_summary(statistic, resamples, seed) for name, statistic in statistics(data, metrics).items()}
+
+
+# Which way is better, said once for every metric llmcycle reports: +1 higher is better, -1 lower is better,
+# 0 neither (a length is not good or bad by itself). Tables and reports colour a change by this, never by its sign.
+LOWER_IS_BETTER = ("toxicity", "toxicity_max", "toxicity_share", "perplexity", "loss", "eval_loss", "ece", "latency")
+NEUTRAL = ("length",)
+
+
+def direction(metric: str) -> int:
+    """+1 where a higher value is better, -1 where lower is better, 0 where neither (see LOWER_IS_BETTER)."""
+    name = metric.split("@")[0]
+    if name in NEUTRAL or name.startswith(NEUTRAL):
+        return 0
+    if name in LOWER_IS_BETTER or name.startswith(("toxicity", "perplexity", "latency")) or name.endswith(("_loss", "_seconds", "_ms")):
+        return -1
+    return 1
+
+
+def verdict(metric: str, change: float) -> str:
+    """'better', 'worse' or 'same' (no change, or a metric without a direction) for a change in `metric`."""
+    sign = direction(metric) * ((change > 0) - (change < 0))
+    return "better" if sign > 0 else "worse" if sign < 0 else "same"

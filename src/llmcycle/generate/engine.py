@@ -103,9 +103,11 @@ def generate(loaded: LoadedModel, prompts: list[str], settings: GenerationSettin
     lengths = token_lengths(loaded, prompts)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     generation_config = settings.to_transformers(loaded)
-    torch.manual_seed(settings.seed)
     results: list[str | None] = [None] * len(prompts)
-    with progress() as bar:
+    # transformers' generate samples from the global RNG; fork it, so seeding here leaves the caller's stream alone.
+    devices = [loaded.device.index or 0] if loaded.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), progress() as bar:
+        torch.manual_seed(settings.seed)
         task = bar.add_task(description, total=len(prompts))
         for start in range(0, len(order), settings.batch_size):
             batch = order[start : start + settings.batch_size]

@@ -20,6 +20,7 @@ chain-of-thought section below.
 from __future__ import annotations
 
 import random
+import time
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -142,8 +143,10 @@ def prompt_dataset(
     truncate_shots: bool = False,
     metrics: list[str] | None = None,
     metrics_out: str | None = None,
+    timings: dict | None = None,
 ) -> dict[str, dict]:
-    """In-context learning with each shot count; returns `{label: metrics}` and writes a predictions file per count."""
+    """In-context learning with each shot count; returns `{label: metrics}` and writes a predictions file per count.
+    `timings`, if given, receives `{label: seconds}` spent generating each count's predictions."""
     counts = parse_shots(shots)
     settings.validate()
     metric_names = parse_metrics(metrics or ["rouge"])
@@ -169,7 +172,10 @@ def prompt_dataset(
         if truncated:
             note(f"{k}-shot: {truncated} of {len(shot_prompts)} prompts lost shots to fit the context window")
         texts = [p.text for p in shot_prompts]
+        started = time.perf_counter()
         predictions = generate(loaded, texts, settings, description=f"{shots_label(k)} ({pool_source.data})")
+        if timings is not None:
+            timings[shots_label(k)] = time.perf_counter() - started
         records = [
             {**record, "shots": p.shots}
             for record, p in zip(prediction_records(queries, texts, predictions), shot_prompts)

@@ -15,7 +15,8 @@ A recipe (YAML) names the model, the data and the stages:
       - baseline: {shots: [0, 1, 3]}
       - finetune: {name: lora, method: lora, lora_rank: 16, lr: 3.0e-3, epochs: 2}
       - eval: {}
-      - align: {name: lora+ppo, from: lora, reward: [toxicity], max_steps: 20}
+      - align: {name: lora+ppo, from: lora, reward: [toxicity], max_steps: 20}   # the LoRA adapter keeps training
+      - align: {name: dpo, method: dpo, from: lora, data: prefs.jsonl, beta: 0.1}  # DPO on preference rows
       - deploy: {from: lora}
       - report: {}
 
@@ -85,6 +86,9 @@ def load_recipe(path: str | Path, model: str | None = None, data_overrides: dict
     """
     source = str(path)
     data = configs.read_yaml(path)
+    if {"prompt", "completion"} & set(data) and "stages" not in data:
+        raise UserError(f"{source} is a data template (prompt/completion), not a recipe: name it in a recipe's "
+                        "'template' field or pass it to --template")
     unknown = sorted(set(data) - RECIPE_KEYS)
     if unknown:
         raise UserError(f"{source}: unknown field '{unknown[0]}'; a recipe has {', '.join(sorted(RECIPE_KEYS))}")
@@ -187,7 +191,7 @@ def plan(recipe: Recipe) -> list[Step]:
         if not isinstance(options, dict):
             raise UserError(f"{where} ({kind}): options must be a mapping")
         name = str(options.get("name", kind if kind in ("finetune", "align") else ""))
-        _check_stage(kind, options, where, names)
+        _check_stage(kind, options, where, names, recipe.source)
         if kind in ("finetune", "align"):
             if name in names:
                 raise UserError(f"{where}: variant name '{name}' is used twice")
@@ -196,8 +200,7 @@ def plan(recipe: Recipe) -> list[Step]:
     return steps
 
 
-def _check_stage(kind: str, options: dict, where: str, names: set[str]) -> None:
-    from ..align.ppo import PPOConfig
+def _check_stage(kind: str, options: dict, where: str, names: set[str], source: str = "") -> None:
     from ..train.finetune import FinetuneConfig
 
     if kind == "baseline":
@@ -209,11 +212,7 @@ def _check_stage(kind: str, options: dict, where: str, names: set[str]) -> None:
                 raise UserError(f"{where} (finetune): '{taken}' comes from the recipe, not the stage")
         FinetuneConfig(**configs.checked(FinetuneConfig, fields_, f"{where} (finetune)"), model="m", data="d", out="o").validate()
     elif kind == "align":
-        source = options.get("from")
-        if source is not None and source not in names:
-            raise UserError(f"{where} (align): 'from: {source}' names no earlier variant ({', '.join(sorted(names))})")
-        fields_ = {k: v for k, v in options.items() if k not in ("name", "from")}
-        PPOConfig(**configs.checked(PPOConfig, fields_, f"{where} (align)"), model="m", data="d", out="o").validate()
+        _check_align(options, where, names, source)
     elif kind == "deploy":
         extra = set(options) - {"from", "quantize"}
         if extra:
@@ -228,6 +227,33 @@ def _check_stage(kind: str, options: dict, where: str, names: set[str]) -> None:
             raise UserError(f"{where} (deploy): 'from' must name an earlier variant ({', '.join(sorted(names))})")
     elif options:
         raise UserError(f"{where} ({kind}): takes no options (got '{sorted(options)[0]}')")
+
+
+ALIGN_KEYS = ("name", "from", "method", "data")
+
+
+def align_config(options: dict, where: str):
+    """The PPO or DPO config class of an align stage (`method: ppo`, the default, or `dpo`) and its own fields."""
+    from ..align.dpo import DPOConfig
+    from ..align.ppo import PPOConfig
+
+    method = options.get("method", "ppo")
+    if method not in ("ppo", "dpo"):
+        raise UserError(f"{where} (align): method must be ppo or dpo (got {method!r})")
+    cls = PPOConfig if method == "ppo" else DPOConfig
+    return cls, configs.checked(cls, {k: v for k, v in options.items() if k not in ALIGN_KEYS}, f"{where} (align)")
+
+
+def _check_align(options: dict, where: str, names: set[str], source: str) -> None:
+    start = options.get("from")
+    if start is not None and start not in names:
+        raise UserError(f"{where} (align): 'from: {start}' names no earlier variant ({', '.join(sorted(names))})")
+    cls, fields_ = align_config(options, where)
+    if cls.__name__ == "DPOConfig":
+        if "data" not in options:
+            raise UserError(f"{where} (align): method dpo needs data: preference rows (prompt, chosen, rejected)")
+        _check_data_spec(options["data"], source or where, f"{where} (align)")
+    cls(**fields_, model="m", data="d", out="o").validate()
 
 
 @dataclass
@@ -359,17 +385,17 @@ def run_baseline(run: Run, step: Step, folder: Path) -> None:
     from ..models import locate
 
     shots = BaselineOptions(**configs.checked(BaselineOptions, step.options, "baseline")).shots
-    counts = ",".join(str(k) for k in shots)
+    counts, timings = ",".join(str(k) for k in shots), {}
     results = prompt_dataset(ModelOptions(run.recipe.model), run.data_options(run.test), counts, run.settings(),
                              str(folder / "predictions.jsonl"), shot_data=run.data_options(run.train), truncate_shots=True,
-                             metrics=run.recipe.metrics)
+                             metrics=run.recipe.metrics, timings=timings)
     several_beyond_one = sum(k > 1 for k in shots) > 1
     base_size = _size_on_disk(locate(run.recipe.model).base)
     for k in shots:
         label = shots_label(k)
         name = label if k < 2 or several_beyond_one else "few-shot"
         run.variants[name] = Variant(name, run.recipe.model, "prompting", metrics=results.get(label, {}),
-                                     cost={"trainable_params": 0, "wall_time_s": 0.0, "size_on_disk_bytes": base_size},
+                                     cost={"trainable_params": 0, "generation_time_s": timings.get(label), "size_on_disk_bytes": base_size},
                                      predictions=shots_path(str(folder / "predictions.jsonl"), k, len(shots) > 1))
 
 
@@ -395,12 +421,17 @@ def run_finetune(run: Run, step: Step, folder: Path) -> None:
 
 
 def _steps(cfg, run: Run) -> int:
-    rows = sum(1 for line in Path(run.train).read_text().splitlines() if line.strip())
-    return cfg.max_steps or max(1, rows // (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
+    """The optimizer steps `finetune` will run, counted as it counts them (rows of any format, rounded up)."""
+    import math
+
+    from ..data.io import read_rows
+
+    rows = len(read_rows(run.train)[0])
+    return cfg.max_steps or math.ceil(math.ceil(rows / cfg.batch_size) * cfg.epochs / cfg.grad_accum)
 
 
 def _cost(metrics: dict) -> dict:
-    keys = ("trainable_params", "total_params", "trainable_share", "wall_time_s", "peak_memory_bytes", "size_on_disk_bytes")
+    keys = ("method", "trainable_params", "total_params", "trainable_share", "wall_time_s", "peak_memory_bytes", "size_on_disk_bytes")
     return {key: metrics[key] for key in keys if key in metrics}
 
 
@@ -433,24 +464,26 @@ def _slug(name: str) -> str:
 
 
 def run_align(run: Run, step: Step, folder: Path) -> None:
-    from ..deploy.merge import merge_adapter
-    from ..align.ppo import PPOConfig, ppo
-    from ..models import locate
+    """PPO (or DPO) from a variant: an adapter variant keeps training its adapter, against itself as it was."""
+    from ..align.dpo import dpo
+    from ..align.ppo import ppo
 
+    cls, fields_ = align_config(step.options, "align")
     source = run.variants[step.options["from"]].model if step.options.get("from") else run.recipe.model
-    policy = source
-    if locate(source).adapters:  # PPO trains a fresh adapter on the tuned model: fold the tuned adapter in first
-        policy = str(merge_adapter(source, None, str(folder / "policy")) if not (folder / "policy").exists() else folder / "policy")
-    fields_ = {k: v for k, v in step.options.items() if k not in ("name", "from")}
-    cfg = PPOConfig(**configs.checked(PPOConfig, fields_, "align"), model=policy, data=run.train, out=str(folder / "run"),
-                    template=run.recipe.template)
-    if run.smoke:
-        cfg.max_steps, cfg.batch_size, cfg.mini_batch_size, cfg.save_every = SMOKE_STEPS, 4, 2, None
+    if cls.__name__ == "DPOConfig":
+        cfg, train = cls(**fields_, model=source, data=run.data_file(f"{step.folder}-pairs", step.options["data"]),
+                         out=str(folder / "run")), dpo
+        if run.smoke:
+            cfg.max_steps, cfg.batch_size, cfg.save_every = SMOKE_STEPS, 4, None
+    else:
+        cfg, train = cls(**fields_, model=source, data=run.train, out=str(folder / "run"), template=run.recipe.template), ppo
+        if run.smoke:
+            cfg.max_steps, cfg.batch_size, cfg.mini_batch_size, cfg.save_every = SMOKE_STEPS, 4, 2, None
     if (folder / "run").exists():
         import shutil
 
         shutil.rmtree(folder / "run")
-    metrics = ppo(cfg)
+    metrics = train(cfg)
     run.variants[step.name] = Variant(step.name, str(folder / "run"), "align", cost=_cost(metrics), log=str(folder / "run" / "log.jsonl"))
 
 

@@ -13,6 +13,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..evaluate.metrics import verdict
 from ..outputs import atomic_open
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -22,7 +23,7 @@ h1 { margin-bottom: 0.2rem; } .sub { color: #666; margin-top: 0; }
 table { border-collapse: collapse; margin: 1rem 0; font-size: 0.92rem; }
 th, td { border: 1px solid #ddd; padding: 0.35rem 0.6rem; text-align: right; vertical-align: top; }
 th:first-child, td:first-child { text-align: left; } th { background: #f5f5f5; }
-.up { color: #1a7f37; } .down { color: #b42318; } .ci { color: #777; font-size: 0.8rem; }
+.better { color: #1a7f37; } .worse { color: #b42318; } .ci { color: #777; font-size: 0.8rem; }
 .finding { padding: 0.5rem 0.8rem; margin: 0.4rem 0; border-left: 4px solid #1a7f37; background: #f3faf5; }
 .finding.no { border-color: #b54708; background: #fff8eb; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; } img { max-width: 100%; }
@@ -60,8 +61,8 @@ def _by_kind(variants: list, kind: str) -> list:
 
 
 def findings(metrics: dict, variants: list) -> str:
-    items = [f for f in (_tuning_beats_prompting(metrics, variants), _lora_near_full(metrics), _shots_help(metrics),
-                         _ppo_detoxifies(metrics, variants), _forgetting(metrics)) if f]
+    items = [f for f in (_tuning_beats_prompting(metrics, variants), *_each_method(metrics, variants), _lora_near_full(metrics),
+                         _shots_help(metrics), _ppo_detoxifies(metrics, variants), _forgetting(metrics)) if f]
     return "".join(f"<div class='finding{'' if ok else ' no'}'>{'&#10003;' if ok else '&#9888;'} {text}</div>" for ok, text in items)
 
 
@@ -81,6 +82,34 @@ def _tuning_beats_prompting(metrics, variants):
     return ok, (f"Fine-tuning {'beats' if ok else 'does not clearly beat'} prompting: best tuned variant <b>{tuned[0]}</b> "
                 f"ROUGE-L {tuned[1]:.3f} against the best prompt <b>{prompted[0]}</b> {prompted[1]:.3f} "
                 f"({'the 95% intervals do not overlap' if ok else 'the 95% intervals overlap'}).")
+
+
+METHOD_NOTES = {
+    "prompt-tuning": " Prompt tuning needs scale: Lester et al. (2021) find it matches full fine-tuning only near 10B "
+                     "parameters, and lags far behind on small models, as here.",
+    "prefix-tuning": " Prefix tuning, like prompt tuning, trains few parameters and is known to lag on small models.",
+}
+
+
+def _each_method(metrics, variants) -> list:
+    """A finding for every tuned variant against zero-shot prompting, including those that did not help."""
+    zero = _mean(metrics.get("zero-shot", {}), "rougeL")
+    if zero is None:
+        return []
+    found = []
+    for variant in _by_kind(variants, "finetune"):
+        entry = metrics.get(variant.name, {})
+        tuned = _mean(entry, "rougeL")
+        if tuned is None:
+            continue
+        low, high = entry["rougeL"]["ci95"]
+        zero_low, zero_high = metrics["zero-shot"]["rougeL"]["ci95"]
+        verdict_text = "above" if low > zero_high else "below" if high < zero_low else "within the interval of"
+        method = entry.get("cost", {}).get("method", variant.name)
+        note = METHOD_NOTES.get(method, "") if verdict_text != "above" else ""
+        found.append((verdict_text == "above", f"<b>{html.escape(variant.name)}</b> ({html.escape(str(method))}) scores ROUGE-L "
+                      f"{tuned:.3f} [{low:.3f}, {high:.3f}], {verdict_text} zero-shot prompting ({zero:.3f}).{note}"))
+    return found
 
 
 def _lora_near_full(metrics):
@@ -141,7 +170,7 @@ def _cell(entry: dict, metric: str, first: dict | None) -> str:
     if first is not None and base is not None and entry is not first:
         change = value["mean"] - base
         relative = f", {change / abs(base):+.0%}" if base else ""
-        text += f"<br><span class='{'up' if change >= 0 else 'down'}'>{change:+.4f}{relative}</span>"
+        text += f"<br><span class='{verdict(metric, change)}'>{change:+.4f}{relative}</span>"
     return f"<td>{text}</td>"
 
 
@@ -156,20 +185,29 @@ def quality_table(metrics: dict) -> str:
 def _measured(cost: dict, key: str, spec: str, scale: float = 1, unit: str = "") -> str:
     """A cost as text, or '-' where it was not measured (a prompt has no training time)."""
     value = cost.get(key)
-    return "-" if value is None or (key == "wall_time_s" and value == 0) else f"{value / scale:{spec}}{unit}"
+    return "-" if value is None else f"{value / scale:{spec}}{unit}"
+
+
+def _time(cost: dict) -> str:
+    """Training time for a trained variant, generation time (of the test set) for a prompted one, else '-'."""
+    if cost.get("wall_time_s") is not None:
+        return _measured(cost, "wall_time_s", ".1f", unit=" s")
+    return _measured(cost, "generation_time_s", ".1f", unit=" s (generation)")
 
 
 def cost_table(metrics: dict) -> str:
     def row(name: str, cost: dict) -> str:
         cells = [
-            _measured(cost, "trainable_params", ",.0f"), _measured(cost, "trainable_share", ".2%"), _measured(cost, "wall_time_s", ".1f", unit=" s"),
+            _measured(cost, "trainable_params", ",.0f"), _measured(cost, "trainable_share", ".2%"), _time(cost),
             _measured(cost, "peak_memory_bytes", ",.1f", 2**20, " MiB"), _measured(cost, "size_on_disk_bytes", ",.2f", 2**20, " MiB"),
         ]
         return f"<tr><td>{html.escape(name)}</td>{''.join(f'<td>{c}</td>' for c in cells)}</tr>"
 
     rows = "".join(row(name, entry.get("cost", {})) for name, entry in metrics.items())
     return ("<table><tr><th>variant</th><th>trainable parameters</th><th>share</th><th>training / generation time</th>"
-            f"<th>peak memory</th><th>size on disk</th></tr>{rows}</table>" + deploy_table(metrics))
+            f"<th>peak memory</th><th>size on disk</th></tr>{rows}</table>"
+            "<p class='ci'>'-': not measured. Prompted variants train nothing; their time is that of generating the test "
+            "set, and their peak memory is not measured apart from the process's.</p>" + deploy_table(metrics))
 
 
 def deploy_table(metrics: dict) -> str:
@@ -207,7 +245,7 @@ def forgetting_table(metrics: dict) -> str:
         if not entry.get("probes"):
             continue
         cells = "".join(f"<td>{entry['probes'][t]['rougeL']['mean']:.3f}"
-                        + (f" <span class='{'up' if entry['forgetting'][t] >= 0 else 'down'}'>({entry['forgetting'][t]:+.3f})</span>" if t in entry.get("forgetting", {}) else "")
+                        + (f" <span class='{verdict('rougeL', entry['forgetting'][t])}'>({entry['forgetting'][t]:+.3f})</span>" if t in entry.get("forgetting", {}) else "")
                         + "</td>" for t in tasks)
         rows += f"<tr><td>{html.escape(name)}</td>{cells}</tr>"
     return f"<table><tr><th>variant</th>{''.join(f'<th>{t} (ROUGE-L)</th>' for t in tasks)}</tr>{rows}</table>"

@@ -111,7 +111,7 @@ class ModelShape:
     heads: int
     vocab: int
     linears: tuple[Linear, ...] = ()  # every linear layer but the output head
-    attention_targets: tuple[str, ...] = ("q", "v")  # peft's default LoRA targets for this model type
+    attention_targets: tuple[str, ...] = ("q", "k", "v", "o")  # the attention projections (full or leaf names)
     encoder_decoder: bool = False
     prefix_layers: int = 0  # layers peft gives a prefix (the config's num_hidden_layers)
     kv_hidden: int = 0  # width of the keys and values a prefix supplies
@@ -294,7 +294,7 @@ def shape_from_model(spec: str, trust_remote_code: bool = False) -> ModelShape:
     try:
         config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the config of {spec}: {' '.join(str(exc).split())[:200]}") from None
+        raise UserError(f"cannot read the config of {spec}: {' '.join(str(exc).split())[:200]}") from exc
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     with torch.device("meta"):
         model = _model_from_config(config, spec, trust_remote_code)
@@ -307,11 +307,12 @@ def _model_from_config(config, spec: str, trust_remote_code: bool):
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
         return auto.from_config(config, trust_remote_code=trust_remote_code)
-    except ValueError:
-        raise UserError(f"{spec}: model type '{config.model_type}' is not a causal or seq2seq language model") from None
+    except ValueError as exc:
+        raise UserError(f"{spec}: model type '{config.model_type}' is not a causal or seq2seq language model") from exc
 
 
 def _shape_of(model, config, spec: str) -> ModelShape:
+    from ..train.methods import attention_projections
     layers = config.num_hidden_layers
     decoder_layers = getattr(config, "num_decoder_layers", None) or getattr(config, "decoder_layers", None)
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
@@ -320,7 +321,7 @@ def _shape_of(model, config, spec: str) -> ModelShape:
     total = sum(p.numel() for p in model.parameters())  # parameters() skips tied duplicates
     return ModelShape(
         total_params=total, layers=blocks, hidden=hidden, heads=heads, vocab=config.vocab_size,
-        linears=_linears_of(model), attention_targets=_attention_targets(config.model_type),
+        linears=(linears := _linears_of(model)), attention_targets=tuple(attention_projections([m.name for m in linears])),
         encoder_decoder=encoder_decoder, prefix_layers=layers, kv_hidden=_kv_hidden(config),
         activation_extra=_activation_extra(config),
         description=f"{spec}: {human(total)} params, {blocks} layers x {hidden} hidden, {heads} heads, vocab {config.vocab_size}",
@@ -342,12 +343,6 @@ def _linears_of(model) -> tuple[Linear, ...]:
         elif isinstance(module, Conv1D):  # weight is (in, out), the transpose of nn.Linear's
             linears.append(Linear(name, *module.weight.shape))
     return tuple(linears)
-
-
-def _attention_targets(model_type: str) -> tuple[str, ...]:
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
-
-    return tuple(DEFAULTS.get(model_type, ()))
 
 
 def _kv_hidden(config) -> int:
@@ -390,12 +385,14 @@ def _activation_extra(config) -> float:
 
 
 def lora_modules(shape: ModelShape, targets: str) -> list[Linear]:
-    """The linear layers LoRA adapts: peft's defaults for the model type, or every linear but the head."""
+    """The linear layers LoRA adapts, as `llmcycle finetune` picks them: every attention projection, or every
+    linear but the head."""
     if targets == "all-linear":
         return list(shape.linears)
     if not shape.attention_targets:
-        raise UserError("peft has no default LoRA targets for this model type; use --lora-targets all-linear")
-    return [m for m in shape.linears if m.name.rsplit(".", 1)[-1] in shape.attention_targets]
+        raise UserError("no attention projections found in this model; use --lora-targets all-linear")
+    chosen = set(shape.attention_targets)
+    return [m for m in shape.linears if m.name in chosen or m.name.rsplit(".", 1)[-1] in chosen]
 
 
 def trainable_params(shape: ModelShape, setup: TrainingSetup) -> int:

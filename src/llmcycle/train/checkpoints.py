@@ -47,7 +47,10 @@ def save_weights(model, tokenizer, folder: Path, is_adapter: bool, dist: Distrib
             if state is not None:
                 state = {name.removeprefix(within + "."): value for name, value in state.items() if name.startswith(within + ".")}
         folder = folder / ("adapter" if is_adapter else "model")
-        module.save_pretrained(folder, safe_serialization=True, **({} if state is None else {"state_dict": state}))
+        kwargs = {} if state is None else {"state_dict": state}
+        if is_adapter and len(getattr(module, "peft_config", {})) > 1:
+            kwargs["selected_adapters"] = ["default"]  # the trained adapter, not an alignment run's frozen reference
+        module.save_pretrained(folder, safe_serialization=True, **kwargs)
         tokenizer.save_pretrained(folder)
     return full_state
 
@@ -90,12 +93,6 @@ def save(out: Path, step: int, model, tokenizer, is_adapter: bool, optimizer, sc
         staging.rename(final)
     dist.barrier()  # the checkpoint is complete before any process goes on (and might be killed)
     return final
-
-
-def load(folder: Path, model, is_adapter: bool, optimizer, scheduler) -> dict:
-    """Restore everything `save` wrote into the live objects; returns the trainer state."""
-    load_weights(folder, model, is_adapter)
-    return load_training_state(folder, optimizer, scheduler)
 
 
 def load_weights(folder: Path, model, is_adapter: bool) -> None:

@@ -65,8 +65,8 @@ class DistributedSettings:
                                 "(its optimizer states have their own layout)")
             try:
                 import deepspeed  # noqa: F401
-            except ImportError:
-                raise UserError("--deepspeed needs the deepspeed package: pip install deepspeed") from None
+            except ImportError as exc:
+                raise UserError("--deepspeed needs the deepspeed package: pip install deepspeed") from exc
         if not launched_externally():
             limit, what = usable_slots()
             if self.num_processes > limit:
@@ -391,23 +391,27 @@ def session(settings: DistributedSettings):
     started_here = not torch.distributed.is_initialized()
     if started_here:
         torch.distributed.init_process_group("nccl" if on_gpu else "gloo", timeout=timedelta(minutes=30))
-    if rank != 0:
-        _quiet_console()
     dist = Distributed(world, rank, local_rank, settings.strategy, settings.deepspeed,
                        _deepspeed_accelerator(settings) if settings.deepspeed else None)
     try:
-        yield dist
+        with _quiet_console(rank != 0):
+            yield dist
     finally:
         if started_here and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
-def _quiet_console() -> None:
-    """Only the main process talks: the others would repeat every note, bar and table."""
+@contextlib.contextmanager
+def _quiet_console(quiet: bool):
+    """Only the main process talks: the others would repeat every note, bar and table. The console is restored
+    when the run ends normally; after an error it stays quiet, so only the main process prints that error."""
     from .. import console
 
-    console.out.quiet = True
-    console.err.quiet = True
+    saved = console.out.quiet, console.err.quiet
+    if quiet:
+        console.out.quiet = console.err.quiet = True
+    yield
+    console.out.quiet, console.err.quiet = saved
 
 
 # ---------------------------------------------------------------- DeepSpeed

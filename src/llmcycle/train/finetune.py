@@ -3,36 +3,38 @@
 Our own loop rather than the Hugging Face Trainer because the run contract needs things the Trainer does not
 give as they are: the loss normalised by the completion tokens of the whole accumulated step (so batch 8 x
 accumulation 1 equals batch 1 x accumulation 8 on variable-length data), checkpoints that resume to the same
-weights, and a run folder that appears complete or not at all. Methods come from peft (training/methods.py).
+weights, and a run folder that appears complete or not at all. The loop itself is the run skeleton every trainer
+shares (run.py); methods come from peft (methods.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import resource
-import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from .. import config as configs
-from ..console import note, print_table, progress
+from ..config import above, at_least, check_fields
+from ..console import note
 from ..data import load_examples, load_template
 from ..errors import UserError
-from ..models import DECODER_ONLY, LoadedModel, chat_renderer, load_base, locate, pick_device, resolve_dtype
-from ..outputs import atomic_open, write_json
-from . import checkpoints, distributed
+from ..models import DECODER_ONLY, LoadedModel, chat_renderer, pick_device, resolve_dtype
+from . import distributed
 from .distributed import Distributed, DistributedSettings
-from .methods import ADAPTER_METHODS, DEFAULT_LR, METHODS, apply_method, count_parameters
+from .methods import ADAPTER_METHODS, DEFAULT_LR, apply_method, count_parameters, load_trainable, prepare_trainable
+from .run import (
+    StepResult, Trainer, autocast_for, check_out_dir, make_optimizer, peak_memory_bytes, seed_processes, summary_table, train,
+)
+from .settings import DataSettings, LoRASettings, ModelSettings, RunSettings
 from .sft_data import Tokenized, collate, collate_packed, completion_loss_sum, count_targets, epoch_batches, pack, tokenize
+
+Method = Literal["full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "freeze"]
 
 
 @dataclass
-class FinetuneConfig(DistributedSettings):
+class FinetuneConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, DistributedSettings):
     """Everything that defines a fine-tuning run; saved as DIR/config.yaml."""
 
     model: str = ""
@@ -41,59 +43,47 @@ class FinetuneConfig(DistributedSettings):
     """Training rows (prompt/completion, messages, alpaca, or any fields with a template)."""
     out: str = ""
     """Run folder to write."""
-    method: str = "lora"
+    method: Method = "lora"
     """full, lora, qlora, prompt-tuning, prefix-tuning or freeze."""
     eval_data: str | None = None
     """Held-out rows for the validation loss."""
-    epochs: int = 1
+    epochs: int = at_least(1, 1)
     """Passes over the training data (unless max_steps is set)."""
-    max_steps: int | None = None
+    max_steps: int | None = at_least(None, 1)
     """Optimizer steps to run; overrides epochs."""
-    lr: float | None = None
+    lr: float | None = above(None, 0)
     """Peak learning rate; default depends on the method (full 5e-5, lora 2e-4, prompt tuning 3e-2)."""
-    batch_size: int = 8
+    batch_size: int = at_least(8, 1)
     """Rows per micro-batch."""
-    grad_accum: int = 1
+    grad_accum: int = at_least(1, 1)
     """Micro-batches per optimizer step."""
-    max_length: int = 512
+    max_length: int = at_least(512, 2)
     """Longest tokenised row; longer rows are cut (and counted)."""
-    warmup_steps: int = 0
+    warmup_steps: int = at_least(0, 0)
     """Steps of linear learning-rate warm-up."""
-    lr_scheduler: str = "linear"
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     """linear, cosine or constant (after warm-up)."""
-    weight_decay: float = 0.0
+    weight_decay: float = at_least(0.0, 0)
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = at_least(1.0, 0)
     """Gradient clipping norm (0 disables clipping)."""
-    seed: int = 0
-    """Seed for initialisation, data order and dropout."""
-    dtype: str = "auto"
-    """auto: float32 weights, with bfloat16 autocast on a GPU; or float32, bfloat16, float16 weights."""
-    eval_every: int | None = None
+    eval_every: int | None = at_least(None, 1)
     """Compute the validation loss every N steps (and always at the end)."""
-    save_every: int | None = None
-    """Write a checkpoint every N steps."""
-    log_every: int = 1
+    log_every: int = at_least(1, 1)
     """Write a log.jsonl line every N steps."""
     packing: bool = False
     """Pack short decoder-only rows into full sequences (no attention across rows)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third slower."""
-    lora_rank: int = 8
-    """LoRA rank r."""
-    lora_alpha: float = 16.0
-    """LoRA scaling alpha (the update is scaled by alpha / r)."""
-    lora_dropout: float = 0.05
+    lora_dropout: float = at_least(0.05, 0, below=1)
     """Dropout on the LoRA input."""
-    lora_targets: str = "attention"
-    """attention, all-linear, or comma-separated module names (q,v)."""
-    quant_type: str = "nf4"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
     """QLoRA 4-bit type: nf4 or fp4."""
     double_quant: bool = True
     """QLoRA: quantise the quantisation constants too."""
-    compute_dtype: str = "bfloat16"
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     """QLoRA: dtype of the matrix products on dequantised weights."""
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = at_least(20, 1)
     """Prompt and prefix tuning: trained virtual tokens."""
     prompt_init_text: str | None = None
     """Prompt tuning: initialise the virtual tokens from this text instead of randomly."""
@@ -101,37 +91,12 @@ class FinetuneConfig(DistributedSettings):
     """freeze: what trains, e.g. last:2, norm, lm_head, or a parameter-name substring; comma-separated."""
     template: str | None = None
     """YAML template mapping row fields to prompt and completion."""
-    split: str | None = None
-    """Split of a hub dataset."""
-    skip_bad_rows: bool = False
-    """Skip unusable rows instead of stopping."""
-    trust_remote_code: bool = False
-    """Allow code shipped with a hub model to run."""
 
     def validate(self) -> None:
         for name in ("model", "data", "out"):
             if not getattr(self, name):
                 raise UserError(f"--{name} is required")
-        if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}'; use one of {', '.join(METHODS)}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "lora_rank": self.lora_rank, "num_virtual_tokens": self.num_virtual_tokens, "log_every": self.log_every}
-        optional = {"max_steps": self.max_steps, "eval_every": self.eval_every, "save_every": self.save_every}
-        for name, value in [*positive.items(), *((k, v) for k, v in optional.items() if v is not None)]:
-            if value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.max_length < 2:
-            raise UserError("--max-length must be at least 2")
-        if self.lr is not None and not self.lr > 0:
-            raise UserError(f"--lr must be above 0 (got {self.lr})")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or not 0 <= self.lora_dropout < 1:
-            raise UserError("--warmup-steps, --weight-decay and --max-grad-norm must be 0 or more, --lora-dropout in [0, 1)")
-        if self.lr_scheduler not in ("linear", "cosine", "constant"):
-            raise UserError(f"unknown --lr-scheduler '{self.lr_scheduler}'; use linear, cosine or constant")
-        if self.quant_type not in ("nf4", "fp4"):
-            raise UserError(f"unknown --quant-type '{self.quant_type}'; use nf4 or fp4")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16") or self.compute_dtype not in ("float32", "bfloat16", "float16"):
-            raise UserError("--dtype must be auto, float32, bfloat16 or float16 (--compute-dtype without auto)")
+        check_fields(self)
         if self.method == "freeze" and not self.trainable:
             raise UserError("--method freeze needs --trainable, for example last:2 or last:1,norm")
         self.validate_distributed()
@@ -150,42 +115,11 @@ class FinetuneConfig(DistributedSettings):
 # ---------------------------------------------------------------- setup
 
 
-def check_out_dir(cfg, out: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite another run."""
-    if resume and cfg.deepspeed:
-        raise UserError("--resume is not supported with --deepspeed; checkpoints resume under --strategy ddp or fsdp")
-    finished = (out / "model").exists() or (out / "adapter").exists()
-    if resume:
-        found = checkpoints.checkpoint_dirs(out)
-        if finished:
-            raise UserError(f"{out} holds a finished run; nothing to resume")
-        if not found:
-            raise UserError(f"--resume: no complete checkpoint in {out}/checkpoints")
-        saved = configs.from_dict(type(cfg), configs.read_yaml(out / "config.yaml"), str(out / "config.yaml"))
-        changed = [name for name, value in configs.to_dict(saved).items() if name != "out" and getattr(cfg, name) != value]
-        if changed:
-            raise UserError(f"--resume with other settings than {out}/config.yaml ({changed[0]}: "
-                            f"{getattr(saved, changed[0])!r} there, {getattr(cfg, changed[0])!r} now); an exact resume needs the same")
-        return found[-1]
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not empty; choose another --out (or --resume an unfinished run)")
-    return None
-
-
 def load_for_training(cfg: FinetuneConfig) -> LoadedModel:
-    source = locate(cfg.model)
-    if source.adapters:
-        raise UserError(f"{cfg.model} is an adapter; merge it first (llmcycle merge) or train the adapter's base")
-    base = str(Path(source.base).resolve()) if Path(source.base).exists() else source.base
-    device = pick_device()
     extra = {}
     if cfg.method == "qlora":
-        extra = {"quantization_config": qlora_config(cfg), "device_map": {"": device.index or 0}}
-    dtype = torch.float32 if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, device)
-    loaded = load_base(base, torch_dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra)
-    if cfg.method != "qlora":
-        loaded.model.to(device)
-    return loaded
+        extra = {"quantization_config": qlora_config(cfg), "device_map": {"": pick_device().index or 0}}
+    return load_trainable(cfg.model, cfg.dtype, cfg.trust_remote_code, "train the adapter's base", **extra)
 
 
 def require_cuda_for_qlora(cfg: FinetuneConfig) -> None:
@@ -195,8 +129,8 @@ def require_cuda_for_qlora(cfg: FinetuneConfig) -> None:
         raise UserError("--method qlora needs a CUDA GPU (bitsandbytes 4-bit); use --method lora on this machine")
     try:
         import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UserError("--method qlora needs bitsandbytes: pip install bitsandbytes") from None
+    except ImportError as exc:
+        raise UserError("--method qlora needs bitsandbytes: pip install bitsandbytes") from exc
 
 
 def qlora_config(cfg: FinetuneConfig):
@@ -241,15 +175,6 @@ def micro_batches(rows: list[Tokenized], cfg: FinetuneConfig, pad_id: int, is_en
         return (collate_packed(chosen, pad_id) if cfg.packing else collate(chosen, pad_id, is_encoder_decoder)), weight
 
     return batch, per_epoch
-
-
-def make_optimizer(model, cfg: FinetuneConfig, total_steps: int):
-    from transformers import get_scheduler
-
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
-    return optimizer, scheduler
 
 
 # ---------------------------------------------------------------- the loop
@@ -298,202 +223,93 @@ def evaluate_loss(model, rows: list[Tokenized], cfg: FinetuneConfig, pad_id: int
     return total / max(count, 1)
 
 
-def peak_memory_bytes(device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Run `cfg`; returns the metrics written to DIR/metrics.json. With num_processes > 1, starts the processes."""
     cfg.validate()
-    return distributed.run(["finetune"], cfg, resume, _finetune, check_out_dir)
+    return distributed.run(["finetune"], cfg, resume, lambda c, r, d: train(c, r, d, FinetuneTrainer), check_out_dir)
 
 
-def _finetune(cfg: FinetuneConfig, resume: bool, dist: Distributed) -> dict:
-    out = Path(cfg.out)
-    resume_from = check_out_dir(cfg, out, resume)
-    dist.barrier()  # every process has looked at --out before the main one writes there
-    require_cuda_for_qlora(cfg)
-    torch.manual_seed(cfg.seed)
-    loaded = load_for_training(cfg)
-    device, is_seq2seq, pad_id = loaded.device, loaded.is_encoder_decoder, loaded.tokenizer.pad_token_id
-    if cfg.packing and loaded.kind != DECODER_ONLY:
-        raise UserError("--packing is for decoder-only models; encoder-decoder rows are already short per side")
-    train_rows = load_rows(cfg, loaded, cfg.data)
-    eval_rows = load_rows(cfg, loaded, cfg.eval_data) if cfg.eval_data else []
-    model = apply_method(loaded.model, cfg, is_seq2seq, loaded.name)
-    if resume_from is not None:
-        checkpoints.load_weights(resume_from, model, cfg.is_adapter)  # into the whole model, before any sharding
-    if cfg.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    model.train()
-    trainable, total = count_parameters(model)
-    model = dist.wrap(model)
-    if dist.enabled:
-        torch.manual_seed(cfg.seed + dist.rank)  # same initial weights everywhere, different dropout per process
-    batch_of, per_epoch = micro_batches(train_rows, cfg, pad_id, is_seq2seq, dist)
-    total_steps = cfg.max_steps or math.ceil(per_epoch * cfg.epochs / cfg.grad_accum)
-    optimizer, scheduler = make_optimizer(model, cfg, total_steps)
-    model, optimizer = dist.prepare_optimizer(model, optimizer)
-    autocast = _autocast(cfg, device)
-    note(f"{cfg.method} on {loaded.kind} {Path(loaded.name).name}: {trainable:,} trainable of {total:,} parameters; "
-         f"{len(train_rows)} rows, {total_steps} steps, {device.type}, {'bf16 autocast' if device.type == 'cuda' and cfg.dtype == 'auto' else next(model.parameters()).dtype}")
-    if dist.enabled:
-        note(f"{dist.describe()}: global batch {cfg.batch_size * dist.world_size * cfg.grad_accum} = "
-             f"{cfg.batch_size} rows x {dist.world_size} processes x {cfg.grad_accum} accumulation")
+class FinetuneTrainer(Trainer):
+    """Set-up, step and metrics of instruction fine-tuning."""
 
-    state = {"step": 0, "tokens": 0, "completion_tokens": 0, "train_seconds": 0.0, "last_loss": None, "eval_loss": None, "loss_history": []}
-    state = open_run_folder(cfg, out, state, resume_from, optimizer, scheduler, dist, model)
+    def __init__(self, cfg: FinetuneConfig, dist: Distributed, resume_from: Path | None):
+        require_cuda_for_qlora(cfg)
+        torch.manual_seed(cfg.seed)
+        loaded = load_for_training(cfg)
+        if cfg.packing and loaded.kind != DECODER_ONLY:
+            raise UserError("--packing is for decoder-only models; encoder-decoder rows are already short per side")
+        self.cfg, self.dist, self.loaded, self.tokenizer = cfg, dist, loaded, loaded.tokenizer
+        self.train_rows = load_rows(cfg, loaded, cfg.data)
+        self.eval_rows = load_rows(cfg, loaded, cfg.eval_data) if cfg.eval_data else []
+        model = prepare_trainable(apply_method(loaded.model, cfg, loaded.is_encoder_decoder, loaded.name), cfg.is_adapter,
+                                  resume_from, cfg.gradient_checkpointing)
+        self.trainable, self.total = count_parameters(model)
+        model = dist.wrap(model)
+        seed_processes(cfg.seed, dist)
+        self.batch_of, micro_per_epoch = micro_batches(self.train_rows, cfg, loaded.tokenizer.pad_token_id, loaded.is_encoder_decoder, dist)
+        self.micro_per_epoch = micro_per_epoch
+        self.total_steps = cfg.max_steps or math.ceil(micro_per_epoch * cfg.epochs / cfg.grad_accum)
+        optimizer, self.scheduler = make_optimizer(model, cfg.learning_rate, self.total_steps, weight_decay=cfg.weight_decay,
+                                                   schedule=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps)
+        self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
+        self.autocast = autocast_for(cfg.dtype, loaded.device, cfg.method != "qlora")
+        self.is_adapter, self.max_grad_norm, self.learning_rate = cfg.is_adapter, cfg.max_grad_norm, cfg.learning_rate
+        self.description = f"{cfg.method} fine-tuning"
+        self.size_keys = ("size_on_disk_bytes", "adapter_size_bytes") if cfg.is_adapter else ("size_on_disk_bytes",)
+        self._announce()
 
-    state = _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out, dist)
-    final_eval = evaluate_loss(model, eval_rows, cfg, pad_id, is_seq2seq, device, autocast, dist) if eval_rows else None
-    weights_dir = save_final(out, model, loaded.tokenizer, cfg.is_adapter, dist)
-    metrics = {
-        "method": cfg.method,
-        "train_loss": state["last_loss"],
-        "eval_loss": final_eval,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_share": trainable / total,
-        "steps": state["step"],
-        "world_size": dist.world_size,
-        "global_batch_size": cfg.batch_size * dist.world_size * cfg.grad_accum,
-        "tokens_per_second": state["tokens"] / max(state["train_seconds"], 1e-9),
-        "completion_tokens_per_second": state["completion_tokens"] / max(state["train_seconds"], 1e-9),
-        "peak_memory_bytes": peak_memory_bytes(device),
-        "wall_time_s": state["train_seconds"],
-    }
-    size_keys = ("size_on_disk_bytes", "adapter_size_bytes") if cfg.is_adapter else ("size_on_disk_bytes",)
-    return close_run_folder(out, metrics, weights_dir, dist, lambda m: _print_summary(m, weights_dir), size_keys)
+    def _announce(self) -> None:
+        cfg, loaded, dist = self.cfg, self.loaded, self.dist
+        precision = "bf16 autocast" if loaded.device.type == "cuda" and cfg.dtype == "auto" else next(self.model.parameters()).dtype
+        note(f"{cfg.method} on {loaded.kind} {Path(loaded.name).name}: {self.trainable:,} trainable of {self.total:,} parameters; "
+             f"{len(self.train_rows)} rows, {self.total_steps} steps, {loaded.device.type}, {precision}")
+        if dist.enabled:
+            note(f"{dist.describe()}: global batch {cfg.batch_size * dist.world_size * cfg.grad_accum} = "
+                 f"{cfg.batch_size} rows x {dist.world_size} processes x {cfg.grad_accum} accumulation")
 
+    def initial_state(self) -> dict:
+        return {"tokens": 0, "completion_tokens": 0}
 
-def _loop(cfg, model, loaded, optimizer, scheduler, batch_of, per_epoch, total_steps, state, eval_rows, autocast, out: Path,
-          dist: Distributed) -> dict:
-    device, is_seq2seq, pad_id = loaded.device, loaded.is_encoder_decoder, loaded.tokenizer.pad_token_id
-    with progress() as bar, main_log(out, dist) as log:
-        task = bar.add_task(f"{cfg.method} fine-tuning", total=total_steps, completed=state["step"])
-        while state["step"] < total_steps:
-            started = time.perf_counter()
-            first = state["step"] * cfg.grad_accum
-            batches, weights = zip(*[batch_of(i) for i in range(first, first + cfg.grad_accum)])
-            loss, targets, inputs = train_step(model, list(batches), is_seq2seq, device, autocast, dist, list(weights))
-            step = state["step"] + 1
-            if not math.isfinite(loss):
-                kept = checkpoints.checkpoint_dirs(out)
-                raise UserError(f"the loss became {loss} at step {step}; stopped. Last complete checkpoint: "
-                                f"{kept[-1] if kept else 'none'}. Try a lower --lr (now {cfg.learning_rate:g})")
-            dist.step(model, optimizer, cfg.max_grad_norm)
-            scheduler.step()
-            seconds = time.perf_counter() - started
-            state.update(step=step, last_loss=loss, tokens=state["tokens"] + inputs,
-                         completion_tokens=state["completion_tokens"] + targets, train_seconds=state["train_seconds"] + seconds)
-            record = {"step": step, "epoch": round(step * cfg.grad_accum / per_epoch, 4), "loss": loss,
-                      "lr": scheduler.get_last_lr()[0], "tokens_per_second": inputs / seconds, "memory_bytes": peak_memory_bytes(device)}
-            if eval_rows and cfg.eval_every and step % cfg.eval_every == 0:
-                record["eval_loss"] = state["eval_loss"] = evaluate_loss(model, eval_rows, cfg, pad_id, is_seq2seq, device, autocast, dist)
-            if step % cfg.log_every == 0 or step == total_steps or "eval_loss" in record:
-                log(record)
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                checkpoints.save(out, step, model, loaded.tokenizer, cfg.is_adapter, optimizer, scheduler, state, dist=dist)
-            bar.update(task, completed=step, description=f"{cfg.method} fine-tuning, loss {loss:.4f}")
-    return state
+    def epoch(self, step: int) -> float:
+        return round(step * self.cfg.grad_accum / self.micro_per_epoch, 4)
 
+    def step(self, step: int, state: dict) -> StepResult:
+        first = (step - 1) * self.cfg.grad_accum
+        batches, weights = zip(*[self.batch_of(i) for i in range(first, first + self.cfg.grad_accum)])
+        loss, targets, inputs = train_step(self.model, list(batches), self.loaded.is_encoder_decoder, self.loaded.device,
+                                           self.autocast, self.dist, list(weights))
+        state.update(tokens=state["tokens"] + inputs, completion_tokens=state["completion_tokens"] + targets)
+        return StepResult(loss, per_second={"tokens_per_second": inputs})
 
-def open_run_folder(cfg, out: Path, state: dict, resume_from: Path | None, optimizer, scheduler, dist: Distributed, model) -> dict:
-    """Create the run folder with its config.yaml (main process), restore a checkpoint's training state if
-    resuming (every process), and drop log lines past it. Returns the trainer state to start from."""
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_open(out / "config.yaml") as handle:
-            handle.write(configs.dump_yaml(cfg))
-    if resume_from is not None:
-        state = checkpoints.load_training_state(resume_from, optimizer, scheduler, dist, model)
-        note(f"resuming from {resume_from} (step {state['step']})")
-    if dist.is_main:
-        trim_log(out / "log.jsonl", state["step"])
-    return state
+    def after_step(self, step: int, state: dict) -> dict:
+        if self.eval_rows and self.cfg.eval_every and step % self.cfg.eval_every == 0:
+            return {"eval_loss": self.eval_loss()}
+        return {}
 
+    def eval_loss(self) -> float:
+        loaded = self.loaded
+        return evaluate_loss(self.model, self.eval_rows, self.cfg, loaded.tokenizer.pad_token_id, loaded.is_encoder_decoder,
+                             loaded.device, self.autocast, self.dist)
 
-def close_run_folder(out: Path, metrics: dict, weights_dir: Path, dist: Distributed, summary,
-                     size_keys: tuple[str, ...] = ("size_on_disk_bytes",)) -> dict:
-    """The main process adds the size of the saved weights (under each of `size_keys`), writes metrics.json
-    and prints `summary(metrics)`; every process waits for it, so none ends the process group too early."""
-    if dist.is_main:
-        metrics.update(dict.fromkeys(size_keys, folder_bytes(weights_dir)))
-        write_json(out / "metrics.json", metrics)
-        summary(metrics)
-    dist.barrier()
-    return metrics
+    def final_metrics(self, state: dict, dist: Distributed) -> dict:
+        cfg, seconds = self.cfg, max(state["train_seconds"], 1e-9)
+        return {
+            "method": cfg.method, "train_loss": state["last_loss"], "eval_loss": self.eval_loss() if self.eval_rows else None,
+            "trainable_params": self.trainable, "total_params": self.total, "trainable_share": self.trainable / self.total,
+            "steps": state["step"], "world_size": dist.world_size,
+            "global_batch_size": cfg.batch_size * dist.world_size * cfg.grad_accum,
+            "tokens_per_second": state["tokens"] / seconds, "completion_tokens_per_second": state["completion_tokens"] / seconds,
+            "peak_memory_bytes": peak_memory_bytes(self.loaded.device), "wall_time_s": state["train_seconds"],
+        }
 
-
-@contextlib.contextmanager
-def main_log(out: Path, dist: Distributed):
-    """A function appending one record to DIR/log.jsonl; on processes other than the main one it does nothing."""
-    if not dist.is_main:
-        yield lambda record: None
-        return
-    with (out / "log.jsonl").open("a", encoding="utf-8") as handle:
-        def write(record: dict) -> None:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
-
-        yield write
-
-
-def _autocast(cfg: FinetuneConfig, device):
-    if device.type == "cuda" and cfg.dtype == "auto" and cfg.method != "qlora":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return contextlib.nullcontext
-
-
-def enable_gradient_checkpointing(model) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if hasattr(base, "enable_input_require_grads"):
-        base.enable_input_require_grads()
-
-
-def trim_log(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint: the steps after it run again."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    with atomic_open(path) as handle:
-        handle.write("".join(line + "\n" for line in lines))
-
-
-def save_final(out: Path, model, tokenizer, is_adapter: bool, dist: Distributed | None = None, within: str = "", extra=None) -> Path:
-    """Write model/ or adapter/ under a temporary name, then rename: it appears only when complete.
-
-    On several processes every one takes part (sharded weights are gathered) and the main one writes.
-    `within` and `extra` are as in `checkpoints.save`; extra files go into DIR itself.
-    """
-    dist = dist or Distributed()
-    staging, name = out / ".final.tmp", "adapter" if is_adapter else "model"
-    if dist.is_main:
-        shutil.rmtree(staging, ignore_errors=True)
-    full_state = checkpoints.save_weights(model, tokenizer, staging, is_adapter, dist, within)
-    if dist.is_main:
-        checkpoints.save_extra(out, model, full_state, extra, dist)
-        (staging / name).rename(out / name)
-        staging.rmdir()
-    return out / name
-
-
-def _print_summary(metrics: dict, weights_dir: Path) -> None:
-    share = f"{metrics['trainable_params']:,} of {metrics['total_params']:,} ({metrics['trainable_share']:.2%})"
-    rows = [
-        ("trainable parameters", share),
-        ("train loss (last step)", f"{metrics['train_loss']:.4f}"),
-        ("eval loss", "-" if metrics["eval_loss"] is None else f"{metrics['eval_loss']:.4f}"),
-        ("tokens/s", f"{metrics['tokens_per_second']:,.0f}"),
-        ("peak memory", f"{metrics['peak_memory_bytes'] / 2**20:,.0f} MiB"),
-        ("wall time", f"{metrics['wall_time_s']:.1f} s"),
-        ("size on disk", f"{metrics['size_on_disk_bytes'] / 2**20:,.2f} MiB ({weights_dir})"),
-    ]
-    print_table(f"fine-tuning: {metrics['method']}", ["", "value"], rows)
+    def summary(self, metrics: dict, weights_dir: Path) -> None:
+        share = f"{metrics['trainable_params']:,} of {metrics['total_params']:,} ({metrics['trainable_share']:.2%})"
+        summary_table(f"fine-tuning: {metrics['method']}", [
+            ("trainable parameters", share),
+            ("train loss (last step)", f"{metrics['train_loss']:.4f}"),
+            ("eval loss", "-" if metrics["eval_loss"] is None else f"{metrics['eval_loss']:.4f}"),
+            ("tokens/s", f"{metrics['tokens_per_second']:,.0f}"),
+            ("peak memory", f"{metrics['peak_memory_bytes'] / 2**20:,.0f} MiB"),
+            ("wall time", f"{metrics['wall_time_s']:.1f} s"),
+            ("size on disk", f"{metrics['size_on_disk_bytes'] / 2**20:,.2f} MiB ({weights_dir})"),
+        ])

@@ -30,9 +30,15 @@ def linear_module_names(model) -> list[str]:
     return [name for name, module in model.named_modules() if type(module).__name__ in LINEAR_TYPES]
 
 
+def attention_projections(linear_names: list[str]) -> list[str]:
+    """The linear layers `--lora-targets attention` adapts: those inside a module whose name says attention.
+    One definition for fine-tuning, DPO, PPO and `plan memory`."""
+    return [n for n in linear_names if "." in n and ATTENTION_SCOPE.search(n.rsplit(".", 1)[0])]
+
+
 def attention_target_pattern(model) -> str:
     """A regex (peft full-matches it against module names) for the attention projections of this model."""
-    names = [n for n in linear_module_names(model) if "." in n and ATTENTION_SCOPE.search(n.rsplit(".", 1)[0])]
+    names = attention_projections(linear_module_names(model))
     if not names:
         raise UserError("no attention projections found in this model; give --lora-targets names or all-linear")
     # One alternative per distinct name shape: layer indices become \d+, so the pattern stays short.
@@ -96,7 +102,7 @@ def apply_method(model, cfg, is_encoder_decoder: bool, base_name: str):
     try:
         return peft.get_peft_model(model, config)
     except (ValueError, TypeError, KeyError) as exc:
-        raise UserError(f"cannot apply {cfg.method} to this model: {' '.join(str(exc).split())[:300]}") from None
+        raise UserError(f"cannot apply {cfg.method} to this model: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def block_lists(model) -> list[torch.nn.ModuleList]:
@@ -158,3 +164,40 @@ def count_parameters(model) -> tuple[int, int]:
         if parameter.requires_grad:
             trainable += count
     return trainable, total
+
+
+def load_trainable(spec: str, dtype: str, trust_remote_code: bool, adapter_hint: str, **model_kwargs):
+    """The base model a trainer starts from, on the training device: float32 weights under `--dtype auto`
+    (autocast brings bfloat16 on a GPU), else the dtype asked for. An adapter run is refused with `adapter_hint`."""
+    from pathlib import Path
+
+    from ..models import load_base, locate, pick_device, resolve_dtype
+
+    source = locate(spec)
+    if source.adapters:
+        raise UserError(f"{spec} is an adapter; merge it first (llmcycle merge) or {adapter_hint}")
+    base = str(Path(source.base).resolve()) if Path(source.base).exists() else source.base
+    device = pick_device()
+    torch_dtype = torch.float32 if dtype == "auto" else resolve_dtype(dtype, device)
+    loaded = load_base(base, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code, **model_kwargs)
+    if "device_map" not in model_kwargs:  # a quantised (QLoRA) model is placed by its device_map
+        loaded.model.to(device)
+    return loaded
+
+
+def prepare_trainable(model, is_adapter: bool, resume_from, gradient_checkpointing: bool = False):
+    """Resumed weights loaded into the whole model (before any sharding), checkpointing switched on, train mode."""
+    from . import checkpoints
+
+    if resume_from is not None:
+        checkpoints.load_weights(resume_from, model, is_adapter)
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model.train()
+
+
+def enable_gradient_checkpointing(model) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "enable_input_require_grads"):
+        base.enable_input_require_grads()

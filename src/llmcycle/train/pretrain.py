@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from ..console import note, print_table, progress
+from ..config import above, at_least, check_fields
+from ..console import note
 from ..errors import UserError
-from .finetune import check_out_dir, close_run_folder, main_log, open_run_folder, peak_memory_bytes, save_final, train_step
 from ..models import CONTEXT_WINDOW_ATTRS, load_base, locate
-from .scratch import ScratchSpec, build_model, corpus_texts, train_tokenizer
-from . import checkpoints, distributed
+from . import distributed
 from .distributed import Distributed, DistributedSettings
+from .finetune import train_step
+from .run import StepResult, Trainer, check_out_dir, make_optimizer, peak_memory_bytes, seed_processes, summary_table, train
+from .scratch import ScratchSpec, build_model, corpus_texts, train_tokenizer
+from .settings import RunSettings
 from .sft_data import Tokenized, collate, epoch_batches
 
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
@@ -37,7 +40,7 @@ RECENT = 10  # final_loss is the mean of this many last steps: one step's loss i
 
 
 @dataclass
-class PretrainConfig(DistributedSettings):
+class PretrainConfig(RunSettings, DistributedSettings):
     """Everything that defines a pre-training run; saved as DIR/config.yaml."""
 
     corpus: str = ""
@@ -46,7 +49,7 @@ class PretrainConfig(DistributedSettings):
     """Run folder to write."""
     model: str | None = None
     """Model to continue pre-training (folder, run folder or hub id); or build a new one with arch."""
-    arch: str | None = None
+    arch: Literal["t5", "bart", "gpt2", "llama"] | None = None
     """Build a new model: t5, bart, gpt2 or llama, with a byte-level BPE tokenizer trained on the corpus."""
     layers: int = 4
     """New model: layers (encoder and decoder each, for t5 and bart)."""
@@ -58,33 +61,29 @@ class PretrainConfig(DistributedSettings):
     """New model: vocabulary size, including 100 sentinel tokens for t5 and bart."""
     context: int = 512
     """New model: context window in tokens."""
-    dropout: float = 0.0
+    dropout: float = at_least(0.0, 0, below=1)
     """New model: dropout (none is usual for pre-training on a single pass)."""
-    max_steps: int | None = None
+    max_steps: int | None = at_least(None, 1)
     """Optimizer steps to run; overrides epochs."""
-    epochs: int = 1
+    epochs: int = at_least(1, 1)
     """Passes over the corpus (unless max_steps is set)."""
-    batch_size: int = 16
+    batch_size: int = at_least(16, 1)
     """Chunks per step."""
-    lr: float | None = None
+    lr: float | None = above(None, 0)
     """Peak learning rate; default 1e-3 for a new model, 1e-4 to continue one."""
-    warmup_steps: int | None = None
+    warmup_steps: int | None = at_least(None, 0)
     """Steps of linear warm-up before the linear decay to 0; default a twentieth of the steps."""
-    weight_decay: float = 0.01
+    weight_decay: float = at_least(0.01, 0)
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = at_least(1.0, 0)
     """Gradient clipping norm (0 disables clipping)."""
-    max_length: int = 128
+    max_length: int = at_least(128, 4)
     """Tokens per chunk of the packed corpus (before span corruption, which shortens the encoder input)."""
-    noise_density: float = 0.15
+    noise_density: float = above(0.15, 0, below=1)
     """Encoder-decoder: share of each chunk's tokens that is masked."""
-    mean_span_length: float = 3.0
+    mean_span_length: float = at_least(3.0, 1)
     """Encoder-decoder: mean length of a masked span."""
-    seed: int = 0
-    """Seed for initialisation, data order and masking."""
-    save_every: int | None = None
-    """Write a checkpoint every N steps."""
-    log_every: int = 1
+    log_every: int = at_least(1, 1)
     """Write a log.jsonl line every N steps."""
 
     def validate(self) -> None:
@@ -93,19 +92,7 @@ class PretrainConfig(DistributedSettings):
                 raise UserError(f"--{name} is required")
         if bool(self.model) == bool(self.arch):
             raise UserError("give either --model (continue pre-training it) or --arch (build a new model), not both or neither")
-        optional = {"max_steps": self.max_steps, "save_every": self.save_every}
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "log_every": self.log_every}
-        for name, value in [*positive.items(), *((k, v) for k, v in optional.items() if v is not None)]:
-            if value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-        if self.max_length < 4:
-            raise UserError(f"--max-length must be at least 4 (got {self.max_length})")
-        if not 0 < self.noise_density < 1 or self.mean_span_length < 1:
-            raise UserError("--noise-density must be between 0 and 1 and --mean-span-length at least 1")
-        if self.lr is not None and not self.lr > 0:
-            raise UserError(f"--lr must be above 0 (got {self.lr})")
-        if (self.warmup_steps or 0) < 0 or self.weight_decay < 0 or self.max_grad_norm < 0 or not 0 <= self.dropout < 1:
-            raise UserError("--warmup-steps, --weight-decay and --max-grad-norm must be 0 or more, --dropout in [0, 1)")
+        check_fields(self)
         if self.arch:
             self.spec().validate()
             if self.arch in ("t5", "bart") and self.vocab_size < 400:
@@ -249,105 +236,66 @@ def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     """Run `cfg`; returns the metrics written to DIR/metrics.json. With num_processes > 1, starts the processes."""
     cfg.validate()
-    return distributed.run(["pretrain"], cfg, resume, _pretrain, check_out_dir)
+    return distributed.run(["pretrain"], cfg, resume, lambda c, r, d: train(c, r, d, PretrainTrainer), check_out_dir)
 
 
-def _pretrain(cfg: PretrainConfig, resume: bool, dist: Distributed) -> dict:
-    out = Path(cfg.out)
-    resume_from = check_out_dir(cfg, out, resume)
-    dist.barrier()  # every process has looked at --out before the main one writes there
-    texts = corpus_texts(cfg.corpus)
-    if not texts:
-        raise UserError(f"corpus {cfg.corpus} holds no text")
-    torch.manual_seed(cfg.seed)
-    model, tokenizer, is_seq2seq = setup_model(cfg, texts, resume_from)  # the same tokenizer and weights everywhere
-    chunks, corpus_tokens = pack_corpus(texts, tokenizer, cfg.max_length - 1 if is_seq2seq else cfg.max_length)
-    if not chunks:
-        raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
-    total_params = sum(p.numel() for p in model.parameters())
-    model = dist.wrap(model)
-    if dist.enabled:
-        torch.manual_seed(cfg.seed + dist.rank)  # different dropout per process
-    batch_of, per_epoch = make_batches(chunks, cfg, tokenizer, is_seq2seq, dist)
-    total_steps = cfg.max_steps or per_epoch * cfg.epochs
-    optimizer, scheduler = make_optimizer(model, cfg, total_steps)
-    model, optimizer = dist.prepare_optimizer(model, optimizer)
-    objective = "span corruption" if is_seq2seq else "next-token prediction"
-    note(f"{objective} on {dist.unwrap(model).config.model_type}, {total_params:,} parameters; {len(texts)} documents, "
-         f"{corpus_tokens:,} tokens in {len(chunks)} chunks; {total_steps} steps of {cfg.batch_size * dist.world_size}"
-         + (f", {dist.describe()}" if dist.enabled else ""))
+class PretrainTrainer(Trainer):
+    """Set-up, step and metrics of pre-training on a packed corpus."""
 
-    state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "first_loss": None, "last_loss": None, "recent_losses": []}
-    state = open_run_folder(cfg, out, state, resume_from, optimizer, scheduler, dist, model)  # setup_model read the weights
-    state = _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out, dist)
+    def __init__(self, cfg: PretrainConfig, dist: Distributed, resume_from: Path | None):
+        texts = corpus_texts(cfg.corpus)
+        if not texts:
+            raise UserError(f"corpus {cfg.corpus} holds no text")
+        torch.manual_seed(cfg.seed)
+        model, self.tokenizer, self.is_seq2seq = setup_model(cfg, texts, resume_from)  # the same weights everywhere
+        chunks, self.corpus_tokens = pack_corpus(texts, self.tokenizer, cfg.max_length - 1 if self.is_seq2seq else cfg.max_length)
+        if not chunks:
+            raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
+        self.cfg, self.dist, self.documents, self.chunks = cfg, dist, len(texts), len(chunks)
+        self.total_params, self.model_type = sum(p.numel() for p in model.parameters()), model.config.model_type
+        model = dist.wrap(model)
+        seed_processes(cfg.seed, dist)
+        self.batch_of, self.per_epoch = make_batches(chunks, cfg, self.tokenizer, self.is_seq2seq, dist)
+        self.total_steps = cfg.max_steps or self.per_epoch * cfg.epochs
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else self.total_steps // 20
+        optimizer, self.scheduler = make_optimizer(model, cfg.learning_rate, self.total_steps, weight_decay=cfg.weight_decay,
+                                                   warmup_steps=warmup)
+        self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
+        self.max_grad_norm, self.learning_rate, self.description = cfg.max_grad_norm, cfg.learning_rate, "pre-training"
+        self.objective = "span corruption" if self.is_seq2seq else "next-token prediction"
+        note(f"{self.objective} on {self.model_type}, {self.total_params:,} parameters; {len(texts)} documents, "
+             f"{self.corpus_tokens:,} tokens in {len(chunks)} chunks; {self.total_steps} steps of {cfg.batch_size * dist.world_size}"
+             + (f", {dist.describe()}" if dist.enabled else ""))
 
-    weights_dir = save_final(out, model, tokenizer, False, dist)
-    metrics = {
-        "objective": objective,
-        "model_type": dist.unwrap(model).config.model_type,
-        "first_loss": state["first_loss"],
-        "final_loss": sum(state["recent_losses"]) / len(state["recent_losses"]),
-        "last_step_loss": state["last_loss"],
-        "steps": state["step"],
-        "epochs": round(state["step"] / per_epoch, 4),
-        "world_size": dist.world_size,
-        "tokens_seen": state["tokens"],
-        "tokens_per_second": state["tokens"] / max(state["train_seconds"], 1e-9),
-        "wall_time_s": state["train_seconds"],
-        "total_params": total_params,
-        "corpus_documents": len(texts),
-        "corpus_tokens": corpus_tokens,
-        "peak_memory_bytes": peak_memory_bytes(next(model.parameters()).device),
-    }
-    return close_run_folder(out, metrics, weights_dir, dist, lambda m: _print_summary(m, weights_dir))
+    def initial_state(self) -> dict:
+        return {"tokens": 0, "first_loss": None, "recent_losses": []}
 
+    def step(self, step: int, state: dict) -> StepResult:
+        batch, weight, tokens = self.batch_of(step - 1)
+        device = next(self.model.parameters()).device
+        value, _, _ = train_step(self.model, [batch], self.is_seq2seq, device, contextlib.nullcontext, self.dist, [weight])
+        state.update(tokens=state["tokens"] + tokens, recent_losses=[*state["recent_losses"], value][-RECENT:],
+                     first_loss=state["first_loss"] if state["first_loss"] is not None else value)
+        return StepResult(value, per_second={"tokens_per_second": tokens})
 
-def make_optimizer(model, cfg: PretrainConfig, total_steps: int):
-    from transformers import get_linear_schedule_with_warmup
+    def final_metrics(self, state: dict, dist: Distributed) -> dict:
+        return {
+            "objective": self.objective, "model_type": self.model_type, "first_loss": state["first_loss"],
+            "final_loss": sum(state["recent_losses"]) / len(state["recent_losses"]), "last_step_loss": state["last_loss"],
+            "steps": state["step"], "epochs": round(state["step"] / self.per_epoch, 4), "world_size": dist.world_size,
+            "tokens_seen": state["tokens"], "tokens_per_second": state["tokens"] / max(state["train_seconds"], 1e-9),
+            "wall_time_s": state["train_seconds"], "total_params": self.total_params, "corpus_documents": self.documents,
+            "corpus_tokens": self.corpus_tokens, "peak_memory_bytes": peak_memory_bytes(next(self.model.parameters()).device),
+        }
 
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else total_steps // 20
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
-def _loop(cfg, model, tokenizer, is_seq2seq, optimizer, scheduler, batch_of, per_epoch, total_steps, state, out: Path,
-          dist: Distributed) -> dict:
-    device = next(model.parameters()).device
-    with progress() as bar, main_log(out, dist) as log:
-        task = bar.add_task("pre-training", total=total_steps, completed=state["step"])
-        while state["step"] < total_steps:
-            started = time.perf_counter()
-            batch, weight, tokens = batch_of(state["step"])
-            value, _, _ = train_step(model, [batch], is_seq2seq, device, contextlib.nullcontext, dist, [weight])
-            step = state["step"] + 1
-            if not math.isfinite(value):
-                kept = checkpoints.checkpoint_dirs(out)
-                raise UserError(f"the loss became {value} at step {step}; stopped. Last complete checkpoint: "
-                                f"{kept[-1] if kept else 'none'}. Try a lower --lr (now {cfg.learning_rate:g})")
-            dist.step(model, optimizer, cfg.max_grad_norm)
-            scheduler.step()
-            seconds = time.perf_counter() - started
-            state.update(step=step, last_loss=value, tokens=state["tokens"] + tokens, train_seconds=state["train_seconds"] + seconds,
-                         first_loss=state["first_loss"] if state["first_loss"] is not None else value,
-                         recent_losses=[*state["recent_losses"], value][-RECENT:])
-            if step % cfg.log_every == 0 or step == total_steps:
-                log({"step": step, "epoch": round(step / per_epoch, 4), "loss": value, "lr": scheduler.get_last_lr()[0],
-                     "tokens_per_second": tokens / seconds, "memory_bytes": peak_memory_bytes(device)})
-            if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
-                checkpoints.save(out, step, model, tokenizer, False, optimizer, scheduler, state, dist=dist)
-            bar.update(task, completed=step, description=f"pre-training, loss {value:.4f}")
-    return state
-
-
-def _print_summary(metrics: dict, weights_dir: Path) -> None:
-    rows = [
-        ("objective", f"{metrics['objective']} ({metrics['model_type']})"),
-        ("parameters", f"{metrics['total_params']:,}"),
-        ("loss", f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} (mean of the last steps)"),
-        ("steps (epochs)", f"{metrics['steps']} ({metrics['epochs']:g})"),
-        ("tokens seen", f"{metrics['tokens_seen']:,}"),
-        ("tokens/s", f"{metrics['tokens_per_second']:,.0f}"),
-        ("wall time", f"{metrics['wall_time_s']:.1f} s"),
-        ("size on disk", f"{metrics['size_on_disk_bytes'] / 2**20:,.2f} MiB ({weights_dir})"),
-    ]
-    print_table("pre-training", ["", "value"], rows)
+    def summary(self, metrics: dict, weights_dir: Path) -> None:
+        summary_table("pre-training", [
+            ("objective", f"{metrics['objective']} ({metrics['model_type']})"),
+            ("parameters", f"{metrics['total_params']:,}"),
+            ("loss", f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} (mean of the last steps)"),
+            ("steps (epochs)", f"{metrics['steps']} ({metrics['epochs']:g})"),
+            ("tokens seen", f"{metrics['tokens_seen']:,}"),
+            ("tokens/s", f"{metrics['tokens_per_second']:,.0f}"),
+            ("wall time", f"{metrics['wall_time_s']:.1f} s"),
+            ("size on disk", f"{metrics['size_on_disk_bytes'] / 2**20:,.2f} MiB ({weights_dir})"),
+        ])

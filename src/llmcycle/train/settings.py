@@ -1,0 +1,67 @@
+"""Config groups declared once and composed into each training verb's config (flags stay flat).
+
+    RunSettings          seed, checkpoints, tracking: every trainer
+    ModelSettings        weights dtype, remote code: trainers that load a model
+    DataSettings         how rows are read: hub split, bad rows
+    LoRASettings         rank, alpha and targets: fine-tuning, DPO, PPO and `plan memory`
+    DistributedSettings  processes, DDP/FSDP, DeepSpeed (train/distributed.py)
+
+A verb's config subclasses the groups it needs; `config.field_types` lists its own fields first, then each group's,
+so YAML files and --help start with model and data. Bounds and choices are declared with the field
+(`at_least`, `above`, `Literal`) and checked by `config.check_fields`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..config import above, at_least
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Tracker = Literal["tensorboard", "mlflow", "none"]
+LR_SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclass
+class RunSettings:
+    """Fields every training run has."""
+
+    seed: int = 0
+    """Seed for initialisation, data order, dropout and sampling."""
+    save_every: int | None = at_least(None, 1)
+    """Write a checkpoint every N steps."""
+    report_to: list[Tracker] = field(default_factory=list)
+    """Also send the log to tensorboard (OUT/tensorboard) or mlflow (repeatable); log.jsonl is always written."""
+
+
+@dataclass
+class ModelSettings:
+    """How the model to train is loaded."""
+
+    dtype: Dtype = "auto"
+    """auto: float32 weights, with bfloat16 autocast on a GPU; or float32, bfloat16, float16 weights."""
+    trust_remote_code: bool = False
+    """Allow code shipped with a hub model to run."""
+
+
+@dataclass
+class DataSettings:
+    """How rows are read."""
+
+    split: str | None = None
+    """Split of a hub dataset."""
+    skip_bad_rows: bool = False
+    """Skip unusable rows instead of stopping."""
+
+
+@dataclass
+class LoRASettings:
+    """Low-rank adapters: one meaning of every field wherever LoRA is trained or planned."""
+
+    lora_rank: int = at_least(8, 1)
+    """LoRA rank r."""
+    lora_alpha: float = above(16.0, 0)
+    """LoRA scaling alpha (the update is scaled by alpha / r)."""
+    lora_targets: str = "attention"
+    """attention (every attention projection), all-linear, or comma-separated module names (q,v)."""
