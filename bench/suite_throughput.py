@@ -1,11 +1,12 @@
 """Multiple-choice suite scoring: llmcycle's native engine against lm-evaluation-harness on the same model and items.
 
-    .venv/bin/python bench/suite_throughput.py [--items 200] [--arch gpt2,t5] [--shots 0] [--batch-size 8]
+    .venv/bin/python bench/suite_throughput.py [--items 200] [--arch gpt2,t5] [--shots 0] [--batch-size 8] [--layers 2 --hidden 64]
 
 Builds tiny models from configs (tests/conftest.py's `build`), writes a synthetic suite, scores it with
 `llmcycle.evaluate.benchmark` in this process, and with lm-eval's HFLM (same model folder, a local JSON task)
 in lm-eval's side venv (`bash /work/shared/peers/venv-lm-eval.sh` builds it; set LM_EVAL_PYTHON to another).
-Prints items/s of both, the ratio, and how many items got the same pick.
+Prints items/s of both (lm-eval's counted inside HFLM.loglikelihood, its scoring proper, and over all of
+simple_evaluate), the ratio, and how many items got the same pick.
 
 `python bench/suite_throughput.py peer MODEL_DIR BACKEND SUITE.jsonl SHOTS BATCH OUT.json [SHOTS.jsonl]` is the peer half,
 run with lm-eval's python: it scores SUITE with HFLM and writes per-item log-likelihoods, picks and seconds.
@@ -57,6 +58,16 @@ def run_peer(model_dir: str, backend: str, suite: str, shots: int, batch_size: i
     from lm_eval.models.huggingface import HFLM
 
     model = HFLM(pretrained=model_dir, backend=backend, batch_size=batch_size, device="cpu", dtype="float32")
+    scoring = []  # seconds inside HFLM.loglikelihood: the scoring itself, without task and dataset set-up
+    original = model.loglikelihood
+
+    def timed(*args, **kwargs):
+        began = time.perf_counter()
+        result = original(*args, **kwargs)
+        scoring.append(time.perf_counter() - began)
+        return result
+
+    model.loglikelihood = timed
     started = time.perf_counter()
     results = lm_eval.simple_evaluate(model=model, tasks=[task_config(suite, shots, shot_data)], log_samples=True, random_seed=0,
                                       numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
@@ -64,7 +75,7 @@ def run_peer(model_dir: str, backend: str, suite: str, shots: int, batch_size: i
     samples = sorted(results["samples"]["llmcycle_suite"], key=lambda s: s["doc_id"])
     items = [{"doc_id": s["doc_id"], "context": s["arguments"][0][0], "loglikelihoods": [float(r[0]) for r in s["filtered_resps"]]} for s in samples]
     metrics = results["results"]["llmcycle_suite"]
-    Path(out).write_text(json.dumps({"items": items, "seconds": seconds, "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"]}))
+    Path(out).write_text(json.dumps({"items": items, "seconds": sum(scoring), "total_seconds": seconds, "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"]}))
 
 
 def peer_scores(python: str, model_dir: str, backend: str, suite: str, shots: int = 0, batch_size: int = 8,
@@ -87,7 +98,7 @@ def suite_rows(count: int) -> list[dict]:
     for i in range(count):
         a, b, task = names[i % 6], names[(i * 5 + 1) % 6], tasks[i % 4]
         question = f"{a} and {b}: can we {task} on day {i}? Who wants to {task}?"
-        rows.append({"question": question, "choices": [a, b, f"{a} and {b}", "nobody at all"], "answer": i % 4, "subject": f"s{i % 3}"})
+        rows.append({"question": question, "choices": [a, b, f"{a} and {b}", "nobody at all"], "answer": i % 4})
     return rows
 
 
@@ -112,6 +123,8 @@ def main() -> None:
     parser.add_argument("--arch", default="gpt2,t5")
     parser.add_argument("--shots", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=64)
     args = parser.parse_args()
     python = peer_python()
     if python is None:
@@ -123,12 +136,16 @@ def main() -> None:
         suite = Path(folder) / "suite.jsonl"
         suite.write_text("".join(json.dumps(r) + "\n" for r in suite_rows(args.items)))
         for arch in args.arch.split(","):
-            model_dir = str(build(arch, Path(folder) / arch))
-            ours, our_seconds = native_scores(model_dir, str(suite), args.shots, args.batch_size)
-            peer = peer_scores(python, model_dir, "seq2seq" if arch in ("t5", "bart") else "causal", str(suite), args.shots, args.batch_size)
+            model_dir = str(build(arch, Path(folder) / arch, layers=args.layers, hidden=args.hidden))
+            shot_data = str(suite) if args.shots else None  # shots in file order from the same rows, as the peer's first_n
+            ours, our_seconds = native_scores(model_dir, str(suite), args.shots, args.batch_size, shot_data)
+            peer = peer_scores(python, model_dir, "seq2seq" if arch in ("t5", "bart") else "causal", str(suite), args.shots,
+                               args.batch_size, shot_data)
             same = sum(int(np.argmax(o)) == int(np.argmax(p["loglikelihoods"])) for o, p in zip(ours, peer["items"]))
-            print(f"{arch}: {args.items} items, {args.shots}-shot, batch {args.batch_size}: llmcycle {args.items / our_seconds:.1f} items/s, "
-                  f"lm-eval {args.items / peer['seconds']:.1f} items/s, ratio {peer['seconds'] / our_seconds:.2f}x; same pick {same}/{args.items}")
+            print(f"{arch} ({args.layers} layers, hidden {args.hidden}): {args.items} items, {args.shots}-shot, batch {args.batch_size}: llmcycle {args.items / our_seconds:.1f} items/s, "
+                  f"lm-eval {args.items / peer['seconds']:.1f} items/s in HFLM.loglikelihood "
+                  f"({args.items / peer['total_seconds']:.1f} with simple_evaluate's set-up); "
+                  f"ratio {peer['seconds'] / our_seconds:.2f}x; same pick {same}/{args.items}")
 
 
 if __name__ == "__main__":
