@@ -223,7 +223,7 @@ def test_64_concurrent_requests_over_mixed_adapters(arch, servers):
     for request, answer in zip(requests, answers):
         assert answer.choices[0].text == expected[(request["model"], request["prompt"])], request
     assert http(server.url + "/health")[0] == 200
-    assert metric(server, "vllm:num_requests_running") == 0
+    assert settled_metric(server, "vllm:num_requests_running", 0) == 0
 
 
 def http(url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict, dict]:
@@ -243,6 +243,16 @@ def metric(server, name: str) -> float:
     _, body, _ = http(server.url + "/metrics")
     lines = [line for line in body["text"].splitlines() if line.startswith(name + "{")]
     return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def settled_metric(server, name: str, expected: float) -> float:
+    """The metric once it shows `expected`, or its value after 10 s (the engine updates it after its last event)."""
+    for _ in range(200):
+        value = metric(server, name)
+        if value == expected:
+            break
+        time.sleep(0.05)
+    return value
 
 
 @pytest.fixture(scope="module")
@@ -325,7 +335,7 @@ async def _queue_and_disconnect(server):
         waiting = next(call for call in calls if not call.done())
         answer = await asyncio.wait_for(waiting, timeout=60)
         assert answer.choices[0].finish_reason in ("stop", "length")
-        assert metric(server, "vllm:num_requests_running") == 0
+        assert settled_metric(server, "vllm:num_requests_running", 0) == 0
 
 
 def test_load_and_unload_adapter(servers, setups):

@@ -90,12 +90,24 @@ def serve(extra, model, adapters, lora_modules, enable_lora, engine, **kwargs):
     run(config)
 
 
+def cpu_threads() -> None:
+    """On a CPU, leave one core to the HTTP side: torch's spinning worker threads otherwise take it from the
+    event loop and slow every step several times over (measured in bench/serve_throughput.py)."""
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
+
+
 def run(config) -> None:
     from ..console import note
     from ..deploy.serve.app import RunningServer, bind
     from ..deploy.serve.models import check_servable
 
     check_servable(config.model, config.adapters)
+    cpu_threads()
     sock = bind(config.host, config.port)
     server = RunningServer(config, sock)
     names = [(config.served_model_name or Path(config.model.rstrip("/")).name, "base model")]

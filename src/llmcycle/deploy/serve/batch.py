@@ -109,8 +109,13 @@ def select(state: BatchState, keep: list[int]) -> BatchState:
     return BatchState(state.cache, mask[:, start:], encoder, encoder_mask)
 
 
-def repeat(state: BatchState, times: int) -> list[BatchState]:
-    """`times` independent copies of a one-row state (the choices of a request with n > 1)."""
-    from copy import deepcopy
-
-    return [state] + [deepcopy(state) for _ in range(times - 1)]
+def pad_sequences(sequences: list[torch.Tensor], left: bool, value) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (length, ...) tensors padded to the longest, on the left or right; and the (rows, longest) mask."""
+    longest = max(sequence.shape[0] for sequence in sequences)
+    padded, masks = [], []
+    for sequence in sequences:
+        pad = longest - sequence.shape[0]
+        sides = (pad, 0) if left else (0, pad)
+        padded.append(F.pad(sequence, [0, 0] * (sequence.dim() - 1) + list(sides), value=value))
+        masks.append(F.pad(torch.ones(sequence.shape[0], dtype=torch.long, device=sequence.device), sides))
+    return torch.stack(padded), torch.stack(masks)

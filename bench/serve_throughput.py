@@ -1,0 +1,292 @@
+"""Serving throughput: `llmcycle serve` against a one-request-at-a-time server and vLLM's CPU build.
+
+Three OpenAI-compatible servers serve the same tiny decoder-only model (Llama, 2 layers, hidden 128, weights redrawn
+so greedy text varies) and one LoRA adapter, each in its own process on loopback:
+- llmcycle: `llmcycle serve --model BASE --adapter lora=DIR` (continuous batching, adapters per row);
+- naive: what a user writes first, a FastAPI handler that calls `model.generate` for one request at a time
+  (started by this script with `--naive-server`), switching the peft adapter per request;
+- vllm: `python -m vllm.entrypoints.openai.api_server ... --enable-lora --lora-modules lora=DIR` from the side
+  environment of /work/shared/peers/venv-vllm-cpu.sh (skipped when it is absent).
+For 1, 4 and 16 concurrent clients, 128 requests (half to the base, half to the adapter; varied prompts; fixed
+max_tokens with ignore_eos; temperature 0) are sent with the openai client, streaming where the server streams.
+Reported: requests/s, output tokens/s, p50/p95 latency and time to first token (the naive server does not stream:
+its first token arrives with the last), and the ratios of llmcycle to the others. Greedy texts of llmcycle and
+the naive server are compared request by request.
+
+Run: `python bench/serve_throughput.py [--requests 128 --clients 1,4,16 --max-tokens 16 --servers llmcycle,naive,vllm]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+VLLM_SCRIPT = Path("/work/shared/peers/venv-vllm-cpu.sh")
+TOPICS = ["the train to Lyon", "a broken laptop", "dinner on Friday", "the quarterly report", "a new flat",
+          "the football match", "a job interview", "the dentist", "holiday plans", "a lost umbrella"]
+
+
+def build_models(out: Path) -> tuple[Path, Path]:
+    """A tiny Llama (2 layers, hidden 128) and one LoRA adapter with random non-zero weights."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
+    from llmcycle.train.scratch import ScratchSpec, build_model, train_tokenizer
+
+    texts = [f"#Person1#: Have you heard about {t}? #Person2#: Yes, {t} again. Summary: {t}." for t in TOPICS] * 20
+    tokenizer = train_tokenizer(texts, 512, append_eos=False)
+    tokenizer.model_max_length = 512
+    model = build_model(ScratchSpec(arch="llama", layers=2, hidden=128, heads=4, vocab_size=512), tokenizer)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    base, adapter = out / "base", out / "lora"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base), peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in lora.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    lora.save_pretrained(adapter)
+    return base, adapter
+
+
+def prompts(count: int) -> list[str]:
+    rng = random.Random(0)
+    return [" ".join(f"#Person{i % 2 + 1}#: what about {rng.choice(TOPICS)}?" for i in range(rng.randint(1, 6))) + " Summary:"
+            for _ in range(count)]
+
+
+# ---- the one-request-at-a-time server ----
+
+def naive_app(base: str, adapter: str):
+    """A handler calling model.generate per request, as a first server would be written."""
+    import threading
+
+    from fastapi import FastAPI
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter, adapter_name="lora").eval()
+    lock, app = threading.Lock(), FastAPI()
+
+    @app.post("/v1/completions")
+    def completions(body: dict):
+        ids = tokenizer(body["prompt"], return_tensors="pt")
+        new = body.get("max_tokens", 16)
+        with lock, torch.inference_mode():
+            context = model.disable_adapter() if body["model"] != "lora" else _nothing()
+            with context:
+                out = model.generate(**ids, max_new_tokens=new, min_new_tokens=new if body.get("ignore_eos") else 0,
+                                     do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        tokens = out[0, ids["input_ids"].shape[1]:]
+        text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        usage = {"prompt_tokens": ids["input_ids"].shape[1], "completion_tokens": len(tokens)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return {"id": "cmpl-naive", "object": "text_completion", "created": int(time.time()), "model": body["model"],
+                "choices": [{"index": 0, "text": text, "finish_reason": "length", "logprobs": None}], "usage": usage}
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    return app
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+# ---- running servers and clients ----
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_command(kind: str, base: Path, adapter: Path, port: int) -> list[str] | None:
+    if kind == "llmcycle":
+        return [sys.executable, "-m", "llmcycle", "serve", "--model", str(base), "--adapter", f"lora={adapter}",
+                "--served-model-name", "base", "--port", str(port), "--max-num-seqs", "64"]
+    if kind == "naive":
+        return [sys.executable, __file__, "--naive-server", str(port), str(base), str(adapter)]
+    python = vllm_python()
+    if python is None:
+        return None
+    return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--served-model-name", "base",
+            "--enable-lora", "--lora-modules", f"lora={adapter}", "--max-lora-rank", "8", "--max-model-len", "256",
+            "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port), "--disable-log-requests"]
+
+
+def vllm_python() -> str | None:
+    home = Path(os.environ.get("PEERS_HOME", "/tmp/llmcycle-peers")) / "vllm-cpu"
+    return str(home / "bin" / "python") if (home / "ok").is_file() else None
+
+
+def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 600) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+async def one_request(client, model: str, prompt: str, max_tokens: int, stream: bool) -> dict:
+    start = time.perf_counter()
+    extra = {"ignore_eos": True}
+    if not stream:
+        answer = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, extra_body=extra)
+        end = time.perf_counter()
+        return {"latency": end - start, "ttft": end - start, "tokens": answer.usage.completion_tokens, "text": answer.choices[0].text}
+    first, text, tokens = None, "", 0
+    chunks = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
+                                             stream_options={"include_usage": True}, extra_body=extra)
+    async for chunk in chunks:
+        if chunk.choices and chunk.choices[0].text and first is None:
+            first = time.perf_counter()
+        text += "".join(c.text for c in chunk.choices)
+        tokens = chunk.usage.completion_tokens if chunk.usage else tokens
+    end = time.perf_counter()
+    return {"latency": end - start, "ttft": (first or end) - start, "tokens": tokens, "text": text.strip()}
+
+
+async def load(url: str, requests: list[tuple[str, str]], clients: int, max_tokens: int, stream: bool) -> tuple[list[dict], float]:
+    import openai
+
+    queue = list(enumerate(requests))
+    results: list[dict | None] = [None] * len(requests)
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="EMPTY", max_retries=0, timeout=600) as client:
+        async def worker():
+            while queue:
+                index, (model, prompt) = queue.pop(0)
+                results[index] = await one_request(client, model, prompt, max_tokens, stream)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        return results, time.perf_counter() - start  # type: ignore[return-value]
+
+
+def summarize(results: list[dict], seconds: float) -> dict:
+    latencies = sorted(r["latency"] for r in results)
+    ttfts = sorted(r["ttft"] for r in results)
+
+    def pct(values, q):
+        return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+    return {"requests_per_s": len(results) / seconds, "output_tokens_per_s": sum(r["tokens"] for r in results) / seconds,
+            "p50_latency_s": pct(latencies, 0.5), "p95_latency_s": pct(latencies, 0.95),
+            "p50_ttft_s": pct(ttfts, 0.5), "p95_ttft_s": pct(ttfts, 0.95)}
+
+
+def run_server(kind: str, base: Path, adapter: Path, work: list[tuple[str, str]], args) -> dict | None:
+    port = free_port()
+    command = server_command(kind, base, adapter, port)
+    if command is None:
+        print(f"{kind}: skipped (no side environment; run {VLLM_SCRIPT})", file=sys.stderr)
+        return None
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = open(Path(args.work) / f"{kind}.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        if not wait_healthy(url, process):
+            print(f"{kind}: did not start; see {log.name}", file=sys.stderr)
+            return None
+        asyncio.run(load(url, work[:4], 2, args.max_tokens, kind != "naive"))  # warm-up
+        found = {}
+        for clients in args.clients:
+            results, seconds = asyncio.run(load(url, work, clients, args.max_tokens, kind != "naive"))
+            found[clients] = {**summarize(results, seconds), "texts": [r["text"] for r in results]}
+            print(f"{kind} x{clients}: {found[clients]['requests_per_s']:.1f} req/s, "
+                  f"{found[clients]['output_tokens_per_s']:.0f} tok/s", file=sys.stderr)
+        return found
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def report(found: dict, args) -> None:
+    from llmcycle.console import print_table
+
+    rows = []
+    for kind, per_clients in found.items():
+        for clients, stats in per_clients.items():
+            rows.append([kind, clients, f"{stats['requests_per_s']:.1f}", f"{stats['output_tokens_per_s']:.0f}",
+                         f"{stats['p50_latency_s'] * 1000:.0f}", f"{stats['p95_latency_s'] * 1000:.0f}",
+                         f"{stats['p50_ttft_s'] * 1000:.0f}", f"{stats['p95_ttft_s'] * 1000:.0f}"])
+    print_table(f"{args.requests} requests, max_tokens {args.max_tokens}, temperature 0, half base / half LoRA",
+                ["server", "clients", "requests/s", "output tok/s", "p50 ms", "p95 ms", "p50 TTFT ms", "p95 TTFT ms"], rows)
+    ours = found.get("llmcycle", {})
+    for other in ("naive", "vllm"):
+        for clients in args.clients:
+            if clients in ours and clients in found.get(other, {}):
+                ratio = ours[clients]["output_tokens_per_s"] / found[other][clients]["output_tokens_per_s"]
+                print(f"llmcycle / {other} output tokens/s at {clients} clients: {ratio:.2f}x")
+    if "naive" in found and ours:
+        clients = args.clients[0]
+        same = sum(a == b for a, b in zip(ours[clients]["texts"], found["naive"][clients]["texts"]))
+        print(f"greedy texts equal to the naive server's: {same}/{len(ours[clients]['texts'])}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--naive-server":
+        import uvicorn
+
+        port, base, adapter = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+        uvicorn.run(naive_app(base, adapter), host="127.0.0.1", port=port, log_level="warning")
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=128)
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--servers", default="llmcycle,naive,vllm")
+    parser.add_argument("--json", default=None, help="Also write the figures here.")
+    args = parser.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    with tempfile.TemporaryDirectory() as work:
+        args.work = work
+        base, adapter = build_models(Path(work))
+        work_items = [("base" if i % 2 else "lora", p) for i, p in enumerate(prompts(args.requests))]
+        found = {}
+        for kind in args.servers.split(","):
+            result = run_server(kind, base, adapter, work_items, args)
+            if result:
+                found[kind] = result
+        report(found, args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({k: {c: {m: v for m, v in s.items() if m != "texts"} for c, s in r.items()}
+                                                   for k, r in found.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
