@@ -167,30 +167,37 @@ def prompt_dataset(
     }
     results: dict[str, dict] = {}
     for k, path in zip(counts, paths):
-        shot_prompts = prompt_sets[k]
-        truncated = sum(p.shots < k for p in shot_prompts)
-        if truncated:
-            note(f"{k}-shot: {truncated} of {len(shot_prompts)} prompts lost shots to fit the context window")
-        texts = [p.text for p in shot_prompts]
-        started = time.perf_counter()
-        predictions = generate(loaded, texts, settings, description=f"{shots_label(k)} ({pool_source.data})")
-        if timings is not None:
-            timings[shots_label(k)] = time.perf_counter() - started
-        records = [
-            {**record, "shots": p.shots}
-            for record, p in zip(prediction_records(queries, texts, predictions), shot_prompts)
-        ]
-        write_jsonl(path, records)
-        note(f"wrote {len(records)} predictions to {path}")
+        records = _generate_count(loaded, queries, prompt_sets[k], k, settings, path, pool_source.data, timings)
         if all(e.completion is not None for e in queries):
             results[shots_label(k)] = score(metric_input(records, path, loaded, settings.batch_size), metric_names, seed=settings.seed)
-    if results:
-        print_comparison("in-context learning", results)
-        if metrics_out:
-            write_json(metrics_out, compare(results))
-    else:
-        note("the data has no completions, so no metrics were computed")
+    _report(results, metrics_out)
     return results
+
+
+def _report(results: dict[str, dict], metrics_out: str | None) -> None:
+    if not results:
+        note("the data has no completions, so no metrics were computed")
+        return
+    print_comparison("in-context learning", results)
+    if metrics_out:
+        write_json(metrics_out, compare(results))
+
+
+def _generate_count(loaded, queries, shot_prompts: list[ShotPrompt], k: int, settings: GenerationSettings, path: str,
+                    source: str, timings: dict | None) -> list[dict]:
+    """Generate and write the predictions of one shot count; `timings[label]` gets the seconds spent generating."""
+    truncated = sum(p.shots < k for p in shot_prompts)
+    if truncated:
+        note(f"{k}-shot: {truncated} of {len(shot_prompts)} prompts lost shots to fit the context window")
+    texts = [p.text for p in shot_prompts]
+    started = time.perf_counter()
+    predictions = generate(loaded, texts, settings, description=f"{shots_label(k)} ({source})")
+    if timings is not None:
+        timings[shots_label(k)] = time.perf_counter() - started
+    records = [{**record, "shots": p.shots} for record, p in zip(prediction_records(queries, texts, predictions), shot_prompts)]
+    write_jsonl(path, records)
+    note(f"wrote {len(records)} predictions to {path}")
+    return records
 
 
 # ---------------------------------------------------------------- chain-of-thought
