@@ -11,9 +11,10 @@ from click.testing import CliRunner
 
 from llmcycle.errors import UserError
 from llmcycle.plan.memory import (
-    ModelShape, TrainingSetup, find_gpu, layer_activation_bytes, nf4_bytes_per_param, parse_count, plan_compute,
-    plan_memory, shape_from_model, shape_from_size, verdict,
+    ModelShape, TrainingSetup, find_gpu, layer_activation_bytes, nf4_bytes_per_param, parse_count, plan_memory,
+    shape_from_model, shape_from_size, verdict,
 )
+from llmcycle.plan.compute import plan_compute
 from llmcycle.cli.plan import plan
 from llmcycle.train.methods import lora_config
 

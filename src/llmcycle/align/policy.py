@@ -50,7 +50,7 @@ def load_policy_base(cfg, verb: str) -> tuple[LoadedModel, str | None]:
 
 def _check_continuable(adapter_dir: str, tune: str) -> None:
     try:
-        peft_type = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["peft_type"]
+        peft_type = _peft_type(adapter_dir)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"adapter {adapter_dir}: adapter_config.json is missing or names no peft_type") from exc
     if peft_type not in CONTINUABLE:
@@ -111,16 +111,26 @@ def build_policy(loaded: LoadedModel, cfg, adapter_dir: str | None) -> Policy:
 
 
 def _continued_adapter(model: torch.nn.Module, adapter_dir: str) -> torch.nn.Module:
-    """The run's adapter, trainable, plus the same adapter frozen under the name `reference`."""
+    """The run's adapter, trainable, plus the same adapter frozen under the name `reference`.
+
+    peft refuses `is_trainable=True` for prompt-learning adapters loaded from disk, though their weights train like
+    any other; those are loaded frozen and their embedding switched to trainable here.
+    """
     import peft
 
+    prompt_learning = _peft_type(adapter_dir) != "LORA"
     try:
-        policy = peft.PeftModel.from_pretrained(model, adapter_dir, adapter_name=POLICY, is_trainable=True)
+        policy = peft.PeftModel.from_pretrained(model, adapter_dir, adapter_name=POLICY, is_trainable=not prompt_learning)
         policy.load_adapter(adapter_dir, adapter_name=REFERENCE, is_trainable=False)
         policy.set_adapter(POLICY)
     except (ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise UserError(f"cannot continue the adapter {adapter_dir} on this base with peft: "
                         f"{' '.join(str(exc).split())[:300]}") from exc
     for name, parameter in policy.named_parameters():  # only the policy's adapter trains
-        parameter.requires_grad_(parameter.requires_grad and f".{REFERENCE}" not in name)
+        ours = f".{POLICY}." in name or name.endswith(f".{POLICY}")
+        parameter.requires_grad_((parameter.requires_grad or (prompt_learning and ours)) and f".{REFERENCE}" not in name)
     return policy.eval()
+
+
+def _peft_type(adapter_dir: str) -> str:
+    return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["peft_type"]

@@ -15,8 +15,9 @@ from ..errors import UserError
 from ..train.settings import LoRASettings
 from ..plan.memory import (
     LORA_TARGETS, METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, MemoryPlan, ModelShape, TrainingSetup, find_gpu,
-    human, parse_count, plan_compute, plan_memory, shape_from_model, shape_from_size, verdict,
+    human, parse_count, plan_memory, shape_from_model, shape_from_size, verdict,
 )
+from ..plan.compute import plan_compute
 
 
 _LORA, _LORA_DOCS = LoRASettings(), field_docs(LoRASettings)  # the same LoRA fields as finetune, dpo and ppo

@@ -68,12 +68,14 @@ def evaluate(
     suite: SuiteRequest | None = None,
     compare_models: list[str] | None = None,
     engine: str = "native",
+    label: str | None = None,
 ) -> dict:
     """Score predictions files, or generate with `model` on `data` and score that, or score `model` on a suite.
 
     Returns (and writes to `out_path`) `{metric: {"mean", "ci95", "n", ...}}` for one run, or
     `{run_label: {metric: ...}}` for several, later runs carrying the change against the first (with
-    `compare_models`, a paired change with its interval and p-value).
+    `compare_models`, a paired change with its interval and p-value). `label` names the model in the console
+    table (default: its folder name); the table's title names the data.
     """
     settings = settings or GenerationSettings()
     settings.validate()
@@ -88,7 +90,8 @@ def evaluate(
     else:
         if model is None or data is None:
             raise UserError("give --predictions FILE, or --model and --data to generate predictions first, or --model and --suite")
-        result = _generate_and_score(model, data, settings, parse_metrics(metrics or ["rouge"]), resamples, save_predictions, compare_models or [])
+        result = _generate_and_score(model, data, settings, parse_metrics(metrics or ["rouge"]), resamples, save_predictions,
+                                     compare_models or [], label)
     if out_path:
         write_json(out_path, result)
     return result
@@ -114,14 +117,15 @@ def _score_files(paths: list[str], model: ModelOptions | None, settings: Generat
     for label, path in zip(run_labels(paths), paths):
         records, wheres = read_predictions(path)
         runs[label] = score(metric_input(records, path, loaded, settings.batch_size, wheres), metric_names, resamples, settings.seed)
-    print_comparison("evaluation", runs)
+    print_comparison("evaluation of " + ", ".join(Path(p).name for p in paths), runs)
     return next(iter(runs.values())) if len(runs) == 1 else compare(runs)
 
 
 def _generate_and_score(model: ModelOptions, data: DataOptions, settings: GenerationSettings, metric_names: list[str],
-                        resamples: int, save_predictions: str | None, compare_models: list[str]) -> dict:
+                        resamples: int, save_predictions: str | None, compare_models: list[str], label: str | None = None) -> dict:
     """Generate with each model on the same rows; later models get a paired change against the first."""
     labels = model_labels([model.model, *compare_models])
+    labels[0] = label or labels[0]
     runs, stats, saved = {}, {}, []
     examples = None
     for label, options in zip(labels, [model, *(with_options(model, s) for s in compare_models)]):
@@ -138,5 +142,5 @@ def _generate_and_score(model: ModelOptions, data: DataOptions, settings: Genera
         del loaded
     if save_predictions:
         write_jsonl(save_predictions, saved)
-    print_comparison("evaluation", runs)
+    print_comparison(f"evaluation on {Path(data.data).name}", runs)
     return add_changes(runs, stats, resamples, settings.seed) if compare_models else runs[labels[0]]

@@ -101,16 +101,7 @@ def load_recipe(path: str | Path, model: str | None = None, data_overrides: dict
         metrics=_list(data.get("metrics", ["rouge"]), source, "metrics"), stages=_list(data["stages"], source, "stages"),
         source=source, description=str(data.get("description", "")), template=_template_path(data.get("template"), source),
     )
-    for name, value in (data_overrides or {}).items():
-        if name not in ("train", "test") and not name.startswith("probe"):
-            raise UserError(f"--data {name}=...: name train, test or probe-N")
-        if name.startswith("probe"):
-            index = name.removeprefix("probe-").removeprefix("probe")
-            if not index.isdigit() or int(index) >= len(recipe.probes):
-                raise UserError(f"--data {name}=...: the recipe has {len(recipe.probes)} probes (probe-0, probe-1, ...)")
-            recipe.probes[int(index)] = value
-        else:
-            recipe.data[name] = value
+    _replace_data(recipe, data_overrides or {})
     for name in ("train", "test"):
         if name not in recipe.data:
             raise UserError(f"{source}: data.{name} is missing")
@@ -123,6 +114,20 @@ def load_recipe(path: str | Path, model: str | None = None, data_overrides: dict
     configs.checked(GenerationSettings, recipe.generation, f"{source}: generation")
     plan(recipe)  # validates every stage
     return recipe
+
+
+def _replace_data(recipe: Recipe, replacements: dict) -> None:
+    """`--data train=PATH` and `--data probe-N=PATH` in place of the recipe's own data."""
+    for name, value in replacements.items():
+        if name not in ("train", "test") and not name.startswith("probe"):
+            raise UserError(f"--data {name}=...: name train, test or probe-N")
+        if name.startswith("probe"):
+            index = name.removeprefix("probe-").removeprefix("probe")
+            if not index.isdigit() or int(index) >= len(recipe.probes):
+                raise UserError(f"--data {name}=...: the recipe has {len(recipe.probes)} probes (probe-0, probe-1, ...)")
+            recipe.probes[int(index)] = value
+        else:
+            recipe.data[name] = value
 
 
 def _template_path(value, source: str) -> str | None:
@@ -439,9 +444,9 @@ def run_eval(run: Run, step: Step, folder: Path) -> None:
     """Score every variant not scored yet on the test data, and every variant on the probes."""
     for variant in run.variants.values():
         if variant.kind != "prompting" and not variant.metrics:
-            variant.metrics, variant.predictions = _score(run, variant.model, run.test, folder / f"{_slug(variant.name)}.jsonl", run.recipe.metrics)
+            variant.metrics, variant.predictions = _score(run, variant, run.test, folder / f"{_slug(variant.name)}.jsonl", run.recipe.metrics)
         if not variant.probes and (variant.kind != "prompting" or variant.name == _first_prompting(run)):
-            variant.probes = {task: _score(run, variant.model, path, folder / f"{_slug(variant.name)}.probe-{task}.jsonl", ["rouge"])[0]
+            variant.probes = {task: _score(run, variant, path, folder / f"{_slug(variant.name)}.probe-{task}.jsonl", ["rouge"])[0]
                               for task, path in run.probe_files().items()}
 
 
@@ -449,13 +454,13 @@ def _first_prompting(run: Run) -> str | None:
     return next((v.name for v in run.variants.values() if v.kind == "prompting"), None)
 
 
-def _score(run: Run, model: str, data: str, predictions: Path, metrics: list[str]) -> tuple[dict, str]:
-    from ..data.options import DataOptions
+def _score(run: Run, variant: Variant, data: str, predictions: Path, metrics: list[str]) -> tuple[dict, str]:
+    """The variant's metrics on `data`; the console table is titled with the data and its column with the variant."""
     from ..evaluate.predictions import evaluate
     from ..models import ModelOptions
 
-    result = evaluate(model=ModelOptions(model), data=run.data_options(data), settings=run.settings(), metrics=metrics,
-                      save_predictions=str(predictions), resamples=1000)
+    result = evaluate(model=ModelOptions(variant.model), data=run.data_options(data), settings=run.settings(), metrics=metrics,
+                      save_predictions=str(predictions), resamples=1000, label=variant.name)
     return result, str(predictions)
 
 

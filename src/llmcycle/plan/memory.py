@@ -1,4 +1,4 @@
-"""Planning before training: memory per GPU for a fine-tuning method, and the compute a pre-training run costs.
+"""Planning before training: memory per GPU for a fine-tuning method (compute.py: what a pre-training run costs).
 
 Memory follows the published arithmetic, so every figure can be checked by hand:
 
@@ -17,8 +17,8 @@ Memory follows the published arithmetic, so every figure can be checked by hand:
   is left out.
 * Parameter-efficient methods keep gradients and optimizer states only for the trained parameters; the frozen
   base is held in the precision's weight dtype (4 bytes in fp32, otherwise 2). Trained parameters are counted
-  the way peft creates them: LoRA adds rank * (in + out) per targeted linear layer (by default peft's attention
-  targets for the model type, usually the query and value projections); prompt tuning adds
+  the way peft creates them: LoRA adds rank * (in + out) per targeted linear layer (`attention`: every attention
+  projection, as `llmcycle finetune` adapts them; `all-linear`: every linear but the head); prompt tuning adds
   num_virtual_tokens * hidden (twice for encoder-decoder models, one prompt per stack); prefix tuning adds
   num_virtual_tokens * layers * 2 * hidden (a key and a value per layer; grouped-query models use the key/value
   width). QLoRA stores the linear layers' weights in NF4: 4 bits a parameter plus the quantisation constants,
@@ -45,8 +45,7 @@ aspect ratio of GPT-3 6.7B/175B and Llama 7B), 128-wide heads and a 32000-token 
 count whose 12*L*h^2 + vocab*h comes closest to N; N itself is used for the parameter count. With only one of
 `--layers`/`--hidden` the other is solved from 12*L*h^2 + vocab*h = N.
 
-Compute follows Kaplan et al. 2020 (training FLOPs = 6 * params * tokens) and Hoffmann et al. 2022 (Chinchilla:
-compute-optimal training sees about 20 tokens a parameter, so for a budget C, N = sqrt(C / 120) and D = 20 N).
+The compute planner is in compute.py.
 """
 
 from __future__ import annotations
@@ -532,71 +531,3 @@ def verdict(plan: MemoryPlan, gpu: Gpu) -> str:
 
 def _article(name: str) -> str:
     return "an" if name[:1].upper() in "AEFHILMNORSX" else "a"  # letters whose names start with a vowel sound
-
-
-# ---------------------------------------------------------------- compute
-
-
-@dataclass(frozen=True)
-class ComputePlan:
-    """The cost of training `params` parameters on `tokens` tokens."""
-
-    params: float
-    tokens: float
-    chinchilla_params: float | None = None
-    chinchilla_tokens: float | None = None
-    gpu: Gpu | None = None
-    utilisation: float = 0.4
-
-    @property
-    def flops(self) -> float:
-        return 6 * self.params * self.tokens  # forward 2ND + backward 4ND
-
-    @property
-    def petaflop_s_days(self) -> float:
-        return self.flops / PETAFLOP_S_DAY
-
-    @property
-    def gpu_hours(self) -> float | None:
-        if self.gpu is None or self.gpu.peak_tflops is None:
-            return None
-        return self.flops / (self.gpu.peak_tflops * 1e12 * self.utilisation) / 3600
-
-    def to_json(self) -> dict:
-        record = {"params": round(self.params), "tokens": round(self.tokens), "flops": self.flops,
-                  "petaflop_s_days": self.petaflop_s_days}
-        if self.gpu_hours is not None:
-            record.update(gpu=self.gpu.name, utilisation=self.utilisation, gpu_hours=self.gpu_hours)
-        for name in ("chinchilla_params", "chinchilla_tokens"):
-            if getattr(self, name) is not None:
-                record[name] = round(getattr(self, name))
-        return record
-
-
-def chinchilla_for_budget(flops: float) -> tuple[float, float]:
-    """C = 6ND with D = 20N gives N = sqrt(C / 120)."""
-    params = math.sqrt(flops / (6 * TOKENS_PER_PARAM))
-    return params, TOKENS_PER_PARAM * params
-
-
-def plan_compute(
-    params: float | None = None, tokens: float | None = None, flops: float | None = None,
-    gpu: Gpu | None = None, utilisation: float = 0.4,
-) -> ComputePlan:
-    """FLOPs and GPU time for a model (and its token count), or the Chinchilla-optimal model for a budget."""
-    if not 0 < utilisation <= 1:
-        raise UserError(f"--utilisation must be in (0, 1], not {utilisation}")
-    if gpu is not None and gpu.peak_tflops is None:
-        raise UserError("GPU-hours need a named GPU (--gpu NAME); --gpu-memory gives no throughput")
-    for flag, value in (("--params", params), ("--tokens", tokens), ("--flops", flops)):
-        if value is not None and value <= 0:
-            raise UserError(f"{flag} must be positive, not {value}")
-    if flops is not None:
-        if params is not None or tokens is not None:
-            raise UserError("give --flops alone, or --params (with or without --tokens)")
-        best_params, best_tokens = chinchilla_for_budget(flops)
-        return ComputePlan(best_params, best_tokens, best_params, best_tokens, gpu, utilisation)
-    if params is None:
-        raise UserError("give --params N (with or without --tokens D), or --flops C")
-    optimal_tokens = TOKENS_PER_PARAM * params
-    return ComputePlan(params, tokens or optimal_tokens, None, optimal_tokens, gpu, utilisation)
