@@ -6,7 +6,7 @@ import types
 
 import pytest
 import torch
-from conftest import build, dialogue_rows, run_cli, write_jsonl
+from conftest import dialogue_rows, run_cli, write_jsonl
 
 from llmcycle.models import load_model
 

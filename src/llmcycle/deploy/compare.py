@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,7 +31,8 @@ import torch
 
 from ..console import note, print_table
 from ..errors import UserError
-from .quantize import BNB_METHODS, INT4_GROUP_SIZE, METHODS, canonical_method, check_output, quantize, require_hardware, weight_file_bytes
+from .quantize import (BNB_METHODS, INT4_GROUP_SIZE, METHODS, canonical_method, check_output, publish, quantize, require_hardware,
+                       staging_beside, weight_file_bytes)
 
 REFERENCES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
@@ -68,15 +67,9 @@ def compare_quantized(model: str, data, settings, metrics: list[str], out: str, 
     for method in methods:
         require_hardware(method, _device())
     target = check_output(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staging_beside(target) as staging:
         result = _run(model, data, settings, metrics, staging / "out", methods, references, resamples)
-        if target.exists():
-            target.rmdir()
-        (staging / "out").rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(staging / "out", target)
     print_results(result)
     return result
 
@@ -97,7 +90,7 @@ def _run(model, data, settings, metrics, folder: Path, methods, references, resa
         forms[method] = quantize(source, str(folder / "forms" / method), method).out
     _warm_up(next(iter(forms.values())), settings)
     measured = {name: measure(path, data, settings, metrics, folder / "predictions" / f"{name}.jsonl", resamples,
-                              dtype="bfloat16" if name == "bfloat16" else "auto") for name, path in forms.items()}
+                              dtype=name if name in REFERENCES else "auto") for name, path in forms.items()}
     quality = compare({name: entry.pop("metrics") for name, entry in measured.items()})
     shape = _planner_shape(source)
     for name, entry in measured.items():

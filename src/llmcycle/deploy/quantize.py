@@ -182,6 +182,24 @@ def weight_file_bytes(folder: str | Path) -> int:
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin"))
 
 
+@contextlib.contextmanager
+def staging_beside(target: Path):
+    """A scratch folder beside `target` (same file system), removed afterwards; `publish` moves the result out."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(folder: Path, target: Path) -> None:
+    """Rename a finished folder to `target` (empty or absent, as `check_output` made sure)."""
+    if target.exists():
+        target.rmdir()
+    folder.rename(target)
+
+
 def check_output(out: str) -> Path:
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -205,16 +223,9 @@ def quantize(model: str, out: str, method: str, *, adapter: str | None = None, m
     if merge and not adapters:
         raise UserError(f"--merge: {model} has no adapter to merge; pass --adapter DIR")
     started = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staging_beside(target) as staging:
         merging = (adapter if adapter else None) if merge else False
-        written = _write_quantized(model, source.base, adapters, staging, method, merging, dtype, device, trust_remote_code)
-        if target.exists():
-            target.rmdir()
-        written.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(_write_quantized(model, source.base, adapters, staging, method, merging, dtype, device, trust_remote_code), target)
     result = QuantizeResult(target, method, _count_from_metadata(target), weight_file_bytes(target),
                             time.perf_counter() - started, "merged" if merge else "kept" if adapters else "none")
     return result
