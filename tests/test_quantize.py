@@ -184,3 +184,32 @@ def test_recipe_deploy_takes_the_new_method_names(tmp_path):
     assert plan(recipe("int8-weight"))[1].options["quantize"] == "int8-weight"
     with pytest.raises(UserError, match="quantize must be int8 or one of int8-dynamic"):
         plan(recipe("int3"))
+
+
+def test_a_run_folder_brings_its_adapter_merged_or_kept(llama_dir, lora_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_dir, run / "adapter")  # an llmcycle run folder: adapter/ whose config names the base
+    assert run_cli("quantize", "-m", run, "--merge", "--method", "int8-weight", "-o", tmp_path / "merged") == 0
+    assert run_cli("quantize", "-m", run, "--method", "int8-weight", "-o", tmp_path / "kept") == 0
+    assert not (tmp_path / "merged" / "adapter").exists() and (tmp_path / "kept" / "adapter" / "adapter_config.json").is_file()
+    with torch.no_grad():
+        merged = load_model(str(tmp_path / "merged"), dtype="float32").model(IDS).logits
+        kept = load_model(str(tmp_path / "kept"), dtype="float32").model(IDS).logits
+    # the same adapter either way: merged-then-quantised and quantised-plus-adapter differ only by rounding
+    assert (merged - kept).abs().max() < 0.05 * kept.abs().max()
+
+
+def test_a_bitsandbytes_folder_without_cuda_is_a_one_line_error(llama_dir, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    import shutil
+
+    folder = tmp_path / "nf4"
+    shutil.copytree(llama_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    (folder / "config.json").write_text(json.dumps(config))  # what `quantize --method nf4` writes on a GPU
+    assert run_cli("generate", "-m", folder, "-p", "hello", "--max-new-tokens", "2") == 2
+    assert "is quantised with bitsandbytes (4-bit), which needs a CUDA GPU" in capsys.readouterr().err

@@ -301,4 +301,7 @@ def require_backend(config) -> None:
         import_torchao()
     elif method == "bitsandbytes":
         four_bit = quant.get("load_in_4bit") if isinstance(quant, dict) else getattr(quant, "load_in_4bit", False)
-        require_hardware("nf4" if four_bit else "int8-bnb", torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        if not torch.cuda.is_available():
+            raise UserError(f"{getattr(config, '_name_or_path', 'the model')} is quantised with bitsandbytes "
+                            f"({'4-bit' if four_bit else '8-bit'}), which needs a CUDA GPU, and none is visible here")
+        require_hardware("nf4" if four_bit else "int8-bnb", torch.device("cuda"))
