@@ -65,7 +65,8 @@ def rows_for(name: str, result: dict, out: Path) -> list[tuple]:
         rouge = entry["metrics"].get("rougeL", {})
         rows.append((
             name, form, f"{entry['size_on_disk_bytes'] / 2**20:.2f}", f"{base['size_on_disk_bytes'] / entry['size_on_disk_bytes']:.2f}x",
-            f"{entry['bytes_per_param']:.3f} / {entry['planned_bytes_per_param']:.3f}", f"{entry['load_s']:.3f}",
+            f"{entry['bytes_per_param']:.3f} / " + ("-" if entry["planned_bytes_per_param"] is None else f"{entry['planned_bytes_per_param']:.3f}"),
+            f"{entry['load_s']:.3f}",
             f"{entry['tokens_per_s']:.0f}", f"{entry['tokens_per_s'] / base['tokens_per_s']:.2f}x",
             f"{entry['peak_memory_bytes'] / 2**20:.1f}",
             f"{rouge.get('mean', 0):.3f} [{rouge['ci95'][0]:.3f}, {rouge['ci95'][1]:.3f}]" if rouge else "-",

@@ -163,6 +163,9 @@ def test_model_with_nothing_to_quantise_and_a_taken_folder(gpt2_dir, llama_dir, 
     assert run_cli("quantize", "-m", llama_dir, "--method", "int8-weight", "-o", tmp_path / "taken") == 2
     assert "exists and is not an empty folder" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["file"]
+    assert run_cli("quantize", "-m", llama_dir, "--method", "int8-weight", "-o", tmp_path / "once") == 0
+    assert run_cli("quantize", "-m", tmp_path / "once", "--method", "int8-dynamic", "-o", tmp_path / "twice") == 2
+    assert "is already quantised (torchao)" in capsys.readouterr().err and not (tmp_path / "twice").exists()
 
 
 def test_compare_with_bad_data_writes_nothing(llama_dir, tmp_path, capsys):

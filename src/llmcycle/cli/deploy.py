@@ -57,8 +57,9 @@ def quantize(model, methods, out, adapter_dir, merge, dtype, trust_remote_code, 
             raise UserError("give one --method (int8-dynamic, int8-weight, int4-weight, nf4 or int8-bnb); several only with --compare")
         _quantize_one(model, names[0], out, adapter_dir, merge, dtype, trust_remote_code)
         return
-    if adapter_dir or merge or dtype != "auto":
-        raise UserError("--compare measures --model as it is (a run folder's adapter is merged); --adapter, --merge and --dtype do not apply")
+    if adapter_dir or merge or dtype != "auto" or trust_remote_code:
+        raise UserError("--compare measures --model as it is (a run folder's adapter is merged); "
+                        "--adapter, --merge, --dtype and --trust-remote-code do not apply")
     from ..deploy.compare import compare_quantized
 
     settings = generation_settings(kwargs)
