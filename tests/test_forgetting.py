@@ -103,3 +103,16 @@ def test_compare_on_data_pairs_generation_metrics(gpt2_dir, tuned_gpt2, tmp_path
     change = after["length"]["change"]
     assert change["absolute"] == pytest.approx(after["length"]["mean"] - before["length"]["mean"], abs=1e-6)
     assert change["ci95"][0] <= change["absolute"] <= change["ci95"][1] and 0 < change["p_value"] <= 1
+
+
+def test_samples_forgetting_pairs_two_samples_files_by_id(tmp_path):
+    from llmcycle.evaluate.forgetting import samples_forgetting
+
+    before = [{"id": str(i), "correct": i % 2 == 0} for i in range(40)]
+    after = [{"id": str(i), "correct": i % 2 == 0 and i % 8 != 0} for i in reversed(range(40))]  # 5 items forgotten
+    write_jsonl(tmp_path / "a.jsonl", before)
+    write_jsonl(tmp_path / "b.jsonl", after)
+    result = samples_forgetting(str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), 300, 0)
+    assert (result["forgot"], result["learned"]) == (5, 0) and result["acc"]["change"]["absolute"] == pytest.approx(-5 / 40)
+    assert result["acc"]["change"]["p_value"] == pytest.approx(binomtest(0, 5, 0.5).pvalue, abs=1e-6)
+    assert result["significant"] == (result["acc"]["change"]["ci95"][1] < 0)

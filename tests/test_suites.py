@@ -232,3 +232,22 @@ def test_holistic_view_in_metrics_json(gpt2_dir, suite, tmp_path):
     assert view["robustness"]["change"]["absolute"] == pytest.approx(view["robustness"]["mean"] - result["acc"]["mean"], abs=1e-6)
     assert view["efficiency"]["batches"] == 2 and view["efficiency"]["tokens_per_s"]["mean"] > 0
     assert view["toxicity"]["n"] == 6
+
+
+def test_engine_lm_eval_without_the_extra_is_a_one_line_error(gpt2_dir, suite, tmp_path, capsys):
+    try:
+        import lm_eval  # noqa: F401
+        pytest.skip("lm-eval is installed in this environment")
+    except ImportError:
+        pass
+    assert run_cli("eval", "-m", gpt2_dir, "--suite", "mmlu", "--engine", "lm-eval", "--out", tmp_path / "m.json") == 2
+    assert "pip install 'llmcycle[lm-eval]'" in capsys.readouterr().err and not (tmp_path / "m.json").exists()
+
+
+def test_suite_flags_need_their_partners(gpt2_dir, suite, tmp_path, capsys):
+    assert run_cli("eval", "--suite", suite) == 2
+    assert "need --model" in capsys.readouterr().err
+    assert run_cli("eval", "-m", gpt2_dir, "--data", suite, "--shots", 2) == 2
+    assert "go with --suite" in capsys.readouterr().err
+    assert run_cli("eval", "-m", gpt2_dir, "--suite", suite, "--shots", 9) == 2
+    assert "9 shots asked for, but only 5 solved items" in capsys.readouterr().err

@@ -65,3 +65,45 @@ def significant(change: dict) -> bool:
     """Whether a change's 95% interval excludes 0 (what a report may call forgetting, or a gain)."""
     low, high = change["ci95"]
     return low > 0 or high < 0
+
+
+def read_samples(path: str) -> dict[str, dict]:
+    """The lines of an `eval --suite --samples` file, by item id (one model's; the `model` field is ignored)."""
+    import json
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    result = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                record = json.loads(line)
+                result[str(record["id"])] = record
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UserError(f"{path} line {number}: not a suite sample line (id, correct, ...)") from exc
+    return result
+
+
+def samples_forgetting(before_path: str, after_path: str, resamples: int = 1000, seed: int = 0) -> dict:
+    """Forgetting between two models' `--samples` files of the same suite, paired by item id.
+
+    `{"acc": {"mean", "ci95", "n", "change": {"absolute", "relative", "ci95", "p_value"}}, "forgot", "learned",
+    "significant"}`: what a recipe's suite probe records for a tuned variant against the base model (`significant`:
+    the change's interval excludes 0).
+    """
+    from ..errors import UserError
+    from .stats import bootstrap_summary, mean_of_first
+
+    before, after = read_samples(before_path), read_samples(after_path)
+    if set(before) != set(after):
+        raise UserError(f"{before_path} and {after_path} score different items; forgetting needs the same suite")
+    ids = sorted(before)
+    correct = [np.array([float(bool(run[i]["correct"])) for i in ids]) for run in (before, after)]
+    stats = [Statistic(values[:, None], mean_of_first) for values in correct]
+    summary = bootstrap_summary(stats[1], resamples, seed)
+    summary.pop("std", None)
+    summary["change"] = paired_change(stats[0], stats[1], resamples, seed)
+    test = mcnemar(correct[0], correct[1])
+    summary["change"]["p_value"] = test["p_value"]
+    return {"acc": summary, "forgot": test["forgot"], "learned": test["learned"], "significant": significant(summary["change"])}
