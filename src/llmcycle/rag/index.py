@@ -81,7 +81,8 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(getter())
 
     @property
     def token_limit(self) -> int | None:
@@ -302,9 +303,9 @@ def build_index(paths: list[str], out: str, options: IndexOptions) -> dict:
     started = time.perf_counter()
     documents = read_documents(paths)
     embedder = load_embedder(options.embedder)
+    previous = load_previous(out_path, embedder, options.chunking) if options.update else None
     options.chunking.validate(embedder.token_limit)
     options.collection = options.collection or out_path.resolve().name
-    previous = load_previous(out_path, embedder, options.chunking) if options.update else None
     chunks, to_embed, reused = plan_chunks(documents, embedder, options.chunking, previous)
     if not chunks:
         raise UserError("the documents gave no chunks to index")

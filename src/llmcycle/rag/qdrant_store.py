@@ -8,6 +8,8 @@ folder keeps the manifest, chunks.jsonl and BM25 as usual; only the dense search
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import uuid
 from pathlib import Path
 
@@ -19,6 +21,15 @@ from .chunking import Chunk
 UPSERT_BATCH = 512
 SCROLL_BATCH = 1024
 _LOCAL_CLIENTS: dict[str, object] = {}  # local mode locks its folder: one client per folder and process
+
+
+@atexit.register
+def _close_local_clients() -> None:
+    """Close local-mode clients while the interpreter can still run their clean-up."""
+    for client in _LOCAL_CLIENTS.values():
+        with contextlib.suppress(Exception):
+            client.close()
+    _LOCAL_CLIENTS.clear()
 
 
 def client_for(url: str):
