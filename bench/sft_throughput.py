@@ -3,8 +3,10 @@
 Measures completion tokens per second of training (tokens that carry loss / time of the training loop), peak
 memory (max RSS; every run is a fresh subprocess) and the final training loss (mean of the last 10% of steps, at
 least 3). Two Llama models built offline by `llmcycle.train.scratch` (random init, no dropout): tiny (2 layers, hidden 64,
-vocab 1000; overhead-bound) and 30M parameters (7 layers, hidden 512, vocab 8000; compute-bound). Data: 400
-synthetic dialogue -> summary prompt/completion rows (prompts ~35-380 tokens, completions ~10-50).
+vocab 1000; overhead-bound) and 30M parameters (7 layers, hidden 512, vocab 8000; compute-bound). Two data shapes
+(`--shapes`), 400 rows each: `dialogue`, synthetic dialogue -> summary rows (prompts ~35-380 tokens, completions
+~10-50), where scoring only completion positions saves most; and `short`, a task llmcycle never saw (prompts of about
+25 tokens, completions of about 7), where per-step overhead shows.
 
   llmcycle padded    FinetuneConfig(packing=False): 8 rows a step, padded to the longest row
   llmcycle packed    FinetuneConfig(packing=True): best-fit-decreasing packing into 512-token rows, 8 of those a step
@@ -18,14 +20,16 @@ Matched: fp32, no autocast, no gradient checkpointing (trl's docs for a CPU; its
 defaults are switched off), LoRA r=8 alpha=16 dropout 0 on q/k/v/o_proj (what llmcycle's `--lora-targets attention`
 picks), AdamW lr 2e-4, linear decay, no warm-up or weight decay, clipping at 1.0, batch 8, no accumulation,
 max_length 512, seed 0, loss on completion tokens only (EOS appended), summed and divided by the step's completion
-tokens. Both shuffle with torch.randperm seeded 0, so the padded and padding-free runs see the same rows in the same
+tokens. Besides the loop's time, each run's whole process is timed (start-up, imports, loading, data preparation,
+training, saving: what a user waits for). Both shuffle with torch.randperm seeded 0, so the padded and padding-free runs see the same rows in the same
 order, and their per-step losses must agree; both pack by best fit decreasing, so the packed runs' losses agree too.
 Differences left: trl's AdamW is the fused kernel; trl scores tokens with its chunked "fused LM head" (and also
 computes entropy and accuracy for its logs), llmcycle runs its output head only at the scored positions. Times: llmcycle's `wall_time_s` (sum of step
 times), trl's `train_runtime` (its loop, per-step logging included). Before each run the script waits for the CPU
 to go idle and reruns a run during which other jobs used over 10% of the machine.
 
-Run: `python bench/sft_throughput.py [--sizes tiny,30m] [--repeat 2] [--steps-tiny 150] [--steps-30m 10]`.
+Run: `python bench/sft_throughput.py [--shapes dialogue,short] [--sizes tiny,30m] [--repeat 2] [--steps-tiny 150]
+[--steps-30m 10]`.
 Each configuration runs `--repeat` times, interleaved, and the fastest run counts.
 """
 
@@ -71,12 +75,27 @@ def make_rows(count: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def make_short_rows(count: int, seed: int = 0) -> list[dict]:
+    """Short requests (about 25 tokens) with short answers (about 7): which verb and thing a request is about."""
+    rng, words = random.Random(seed + 1), lexicon(seed)
+    rows = []
+    for _ in range(count):
+        name, verb, thing = rng.choice(NAMES), rng.choice(VERBS), rng.choice(words)
+        noise = " ".join(rng.choice(words) for _ in range(rng.randint(2, 5)))
+        rows.append({"prompt": f"Request from {name}: please {verb} the {thing} {noise}. Task:", "completion": f" {verb} {thing}"})
+    return rows
+
+
+SHAPES = {"dialogue": make_rows, "short": make_short_rows}
+
+
 def build(work: Path, rows: int) -> None:
-    """Write train.jsonl and one model per size under `work` (kept between runs)."""
+    """Write train-SHAPE.jsonl for each data shape and one model per size under `work` (kept between runs)."""
     from llmcycle.train.scratch import ScratchSpec, init_model
 
+    for shape, make in SHAPES.items():
+        (work / f"train-{shape}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in make(rows)))
     data = make_rows(rows)
-    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
     rng, words = random.Random(1), lexicon()
     corpus = [r["prompt"] + r["completion"] for r in data] + [" ".join(rng.choice(words) for _ in range(30)) for _ in range(3000)]
     for size, dims in SIZES.items():
@@ -172,6 +191,7 @@ def launch(spec: dict) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "TRANSFORMERS_VERBOSITY": "error", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env)
+    process_s = time.time() - started  # the whole process: start-up, imports, loading, data, training, saving
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         sys.exit(f"{spec['trainer']} ({spec['size']}) failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -179,11 +199,12 @@ def launch(spec: dict) -> dict:
     own_cpu = after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime
     # Share of the machine's cores that something other than this run kept busy meanwhile (0 = measured alone).
     other = (cpu_busy_seconds() - busy - own_cpu) / ((time.time() - started) * os.cpu_count())
-    return json.loads(lines[-1][len("RESULT "):]) | {"other_cpu": max(other, 0.0)}
+    return json.loads(lines[-1][len("RESULT "):]) | {"other_cpu": max(other, 0.0), "process_s": process_s}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shapes", default="dialogue,short")
     parser.add_argument("--sizes", default="tiny,30m")
     parser.add_argument("--trainers", default=",".join(TRAINERS))
     parser.add_argument("--rows", type=int, default=400)
@@ -202,40 +223,48 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     build(work, args.rows)
     trainers, best, runs = args.trainers.split(","), {}, []
-    for size in args.sizes.split(","):
-        steps = getattr(args, f"steps_{size}")
-        for attempt in range(args.repeat):
-            for trainer in trainers if attempt % 2 == 0 else trainers[::-1]:
-                spec = {"size": size, "trainer": trainer, "steps": steps, "model": str(work / size), "data": str(work / "train.jsonl"),
-                        "work": str(work)}
-                for _ in range(args.retries + 1):  # a run that shared the CPU with another job runs again
-                    result = launch(spec) | {"size": size, "trainer": trainer, "attempt": attempt}
-                    if result["other_cpu"] < 0.1:
-                        break
-                    print(f"  {size:4} {trainer:16} shared the CPU ({result['other_cpu']:.0%} busy elsewhere): again", flush=True)
-                runs.append(result)
-                print(f"  {size:4} {trainer:16} run {attempt + 1}: {result['completion_tok_s']:8.0f} completion tok/s, "
-                      f"{result['seconds']:5.1f} s, {result['peak_mib']:5.0f} MiB, loss {final_loss(result['losses']):.4f}, "
-                      f"other CPU load {result['other_cpu']:.0%}", flush=True)
-                key = (size, trainer)
-                if key not in best or result["completion_tok_s"] > best[key]["completion_tok_s"]:
-                    best[key] = result
-    print_table(best, args.sizes.split(","), trainers)
+    for shape in args.shapes.split(","):
+        for size in args.sizes.split(","):
+            for attempt in range(args.repeat):
+                for trainer in trainers if attempt % 2 == 0 else trainers[::-1]:
+                    result = measure(args, work, shape, size, trainer, attempt)
+                    runs.append(result)
+                    key = (f"{shape}/{size}", trainer)
+                    if key not in best or result["completion_tok_s"] > best[key]["completion_tok_s"]:
+                        best[key] = result
+    print_table(best, [f"{shape}/{size}" for shape in args.shapes.split(",") for size in args.sizes.split(",")], trainers)
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1))
 
 
+def measure(args, work: Path, shape: str, size: str, trainer: str, attempt: int) -> dict:
+    """One run in a fresh process; a run that shared the CPU with another job runs again."""
+    spec = {"size": size, "trainer": trainer, "steps": getattr(args, f"steps_{size}"), "model": str(work / size),
+            "data": str(work / f"train-{shape}.jsonl"), "work": str(work)}
+    for _ in range(args.retries + 1):
+        result = launch(spec) | {"shape": shape, "size": size, "trainer": trainer, "attempt": attempt}
+        if result["other_cpu"] < 0.1:
+            break
+        print(f"  {shape}/{size} {trainer:16} shared the CPU ({result['other_cpu']:.0%} busy elsewhere): again", flush=True)
+    print(f"  {shape}/{size} {trainer:16} run {attempt + 1}: {result['completion_tok_s']:8.0f} completion tok/s, "
+          f"loop {result['seconds']:5.1f} s, process {result['process_s']:5.1f} s, {result['peak_mib']:5.0f} MiB, "
+          f"loss {final_loss(result['losses']):.4f}, other CPU load {result['other_cpu']:.0%}", flush=True)
+    return result
+
+
 def print_table(best: dict, sizes: list[str], trainers: list[str]) -> None:
     modes = ("padded", "packed", "padding-free")
-    print("\n| size | trainer | completion tok/s | loop s | peak MiB | final loss | " + " | ".join(f"vs trl {m}" for m in modes) + " |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| shape/size | trainer | completion tok/s | loop s | process s | peak MiB | final loss | "
+          + " | ".join(f"vs trl {m}" for m in modes) + " | process vs trl padded |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in sizes:
         trl = {m: best.get((size, f"trl {m}")) for m in modes}
         for trainer in (t for t in trainers if (size, t) in best):
             r = best[(size, trainer)]
             ratios = " | ".join(f"{r['completion_tok_s'] / b['completion_tok_s']:.2f}x" if b else "-" for b in trl.values())
-            print(f"| {size} | {trainer} | {r['completion_tok_s']:,.0f} | {r['seconds']:.1f} | {r['peak_mib']:,.0f} | "
-                  f"{final_loss(r['losses']):.4f} | {ratios} |")
+            process = f"{trl['padded']['process_s'] / r['process_s']:.2f}x" if trl["padded"] else "-"
+            print(f"| {size} | {trainer} | {r['completion_tok_s']:,.0f} | {r['seconds']:.1f} | {r['process_s']:.1f} | "
+                  f"{r['peak_mib']:,.0f} | {final_loss(r['losses']):.4f} | {ratios} | {process} |")
     print()
     speed = lambda a, b: a["completion_tok_s"] / b["completion_tok_s"]  # noqa: E731
     loss = lambda a, b: final_loss(a["losses"]) / final_loss(b["losses"]) - 1  # noqa: E731

@@ -10,10 +10,12 @@ import pytest
 from llmcycle.data import synthetic
 from llmcycle.data import load_examples
 from llmcycle.errors import UserError
+from llmcycle.evaluate.metrics import toxicity_scores
 from llmcycle.train.scratch import corpus_texts
 from llmcycle.data.synthetic import ALL_TASKS, INSTRUCT_TASKS, TASKS, SyntheticConfig, corpus, generate, write_synthetic
 
-ROW_TASKS = [*TASKS, "instruct"]
+PREFERENCE_TASKS = ["dialogsum-prefs"]
+ROW_TASKS = [*(t for t in TASKS if t not in PREFERENCE_TASKS), "instruct"]
 
 
 @pytest.mark.parametrize("task", ROW_TASKS)
@@ -38,6 +40,19 @@ def test_every_task_writes_rows_that_load_as_prompt_completion(task, tmp_path):
     assert len(examples) == 30
     assert all(e.prompt.strip() and e.completion.strip() for e in examples)
     assert [json.loads(line)["prompt"] for line in path.read_text().splitlines()] == [e.prompt for e in examples]
+
+
+@pytest.mark.parametrize("task", PREFERENCE_TASKS)
+def test_preference_tasks_write_pairs_that_load_for_dpo(task, tmp_path):
+    from llmcycle.data.preferences import load_pairs
+
+    path = write_synthetic(SyntheticConfig(task=task, rows=30, seed=3, out=str(tmp_path / f"{task}.jsonl")))
+    pairs = load_pairs(str(path))
+    assert len(pairs) == 30
+    for pair in pairs:  # the rejected summary is the chosen one with the insults in front of it
+        assert pair.rejected.endswith(pair.chosen) and len(pair.rejected) > len(pair.chosen)
+    chosen, rejected = (toxicity_scores([getattr(p, side) for p in pairs]).mean() for side in ("chosen", "rejected"))
+    assert rejected > chosen + 0.3
 
 
 def test_dialogues_have_the_course_format_and_2_to_4_speakers_in_3_to_8_turns():
@@ -119,6 +134,6 @@ def test_bad_settings_are_one_line_errors_and_write_nothing(changes, message, tm
 
 
 def test_every_task_name_is_listed():
-    assert set(ALL_TASKS) == {*TASKS, "instruct", "corpus"}
+    assert set(ALL_TASKS) == {*TASKS, "instruct", "corpus", "docs-qa"}
     with pytest.raises(UserError, match="unknown synthetic task"):
         generate("poetry", 3, 1)

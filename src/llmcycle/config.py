@@ -49,8 +49,12 @@ _BOUNDS = {
 }
 
 
-def check_fields(config) -> None:
-    """Bounds declared with the fields (at_least, above) and Literal choices, as one-line errors naming the flag."""
+def check_fields(config, required: tuple[str, ...] = ()) -> None:
+    """Required fields, bounds declared with the fields (at_least, above) and Literal choices, as one-line errors
+    naming the flag."""
+    for name in required:
+        if not getattr(config, name):
+            raise UserError(f"--{name.replace('_', '-')} is required")
     hints = field_types(type(config))
     for item in dataclasses.fields(config):
         value, flag = getattr(config, item.name), "--" + item.name.replace("_", "-")
@@ -135,18 +139,19 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     return result
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, what: str = "config", expected: str = "a mapping of field: value") -> dict:
+    """A YAML file that holds a mapping ({} when empty); errors name `what` the file is and the path."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"config {path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from exc
+        raise UserError(f"{what} {path}: not valid YAML ({' '.join(str(exc).split())[:200]})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config {path}: expected a mapping of field: value")
+        raise UserError(f"{what} {path}: expected {expected}")
     return data
 
 

@@ -83,10 +83,7 @@ class DPOConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, Distribu
     tune: Literal["lora", "full"] = "lora"
     """lora (an adapter trains: a new one, or the adapter run's) or full (every weight; a frozen copy is the reference)."""
     def validate(self) -> None:
-        for name in ("model", "data", "out"):
-            if not getattr(self, name):
-                raise UserError(f"--{name} is required")
-        check_fields(self)
+        check_fields(self, required=("model", "data", "out"))
         self.validate_distributed()
 
     @property

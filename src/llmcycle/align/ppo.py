@@ -103,10 +103,7 @@ class PPOConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, Distribu
     template: str | None = None
     """YAML template mapping row fields to the prompt."""
     def validate(self) -> None:
-        for name in ("model", "data", "out"):
-            if not getattr(self, name):
-                raise UserError(f"--{name} is required")
-        check_fields(self)
+        check_fields(self, required=("model", "data", "out"))
         if self.mini_batch_size > self.batch_size:
             raise UserError("--mini-batch-size cannot exceed --batch-size")
         self.validate_distributed()

@@ -78,10 +78,7 @@ class RewardConfig(RunSettings, ModelSettings, DataSettings, DistributedSettings
     """Score the eval pairs every N steps (and always at the end)."""
 
     def validate(self) -> None:
-        for name in ("model", "data", "out"):
-            if not getattr(self, name):
-                raise UserError(f"--{name} is required")
-        check_fields(self)
+        check_fields(self, required=("model", "data", "out"))
         self.validate_distributed()
 
 

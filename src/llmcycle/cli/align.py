@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
-from .options import CONFIG_FILE, OVERRIDES, RESUME, config_options, given_flags, resolve_config
+from .options import given_flags, resolve_config, training_options
 
 
 def _reward_config():
@@ -22,10 +22,7 @@ def _align_configs():
 
 
 @click.command()
-@config_options(_reward_config())
-@CONFIG_FILE
-@OVERRIDES
-@RESUME
+@training_options(_reward_config())
 def reward(config_file, overrides, resume, **flags):
     """Train a scalar reward model from preference pairs or rankings (Bradley-Terry loss)."""
     from ..align.reward_model import train_reward
@@ -35,10 +32,7 @@ def reward(config_file, overrides, resume, **flags):
 
 @click.command()
 @click.option("--method", type=click.Choice(["ppo", "dpo"]), required=True)
-@config_options(*_align_configs(), skip=("method",))
-@CONFIG_FILE
-@OVERRIDES
-@RESUME
+@training_options(*_align_configs(), skip=("method",))
 def align(method, config_file, overrides, resume, **flags):
     """Align with feedback: PPO against a reward with a KL penalty, or DPO on preference pairs."""
     from .. import config as configs

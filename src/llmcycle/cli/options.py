@@ -169,3 +169,11 @@ def resolve_config(cls, config_file, overrides, flags: dict, **fixed):
     from .. import config as configs
 
     return configs.resolve(cls, config_file=config_file, flags={**given_flags(flags), **fixed}, overrides=overrides)
+
+
+def training_options(*classes, skip: tuple[str, ...] = ()):
+    """A training verb's flags: every config field, then --config FILE, --set KEY=VALUE and --resume."""
+    def decorate(func):
+        return apply([config_options(*classes, skip=skip), CONFIG_FILE, OVERRIDES, RESUME], func)
+
+    return decorate

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .options import CONFIG_FILE, OVERRIDES, RESUME, config_options, resolve_config
+from .options import config_options, resolve_config, training_options
 
 
 def _finetune_config():
@@ -29,10 +29,7 @@ def _synthetic_config():
 
 
 @click.command()
-@config_options(_finetune_config())
-@CONFIG_FILE
-@OVERRIDES
-@RESUME
+@training_options(_finetune_config())
 def finetune(config_file, overrides, resume, **flags):
     """Instruction fine-tuning: full, LoRA, QLoRA, prompt tuning, prefix tuning or selected layers."""
     from ..train.finetune import finetune as run
@@ -41,10 +38,7 @@ def finetune(config_file, overrides, resume, **flags):
 
 
 @click.command()
-@config_options(_pretrain_config())
-@CONFIG_FILE
-@OVERRIDES
-@RESUME
+@training_options(_pretrain_config())
 def pretrain(config_file, overrides, resume, **flags):
     """Pre-train on a text corpus: span corruption (encoder-decoder) or next-token prediction (decoder-only)."""
     from ..train.pretrain import pretrain as run

@@ -293,6 +293,13 @@ def dialogsum_row(rng: random.Random) -> dict:
     return {"prompt": prompt, "completion": " ".join(scene.summary), "rude": scene.rude}
 
 
+def dialogsum_preference_row(rng: random.Random) -> dict:
+    """A rude dialogue with two summaries: without the insults (chosen) and with them (rejected), for DPO."""
+    scene = make_scene(rng, rude=True)
+    prompt = f"Summarize the following conversation.\n\n{scene.text}\n\nSummary:"
+    return {"prompt": prompt, "chosen": " ".join(scene.summary[scene.insults:]), "rejected": " ".join(scene.summary)}
+
+
 QUESTIONS = {  # fact: ways to ask for it (with {P}, {R} from the facts)
     "asker": ["Who makes the request?", "Who suggests it?"], "asked": ["Whom does {asker} ask?", "Who is {asker} asking?"],
     "day": ["On which day will it happen?", "What day did they settle on?"], "time": ["At what time will they meet?", "What time is it planned for?"],
@@ -401,8 +408,9 @@ def topic_row(rng: random.Random) -> dict:
 TASKS: dict[str, Callable[[random.Random], dict]] = {
     "dialogsum": dialogsum_row, "extract": extract_row, "classify": classify_row, "rewrite": rewrite_row, "topic": topic_row,
     "arithmetic": arithmetic_row,  # word problems with worked rationales: data/synthetic_arithmetic.py
+    "dialogsum-prefs": dialogsum_preference_row,  # preference pairs (prompt, chosen, rejected) for DPO
 }
-"""Instruction tasks: name -> one prompt/completion row from a random generator."""
+"""Instruction tasks: name -> one row (prompt/completion, or prompt/chosen/rejected) from a random generator."""
 INSTRUCT_TASKS = ("extract", "classify", "rewrite", "topic")
 """The instruct model's tasks; dialogue summarisation is held out, so fine-tuning on it has something to add."""
 ALL_TASKS = (*TASKS, "instruct", "corpus", "docs-qa")  # docs-qa: data/synthetic_docs.py

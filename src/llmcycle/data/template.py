@@ -18,8 +18,6 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ..errors import UserError
 
 TEMPLATE_KEYS = {"prompt", "completion", "name", "description"}
@@ -46,15 +44,10 @@ class Template:
 
 
 def load_template(path: str | Path) -> Template:
+    from ..config import read_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"template {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"template {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"template {path}: expected a mapping with 'prompt' and optionally 'completion'")
+    data = read_yaml(path, "template", "a mapping with 'prompt' and optionally 'completion'")
     unknown = set(data) - TEMPLATE_KEYS
     if unknown:
         raise UserError(f"template {path}: unknown key '{sorted(unknown)[0]}'; expected {sorted(TEMPLATE_KEYS)}")

@@ -62,7 +62,7 @@ def _by_kind(variants: list, kind: str) -> list:
 
 def findings(metrics: dict, variants: list) -> str:
     items = [f for f in (_tuning_beats_prompting(metrics, variants), *_each_method(metrics, variants), _lora_near_full(metrics),
-                         _shots_help(metrics), _ppo_detoxifies(metrics, variants), _forgetting(metrics)) if f]
+                         _shots_help(metrics), *_alignment_detoxifies(metrics, variants), _forgetting(metrics)) if f]
     return "".join(f"<div class='finding{'' if ok else ' no'}'>{'&#10003;' if ok else '&#9888;'} {text}</div>" for ok, text in items)
 
 
@@ -133,18 +133,22 @@ def _shots_help(metrics):
                 f"against zero-shot {_mean(zero, 'rougeL'):.3f}." + ("" if ok else " A model this small has little in-context learning to draw on; the course's claim is about large models."))
 
 
-def _ppo_detoxifies(metrics, variants):
-    aligned = _by_kind(variants, "align")
-    if not aligned or "toxicity" not in metrics.get(aligned[0].name, {}):
-        return None
-    name = aligned[0].name
-    source = name.split("+")[0] if name.split("+")[0] in metrics else None
-    if source is None or "toxicity" not in metrics[source]:
-        return None
-    before, after = _mean(metrics[source], "toxicity"), _mean(metrics[name], "toxicity")
-    ok = after < before
-    rouge = f"; ROUGE-L {_mean(metrics[source], 'rougeL'):.3f} -> {_mean(metrics[name], 'rougeL'):.3f}" if _mean(metrics[name], "rougeL") is not None else ""
-    return ok, f"PPO {'lowers' if ok else 'does not lower'} toxicity: {source} {before:.4f} -> {name} {after:.4f}{rouge}."
+def _alignment_detoxifies(metrics, variants) -> list:
+    """A finding per aligned variant (PPO or DPO): its toxicity against the variant it started from."""
+    found = []
+    for variant in _by_kind(variants, "align"):
+        name = variant.name
+        source = name.split("+")[0] if name.split("+")[0] in metrics else None
+        if source is None or "toxicity" not in metrics.get(name, {}) or "toxicity" not in metrics[source]:
+            continue
+        method = str(metrics[name].get("cost", {}).get("method", "alignment")).upper()
+        before, after = _mean(metrics[source], "toxicity"), _mean(metrics[name], "toxicity")
+        ok = after < before
+        rouge = (f"; ROUGE-L {_mean(metrics[source], 'rougeL'):.3f} -> {_mean(metrics[name], 'rougeL'):.3f}"
+                 if _mean(metrics[name], "rougeL") is not None and _mean(metrics[source], "rougeL") is not None else "")
+        found.append((ok, f"{method} {'lowers' if ok else 'does not lower'} toxicity: {html.escape(source)} {before:.4f} -> "
+                          f"{html.escape(name)} {after:.4f}{rouge}."))
+    return found
 
 
 def _forgetting(metrics):

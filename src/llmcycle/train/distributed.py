@@ -322,7 +322,9 @@ class Distributed:
             optimizer.zero_grad()
             return
         if max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            cpu = not self.sharded and all(p.device.type == "cpu" for p in trainable)
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm, foreach=True if cpu else None)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

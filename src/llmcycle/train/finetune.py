@@ -93,10 +93,7 @@ class FinetuneConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, Dis
     """YAML template mapping row fields to prompt and completion."""
 
     def validate(self) -> None:
-        for name in ("model", "data", "out"):
-            if not getattr(self, name):
-                raise UserError(f"--{name} is required")
-        check_fields(self)
+        check_fields(self, required=("model", "data", "out"))
         if self.method == "freeze" and not self.trainable:
             raise UserError("--method freeze needs --trainable, for example last:2 or last:1,norm")
         self.validate_distributed()

@@ -87,12 +87,9 @@ class PretrainConfig(RunSettings, DistributedSettings):
     """Write a log.jsonl line every N steps."""
 
     def validate(self) -> None:
-        for name in ("corpus", "out"):
-            if not getattr(self, name):
-                raise UserError(f"--{name} is required")
+        check_fields(self, required=("corpus", "out"))
         if bool(self.model) == bool(self.arch):
             raise UserError("give either --model (continue pre-training it) or --arch (build a new model), not both or neither")
-        check_fields(self)
         if self.arch:
             self.spec().validate()
             if self.arch in ("t5", "bart") and self.vocab_size < 400:
