@@ -297,3 +297,35 @@ def test_retrieval_lifts_a_tiny_reader_above_closed_book(tmp_path):
     assert dense["exact_match"]["ci95"][0] > closed["exact_match"]["ci95"][1]  # intervals apart
     assert dense["f1"]["ci95"][0] > closed["f1"]["ci95"][1] and dense["exact_match"]["mean"] > 0.6
     assert dense["prompt_tokens"]["mean"] > closed["prompt_tokens"]["mean"]
+
+
+def test_ask_prints_the_answer_and_the_sources_it_was_given(index, t5_dir, capsys):
+    from llmcycle.rag.retrieve import RagIndex
+
+    assert run_cli("rag", "ask", "--index", index, "--model", t5_dir, "--k", "3", "--max-new-tokens", "5", QUESTIONS[1]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    top = RagIndex.open(index).search([QUESTIONS[1]], 3, "dense")[0]
+    chunks = RagIndex.open(index).chunks
+    sources = printed[printed.index("sources:") + 1 :]
+    assert [line.split("] ")[0] for line in sources] == ["[1", "[2", "[3"]
+    for line, hit in zip(sources, top):
+        assert line.startswith(f"[{top.index(hit) + 1}] {chunks[hit.row]['document']}: {chunks[hit.row]['title']} ({chunks[hit.row]['id']},")
+
+
+def test_prompts_keep_the_top_chunks_that_fit_the_context_window(index, tmp_path):
+    from conftest import build
+
+    from llmcycle.models import ModelOptions
+    from llmcycle.rag.ask import ask, prompt_budget
+    from llmcycle.rag.retrieve import RagIndex
+
+    from llmcycle.generate.engine import GenerationSettings
+
+    small = build("gpt2", tmp_path / "gpt2-256", context=256)
+    records = ask(str(index), ModelOptions(str(small)), QUESTIONS, 5, "hybrid", GenerationSettings(max_new_tokens=8))
+    loaded = ModelOptions(str(small)).load()
+    assert prompt_budget(loaded, 8) == 248
+    ranked = RagIndex.open(index).search(QUESTIONS, 5, "hybrid")
+    for record, hits in zip(records, ranked):
+        assert 0 < len(record["sources"]) < 5 and record["prompt_tokens"] <= 248  # the lowest-ranked were dropped
+        assert [s["chunk"] for s in record["sources"]] == [RagIndex.open(index).chunks[h.row]["id"] for h in hits[: len(record["sources"])]]
