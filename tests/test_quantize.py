@@ -83,14 +83,25 @@ def test_adapter_is_kept_beside_the_quantised_base(llama_dir, lora_dir, tmp_path
 
     out = tmp_path / "q"
     assert run_cli("quantize", "-m", llama_dir, "--adapter", lora_dir, "--method", "int8-weight", "-o", out) == 0
-    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "config.json").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "model", "quantization.json"]  # a run folder's layout
     loaded = load_model(str(out), dtype="float32")  # llmcycle takes the folder as base + adapter
     assert loaded.adapters == ["default"]
-    plain = PeftModel.from_pretrained(float_model(out), out / "adapter").eval()  # and so do plain transformers + peft
-    without = float_model(out)
+    plain = PeftModel.from_pretrained(float_model(out / "model"), out / "adapter").eval()  # and so do transformers + peft
+    without = float_model(out / "model")
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(IDS).logits, plain(IDS).logits, rtol=0, atol=0)
         assert (plain(IDS).logits - without(IDS).logits).abs().max() > 1e-3  # the adapter is active
+
+
+def test_serving_pattern_finds_the_base_without_the_adapter(llama_dir, lora_dir, tmp_path):
+    """`llmcycle serve` loads locate(spec).base and then attaches locate(spec).adapters itself."""
+    from llmcycle.models import locate
+
+    out = tmp_path / "q"
+    assert run_cli("quantize", "-m", llama_dir, "--adapter", lora_dir, "--method", "int8-dynamic", "-o", out) == 0
+    source = locate(str(out))
+    assert source.base == str(out / "model") and [name for name, _ in source.adapters] == ["default"]
+    assert load_model(source.base).adapters == []
 
 
 def test_merge_folds_the_adapter_in_before_quantising(llama_dir, lora_dir, tmp_path):

@@ -97,8 +97,9 @@ def locate(spec: str) -> ModelSource:
         return ModelSource(spec)
     if not path.is_dir():
         raise UserError(f"model {spec} is a file; give a model folder or a hub id")
-    if (path / "adapter").is_dir():  # a run folder, or a quantised base with its adapter kept beside (config.json here)
-        base = str(path) if (path / "config.json").is_file() else _adapter_base(path / "adapter", path)
+    if (path / "adapter").is_dir():  # a run folder, or `quantize`'s quantised model/ with the adapter kept beside it
+        own_base = (path / "model" / "config.json").is_file()
+        base = str(path / "model") if own_base else _adapter_base(path / "adapter", path)
         return ModelSource(base, (("default", str(path / "adapter")),))
     if (path / "model").is_dir() and (path / "model" / "config.json").is_file():
         return ModelSource(str(path / "model"))

@@ -18,10 +18,12 @@ config.json carries the quantisation config and which plain `AutoModel*.from_pre
 tensors are written as safetensors (torchao's flattened tensor-subclass format, described in the file's JSON
 metadata and rebuilt only from torchao's list of allowed classes); no pickle is written or loaded.
 
-Adapters: with `--merge` a LoRA-style adapter is folded into the weights first (llmcycle.deploy.merge);
-otherwise it is copied to OUT/adapter/ and checked to load on the quantised base (peft supports LoRA on
-torchao int8 and on bitsandbytes layers, not on torchao int4). `llmcycle.models.locate` takes such a folder as
-the quantised base with its adapter attached; the copied adapter_config.json still names the base it was trained on.
+Adapters: with `--merge` a LoRA-style adapter is folded into the weights first (llmcycle.deploy.merge), and
+OUT is the model folder. Otherwise OUT is laid out as an llmcycle run folder: the quantised base in OUT/model/
+(what `from_pretrained` loads) and the adapter copied to OUT/adapter/, checked to load and run on that base
+(peft supports LoRA on torchao int8 and on bitsandbytes layers, not on torchao int4). `llmcycle.models.locate`
+takes OUT as that base with its adapter attached; the copied adapter_config.json still names the base it was
+trained on.
 OUT/quantization.json records the method, the library and its version, the source and the layers quantised.
 
 Checked with torchao 0.18.0, transformers 5.24.0 and peft 0.21.2 (CPU): int8 folders round-trip through
@@ -232,9 +234,9 @@ def quantize(model: str, out: str, method: str, *, adapter: str | None = None, m
     with staging_beside(target) as staging:
         merging = (adapter if adapter else None) if merge else False
         publish(_write_quantized(model, source.base, adapters, staging, method, merging, dtype, device, trust_remote_code), target)
-    result = QuantizeResult(target, method, _count_from_metadata(target), weight_file_bytes(target),
-                            time.perf_counter() - started, "merged" if merge else "kept" if adapters else "none")
-    return result
+    weights = target / "model" if (target / "model").is_dir() else target
+    return QuantizeResult(target, method, _count_from_metadata(target), weight_file_bytes(weights),
+                          time.perf_counter() - started, "merged" if merge else "kept" if adapters else "none")
 
 
 def _refuse_quantised(base: str) -> None:
@@ -267,9 +269,10 @@ def _write_quantized(model, base, adapters, staging: Path, method, merge, dtype,
     if count == 0:
         raise UserError(f"{model}: no layer was quantised with {method} (torchao and bitsandbytes quantise nn.Linear layers; "
                         f"{loaded.model.config.model_type} may use other layer types, or widths the method's groups do not divide)")
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    if adapters and not merge:
+    keep = bool(adapters) and not merge
+    loaded.model.save_pretrained(folder / "model" if keep else folder)
+    loaded.tokenizer.save_pretrained(folder / "model" if keep else folder)
+    if keep:
         _keep_adapter(loaded, adapters[0][1], folder, method)
     _write_metadata(folder, method, model, count, "merged" if merge else "kept" if adapters else "none")
     return folder
