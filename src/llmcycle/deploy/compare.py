@@ -88,6 +88,7 @@ def _run(model, data, settings, metrics, folder: Path, methods, references, resa
     forms = {name: _write_reference(source, REFERENCES[name], folder / "forms" / name) for name in references}
     for method in methods:
         forms[method] = quantize(source, str(folder / "forms" / method), method).out
+    note(f"wrote {len(forms)} forms ({', '.join(forms)}); measuring each on the test data")
     _warm_up(next(iter(forms.values())), settings)
     measured = {name: measure(path, data, settings, metrics, folder / "predictions" / f"{name}.jsonl", resamples,
                               dtype=name if name in REFERENCES else "auto") for name, path in forms.items()}

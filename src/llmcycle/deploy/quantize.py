@@ -262,6 +262,7 @@ def _write_quantized(model, base, adapters, staging: Path, method, merge, dtype,
         base = str(merge_adapter(model, merge, str(staging / "merged")))
     merge = merge is not False
     folder = staging / "out"
+    note(f"quantising {base} with {method} ({'torchao' if method in TORCHAO_METHODS else 'bitsandbytes'}) on {device.type}")
     with quiet_torchao():
         loaded = load_base(base, torch_dtype=weights_dtype(method, dtype, device), trust_remote_code=trust_remote_code,
                            quantization_config=quantization_config(method), **({"device_map": {"": device}} if device.type == "cuda" else {}))
