@@ -8,7 +8,7 @@ so greedy text varies) and one LoRA adapter, each in its own process on loopback
 - vllm: `python -m vllm.entrypoints.openai.api_server ... --enable-lora --lora-modules lora=DIR` from the side
   environment of /work/shared/peers/venv-vllm-cpu.sh (skipped when it is absent).
 For 1, 4 and 16 concurrent clients, 128 requests (half to the base, half to the adapter; varied prompts; fixed
-max_tokens with ignore_eos; temperature 0) are sent with the openai client, streaming where the server streams.
+max_tokens with ignore_eos; temperature 0) are sent as bare HTTP requests, streaming where the server streams.
 Reported: requests/s, output tokens/s, p50/p95 latency and time to first token (the naive server does not stream:
 its first token arrives with the last), and the ratios of llmcycle to the others. Greedy texts of llmcycle and
 the naive server are compared request by request.
@@ -136,7 +136,7 @@ def server_command(kind: str, base: Path, adapter: Path, port: int) -> list[str]
         return None
     return [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--served-model-name", "base",
             "--enable-lora", "--lora-modules", f"lora={adapter}", "--max-lora-rank", "8", "--max-model-len", "256",
-            "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port), "--disable-log-requests"]
+            "--dtype", "float32", "--host", "127.0.0.1", "--port", str(port)]
 
 
 def vllm_python() -> str | None:
@@ -157,39 +157,60 @@ def wait_healthy(url: str, process: subprocess.Popen, seconds: float = 600) -> b
     return False
 
 
-async def one_request(client, model: str, prompt: str, max_tokens: int, stream: bool) -> dict:
+async def post(port: int, body: dict):
+    """A bare HTTP/1.0 POST to /v1/completions: the servers reply unchunked and close, so the load generator
+    costs little (the openai client's per-chunk parsing capped every server at ~34 requests/s here)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    data = json.dumps(body).encode()
+    writer.write(b"POST /v1/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer EMPTY\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+    await writer.drain()
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"server answered {status!r}: {await reader.read()!r}")
+    while (await reader.readline()).strip():  # headers
+        pass
+    return reader, writer
+
+
+async def one_request(port: int, model: str, prompt: str, max_tokens: int, stream: bool) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
     start = time.perf_counter()
-    extra = {"ignore_eos": True}
-    if not stream:
-        answer = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, extra_body=extra)
-        end = time.perf_counter()
-        return {"latency": end - start, "ttft": end - start, "tokens": answer.usage.completion_tokens, "text": answer.choices[0].text}
+    reader, writer = await post(port, body)
     first, text, tokens = None, "", 0
-    chunks = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0, stream=True,
-                                             stream_options={"include_usage": True}, extra_body=extra)
-    async for chunk in chunks:
-        if chunk.choices and chunk.choices[0].text and first is None:
-            first = time.perf_counter()
-        text += "".join(c.text for c in chunk.choices)
-        tokens = chunk.usage.completion_tokens if chunk.usage else tokens
+    try:
+        if not stream:
+            answer = json.loads(await reader.read())
+            text, tokens = answer["choices"][0]["text"], answer["usage"]["completion_tokens"]
+        async for line in reader:
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+                continue
+            chunk = json.loads(line[6:])
+            piece = "".join(choice.get("text") or "" for choice in chunk.get("choices", []))
+            if piece and first is None:
+                first = time.perf_counter()
+            text += piece
+            tokens = chunk["usage"]["completion_tokens"] if chunk.get("usage") else tokens
+    finally:
+        writer.close()
     end = time.perf_counter()
     return {"latency": end - start, "ttft": (first or end) - start, "tokens": tokens, "text": text.strip()}
 
 
-async def load(url: str, requests: list[tuple[str, str]], clients: int, max_tokens: int, stream: bool) -> tuple[list[dict], float]:
-    import openai
-
+async def load(port: int, requests: list[tuple[str, str]], clients: int, max_tokens: int, stream: bool) -> tuple[list[dict], float]:
     queue = list(enumerate(requests))
     results: list[dict | None] = [None] * len(requests)
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="EMPTY", max_retries=0, timeout=600) as client:
-        async def worker():
-            while queue:
-                index, (model, prompt) = queue.pop(0)
-                results[index] = await one_request(client, model, prompt, max_tokens, stream)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        return results, time.perf_counter() - start  # type: ignore[return-value]
+    async def worker():
+        while queue:
+            index, (model, prompt) = queue.pop(0)
+            results[index] = await one_request(port, model, prompt, max_tokens, stream)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return results, time.perf_counter() - start  # type: ignore[return-value]
 
 
 def summarize(results: list[dict], seconds: float) -> dict:
@@ -218,10 +239,10 @@ def run_server(kind: str, base: Path, adapter: Path, work: list[tuple[str, str]]
         if not wait_healthy(url, process):
             print(f"{kind}: did not start; see {log.name}", file=sys.stderr)
             return None
-        asyncio.run(load(url, work[:4], 2, args.max_tokens, kind != "naive"))  # warm-up
+        asyncio.run(load(port, work[:4], 2, args.max_tokens, kind != "naive"))  # warm-up
         found = {}
         for clients in args.clients:
-            results, seconds = asyncio.run(load(url, work, clients, args.max_tokens, kind != "naive"))
+            results, seconds = asyncio.run(load(port, work, clients, args.max_tokens, kind != "naive"))
             found[clients] = {**summarize(results, seconds), "texts": [r["text"] for r in results]}
             print(f"{kind} x{clients}: {found[clients]['requests_per_s']:.1f} req/s, "
                   f"{found[clients]['output_tokens_per_s']:.0f} tok/s", file=sys.stderr)

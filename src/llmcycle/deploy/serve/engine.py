@@ -32,9 +32,6 @@ from .protocol import APIError, SamplingParams
 from .text import TextTracker
 
 
-UNKNOWN = "<unknown>"  # the LoRA layers' state after adapters were loaded or removed
-
-
 class QueueFull(Exception):
     pass
 
@@ -100,7 +97,10 @@ class Engine:
         config = self.loaded.model.config
         self.joins_anytime = not self.loaded.is_encoder_decoder or hasattr(config, "relative_attention_num_buckets")
         self.cache_kwarg = cache_argument(self.loaded.model)
-        self.lora_state: str | None = UNKNOWN
+        self.row_adapters: list[str] | None = None  # per-row LoRA names of the forward in progress
+        self.hooked: set[int] = set()
+        self.hooks_current = False  # LoRA layers are looked for again after adapters are loaded
+        self.greedy_plain: bool | None = None  # whether greedy decoding needs no logits processors
         eos = self.loaded.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
 
@@ -165,7 +165,7 @@ class Engine:
                 future.set_result(function())
             except Exception as exc:  # handed to the caller
                 future.set_exception(exc)
-            self.lora_state = UNKNOWN
+            self.hooks_current = False
 
     def _fail_all(self, error: APIError, waiting: bool = False) -> None:
         jobs = {id(row.job): row.job for row in self.rows}
@@ -235,28 +235,33 @@ class Engine:
         return select(state, index)
 
     def _adapter_kwargs(self, adapters: list[Adapter | None]) -> dict:
-        """peft's per-row `adapter_names` for a mixed batch; a batch of one adapter (or none) runs it directly."""
+        """Point the LoRA layers at these rows' adapters (peft's mixed-batch path, `adapter_names` per row).
+
+        The names reach every LoRA layer through hooks installed once: peft's own `adapter_names=` argument walks
+        every module to add and remove hooks on each call, and switching adapters on and off walks them too,
+        each about as costly as a small model's decoding step. Returns extra forward arguments (none)."""
+        self.row_adapters = None
         if not self.served.has_lora:
             return {}
-        names = [adapter.lora_name if adapter else BASE_ROW for adapter in adapters]
-        if len(set(names)) == 1:  # peft's mixed-batch path costs about twice the plain one on small models
-            self._use_lora(names[0])
-            return {}
-        self._use_lora(None)
-        return {"adapter_names": names}
+        self._hook_lora_layers()
+        self.row_adapters = [adapter.lora_name if adapter else BASE_ROW for adapter in adapters]
+        return {}
 
-    def _use_lora(self, name: str | None) -> None:
-        """Switch the LoRA layers: one adapter for every row, BASE_ROW for none, None for per-row names."""
-        if name == self.lora_state:
+    def _hook_lora_layers(self) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        if self.hooks_current:
             return
-        model = self.loaded.model
-        if name == BASE_ROW:
-            model.base_model.disable_adapter_layers()
-        else:
-            model.base_model.enable_adapter_layers()
-            if name is not None:
-                model.set_adapter(name)
-        self.lora_state = name
+        self.hooks_current = True
+        for module in self.loaded.model.modules():
+            if isinstance(module, LoraLayer) and id(module) not in self.hooked:
+                module.register_forward_pre_hook(self._row_names_hook, with_kwargs=True)
+                self.hooked.add(id(module))
+
+    def _row_names_hook(self, module, args, kwargs):
+        if self.row_adapters is not None:
+            kwargs["adapter_names"] = self.row_adapters
+        return args, kwargs
 
     def _prompt_inputs(self, jobs: list[Job]) -> tuple[dict, torch.Tensor]:
         """input_ids, or inputs_embeds with prompt adapters' virtual tokens first, padded into one batch (on the
@@ -303,7 +308,18 @@ class Engine:
         return start if start is not None else self.loaded.tokenizer.pad_token_id
 
     def _processors(self, job: Job):
-        """The logits processors and warpers `generate()` would use for these settings and this model."""
+        """The logits processors and warpers `generate()` would use for these settings and this model.
+
+        Under greedy decoding most models have none; that answer is kept, since building the list costs a copy of
+        the generation config per request."""
+        if job.params.greedy and self.greedy_plain:
+            return []
+        processors = self._build_processors(job)
+        if job.params.greedy and self.greedy_plain is None:
+            self.greedy_plain = len(processors) == 0
+        return processors
+
+    def _build_processors(self, job: Job):
         params = job.params
         settings = GenerationSettings(max_new_tokens=params.max_tokens or 1, do_sample=not params.greedy,
                                       temperature=params.temperature or 1.0, top_k=params.top_k, top_p=params.top_p)
