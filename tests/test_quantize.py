@@ -131,7 +131,8 @@ def test_compare_measures_every_form_and_checks_the_planner(llama_dir, tmp_path,
         assert len((out / form["predictions"]).read_text().splitlines()) == 6
     # int8 keeps embeddings, norms and the head in float32 on a CPU: in this tiny model they outweigh the linear layers
     assert forms["bfloat16"]["size_on_disk_bytes"] < forms["int8-weight"]["size_on_disk_bytes"] < forms["float32"]["size_on_disk_bytes"]
-    assert "change" in forms["int8-weight"]["metrics"]["rougeL"]
+    change = forms["int8-weight"]["metrics"]["rougeL"]["change"]  # paired: every form answers the same rows
+    assert {"absolute", "ci95", "p_value"} <= set(change) and change["ci95"][0] <= change["absolute"] <= change["ci95"][1]
     printed = capsys.readouterr().out
     assert "bytes/param" in printed and "quality of each form" in printed
 

@@ -10,7 +10,8 @@ float32 and bfloat16 (save_pretrained), and each quantised form (llmcycle.deploy
 * tokens/s: completion tokens (the outputs re-tokenised) over the wall time of generating the data's prompts;
 * peak memory: on CUDA the most memory torch allocated during load and generation; on a CPU the largest rise
   of the process's resident memory above where it stood before the load, sampled every 5 ms;
-* quality: the eval metrics with 95% bootstrap intervals, and the change against the first form.
+* quality: the eval metrics with 95% bootstrap intervals, and each form's change against the first form with a
+  paired bootstrap interval and p-value (every form answers the same rows; llmcycle.evaluate.stats.paired_change).
 
 The planner has bytes-per-parameter figures for float32 and bfloat16 weights and for NF4 (QLoRA's frozen
 base). For torchao's int8 and int4 it has none, so the expectation here is written from what those formats
@@ -81,7 +82,7 @@ def _device() -> torch.device:
 
 
 def _run(model, data, settings, metrics, folder: Path, methods, references, resamples) -> dict:
-    from ..evaluate import compare
+    from ..evaluate.forgetting import add_changes
     from ..outputs import write_json
 
     source = _merged_source(model, folder.parent)
@@ -92,7 +93,8 @@ def _run(model, data, settings, metrics, folder: Path, methods, references, resa
     _warm_up(next(iter(forms.values())), settings)
     measured = {name: measure(path, data, settings, metrics, folder / "predictions" / f"{name}.jsonl", resamples,
                               dtype=name if name in REFERENCES else "auto") for name, path in forms.items()}
-    quality = compare({name: entry.pop("metrics") for name, entry in measured.items()})
+    statistics = {name: entry.pop("statistics") for name, entry in measured.items()}
+    quality = add_changes({name: entry.pop("metrics") for name, entry in measured.items()}, statistics, resamples, settings.seed)
     shape = _planner_shape(source)
     for name, entry in measured.items():
         entry["metrics"] = quality[name]
@@ -181,7 +183,9 @@ def _memory_measure() -> str:
 
 def measure(folder: Path, data, settings, metrics: list[str], predictions: Path, resamples: int, dtype: str = "auto") -> dict:
     """Load `folder` as llmcycle's verbs do, generate on `data`, score; costs and metrics of one form."""
-    from ..evaluate import MetricInput, score
+    from ..evaluate import MetricInput
+    from ..evaluate.metrics import statistics
+    from ..evaluate.stats import bootstrap_summary
     from ..generate.engine import generate
     from ..generate.predict import prediction_records
     from ..models import load_model
@@ -199,11 +203,13 @@ def measure(folder: Path, data, settings, metrics: list[str], predictions: Path,
     write_jsonl(predictions, prediction_records(examples, prompts, outputs))
     tokens = sum(len(ids) for ids in loaded.tokenizer(outputs, add_special_tokens=False)["input_ids"])
     inputs = MetricInput(outputs, [e.completion for e in examples], prompts, [e.where for e in examples], loaded, settings.batch_size)
+    per_row = statistics(inputs, metrics)
     return {
         "folder": str(folder), "predictions": str(predictions), "size_on_disk_bytes": weight_file_bytes(folder),
         "load_s": round(load_s, 4), "generation_s": round(generation_s, 4), "output_tokens": tokens,
         "tokens_per_s": round(tokens / generation_s, 2) if generation_s > 0 else None,
-        "peak_memory_bytes": memory.rise, "metrics": score(inputs, metrics, resamples, settings.seed),
+        "peak_memory_bytes": memory.rise, "statistics": per_row,
+        "metrics": {name: bootstrap_summary(statistic, resamples, settings.seed) for name, statistic in per_row.items()},
     }
 
 
@@ -265,7 +271,8 @@ def print_results(result: dict) -> None:
     from ..evaluate import print_comparison
 
     forms = result["forms"]
-    first = next(iter(forms.values()))
+    first_name, first = next(iter(forms.items()))
+    metric = next(iter(first["metrics"]))
     rows = []
     for name, entry in forms.items():
         planned = entry["planned_bytes_per_param"]
@@ -273,10 +280,17 @@ def print_results(result: dict) -> None:
             name, f"{entry['size_on_disk_bytes'] / 2**20:,.2f}", f"{first['size_on_disk_bytes'] / entry['size_on_disk_bytes']:.2f}x",
             f"{entry['bytes_per_param']:.3f}", "-" if planned is None else f"{planned:.3f} ({entry['planned_from']})",
             f"{entry['load_s']:.2f}", "-" if entry["tokens_per_s"] is None else f"{entry['tokens_per_s']:.1f}",
-            f"{entry['peak_memory_bytes'] / 2**20:,.1f}",
+            f"{entry['peak_memory_bytes'] / 2**20:,.1f}", _paired(entry["metrics"][metric].get("change")),
         ))
     print_table(f"quantised forms of {result['model']} on {result['device']}",
-                ["form", "size on disk (MiB)", f"smaller than {next(iter(forms))}", "bytes/param", "planned bytes/param",
-                 "load (s)", "output tokens/s", "peak memory (MiB)"], rows)
+                ["form", "size on disk (MiB)", f"smaller than {first_name}", "bytes/param", "planned bytes/param",
+                 "load (s)", "output tokens/s", "peak memory (MiB)", f"{metric} change, paired 95%"], rows)
     note(f"peak memory: {result['peak_memory_measure']}, during load and generation")
     print_comparison("quality of each form", {name: entry["metrics"] for name, entry in forms.items()})
+
+
+def _paired(change: dict | None) -> str:
+    if not change:
+        return "-"
+    low, high = change["ci95"]
+    return f"{change['absolute']:+.4f} [{low:+.4f}, {high:+.4f}]"

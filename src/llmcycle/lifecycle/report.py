@@ -220,6 +220,9 @@ def deploy_table(metrics: dict) -> str:
         cost, source = entry["cost"], metrics.get(name.rsplit("+", 1)[0], {})
         quality = next((m for m in ("rougeL", "bleu", "exact_match", "toxicity") if _mean(entry, m) is not None), None)
         before, after = (_mean(source, quality), _mean(entry, quality)) if quality else (None, None)
+        paired = cost.get("quality_change", {}).get(quality)
+        change = (f"{quality} {after:.4f}: {paired['absolute']:+.4f} [{paired['ci95'][0]:+.4f}, {paired['ci95'][1]:+.4f}] against float32"
+                  if paired else "-" if before is None or after is None else f"{quality} {before:.4f} &rarr; {after:.4f} ({after - before:+.4f})")
         cells = [
             html.escape(cost.get("method", "-")),
             f"{cost['size_on_disk_bytes'] / 2**20:,.2f} MiB ({cost['float32_bytes'] / cost['size_on_disk_bytes']:.2f}x smaller)",
@@ -227,7 +230,7 @@ def deploy_table(metrics: dict) -> str:
             _measured(cost, "load_s", ".2f", unit=" s"),
             f"{_measured(cost, 'tokens_per_s', ',.1f')} ({_measured(cost, 'float32_tokens_per_s', ',.1f')})",
             f"{_measured(cost, 'peak_memory_bytes', ',.1f', 2**20)} ({_measured(cost, 'float32_peak_memory_bytes', ',.1f', 2**20)}) MiB",
-            "-" if before is None or after is None else f"{quality} {before:.4f} &rarr; {after:.4f} ({after - before:+.4f})",
+            change,
         ]
         return f"<tr><td>{html.escape(name)}</td>{''.join(f'<td>{c}</td>' for c in cells)}</tr>"
 
@@ -236,8 +239,9 @@ def deploy_table(metrics: dict) -> str:
         return ""
     return ("<h3>Deployment: what each byte saved cost</h3><table><tr><th>variant</th><th>method</th><th>size on disk</th>"
             "<th>bytes / parameter (planned)</th><th>load time</th><th>output tokens/s (float32)</th><th>peak memory (float32)</th>"
-            f"<th>quality against the source</th></tr>{rows}</table><p class='ci'>measured against the float32 form of the source "
-            "in the same run; peak memory is the rise during load and generation (CUDA allocations, or resident memory on a CPU)</p>")
+            f"<th>quality: change [paired 95% interval]</th></tr>{rows}</table><p class='ci'>measured against the float32 form of the "
+            "source in the same run, on the same rows; peak memory is the rise during load and generation (CUDA allocations, or "
+            "resident memory on a CPU)</p>")
 
 
 def forgetting_table(metrics: dict) -> str:
