@@ -1,6 +1,6 @@
 """Multiple-choice suite scoring: llmcycle's native engine against lm-evaluation-harness on the same model and items.
 
-    .venv/bin/python bench/suite_throughput.py [--items 200] [--arch gpt2,t5] [--shots 0] [--batch-size 8] [--layers 2 --hidden 64]
+    .venv/bin/python bench/suite_throughput.py [--items 200] [--arch gpt2,t5] [--shots 0] [--batch-size 8] [--layers 2 --hidden 64] [--scoring letter]
 
 Builds tiny models from configs (tests/conftest.py's `build`), writes a synthetic suite, scores it with
 `llmcycle.evaluate.benchmark` in this process, and with lm-eval's HFLM (same model folder, a local JSON task)
@@ -8,7 +8,7 @@ in lm-eval's side venv (`bash /work/shared/peers/venv-lm-eval.sh` builds it; set
 Prints items/s of both (lm-eval's counted inside HFLM.loglikelihood, its scoring proper, and over all of
 simple_evaluate), the ratio, and how many items got the same pick.
 
-`python bench/suite_throughput.py peer MODEL_DIR BACKEND SUITE.jsonl SHOTS BATCH OUT.json [SHOTS.jsonl]` is the peer half,
+`python bench/suite_throughput.py peer MODEL_DIR BACKEND SUITE.jsonl SHOTS BATCH OUT.json [SHOTS.jsonl|- [letter]]` is the peer half,
 run with lm-eval's python: it scores SUITE with HFLM and writes per-item log-likelihoods, picks and seconds.
 The tests (tests/test_suites.py) use it too.
 """
@@ -36,12 +36,24 @@ def peer_python() -> str | None:
     return str(default / "bin" / "python") if (default / "ok").is_file() else None
 
 
-def task_config(suite: str, shots: int, shot_data: str | None) -> dict:
-    """A local JSON task in lm-eval's multiple_choice convention: context = question, choices = `choices`.
+LETTER_TEMPLATE = {  # lm-eval's mmlu (default) layout, for 4-choice rows with a subject
+    "doc_to_text": "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nC. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:",
+    "doc_to_choice": ["A", "B", "C", "D"],
+    "description": "The following are multiple choice questions (with answers) about {{subject.replace('_', ' ')}}.\n\n",
+}
+
+
+def task_config(suite: str, shots: int, shot_data: str | None, letter: bool = False) -> dict:
+    """A local JSON task in lm-eval's multiple_choice convention: context = question, choices = `choices`
+    (with `letter`, lm-eval's mmlu layout and the letters scored).
 
     Shots come from `shot_data` in file order (lm-eval's first_n sampler), as llmcycle takes them from --shot-data.
     """
     files = {"test": suite, **({"dev": shot_data} if shot_data else {})}
+    return {**_choice_task(files, shots, shot_data), **(LETTER_TEMPLATE if letter else {})}
+
+
+def _choice_task(files: dict, shots: int, shot_data: str | None) -> dict:
     return {
         "task": "llmcycle_suite", "dataset_path": "json", "dataset_kwargs": {"data_files": files},
         "test_split": "test", "fewshot_split": "dev" if shot_data else "test", "fewshot_config": {"sampler": "first_n"},
@@ -50,7 +62,8 @@ def task_config(suite: str, shots: int, shot_data: str | None) -> dict:
     }
 
 
-def run_peer(model_dir: str, backend: str, suite: str, shots: int, batch_size: int, out: str, shot_data: str | None) -> None:
+def run_peer(model_dir: str, backend: str, suite: str, shots: int, batch_size: int, out: str, shot_data: str | None,
+             letter: bool = False) -> None:
     """Runs inside lm-eval's venv: per-item log-likelihoods and picks from HFLM, and the seconds it took."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -69,7 +82,7 @@ def run_peer(model_dir: str, backend: str, suite: str, shots: int, batch_size: i
 
     model.loglikelihood = timed
     started = time.perf_counter()
-    results = lm_eval.simple_evaluate(model=model, tasks=[task_config(suite, shots, shot_data)], log_samples=True, random_seed=0,
+    results = lm_eval.simple_evaluate(model=model, tasks=[task_config(suite, shots, shot_data, letter)], log_samples=True, random_seed=0,
                                       numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
     seconds = time.perf_counter() - started
     samples = sorted(results["samples"]["llmcycle_suite"], key=lambda s: s["doc_id"])
@@ -79,12 +92,13 @@ def run_peer(model_dir: str, backend: str, suite: str, shots: int, batch_size: i
 
 
 def peer_scores(python: str, model_dir: str, backend: str, suite: str, shots: int = 0, batch_size: int = 8,
-                shot_data: str | None = None) -> dict:
+                shot_data: str | None = None, letter: bool = False) -> dict:
     """Run the peer half in lm-eval's venv and read what it wrote."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "peer.json"
         env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(Path(folder) / "cache")}
-        args = [python, str(PEER_SCRIPT), "peer", model_dir, backend, suite, str(shots), str(batch_size), str(out), *([shot_data] if shot_data else [])]
+        args = [python, str(PEER_SCRIPT), "peer", model_dir, backend, suite, str(shots), str(batch_size), str(out),
+                shot_data or "-", "letter" if letter else "choice"]
         done = subprocess.run(args, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"lm-eval failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -98,18 +112,19 @@ def suite_rows(count: int) -> list[dict]:
     for i in range(count):
         a, b, task = names[i % 6], names[(i * 5 + 1) % 6], tasks[i % 4]
         question = f"{a} and {b}: can we {task} on day {i}? Who wants to {task}?"
-        rows.append({"question": question, "choices": [a, b, f"{a} and {b}", "nobody at all"], "answer": i % 4})
+        rows.append({"question": question, "choices": [a, b, f"{a} and {b}", "nobody at all"], "answer": i % 4, "subject": "general_knowledge"})
     return rows
 
 
-def native_scores(model_dir: str, suite: str, shots: int, batch_size: int, shot_data: str | None = None) -> tuple[list, float]:
+def native_scores(model_dir: str, suite: str, shots: int, batch_size: int, shot_data: str | None = None,
+                  scoring: str = "choice") -> tuple[list, float]:
     from llmcycle.evaluate.benchmark import load_suite, pick_shots, score_model
     from llmcycle.models import ModelOptions
 
     loaded = ModelOptions(model_dir, dtype="float32").load()
     data = load_suite(suite, shot_data)
     started = time.perf_counter()
-    scores = score_model(loaded, data, pick_shots(data, shots, 0), "choice", batch_size)
+    scores = score_model(loaded, data, pick_shots(data, shots, 0), scoring, batch_size)
     return scores.loglikelihoods, time.perf_counter() - started
 
 
@@ -125,6 +140,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--scoring", choices=["choice", "letter"], default="choice")
     args = parser.parse_args()
     python = peer_python()
     if python is None:
@@ -138,11 +154,11 @@ def main() -> None:
         for arch in args.arch.split(","):
             model_dir = str(build(arch, Path(folder) / arch, layers=args.layers, hidden=args.hidden))
             shot_data = str(suite) if args.shots else None  # shots in file order from the same rows, as the peer's first_n
-            ours, our_seconds = native_scores(model_dir, str(suite), args.shots, args.batch_size, shot_data)
+            ours, our_seconds = native_scores(model_dir, str(suite), args.shots, args.batch_size, shot_data, args.scoring)
             peer = peer_scores(python, model_dir, "seq2seq" if arch in ("t5", "bart") else "causal", str(suite), args.shots,
-                               args.batch_size, shot_data)
+                               args.batch_size, shot_data, args.scoring == "letter")
             same = sum(int(np.argmax(o)) == int(np.argmax(p["loglikelihoods"])) for o, p in zip(ours, peer["items"]))
-            print(f"{arch} ({args.layers} layers, hidden {args.hidden}): {args.items} items, {args.shots}-shot, batch {args.batch_size}: llmcycle {args.items / our_seconds:.1f} items/s, "
+            print(f"{arch} ({args.layers} layers, hidden {args.hidden}): {args.items} items, {args.shots}-shot, {args.scoring} scoring, batch {args.batch_size}: llmcycle {args.items / our_seconds:.1f} items/s, "
                   f"lm-eval {args.items / peer['seconds']:.1f} items/s in HFLM.loglikelihood "
                   f"({args.items / peer['total_seconds']:.1f} with simple_evaluate's set-up); "
                   f"ratio {peer['seconds'] / our_seconds:.2f}x; same pick {same}/{args.items}")
@@ -151,6 +167,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "peer":
         model_dir, backend, suite, shots, batch, out = sys.argv[2:8]
-        run_peer(model_dir, backend, suite, int(shots), int(batch), out, sys.argv[8] if len(sys.argv) > 8 else None)
+        shot_file = sys.argv[8] if len(sys.argv) > 8 and sys.argv[8] != "-" else None
+        run_peer(model_dir, backend, suite, int(shots), int(batch), out, shot_file, len(sys.argv) > 9 and sys.argv[9] == "letter")
     else:
         main()

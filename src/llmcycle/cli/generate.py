@@ -76,7 +76,7 @@ def prompt(data, shots, shot_data, truncate_shots, metrics, metrics_out, out, co
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR")
 @click.option("--use", default=None, metavar="NAME")
 @click.option("--data", "-d", default=None, help="Test data to generate predictions for (with --model); prompt-only rows take reference-free metrics.")
-@click.option("--suite", default=None, help="Multiple-choice suite: rows of question/choices/answer, an MMLU folder (dev/, test/), or with --engine lm-eval a task name.")
+@click.option("--suite", default=None, help="Multiple-choice suite: rows of question/choices/answer, an MMLU folder (dev/, test/), or with --engine lm-eval a task name or task YAML.")
 @click.option("--shots", type=int, default=0, show_default=True, help="With --suite: solved items before each question.")
 @click.option("--shot-data", default=None, help="With --suite: solved items to take shots from (default: an MMLU folder's dev/, else other items).")
 @click.option("--scoring", type=click.Choice(["choice", "letter"]), default="choice", show_default=True, help="With --suite: score each choice's text (lm-eval multiple_choice), or the letters A-D under a listed question (MMLU style).")
@@ -118,6 +118,8 @@ def _check_eval_flags(model, kwargs, predictions, data, suite, compare_models) -
         raise UserError("give one of --predictions, --data or --suite")
     if compare_models and not (data or suite):
         raise UserError("--compare needs --data or --suite: the models are compared on the same rows")
+    if suite and (kwargs.get("template") or kwargs.get("skip_bad_rows")):
+        raise UserError("--template and --skip-bad-rows apply to --data; a suite's rows are question/choices/answer, and a bad one stops")
 
 
 COMMANDS = [generate, prompt, eval_]
