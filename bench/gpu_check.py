@@ -1,8 +1,10 @@
 """The CUDA figures, prepared on a machine without a GPU for a later session that has one (issue 14).
 
-Run on the GPU machine from the repository root, with the working tree carried there:
+Run on the GPU machine from the repository root, with the working tree carried there. Wheels for what the
+machine lacks go in an untracked wheels/ folder here first (no internet there), e.g.
+`.venv/bin/python -m pip download torchao==0.18.0 --no-deps -d wheels/` (3.4 MB, abi3, torch >= 2.11), then:
 
-    PYTHONPATH=src python bench/gpu_check.py --out "$OUT"          # about 5 minutes on an H200
+    pip install --no-deps wheels/*.whl; PYTHONPATH=src python bench/gpu_check.py --out "$OUT"   # ~5 min on an H200
 
 It writes OUT/gpu_check.json and prints Markdown rows for bench/RESULTS.md. Every section records either its
 figures or `not run: REASON`, and one failing section does not stop the others:
@@ -118,9 +120,9 @@ def full_finetune(args) -> dict:
 
     shape, seq, batch = (LLAMA_TINY, 128, 2) if args.tiny else (LLAMA_1B, 2048, 8)
     config = llama_config(shape, seq)
-    reset_peak()
     with torch.device(device()):
         model = LlamaForCausalLM(config).to(torch.bfloat16)
+    reset_peak()  # the peak from here on: bf16 weights and what training adds, not the float32 initialisation
     model.train()
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=torch.cuda.is_available())
