@@ -229,7 +229,7 @@ def test_holistic_view_in_metrics_json(gpt2_dir, suite, tmp_path):
     view = result["holistic"]
     assert set(view) == {"accuracy", "calibration_ece", "robustness", "toxicity", "efficiency"}
     assert view["accuracy"]["mean"] == result["acc"]["mean"] and 0 <= view["calibration_ece"]["mean"] <= 1
-    assert view["robustness"]["change"]["absolute"] == pytest.approx(view["robustness"]["mean"] - result["acc"]["mean"], abs=1e-6)
+    assert view["robustness"]["change"]["absolute"] == pytest.approx(view["robustness"]["mean"] - result["acc"]["mean"], abs=2e-6)
     assert view["efficiency"]["batches"] == 2 and view["efficiency"]["tokens_per_s"]["mean"] > 0
     assert view["toxicity"]["n"] == 6
 

@@ -218,3 +218,10 @@ def print_suite_table(runs: dict[str, dict]) -> None:
              f"{run['forgot']}/{run['learned']}" if "forgot" in run else "-", run["acc"]["n"]] for label, run in runs.items()]
     print_table("multiple-choice suite (95% bootstrap intervals)", ["model", "acc", "acc_norm", "macro acc", "chance",
                                                                     "forgot/learned", "items"], rows)
+
+
+def score_probe(model: str, suite: str, samples: str, *, shots: int = 0, scoring: str = "choice", seed: int = 0,
+                batch_size: int = 8, limit: int | None = None) -> dict:
+    """One model on a recipe's suite probe; its items go to `samples`, which forgetting.samples_forgetting pairs later."""
+    request = SuiteRequest(suite, shots, None, scoring, limit=limit, samples=samples, seed=seed, batch_size=batch_size)
+    return {**evaluate_suite(ModelOptions(model), request), "samples": samples}

@@ -9,6 +9,7 @@ A recipe (YAML) names the model, the data and the stages:
       test: {task: dialogsum, rows: 50, seed: 2}
     probes:                               # held-out tasks: did tuning make the model forget them?
       - {task: classify, rows: 30, seed: 3}
+      - {suite: mmlu/, shots: 5}           # a multiple-choice suite: forgetting with a paired test (eval --suite)
     generation: {max_new_tokens: 48, batch_size: 16}
     metrics: [rouge, toxicity]
     stages:
@@ -56,6 +57,8 @@ class Variant:
     cost: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     probes: dict = field(default_factory=dict)
+    suites: dict = field(default_factory=dict)
+    """Suite probes: {label: eval --suite's result, with "samples", the per-item file the forgetting test pairs}."""
     predictions: str | None = None
     log: str | None = None
 
@@ -155,6 +158,12 @@ def _check_data_spec(spec, source: str, name: str) -> None:
     """A file path, a hub id, {path, split} for a hub split, or {task, rows, seed} for built-in synthetic data."""
     from ..data.synthetic import TASKS
 
+    if isinstance(spec, dict) and "suite" in spec and name.startswith("probes"):
+        if set(spec) - {"suite", "shots", "scoring", "name"} or not isinstance(spec["suite"], str):
+            raise UserError(f"{source}: data {name}: a suite probe is {{suite: PATH, shots, scoring, name}}")
+        if not (Path(spec["suite"]).exists() or Path(source).parent.joinpath(spec["suite"]).exists()):
+            raise UserError(f"{source}: data {name}: suite {spec['suite']} does not exist")
+        return
     if isinstance(spec, dict) and "path" in spec and not set(spec) - {"path", "split"}:
         spec = spec["path"]
     if isinstance(spec, str):
@@ -328,6 +337,8 @@ class Run:
     def probe_files(self) -> dict[str, str]:
         result = {}
         for index, spec in enumerate(self.recipe.probes):
+            if isinstance(spec, dict) and "suite" in spec:
+                continue  # suite_probes()
             label = spec["task"] if isinstance(spec, dict) else Path(spec).stem
             result[label] = self.data_file(f"probe-{index}-{label}", spec)
         return result
@@ -364,7 +375,10 @@ def _restore(run: Run, saved: dict) -> None:
 
 def variant_metrics(run: Run) -> dict:
     """`{variant: {metric: {"mean", "ci95", "n"}, ..., "probes": {...}, "forgetting": {...}, "cost": {...}}}`."""
+    from ..evaluate.forgetting import samples_forgetting
+
     base_probes = next((v.probes for v in run.variants.values() if v.kind == "prompting" and v.probes), {})
+    base_suites = next((v.suites for v in run.variants.values() if v.kind == "prompting" and v.suites), {})
     result = {}
     for variant in run.variants.values():
         entry = dict(variant.metrics)
@@ -375,6 +389,11 @@ def variant_metrics(run: Run) -> dict:
                     task: round(variant.probes[task]["rougeL"]["mean"] - base_probes[task]["rougeL"]["mean"], 6)
                     for task in variant.probes if task in base_probes
                 }
+        if variant.suites:
+            entry["suites"] = variant.suites
+            if variant.kind != "prompting" and base_suites:
+                entry["suite_forgetting"] = {task: samples_forgetting(base_suites[task]["samples"], suite["samples"])
+                                             for task, suite in variant.suites.items() if task in base_suites}
         entry["cost"] = variant.cost
         result[variant.name] = entry
     return result
@@ -448,6 +467,24 @@ def run_eval(run: Run, step: Step, folder: Path) -> None:
         if not variant.probes and (variant.kind != "prompting" or variant.name == _first_prompting(run)):
             variant.probes = {task: _score(run, variant, path, folder / f"{_slug(variant.name)}.probe-{task}.jsonl", ["rouge"])[0]
                               for task, path in run.probe_files().items()}
+        if not variant.suites and (variant.kind != "prompting" or variant.name == _first_prompting(run)):
+            variant.suites = {label: _score_suite(run, variant, spec, folder / f"{_slug(variant.name)}.probe-{label}.samples.jsonl")
+                              for label, spec in _suite_probes(run.recipe).items()}
+
+
+def _suite_probes(recipe) -> dict[str, dict]:
+    """The recipe's suite probes by label: `name`, else the suite's file or folder name."""
+    specs = [spec for spec in recipe.probes if isinstance(spec, dict) and "suite" in spec]
+    return {str(spec.get("name") or Path(spec["suite"]).stem): spec for spec in specs}
+
+
+def _score_suite(run: Run, variant: Variant, spec: dict, samples: Path) -> dict:
+    from ..evaluate.benchmark import score_probe
+
+    path = spec["suite"] if Path(spec["suite"]).exists() else str(Path(run.recipe.source).parent / spec["suite"])
+    settings = run.settings()
+    return score_probe(variant.model, path, str(samples), shots=spec.get("shots", 0), scoring=spec.get("scoring", "choice"),
+                       seed=settings.seed, batch_size=settings.batch_size, limit=SMOKE_ROWS if run.smoke else None)
 
 
 def _first_prompting(run: Run) -> str | None:
