@@ -285,3 +285,12 @@ def test_engine_lm_eval_runs_a_task_yaml_and_agrees_with_the_native_engine(gpt2_
     assert set(harness) == {"acc", "acc_norm"} and harness["acc"]["n"] == 6
     for metric in ("acc", "acc_norm"):
         assert harness[metric]["mean"] == pytest.approx(native[metric]["mean"], abs=1e-6)
+
+
+def test_shots_drawn_from_the_suite_itself_are_seeded_of_the_same_subject_and_never_the_item(suite):
+    data = load_suite(str(suite), None)
+    first, again = pick_shots(data, 2, seed=1), pick_shots(data, 2, seed=1)
+    assert [[s.id for s in shots] for shots in first] == [[s.id for s in shots] for shots in again]
+    for item, shots in zip(data.items, first):
+        assert len(shots) == 2 and item.id not in {s.id for s in shots} and {s.subject for s in shots} == {item.subject}
+    assert [[s.id for s in shots] for shots in pick_shots(data, 2, seed=2)] != [[s.id for s in shots] for shots in first]

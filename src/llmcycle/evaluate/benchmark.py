@@ -58,15 +58,24 @@ def pick_shots(suite: Suite, shots: int, seed: int) -> list[list[Item]]:
         raise UserError("--shots must be 0 or more")
     if shots == 0:
         return [[] for _ in suite.items]
+    separate = bool(suite.shots)
+    everything = suite.shots or suite.items
+    by_subject: dict[str, list[Item]] = {}
+    for other in everything:
+        by_subject.setdefault(other.subject, []).append(other)
     chosen = []
     for index, item in enumerate(suite.items):
-        pool = suite.shots or [other for other in suite.items if other.id != item.id]
-        same = [other for other in pool if other.subject == item.subject]
-        pool = same if len(same) >= shots else pool
-        if len(pool) < shots:
-            raise UserError(f"{item.where}: {shots} shots asked for, but only {len(pool)} solved items are available"
-                            + ("" if suite.shots else "; pass --shot-data with more"))
-        chosen.append(pool[:shots] if suite.shots else random.Random(seed * 1_000_003 + index).sample(pool, shots))
+        own = 0 if separate else 1  # an item is never its own shot
+        pool = by_subject.get(item.subject, [])
+        pool = pool if len(pool) - own >= shots else everything
+        if len(pool) - own < shots:
+            raise UserError(f"{item.where}: {shots} shots asked for, but only {len(pool) - own} solved items are available"
+                            + ("" if separate else "; pass --shot-data with more"))
+        if separate:
+            chosen.append(pool[:shots])
+        else:  # k + 1 drawn, the item itself (or the last) dropped: k uniform among the others
+            drawn = random.Random(seed * 1_000_003 + index).sample(pool, shots + 1)
+            chosen.append([other for other in drawn if other.id != item.id][:shots])
     return chosen
 
 
