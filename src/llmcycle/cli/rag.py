@@ -59,6 +59,8 @@ def ask(question, index_path, k, retriever, data, out, **kwargs):
     settings, model = generation_settings(kwargs), model_spec(kwargs)
     if (question is None) == (data is None):
         raise UserError("give exactly one of QUESTION or --data FILE")
+    if question is not None and not question.strip():
+        raise UserError("the QUESTION is empty; ask something")
     if out and not data:
         raise UserError("--out goes with --data; one QUESTION's answer is printed")
     check_out(out)

@@ -223,8 +223,8 @@ class Previous:
     digests: dict[str, str]
 
 
-def load_previous(out: Path, embedder: Embedder, settings: ChunkSettings) -> Previous | None:
-    """The old index's reusable parts, or None when its chunker settings differ (everything is re-embedded)."""
+def load_previous(out: Path, embedder: Embedder, settings: ChunkSettings, store: str) -> Previous | None:
+    """The old index's reusable parts, or None when its chunker settings or store differ (everything is re-embedded)."""
     from .retrieve import RagIndex
 
     old = RagIndex.open(out)
@@ -232,8 +232,8 @@ def load_previous(out: Path, embedder: Embedder, settings: ChunkSettings) -> Pre
     if recorded["name"] != embedder.name or int(recorded["dimension"]) != embedder.dimension:
         raise UserError(f"--update: {out} was built with embedder {recorded['name']} (dimension {recorded['dimension']}), "
                         f"not {embedder.name} (dimension {embedder.dimension}); update with the same --embedder or build a new index")
-    if old.manifest["chunking"] != asdict(settings):
-        note(f"--update: chunker settings changed from {old.manifest['chunking']}; re-embedding every document")
+    if old.manifest["chunking"] != asdict(settings) or old.store_kind != store:
+        note(f"--update: the chunker settings or the store changed since {out} was built; re-embedding every document")
         return None
     vectors = old.vectors() if old.store_kind == "folder" else None
     by_doc: dict[str, list[int]] = {}
@@ -303,7 +303,7 @@ def build_index(paths: list[str], out: str, options: IndexOptions) -> dict:
     started = time.perf_counter()
     documents = read_documents(paths)
     embedder = load_embedder(options.embedder)
-    previous = load_previous(out_path, embedder, options.chunking) if options.update else None
+    previous = load_previous(out_path, embedder, options.chunking, options.store) if options.update else None
     options.chunking.validate(embedder.token_limit)
     options.collection = options.collection or out_path.resolve().name
     chunks, to_embed, reused = plan_chunks(documents, embedder, options.chunking, previous)
