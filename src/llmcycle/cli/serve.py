@@ -86,7 +86,7 @@ def serve(extra, model, adapters, lora_modules, enable_lora, engine, **kwargs):
     if engine == "vllm":
         from ..deploy.serve.vllm import run_vllm
 
-        raise SystemExit(run_vllm(config))
+        run_vllm(config)  # does not return: vLLM's server takes over the process
     run(config)
 
 
