@@ -35,3 +35,22 @@ def test_unknown_tracker_is_a_one_line_error(gpt2_dir, tmp_path, capsys):
     assert status == 2
     assert "--report-to" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_mlflow_run_has_the_loss_curve_and_the_config(gpt2_dir, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = write_jsonl(tmp_path / "train.jsonl", dialogue_rows(8))
+    out = tmp_path / "run"
+    assert run_cli("finetune", "-m", gpt2_dir, "-d", data, "--method", "lora", "--max-steps", "3", "--batch-size", "4",
+                   "--lora-rank", "4", "--report-to", "mlflow", "--out", out) == 0
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if client.search_runs([e.experiment_id])]
+    (run,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(run.info.run_id, "loss")
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [m.step for m in history] == [1, 2, 3]
+    assert [m.value for m in history] == pytest.approx([record["loss"] for record in logged], rel=1e-6)
+    assert run.data.params["lora_rank"] == "4" and run.data.params["method"] == "lora"

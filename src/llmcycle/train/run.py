@@ -103,7 +103,12 @@ def train(cfg, resume: bool, dist: Distributed, setup) -> dict:
     trainer.run_out = out
     state = {"step": 0, "train_seconds": 0.0, "last_loss": None, **trainer.initial_state()}
     state = open_run_folder(cfg, out, state, resume_from, trainer.optimizer, trainer.scheduler, dist, trainer.model)
-    state = _loop(cfg, trainer, state, out, dist)
+    try:
+        state = _loop(cfg, trainer, state, out, dist)
+    except BaseException:
+        if resume_from is None and state["step"] == 0 and dist.is_main:  # nothing trained, nothing to resume: no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     metrics = trainer.final_metrics(state, dist)
     weights_dir = save_final(out, trainer.model, trainer.tokenizer, trainer.is_adapter, dist,
                              within=trainer.save_within, extra=trainer.save_extra)

@@ -47,8 +47,14 @@ def _mlflow(cfg, out: Path):
     import os
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # MLflow 3 keeps its file store only behind this opt-in; a database or server is the user's to configure.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri((out / "mlruns").resolve().as_uri())
-    with mlflow.start_run(run_name=out.name):
+    try:
+        run = mlflow.start_run(run_name=out.name)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UserError(f"--report-to mlflow: {' '.join(str(exc).split())[:300]}") from exc
+    with run:
         mlflow.log_params({k: v for k, v in configs.to_dict(cfg).items() if v is not None and not isinstance(v, list)})
         yield lambda record: mlflow.log_metrics(_scalars(record), step=record["step"])
 
