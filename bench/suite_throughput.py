@@ -8,7 +8,7 @@ in lm-eval's side venv (`bash /work/shared/peers/venv-lm-eval.sh` builds it; set
 Prints items/s of both (lm-eval's counted inside HFLM.loglikelihood, its scoring proper, and over all of
 simple_evaluate), the ratio, and how many items got the same pick.
 
-`python bench/suite_throughput.py peer MODEL_DIR BACKEND SUITE.jsonl SHOTS BATCH OUT.json [SHOTS.jsonl|- [letter]]` is the peer half,
+`python bench/suite_throughput.py peer MODEL_DIR[,..] BACKEND[,..] SUITE.jsonl SHOTS BATCH OUT.json [SHOTS.jsonl|- [letter]]` is the peer half,
 run with lm-eval's python: it scores SUITE with HFLM and writes per-item log-likelihoods, picks and seconds.
 The tests (tests/test_suites.py) use it too.
 """
@@ -62,11 +62,18 @@ def _choice_task(files: dict, shots: int, shot_data: str | None) -> dict:
     }
 
 
-def run_peer(model_dir: str, backend: str, suite: str, shots: int, batch_size: int, out: str, shot_data: str | None,
+def run_peer(model_dirs: str, backends: str, suite: str, shots: int, batch_size: int, out: str, shot_data: str | None,
              letter: bool = False) -> None:
-    """Runs inside lm-eval's venv: per-item log-likelihoods and picks from HFLM, and the seconds it took."""
+    """Runs inside lm-eval's venv: per-item log-likelihoods and picks from HFLM, and the seconds it took, for each
+    of the comma-separated models (one process, so lm-eval is imported once)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    runs = [_peer_run(model_dir, backend, task_config(suite, shots, shot_data, letter), batch_size)
+            for model_dir, backend in zip(model_dirs.split(","), backends.split(","))]
+    Path(out).write_text(json.dumps(runs))
+
+
+def _peer_run(model_dir: str, backend: str, task: dict, batch_size: int) -> dict:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
@@ -82,18 +89,20 @@ def run_peer(model_dir: str, backend: str, suite: str, shots: int, batch_size: i
 
     model.loglikelihood = timed
     started = time.perf_counter()
-    results = lm_eval.simple_evaluate(model=model, tasks=[task_config(suite, shots, shot_data, letter)], log_samples=True, random_seed=0,
+    results = lm_eval.simple_evaluate(model=model, tasks=[task], log_samples=True, random_seed=0,
                                       numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
     seconds = time.perf_counter() - started
     samples = sorted(results["samples"]["llmcycle_suite"], key=lambda s: s["doc_id"])
-    items = [{"doc_id": s["doc_id"], "context": s["arguments"][0][0], "loglikelihoods": [float(r[0]) for r in s["filtered_resps"]]} for s in samples]
+    items = [{"doc_id": s["doc_id"], "context": s["arguments"][0][0], "loglikelihoods": [float(r[0]) for r in s["filtered_resps"]]}
+             for s in samples]
     metrics = results["results"]["llmcycle_suite"]
-    Path(out).write_text(json.dumps({"items": items, "seconds": sum(scoring), "total_seconds": seconds, "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"]}))
+    return {"items": items, "seconds": sum(scoring), "total_seconds": seconds, "acc": metrics["acc,none"], "acc_norm": metrics["acc_norm,none"]}
 
 
 def peer_scores(python: str, model_dir: str, backend: str, suite: str, shots: int = 0, batch_size: int = 8,
-                shot_data: str | None = None, letter: bool = False) -> dict:
-    """Run the peer half in lm-eval's venv and read what it wrote."""
+                shot_data: str | None = None, letter: bool = False) -> dict | list[dict]:
+    """Run the peer half in lm-eval's venv and read what it wrote: one model's scores, or with comma-separated
+    model folders and backends, a list of them."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "peer.json"
         env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(Path(folder) / "cache")}
@@ -102,7 +111,8 @@ def peer_scores(python: str, model_dir: str, backend: str, suite: str, shots: in
         done = subprocess.run(args, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"lm-eval failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        return json.loads(out.read_text())
+        runs = json.loads(out.read_text())
+        return runs if "," in model_dir else runs[0]
 
 
 def suite_rows(count: int) -> list[dict]:

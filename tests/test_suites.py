@@ -186,20 +186,20 @@ def test_mmlu_csv_with_a_bad_answer_letter_names_file_and_line(tmp_path):
 
 
 @pytest.mark.skipif(peer_python() is None, reason="lm-eval side venv absent (bash /work/shared/peers/venv-lm-eval.sh)")
-@pytest.mark.parametrize("arch", ["gpt2", "t5"])
-def test_same_picks_as_lm_eval_harness(arch, tmp_path, request):
-    """lm-eval's HFLM on the same model folder and a local JSON task, one shot from a dev file: same pick per item."""
-    model_dir = request.getfixturevalue(f"{arch}_dir")
+def test_same_picks_as_lm_eval_harness(gpt2_dir, t5_dir, tmp_path):
+    """lm-eval's HFLM on the same model folders (decoder-only and encoder-decoder) and a local JSON task, one shot
+    from a dev file: the same pick per item, and the same log-likelihoods."""
     rows = [{**r, "answer": read_suite_answer(r)} for r in ROWS]  # lm-eval renders a shot's target from an index
     suite, shots = write_jsonl(tmp_path / "suite.jsonl", rows), write_jsonl(tmp_path / "dev.jsonl", SHOTS)
-    peer = peer_scores(peer_python(), str(model_dir), "seq2seq" if arch == "t5" else "causal", str(suite), 1, 4, str(shots))
-    samples = tmp_path / "s.jsonl"
-    assert run_cli("eval", "-m", model_dir, "--suite", suite, "--shots", 1, "--shot-data", shots, "--samples", samples, "--bootstrap", 0) == 0
-    ours = [json.loads(line) for line in samples.read_text().splitlines()]
-    assert [o["pred"] for o in ours] == [int(np.argmax(p["loglikelihoods"])) for p in peer["items"]]
-    for o, p in zip(ours, peer["items"]):
-        assert o["loglikelihoods"] == pytest.approx(p["loglikelihoods"], abs=1e-4)
-    assert np.mean([o["correct"] for o in ours]) == pytest.approx(peer["acc"], abs=1e-6)
+    peers = peer_scores(peer_python(), f"{gpt2_dir},{t5_dir}", "causal,seq2seq", str(suite), 1, 4, str(shots))
+    for model_dir, peer in zip((gpt2_dir, t5_dir), peers):
+        samples = tmp_path / f"{model_dir.name}.jsonl"
+        assert run_cli("eval", "-m", model_dir, "--suite", suite, "--shots", 1, "--shot-data", shots, "--samples", samples, "--bootstrap", 0) == 0
+        ours = [json.loads(line) for line in samples.read_text().splitlines()]
+        assert [o["pred"] for o in ours] == [int(np.argmax(p["loglikelihoods"])) for p in peer["items"]]
+        for o, p in zip(ours, peer["items"]):
+            assert o["loglikelihoods"] == pytest.approx(p["loglikelihoods"], abs=1e-4)
+        assert np.mean([o["correct"] for o in ours]) == pytest.approx(peer["acc"], abs=1e-6)
 
 
 def read_suite_answer(row: dict) -> int:
