@@ -504,3 +504,33 @@ def test_vllm_hand_off_serves_the_same_greedy_answers(tmp_path, capsys):
             process.kill()
             process.wait()
         log.close()
+
+
+def test_503_while_loading(setups):
+    import threading
+
+    server = RunningServer(ServerConfig(str(setups["t5"][0])), bind("127.0.0.1", 0))
+    server.loader = threading.Thread(target=lambda: None)  # the model never finishes loading
+    server.start()
+    try:
+        for _ in range(200):
+            if server.server.started:
+                break
+            time.sleep(0.05)
+        assert http(server.url + "/health")[0] == 503
+        body = json.dumps({"model": "t5", "prompt": "hi"}).encode()
+        status, answer, _ = http(server.url + "/v1/completions", body)
+        assert status == 503 and "loading" in answer["error"]["message"]
+    finally:
+        server.stop()
+
+
+def test_token_id_prompts_and_n_limit(servers, setups):
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(setups["llama"][0])(PROMPTS[1])["input_ids"]
+    by_ids = complete(servers["llama"], "lora2", [ids])
+    assert by_ids.choices[0].text == complete(servers["llama"], "lora2", PROMPTS[1]).choices[0].text
+    with pytest.raises(openai.BadRequestError) as info:
+        complete(servers["llama"], "lora2", "hi", n=17)  # more choices than --max-num-seqs 16
+    assert info.value.body["param"] == "n"
