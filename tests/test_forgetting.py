@@ -133,7 +133,7 @@ def test_a_recipe_probe_may_be_a_suite_and_tuned_variants_get_the_paired_forgett
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(json.dumps({
         "name": "s", "model": str(model), "data": {"train": "train.jsonl", "test": "test.jsonl"},
-        "probes": [{"suite": "probe.jsonl", "shots": 1, "name": "mc"}], "generation": {"max_new_tokens": 4, "batch_size": 8},
+        "probes": [{"suite": "probe.jsonl", "shots": 1, "name": "mc", "holistic": True}], "generation": {"max_new_tokens": 4, "batch_size": 8},
         "metrics": ["rouge"], "stages": [{"baseline": {"shots": [0]}}, {"finetune": {"name": "full", "method": "full", "lr": 1e-2,
                                                                                "max_steps": 3, "batch_size": 4}}, {"eval": {}}],
     }))
@@ -143,6 +143,7 @@ def test_a_recipe_probe_may_be_a_suite_and_tuned_variants_get_the_paired_forgett
     test = metrics["full"]["suite_forgetting"]["mc"]
     assert test["acc"]["change"]["absolute"] == pytest.approx(tuned["acc"]["mean"] - base["acc"]["mean"], abs=2e-6)
     assert {"forgot", "learned", "significant"} <= set(test) and "probes" not in metrics["full"]
+    assert set(tuned["holistic"]) == {"accuracy", "calibration_ece", "robustness", "toxicity", "efficiency"}
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text().replace('"probe.jsonl"', '"missing.jsonl"'))
     with pytest.raises(Exception, match="suite missing.jsonl does not exist"):

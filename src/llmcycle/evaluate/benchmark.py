@@ -229,8 +229,14 @@ def print_suite_table(runs: dict[str, dict]) -> None:
                                                                     "forgot/learned", "items"], rows)
 
 
-def score_probe(model: str, suite: str, samples: str, *, shots: int = 0, scoring: str = "choice", seed: int = 0,
-                batch_size: int = 8, limit: int | None = None) -> dict:
-    """One model on a recipe's suite probe; its items go to `samples`, which forgetting.samples_forgetting pairs later."""
-    request = SuiteRequest(suite, shots, None, scoring, limit=limit, samples=samples, seed=seed, batch_size=batch_size)
-    return {**evaluate_suite(ModelOptions(model), request), "samples": samples}
+def score_probe(model: str, suite: str, samples: str, *, shots: int = 0, scoring: str = "choice", limit: int | None = None,
+                holistic: bool = False, settings=None) -> dict:
+    """One model on a recipe's suite probe; its items go to `samples`, which forgetting.samples_forgetting pairs later.
+
+    With `holistic`, the result carries the HELM-style view (generations use `settings`, the recipe's)."""
+    from ..generate.engine import GenerationSettings
+
+    settings = settings or GenerationSettings()
+    request = SuiteRequest(suite, shots, None, scoring, limit=limit, samples=samples, seed=settings.seed,
+                           batch_size=settings.batch_size, holistic=holistic)
+    return {**evaluate_suite(ModelOptions(model), request, settings=settings), "samples": samples}

@@ -9,7 +9,7 @@ A recipe (YAML) names the model, the data and the stages:
       test: {task: dialogsum, rows: 50, seed: 2}
     probes:                               # held-out tasks: did tuning make the model forget them?
       - {task: classify, rows: 30, seed: 3}
-      - {suite: mmlu/, shots: 5}           # a multiple-choice suite: forgetting with a paired test (eval --suite)
+      - {suite: mmlu/, shots: 5, holistic: true}  # a multiple-choice suite: forgetting with a paired test (eval --suite)
     generation: {max_new_tokens: 48, batch_size: 16}
     metrics: [rouge, toxicity]
     stages:
@@ -159,8 +159,8 @@ def _check_data_spec(spec, source: str, name: str) -> None:
     from ..data.synthetic import TASKS
 
     if isinstance(spec, dict) and "suite" in spec and name.startswith("probes"):
-        if set(spec) - {"suite", "shots", "scoring", "name"} or not isinstance(spec["suite"], str):
-            raise UserError(f"{source}: data {name}: a suite probe is {{suite: PATH, shots, scoring, name}}")
+        if set(spec) - {"suite", "shots", "scoring", "name", "holistic"} or not isinstance(spec["suite"], str):
+            raise UserError(f"{source}: data {name}: a suite probe is {{suite: PATH, shots, scoring, name, holistic}}")
         if not (Path(spec["suite"]).exists() or Path(source).parent.joinpath(spec["suite"]).exists()):
             raise UserError(f"{source}: data {name}: suite {spec['suite']} does not exist")
         return
@@ -482,9 +482,8 @@ def _score_suite(run: Run, variant: Variant, spec: dict, samples: Path) -> dict:
     from ..evaluate.benchmark import score_probe
 
     path = spec["suite"] if Path(spec["suite"]).exists() else str(Path(run.recipe.source).parent / spec["suite"])
-    settings = run.settings()
     return score_probe(variant.model, path, str(samples), shots=spec.get("shots", 0), scoring=spec.get("scoring", "choice"),
-                       seed=settings.seed, batch_size=settings.batch_size, limit=SMOKE_ROWS if run.smoke else None)
+                       limit=SMOKE_ROWS if run.smoke else None, holistic=bool(spec.get("holistic")), settings=run.settings())
 
 
 def _first_prompting(run: Run) -> str | None:
