@@ -88,7 +88,7 @@ def test_hub_copy_parquet_folder(tmp_path):
     assert len(suite.items) == 6 and len(suite.shots) == 2 and suite.items[5].choices == tuple(ROWS[5]["choices"])
 
 
-@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+@pytest.mark.parametrize("arch", ["t5", "gpt2", "llama"])
 def test_scores_are_the_models_own_loglikelihoods_and_the_json_has_the_contract(arch, suite, tmp_path, request):
     model_dir = request.getfixturevalue(f"{arch}_dir")
     out, samples = tmp_path / "metrics.json", tmp_path / "samples.jsonl"

@@ -173,6 +173,8 @@ def _score_causal_cached(loaded: LoadedModel, batch: list[Encoded]) -> list[floa
     index = torch.tensor(owners, device=device)
     last = first.logits[torch.arange(len(batch), device=device), lengths - 1][index]  # (rows, vocab): first choice token
     cache = first.cache if hasattr(first, "cache") else first.past_key_values
+    if not hasattr(cache, "batch_select_indices"):  # a cache that cannot be copied per choice: score in full
+        return _score_causal_full(loaded, batch)
     cache.batch_select_indices(index)
     inputs = [t[:-1] for t in targets]
     if max(map(len, inputs)) == 0:
