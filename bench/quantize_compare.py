@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from llmcycle.console import print_table  # noqa: E402
+from llmcycle.console import out as console_out, print_table  # noqa: E402
 from llmcycle.data.options import DataOptions  # noqa: E402
 from llmcycle.deploy.compare import compare_quantized  # noqa: E402
 from llmcycle.generate.engine import GenerationSettings  # noqa: E402
@@ -70,6 +70,7 @@ def rows_for(name: str, result: dict, out: Path) -> list[tuple]:
             f"{entry['tokens_per_s']:.0f}", f"{entry['tokens_per_s'] / base['tokens_per_s']:.2f}x",
             f"{entry['peak_memory_bytes'] / 2**20:.1f}",
             f"{rouge.get('mean', 0):.3f} [{rouge['ci95'][0]:.3f}, {rouge['ci95'][1]:.3f}]" if rouge else "-",
+            "-" if "change" not in rouge else f"{rouge['change']['absolute']:+.4f} [{rouge['change']['ci95'][0]:+.4f}, {rouge['change']['ci95'][1]:+.4f}]",
             agreement(out, entry, base),
         ))
     return rows
@@ -95,9 +96,10 @@ def main() -> None:
             settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=16)
             result = compare_quantized(model, DataOptions(str(data)), settings, ["rouge"], str(out), resamples=1000)
             table += rows_for(name, result, out)
+    console_out.width = max(console_out.width, 200)  # the whole table on one line a row, for RESULTS.md
     print_table(f"quantised forms, {args.rows} rows, {args.max_new_tokens} new tokens, {torch.get_num_threads()} threads",
                 ["model", "form", "MiB", "smaller", "bytes/param real / planned", "load s", "tokens/s", "speed vs fp32",
-                 "peak MiB", "ROUGE-L [95%]", "same as float32"], table)
+                 "peak MiB", "ROUGE-L [95%]", "change vs fp32, paired [95%]", "same as float32"], table)
 
 
 if __name__ == "__main__":
