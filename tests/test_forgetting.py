@@ -135,7 +135,8 @@ def test_a_recipe_probe_may_be_a_suite_and_tuned_variants_get_the_paired_forgett
         "name": "s", "model": str(model), "data": {"train": "train.jsonl", "test": "test.jsonl"},
         "probes": [{"suite": "probe.jsonl", "shots": 1, "name": "mc", "holistic": True}], "generation": {"max_new_tokens": 4, "batch_size": 8},
         "metrics": ["rouge"], "stages": [{"baseline": {"shots": [0]}}, {"finetune": {"name": "full", "method": "full", "lr": 1e-2,
-                                                                               "max_steps": 3, "batch_size": 4}}, {"eval": {}}],
+                                                                               "max_steps": 3, "batch_size": 4}}, {"eval": {}},
+                                                    {"report": {}}],
     }))
     metrics = run_recipe(str(recipe), str(tmp_path / "run"))
     base, tuned = metrics["zero-shot"]["suites"]["mc"], metrics["full"]["suites"]["mc"]
@@ -144,6 +145,9 @@ def test_a_recipe_probe_may_be_a_suite_and_tuned_variants_get_the_paired_forgett
     assert test["acc"]["change"]["absolute"] == pytest.approx(tuned["acc"]["mean"] - base["acc"]["mean"], abs=2e-6)
     assert {"forgot", "learned", "significant"} <= set(test) and "probes" not in metrics["full"]
     assert set(tuned["holistic"]) == {"accuracy", "calibration_ece", "robustness", "toxicity", "efficiency"}
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "<h2>Benchmark suites</h2>" in report and "<h2>Holistic view</h2>" in report
+    assert f"forgot {test['forgot']}, learned {test['learned']}: " + ("<b>significant</b>" if test["significant"] else "not significant") in report
     bad = tmp_path / "bad.yaml"
     bad.write_text(recipe.read_text().replace('"probe.jsonl"', '"missing.jsonl"'))
     with pytest.raises(Exception, match="suite missing.jsonl does not exist"):

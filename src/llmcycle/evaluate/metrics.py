@@ -217,7 +217,7 @@ def direction(metric: str) -> int:
     name = metric.split("@")[0]
     if name in NEUTRAL or name.startswith(NEUTRAL):
         return 0
-    if name in LOWER_IS_BETTER or name.startswith(("toxicity", "perplexity", "latency")) or name.endswith(("_loss", "_seconds", "_ms")):
+    if name in LOWER_IS_BETTER or name.startswith(("toxicity", "perplexity", "latency")) or name.endswith(("_loss", "_seconds", "_ms", "_ece")):
         return -1
     return 1
 

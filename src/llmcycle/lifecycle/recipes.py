@@ -403,7 +403,6 @@ def variant_metrics(run: Run) -> dict:
 
 
 def run_baseline(run: Run, step: Step, folder: Path) -> None:
-    from ..data.options import DataOptions
     from ..generate.prompting import prompt_dataset, shots_label, shots_path
     from ..models import ModelOptions
     from ..models import locate
