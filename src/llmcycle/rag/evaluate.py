@@ -167,8 +167,11 @@ def _misses(values: dict, k: int) -> dict:
     return {"wrong": int(sum(wrong)), "retrieval": int(retrieval), "generation": int(sum(wrong) - retrieval)}
 
 
-def _costs(seconds_retrieval: float, seconds_generation: float | None, questions: int, index: RagIndex | None) -> dict:
-    costs = {"retrieval_ms_per_question": round(1000 * seconds_retrieval / questions, 3)}
+def _costs(seconds_retrieval: float | None, seconds_generation: float | None, questions: int, index: RagIndex | None) -> dict:
+    """Per-question retrieval and generation time (batched, so divided by the questions) and the index's build time."""
+    costs = {}
+    if seconds_retrieval is not None:
+        costs["retrieval_ms_per_question"] = round(1000 * seconds_retrieval / questions, 3)
     if seconds_generation is not None:
         costs["generation_ms_per_question"] = round(1000 * seconds_generation / questions, 3)
     if index is not None:
@@ -212,7 +215,7 @@ def _score_arms(index, questions, model, retrievers, k, settings, resamples) -> 
         predictions, prepared, seconds = _model_arm(loaded, None, questions, k, None, settings)
         values = answer_values(questions, predictions, None)
         result[CLOSED_BOOK] = _arm(values | {"prompt_tokens": prepared.prompt_tokens}, resamples, settings.seed)
-        result[CLOSED_BOOK] |= {"costs": _costs(0.0, seconds, len(questions), None), "misses": _misses(values, k)}
+        result[CLOSED_BOOK] |= {"costs": _costs(None, seconds, len(questions), None), "misses": _misses(values, k)}
         for record, prediction in zip(records, predictions):
             record[CLOSED_BOOK] = {"answer": prediction}
     for retriever in retrievers:
@@ -240,6 +243,10 @@ def _cell(entry: dict | None) -> str:
     return f"{entry['mean']:.3f} [{low:.2f}, {high:.2f}]"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def print_rag_table(result: dict, k: int) -> None:
     arms = [name for name in result if name != "settings"]
     columns = [f"hit@{k}", "mrr", f"answerable@{k}", "exact_match", "f1", "rougeL", "groundedness"]
@@ -250,6 +257,6 @@ def print_rag_table(result: dict, k: int) -> None:
         miss_text = f"{misses['retrieval']}/{misses['generation']}" if "retrieval" in misses else "-"
         tokens = result[arm].get("prompt_tokens")
         rows.append([arm, *(_cell(result[arm].get(c)) for c in columns), f"{tokens['mean']:.0f}" if tokens else "-",
-                     f"{result[arm]['costs']['retrieval_ms_per_question']:.2f}", miss_text])
+                     _ms(result[arm]["costs"].get("retrieval_ms_per_question")), miss_text])
     headers = [("groundedness (heuristic)" if c == "groundedness" else c) for c in columns]
     print_table("rag eval (mean [95% CI])", ["arm", *headers, "prompt tokens", "retrieval ms/question", "misses retrieval/generation"], rows)

@@ -33,7 +33,10 @@ def _close_local_clients() -> None:
 
 
 def client_for(url: str):
-    from qdrant_client import QdrantClient
+    try:
+        from qdrant_client import QdrantClient
+    except ImportError as exc:
+        raise UserError("--store qdrant needs the Qdrant client: pip install 'llmcycle[qdrant]'") from exc
 
     if url.startswith(("http://", "https://")):
         return QdrantClient(url=url)
@@ -53,9 +56,9 @@ def point_id(chunk_id: str) -> str:
 def write_qdrant(url: str, collection: str, chunks: list[Chunk], vectors: np.ndarray, rewrite: bool, changed: list[int]) -> None:
     """Write the chunks' vectors; `rewrite` recreates the collection, else only `changed` rows are upserted
     and points of chunks that no longer exist are deleted."""
+    client = client_for(url)
     from qdrant_client import models
 
-    client = client_for(url)
     try:
         if rewrite or not client.collection_exists(collection):
             if client.collection_exists(collection):
