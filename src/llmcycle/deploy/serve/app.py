@@ -59,6 +59,7 @@ class ServerState:
     engine: Engine | None = None
     window: int | None = None
     load_error: Exception | None = None
+    render: object = None
 
     def ready(self) -> tuple[ServedModels, Engine]:
         if self.served is None or self.engine is None:
@@ -276,11 +277,14 @@ async def respond(state: ServerState, request: Request, parsed: ParsedRequest):
     return JSONResponse(await answer_json(request, parsed, jobs, answer, prompt_tokens))
 
 
-def chat_render(served: ServedModels):
+def chat_render(state: ServerState, served: ServedModels):
+    """messages -> prompt text with the tokenizer's chat template (made once: its fallback notes itself once)."""
     from ...models import chat_renderer
 
-    render = chat_renderer(served.loaded.tokenizer)
-    return lambda messages: render(messages, True)
+    if state.render is None:
+        render = chat_renderer(served.loaded.tokenizer)
+        state.render = lambda messages: render(messages, True)
+    return state.render
 
 
 # ---- the app ----
@@ -347,7 +351,7 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
         check_key(request, state.config.api_key)
         data = parse_json(await read_body(request, limit))
         served, _ = state.ready()
-        return await respond(state, request, parse_chat(data, chat_render(served), max_n=state.config.max_num_seqs))
+        return await respond(state, request, parse_chat(data, chat_render(state, served), max_n=state.config.max_num_seqs))
 
 
 def add_adapter_routes(app: FastAPI, state: ServerState) -> None:

@@ -86,6 +86,7 @@ class Engine:
     def __init__(self, served: ServedModels, metrics, *, max_num_seqs: int = 256, max_queued: int = 1024):
         self.served, self.metrics = served, metrics
         self.loaded = served.loaded
+        self.device = served.loaded.device  # LoadedModel.device walks the parameters on every call
         self.max_num_seqs, self.max_queued = max_num_seqs, max_queued
         self.rows: list[Row] = []
         self.state: BatchState | None = None
@@ -266,7 +267,7 @@ class Engine:
     def _prompt_inputs(self, jobs: list[Job]) -> tuple[dict, torch.Tensor]:
         """input_ids, or inputs_embeds with prompt adapters' virtual tokens first, padded into one batch (on the
         left for decoder-only models, so every row ends at its last token), and the attention mask."""
-        device = self.loaded.device
+        device = self.device
         ids = [torch.tensor(job.prompt_ids, dtype=torch.long, device=device) for job in jobs]
         prompts = [job.adapter.prompt if job.adapter is not None else None for job in jobs]
         left = not self.loaded.is_encoder_decoder
@@ -285,7 +286,7 @@ class Engine:
         from transformers import DynamicCache, EncoderDecoderCache
 
         inputs, mask = self._prompt_inputs(jobs)
-        device = self.loaded.device
+        device = self.device
         kwargs = self._adapter_kwargs([job.adapter for job in jobs])
         if self.loaded.is_encoder_decoder:
             start = self._decoder_start()
@@ -330,13 +331,13 @@ class Engine:
         model = model.get_base_model() if hasattr(model, "get_base_model") else model
         encoder_ids = torch.tensor([job.prompt_ids]) if self.loaded.is_encoder_decoder else None
         return model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length,
-                                           encoder_input_ids=encoder_ids, device=str(self.loaded.device))
+                                           encoder_input_ids=encoder_ids, device=str(self.device))
 
     # ---- decoding ----
 
     @torch.inference_mode()
     def _decode(self) -> None:
-        device = self.loaded.device
+        device = self.device
         state = self.state
         ids = torch.tensor([[row.history[-1]] for row in self.rows], dtype=torch.long, device=device)
         mask = torch.cat([state.mask, torch.ones(state.size, 1, dtype=state.mask.dtype, device=device)], dim=1)
