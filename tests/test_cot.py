@@ -98,3 +98,18 @@ def test_a_cot_shot_without_rationale_is_a_one_line_error(gpt2_dir, arithmetic, 
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert re.match(r"error: .*shots\.jsonl line [12]: field 'rationale' is missing", error), error
     assert not list(tmp_path.glob("p.*"))
+
+
+def test_a_template_may_carry_the_rationale(gpt2_dir, arithmetic, tmp_path):
+    """Rows in the user's own fields: the template maps them to prompt, completion and rationale."""
+    train, test = arithmetic
+    rename = lambda r: {"q": r["prompt"], "steps": r["rationale"], "a": r["answer"]}  # noqa: E731
+    for path in (train, test):
+        write_jsonl(path, [rename(json.loads(x)) for x in path.read_text().splitlines()])
+    template = tmp_path / "t.yaml"
+    template.write_text('prompt: "{q}"\ncompletion: "{a}"\nrationale: "{steps}"\n')
+    assert run_cli("prompt", "-m", gpt2_dir, "--data", test, "--shot-data", train, "--template", template, "--shots", 2,
+                   "--cot", "--max-new-tokens", 4, "--out", tmp_path / "p.jsonl") == 0
+    steps = [json.loads(x)["steps"] for x in train.read_text().splitlines()]
+    cot = [json.loads(x) for x in (tmp_path / "p.cot.jsonl").read_text().splitlines()]
+    assert all(sum(s in record["prompt"] for s in steps) == 2 for record in cot)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-TEMPLATE_KEYS = {"prompt", "completion", "name", "description"}
+TEMPLATE_KEYS = {"prompt", "completion", "rationale", "name", "description"}
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,12 @@ class Template:
     prompts: tuple[str, ...]
     completion: str | None
     source: str
+    rationale: str | None = None
+    """A chain-of-thought shot's worked reasoning, from the row's fields (`prompt --cot`)."""
 
     def fields(self) -> set[str]:
-        """Every row field some phrasing or the completion reads."""
-        patterns = [*self.prompts, *([self.completion] if self.completion else [])]
+        """Every row field some phrasing, the completion or the rationale reads."""
+        patterns = [*self.prompts, *(p for p in (self.completion, self.rationale) if p)]
         return {name for pattern in patterns for name in _field_names(pattern, self.source)}
 
     def pick_prompt(self, row_index: int, seed: int) -> str:
@@ -59,7 +61,10 @@ def load_template(path: str | Path) -> Template:
     completion = data.get("completion")
     if completion is not None and not isinstance(completion, str):
         raise UserError(f"template {path}: 'completion' must be a string")
-    template = Template(tuple(prompts), completion, str(path))
+    rationale = data.get("rationale")
+    if rationale is not None and not isinstance(rationale, str):
+        raise UserError(f"template {path}: 'rationale' must be a string")
+    template = Template(tuple(prompts), completion, str(path), rationale)
     template.fields()  # validates the placeholder syntax now rather than at the first row
     return template
 

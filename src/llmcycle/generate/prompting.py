@@ -245,12 +245,17 @@ def extract_answer(pattern: re.Pattern, text: str) -> str | None:
 def solved_rows(data: DataOptions, examples: list[Example], pattern: re.Pattern) -> dict[str, Solved]:
     """Rationale and answer of each example, by location: the row's `rationale` and `answer` fields, else the
     answer the completion states, else the completion itself."""
+    from ..data import load_template
     from ..data.io import read_rows
+    from ..data.template import render
 
     values = {row.where: row.values for row in read_rows(data.data, data.split)[0]}
+    template = load_template(data.template) if data.template else None
     result = {}
     for example in examples:
         row = values.get(example.where, {})
+        if template is not None and template.rationale:  # the template says which fields make the rationale
+            row = {**row, "rationale": render(template.rationale, row)}
         rationale = row.get("rationale") if isinstance(row.get("rationale"), str) and row["rationale"].strip() else None
         answer = row.get("answer")
         if answer is None and example.completion is not None:
