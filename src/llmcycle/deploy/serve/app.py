@@ -60,6 +60,7 @@ class ServerState:
     window: int | None = None
     load_error: Exception | None = None
     render: object = None
+    mailbox: object = None
 
     def ready(self) -> tuple[ServedModels, Engine]:
         if self.served is None or self.engine is None:
@@ -154,18 +155,45 @@ def settle_max_tokens(state: ServerState, served: ServedModels, parsed: ParsedRe
         raise context_error(window, longest - virtual, params.max_tokens, reserve, "max_tokens")
 
 
+class Mailbox:
+    """Events from the engine thread to the event loop, handed over in batches: the loop wakes once for the events
+    that arrived together (a decoding step's tokens for every request), not once per token."""
+
+    def __init__(self, loop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.items: list = []
+        self.scheduled = False
+
+    def post(self, queue: asyncio.Queue, item) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: the server is stopping
+            pass
+
+    def _drain(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class Answer:
     """The events of one request's jobs, in arrival order, on the event loop."""
 
-    def __init__(self, count: int):
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, count: int, mailbox: Mailbox):
+        self.mailbox = mailbox
         self.queue: asyncio.Queue = asyncio.Queue()
         self.remaining = count
         self.completion_tokens = 0
 
     def sink(self, offset: int):
         def put(event):
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, (offset, event))
+            self.mailbox.post(self.queue, (offset, event))
         return put
 
     async def next(self, request: Request):
@@ -192,7 +220,9 @@ def submit(state: ServerState, parsed: ParsedRequest) -> tuple[list[Job], Answer
     virtual = adapter.prompt.shape[0] if adapter is not None and adapter.prompt is not None else 0
     settle_max_tokens(state, served, parsed, ids, virtual)
     n = parsed.params.n
-    answer = Answer(len(ids) * n)
+    if state.mailbox is None:
+        state.mailbox = Mailbox(asyncio.get_running_loop())
+    answer = Answer(len(ids) * n, state.mailbox)
     jobs = [Job(parsed.model, adapter, tokens, parsed.params, answer.sink(index * n), timeout=state.config.request_timeout)
             for index, tokens in enumerate(ids)]
     try:
