@@ -534,3 +534,18 @@ def test_token_id_prompts_and_n_limit(servers, setups):
     with pytest.raises(openai.BadRequestError) as info:
         complete(servers["llama"], "lora2", "hi", n=17)  # more choices than --max-num-seqs 16
     assert info.value.body["param"] == "n"
+
+
+def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(servers, monkeypatch):
+    engine = servers["t5"].state.engine
+    original = engine._decode
+
+    def broken():
+        monkeypatch.setattr(engine, "_decode", original)  # fails once
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(engine, "_decode", broken)
+    with pytest.raises(openai.InternalServerError) as info:
+        complete(servers["t5"], "lora1", PROMPTS[0])
+    assert "injected" in info.value.body["message"]
+    assert complete(servers["t5"], "lora1", PROMPTS[0]).choices[0].finish_reason == "length"

@@ -92,6 +92,7 @@ class Engine:
         self.state: BatchState | None = None
         self.waiting: deque[Job] = deque()
         self.commands: deque = deque()
+        self.starting: list[Job] = []  # jobs being prefilled
         self.wake = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="llmcycle-serve-engine", daemon=True)
@@ -169,7 +170,8 @@ class Engine:
             self.hooks_current = False
 
     def _fail_all(self, error: APIError, waiting: bool = False) -> None:
-        jobs = {id(row.job): row.job for row in self.rows}
+        jobs = {id(job): job for job in [*(row.job for row in self.rows), *self.starting]}
+        self.starting = []
         with self.wake:
             if waiting:
                 jobs.update({id(job): job for job in self.waiting})
@@ -203,8 +205,10 @@ class Engine:
             self.metrics.add("vllm:prompt_tokens_total", len(job.prompt_ids))
             starting.append(job)
         if starting:
+            self.starting = starting  # failed with the running rows should the prefill raise
             state = self._start(starting)
             self.state = merge([self.state, state] if self.state is not None else [state])
+            self.starting = []
         self._gauges()
 
     @staticmethod
