@@ -422,90 +422,6 @@ def test_lora_modules_spellings():
     assert parse_lora_modules(('{"name": "c", "path": "/z"}',), ()) == [("c", "/z")]
 
 
-VLLM_PYTHON = Path(os.environ.get("PEERS_HOME", "/tmp/llmcycle-peers")) / "vllm-cpu" / "bin" / "python"
-
-
-def test_vllm_hand_off_refuses_what_vllm_cannot_serve(setups, capsys, monkeypatch):
-    monkeypatch.setenv("LLMCYCLE_VLLM_PYTHON", sys.executable)  # the checks come before vLLM is started
-    t5_base, t5_adapters = setups["t5"]
-    llama_base, llama_adapters = setups["llama"]
-    assert run_cli("serve", "--engine", "vllm", "--model", t5_base) == 2
-    assert "encoder-decoder" in capsys.readouterr().err
-    assert run_cli("serve", "--engine", "vllm", "--model", llama_base, "--adapter", f"soft={llama_adapters['soft']}") == 2
-    assert "prompt tuning, which vLLM does not serve" in capsys.readouterr().err
-
-
-def test_vllm_command_carries_base_and_lora_adapters(setups):
-    from llmcycle.deploy.serve.vllm import vllm_command
-
-    base, adapters = setups["llama"]
-    config = ServerConfig(str(base), [("a", str(adapters["lora1"])), ("b", str(adapters["lora2"]))], served_model_name="tiny",
-                          port=9000, max_model_len=128)
-    command = vllm_command(config, "PY")
-    assert command[:3] == ["PY", "-m", "vllm.entrypoints.openai.api_server"]
-    assert command[command.index("--max-lora-rank") + 1] == "8"  # ranks 4 and 2 round up to vLLM's smallest
-    start = command.index("--lora-modules") + 1
-    assert command[start:start + 2] == [f"a={adapters['lora1']}", f"b={adapters['lora2']}"]
-    assert command[command.index("--served-model-name") + 1] == "tiny" and "--enable-lora" in command
-
-
-def without_partial_characters(text: str) -> str:
-    """vLLM's detokenizer holds back the bytes of a character cut off by max_tokens; transformers' decode shows
-    them as U+FFFD. The tokens are the same; the texts differ only there."""
-    return text.replace("\ufffd", "").strip()
-
-
-def vllm_sized_llama(tmp_path: Path) -> Path:
-    """A Llama with head size 32 (vLLM-CPU has no kernel for 16) and a LoRA adapter in tmp_path/lora."""
-    import peft
-    from transformers import AutoModelForCausalLM
-
-    from conftest import build
-
-    base = build("llama", tmp_path / "llama", hidden=128, heads=4)
-    lora = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base), peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, parameter in lora.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(5)) * 0.3)
-    lora.save_pretrained(tmp_path / "lora")
-    return base
-
-
-@pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason="vLLM's CPU build is not installed (/work/shared/peers/venv-vllm-cpu.sh)")
-def test_vllm_hand_off_serves_the_same_greedy_answers(tmp_path, capsys):
-    """vLLM-CPU serving a Llama and a LoRA adapter, started by `llmcycle serve --engine vllm`, answers as
-    `llmcycle generate` does."""
-    base = vllm_sized_llama(tmp_path)
-    prompts_file = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
-    expected = {"tiny": cli_generate(capsys, base, prompts_file, None), "a": cli_generate(capsys, base, prompts_file, ("a", tmp_path / "lora"))}
-    port = free_port()
-    env = {**os.environ, "LLMCYCLE_VLLM_PYTHON": str(VLLM_PYTHON), "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "llmcycle", "serve", "--engine", "vllm", "--model", str(base), "--served-model-name", "tiny",
-               "--adapter", f"a={tmp_path / 'lora'}", "--port", str(port), "--max-model-len", "256", "--dtype", "float32"]
-    log = open(tmp_path / "vllm.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        for _ in range(1200):  # vLLM takes a minute or two to start on a CPU
-            if process.poll() is not None or _health(port) == 200:
-                break
-            time.sleep(0.25)
-        assert _health(port) == 200, (tmp_path / "vllm.log").read_text()[-3000:]
-        vllm = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", max_retries=0, timeout=120)
-        for name in ("tiny", "a"):
-            answer = vllm.completions.create(model=name, prompt=PROMPTS, max_tokens=MAX_TOKENS, temperature=0)
-            served = [c.text for c in sorted(answer.choices, key=lambda c: c.index)]
-            assert [without_partial_characters(t) for t in served] == [without_partial_characters(t) for t in expected[name]], name
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
 def test_503_while_loading(setups):
     import threading
 
@@ -549,3 +465,70 @@ def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(servers, mo
         complete(servers["t5"], "lora1", PROMPTS[0])
     assert "injected" in info.value.body["message"]
     assert complete(servers["t5"], "lora1", PROMPTS[0]).choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bart"])
+def test_continuous_batching_equals_generate_on_more_architectures(arch, request, tmp_path):
+    """Absolute positions: GPT-2's learned ones (rows join mid-batch with their own position ids) and BART's decoder
+    (new rows wait for an empty batch). Requests arrive at different steps, with different lengths and adapters."""
+    from llmcycle.deploy.serve.engine import Engine, Job
+    from llmcycle.deploy.serve.metrics import Metrics
+    from llmcycle.deploy.serve.models import load_served
+    from llmcycle.deploy.serve.protocol import SamplingParams
+    from llmcycle.generate.engine import GenerationSettings, generate
+    from llmcycle.models import ModelOptions
+
+    from conftest import build
+
+    base = request.getfixturevalue("gpt2_dir") if arch == "gpt2" else build("bart", tmp_path / "bart")
+    adapters = make_adapters(base, tmp_path / "adapters", arch == "bart")
+    served = load_served(str(base), [(name, str(path)) for name, path in adapters.items()])
+    engine, texts, widest = Engine(served, Metrics(arch), max_num_seqs=8), {}, 0
+    plan = [(name, prompt, 6 + 3 * i) for i, (name, prompt) in enumerate((n, p) for n in [None, *NAMES] for p in PROMPTS)]
+    for step in range(400):
+        if step % 3 == 0 and step // 3 < len(plan):  # a new request every third step
+            name, prompt, tokens = plan[step // 3]
+            sink = _collector(texts, (name, prompt))
+            ids = served.loaded.tokenizer(prompt)["input_ids"]
+            engine.submit([Job(name or arch, served.adapter_for(name) if name else None, ids, SamplingParams(max_tokens=tokens, temperature=0), sink)])
+        engine._step()
+        widest = max(widest, len(engine.rows))
+        if len(texts) == len(plan):
+            break
+    assert widest > 3, "requests should have been decoded together"
+    for name in [None, *NAMES]:
+        options = ModelOptions(str(base), adapters=[(name, str(adapters[name]))] if name else [], use=name)
+        loaded = options.load()
+        for (planned, prompt, tokens) in plan:
+            if planned != name or (arch == "gpt2" and name == "soft"):  # see peft_forward_greedy
+                continue
+            assert texts[(name, prompt)] == generate(loaded, [prompt], GenerationSettings(max_new_tokens=tokens, batch_size=1))[0]
+
+
+def _collector(texts: dict, key):
+    pieces = []
+
+    def sink(event):
+        if event[0] == "text":
+            pieces.append(event[2])
+        elif event[0] == "finish":
+            texts[key] = "".join(pieces)
+    return sink
+
+
+def test_partial_stop_sequences_are_held_back():
+    from llmcycle.deploy.serve.text import TextTracker
+
+    class Characters:  # one token per character
+        def decode(self, tokens, skip_special_tokens=True):
+            return "".join(chr(t) for t in tokens)
+
+    tracker = TextTracker(Characters(), stop=["##END"])
+    sent = [tracker.push(ord(c), final=False) for c in " ab #"]
+    assert "".join(d for d, _ in sent) == "ab"  # leading space stripped, " #" may begin the stop or end the text
+    assert tracker.push(ord("#"), final=False) == ("", False)
+    assert tracker.push(ord("x"), final=False) == (" ##x", False)  # not the stop after all
+    for c in "##EN":
+        assert tracker.push(ord(c), final=False)[0] == ""
+    assert tracker.push(ord("D"), final=False) == ("", True)
+    assert tracker.text == "ab ##x"
