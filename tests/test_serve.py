@@ -138,6 +138,9 @@ def test_model_cards(servers, setups):
     lora = cards["lora1"].model_dump()
     assert (lora["parent"], lora["root"], lora["adapter_type"], lora["rank"]) == ("llama", str(setups["llama"][1]["lora1"]), "lora", 4)
     assert cards["soft"].model_dump()["adapter_type"] == "prompt_tuning"
+    assert client(servers["llama"]).models.retrieve("lora2").model_dump()["rank"] == 2
+    with pytest.raises(openai.NotFoundError):
+        client(servers["llama"]).models.retrieve("nope")
 
 
 @pytest.mark.parametrize("arch", ["llama", "t5"])

@@ -369,6 +369,13 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
         served, _ = state.ready()
         return {"object": "list", "data": served.cards()}
 
+    @app.get("/v1/models/{name:path}")
+    async def model_card(name: str, request: Request):
+        check_key(request, state.config.api_key)
+        served, _ = state.ready()
+        lookup(served, name)
+        return next(card for card in served.cards() if card["id"] == name)
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         check_key(request, state.config.api_key)
@@ -462,7 +469,7 @@ class RunningServer:
         self.state = ServerState(config, Metrics(config.served_model_name or Path(config.model.rstrip("/")).name))
         self.sock = sock
         host, port = sock.getsockname()[:2]
-        self.url = f"http://{host}:{port}"
+        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self.server = quiet_server(uvicorn.Config(create_app(self.state), log_level="warning", timeout_graceful_shutdown=5))
         self.loader = threading.Thread(target=self._load, name="llmcycle-serve-loader", daemon=True)
         self.thread: threading.Thread | None = None
