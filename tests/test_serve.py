@@ -288,6 +288,7 @@ def test_auth_and_unknown_model(strict_server):
     (json.dumps({"model": "lora1", "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}).encode(), "stop"),
     (json.dumps({"model": "lora1", "prompt": 3}).encode(), "prompt"),
     (json.dumps({"model": "lora1", "prompt": "hi", "stream": "yes"}).encode(), "stream"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "presence_penalty": 0.5}).encode(), "presence_penalty"),
     (json.dumps({"model": "lora1", "prompt": "word " * 200}).encode(), "prompt"),
     (json.dumps({"model": "lora1", "prompt": "hi", "max_tokens": 500}).encode(), "max_tokens"),
 ])

@@ -17,6 +17,8 @@ ROLES = ("system", "user", "assistant", "tool", "developer")
 UNSUPPORTED = {  # fields whose non-default values this server cannot honour
     "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None, ""),
     "best_of": (None, 1), "tools": (None, []), "response_format": (None, {"type": "text"}), "logit_bias": (None, {}),
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "repetition_penalty": (None, 1),
+    "use_beam_search": (None, False), "min_tokens": (None, 0),
 }
 
 
