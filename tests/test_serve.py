@@ -404,17 +404,45 @@ def _health(port: int) -> int | None:
         return None
 
 
-def test_cli_refuses_what_it_cannot_serve(setups, tmp_path, capsys):
+def prefix_adapter(base: Path, out: Path, seq2seq: bool) -> Path:
+    """A prefix-tuning adapter with random (non-zero) prefixes."""
     import peft
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    base, _ = setups["llama"]
-    prefix = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base), peft.PrefixTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"))
-    prefix.save_pretrained(tmp_path / "prefix")
-    assert run_cli("serve", "--model", base, "--adapter", f"p={tmp_path / 'prefix'}", "--port", free_port()) == 2
-    assert "prefix-tuning" in capsys.readouterr().err
-    assert run_cli("serve", "--model", base, "--adapter", f"x={tmp_path / 'missing'}", "--port", free_port()) == 2
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    config = peft.PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
+    model = peft.get_peft_model(auto.from_pretrained(base), config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "prompt_encoder" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))
+    model.save_pretrained(out)
+    return out
+
+
+def test_cli_refuses_what_it_cannot_serve(setups, tmp_path, capsys):
+    t5_base, _ = setups["t5"]
+    prefix = prefix_adapter(t5_base, tmp_path / "prefix", True)
+    assert run_cli("serve", "--model", t5_base, "--adapter", f"p={prefix}", "--port", free_port()) == 2
+    assert "prefix-tuning adapters are served for decoder-only models only" in capsys.readouterr().err
+    assert run_cli("serve", "--model", t5_base, "--adapter", f"x={tmp_path / 'missing'}", "--port", free_port()) == 2
     assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_prefix_tuning_adapter_shares_the_batch(setups, tmp_path):
+    base, adapters = setups["llama"]
+    prefix = prefix_adapter(base, tmp_path / "prefix", False)
+    server = start(ServerConfig(str(base), [("lora1", str(adapters["lora1"])), ("prefix", str(prefix))], served_model_name="llama"))
+    try:
+        requests = [dict(model=name, prompt=p, max_tokens=MAX_TOKENS, temperature=0) for name in ("prefix", "lora1") for p in PROMPTS]
+        answers = asyncio.run(_gather(server, requests))
+        card = client(server).models.retrieve("prefix").model_dump()
+    finally:
+        server.stop()
+    assert card["adapter_type"] == "prefix_tuning"
+    served = [answer.choices[0].text for answer in answers[: len(PROMPTS)]]
+    assert served == [peft_forward_greedy(base, prefix, p) for p in PROMPTS]  # peft's forward, as for prompt tuning
+    assert served != [answer.choices[0].text for answer in answers[len(PROMPTS):]]
 
 
 def test_lora_modules_spellings():

@@ -106,7 +106,7 @@ def run(config) -> None:
     from ..deploy.serve.app import RunningServer, bind
     from ..deploy.serve.models import check_servable
 
-    check_servable(config.model, config.adapters)
+    check_servable(config.model, config.adapters, config.trust_remote_code)
     cpu_threads()
     sock = bind(config.host, config.port)
     server = RunningServer(config, sock)

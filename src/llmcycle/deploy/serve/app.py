@@ -217,7 +217,7 @@ def submit(state: ServerState, parsed: ParsedRequest) -> tuple[list[Job], Answer
     served, engine = state.ready()
     adapter = lookup(served, parsed.model)
     ids = prompt_ids(state, served, parsed)
-    virtual = adapter.prompt.shape[0] if adapter is not None and adapter.prompt is not None else 0
+    virtual = adapter.virtual_tokens if adapter is not None else 0
     settle_max_tokens(state, served, parsed, ids, virtual)
     n = parsed.params.n
     if state.mailbox is None:

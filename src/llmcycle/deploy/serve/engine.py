@@ -36,6 +36,10 @@ class QueueFull(Exception):
     pass
 
 
+def has_prefix(job) -> bool:
+    return job.adapter is not None and job.adapter.prefix is not None
+
+
 def cache_argument(model) -> str:
     """The forward argument that takes the KV cache: `cache` in newer transformers, `past_key_values` before."""
     import inspect
@@ -222,7 +226,8 @@ class Engine:
 
     def _start(self, jobs: list[Job]) -> BatchState:
         """Prefill the jobs' prompts together, sample each choice's first token; the new rows join `self.rows`."""
-        logits, state, histories, lengths = self._prefill(jobs)
+        jobs = sorted(jobs, key=has_prefix)  # stable: prompts without a key/value prefix first
+        logits, state, histories, lengths = self._prefill_all(jobs)
         index = [number for number, job in enumerate(jobs) for _ in range(job.params.n)]  # a row per choice
         rows = []
         for number, job in enumerate(jobs):
@@ -304,6 +309,36 @@ class Engine:
         out = self.loaded.model(**inputs, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         lengths = mask.sum(-1).tolist()
         return out.logits[:, -1].float(), BatchState(cache, mask), [list(job.prompt_ids) for job in jobs], lengths
+
+    def _prefill_all(self, jobs: list[Job]) -> tuple[torch.Tensor, BatchState, list[list[int]], list[int]]:
+        """Prompts without a prefix in one padded forward; each prefix-tuning prompt alone, as its cache starts
+        from its adapter's prefix. `jobs` holds the prefixed ones last."""
+        plain = [job for job in jobs if not has_prefix(job)]
+        parts = ([self._prefill(plain)] if plain else []) + [self._prefill_prefixed(job) for job in jobs[len(plain):]]
+        if len(parts) == 1:
+            return parts[0]
+        logits = torch.cat([part[0] for part in parts])
+        state = merge([part[1] for part in parts])
+        return logits, state, [h for part in parts for h in part[2]], [n for part in parts for n in part[3]]
+
+    @torch.inference_mode()
+    def _prefill_prefixed(self, job: Job) -> tuple[torch.Tensor, BatchState, list[list[int]], list[int]]:
+        """A prefix-tuning prompt: the cache starts as the adapter's per-layer key/value prefix, and positions count
+        the virtual tokens (as peft's forward has them)."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(job.adapter.prefix):
+            cache.update(keys.clone(), values.clone(), layer)
+        ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
+        virtual = job.adapter.virtual_tokens
+        length = virtual + ids.shape[1]
+        mask = torch.ones(1, length, dtype=torch.long, device=self.device)
+        positions = torch.arange(virtual, length, device=self.device).unsqueeze(0)
+        kwargs = self._adapter_kwargs([job.adapter])
+        kwargs[self.cache_kwarg] = cache
+        out = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        return out.logits[:, -1].float(), BatchState(cache, mask), [list(job.prompt_ids)], [length]
 
     def _decoder_start(self) -> int:
         model = self.loaded.model

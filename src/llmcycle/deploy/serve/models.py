@@ -2,8 +2,9 @@
 
 LoRA adapters are attached with peft, which runs rows of one batch through different adapters (`adapter_names`).
 Prompt tuning and p-tuning adapters change only the input: peft computes their virtual-token embeddings once
-(`get_prompt`) and the engine puts them before each request's prompt, as peft's own `generate` does, so their rows
-run through the base weights and share a batch with every other row. The adapter type is read from the adapter's
+(`get_prompt`) and the engine puts them before each request's prompt, as peft's forward does, so their rows run
+through the base weights and share a batch with every other row. Prefix-tuning adapters (decoder-only models) are
+read the same way, as the key/value prefix peft puts in every layer's cache; each row starts from a copy of it. The adapter type is read from the adapter's
 `adapter_config.json`, never from its name.
 """
 
@@ -17,14 +18,12 @@ from pathlib import Path
 import torch
 
 from ...errors import UserError
-from ...models import LoadedModel, attach_adapter, load_model, locate
+from ...models import ENCODER_DECODER, LoadedModel, attach_adapter, load_model, locate
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 LORA_TYPES = ("LORA",)
 PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
-NOT_SERVED = {
-    "PREFIX_TUNING": "prefix-tuning adapters are not served yet; use `llmcycle generate --adapter` for them",
-}
+PREFIX_TYPES = ("PREFIX_TUNING",)
 
 
 @dataclass
@@ -36,6 +35,13 @@ class Adapter:
     peft_type: str
     rank: int | None = None
     prompt: torch.Tensor | None = None  # (virtual tokens, hidden) for prompt adapters
+    prefix: list | None = None  # per layer (keys, values), each (1, kv heads, virtual tokens, head size)
+
+    @property
+    def virtual_tokens(self) -> int:
+        if self.prompt is not None:
+            return self.prompt.shape[0]
+        return self.prefix[0][0].shape[-2] if self.prefix else 0
 
     @property
     def lora_name(self) -> str:
@@ -66,10 +72,9 @@ def read_adapter_config(name: str, path: str) -> dict:
     except (OSError, ValueError) as exc:
         raise UserError(f"adapter {name}: cannot read {config_path}: {exc}") from exc
     peft_type = str(config.get("peft_type", "")).upper()
-    if peft_type in NOT_SERVED:
-        raise UserError(f"adapter {name} ({config_path}): {NOT_SERVED[peft_type]}")
-    if peft_type not in LORA_TYPES + PROMPT_TYPES:
-        raise UserError(f"adapter {name} ({config_path}): peft_type {peft_type or 'missing'} is not served; LoRA, prompt tuning and p-tuning are")
+    if peft_type not in LORA_TYPES + PROMPT_TYPES + PREFIX_TYPES:
+        raise UserError(f"adapter {name} ({config_path}): peft_type {peft_type or 'missing'} is not served; LoRA, "
+                        "prompt tuning, p-tuning and prefix tuning are")
     if config.get("use_dora"):
         raise UserError(f"adapter {name} ({config_path}): DoRA adapters cannot share a batch in peft; merge it first (`llmcycle merge`)")
     return config
@@ -112,21 +117,22 @@ class ServedModels:
         return [base, *(a.card(self.base_name, self.created) for a in self.adapters.values() if a.name not in hidden)]
 
 
-def prompt_embeddings(loaded: LoadedModel, path: str) -> torch.Tensor:
-    """The virtual-token embeddings of a prompt adapter, computed by peft: (virtual tokens, hidden).
-
-    peft's prompt-learning wrapper adds no layers to the model, so it is dropped once the prompt is read.
-    """
+def read_prompt(loaded: LoadedModel, path: str, prefix: bool):
+    """What peft puts before the input for a prompt-learning adapter: virtual-token embeddings (tokens, hidden), or
+    for prefix tuning the per-layer key/value prefix. peft's prompt-learning wrapper adds no layers to the model,
+    so it is dropped once this is read."""
     from peft import PeftModel
 
     try:
         wrapper = PeftModel.from_pretrained(loaded.model, str(adapter_folder(path)), adapter_name="reader")
+        with torch.no_grad():
+            prompts = wrapper.get_prompt(batch_size=1)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"cannot load prompt adapter {path}: {' '.join(str(exc).split())[:300]}") from exc
-    with torch.no_grad():
-        prompts = wrapper.get_prompt(batch_size=1)[0]  # (virtual tokens x submodules, hidden)
+    if prefix:  # a transformers cache holding the prefix
+        return [(layer.keys.detach().clone(), layer.values.detach().clone()) for layer in prompts.layers]
     virtual = wrapper.peft_config["reader"].num_virtual_tokens
-    return prompts[:virtual].detach().clone()  # encoder-decoder models put only the first part before the input
+    return prompts[0, :virtual].detach().clone()  # encoder-decoder models put only the first part before the input
 
 
 def add_adapter(served: ServedModels, name: str, path: str) -> Adapter:
@@ -136,14 +142,20 @@ def add_adapter(served: ServedModels, name: str, path: str) -> Adapter:
     config = read_adapter_config(name, path)
     peft_type = str(config["peft_type"]).upper()
     adapter = Adapter(name, str(Path(path).expanduser()), peft_type, rank=config.get("r"))
-    if peft_type in PROMPT_TYPES:
+    if peft_type in PREFIX_TYPES and served.loaded.is_encoder_decoder:
+        raise UserError(f"adapter {name}: prefix-tuning adapters are served for decoder-only models only")
+    if peft_type in PROMPT_TYPES + PREFIX_TYPES:
         model = served.loaded.model
         if hasattr(model, "peft_config"):  # LoRA already attached: read the prompt through the plain model
             served.loaded.model = model.get_base_model()
         try:
-            adapter.prompt = prompt_embeddings(served.loaded, path).to(served.loaded.device)
+            read = read_prompt(served.loaded, path, peft_type in PREFIX_TYPES)
         finally:
             served.loaded.model = model
+        if peft_type in PREFIX_TYPES:
+            adapter.prefix = read
+        else:
+            adapter.prompt = read.to(served.loaded.device)
     else:
         attach_adapter(served.loaded, name, str(adapter_folder(path)))
     served.adapters[name] = adapter
@@ -157,14 +169,31 @@ def remove_adapter(served: ServedModels, name: str) -> None:
         served.loaded.adapters.remove(name)
 
 
-def check_servable(spec: str, adapters: list[tuple[str, str]]):
+def base_kind(base: str, trust_remote_code: bool = False) -> str:
+    """encoder-decoder or decoder-only, from the base model's config alone."""
+    from transformers import AutoConfig
+
+    from ...models import model_kind
+
+    try:
+        config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read the config of {base}: {exc}") from exc
+    return model_kind(config)
+
+
+def check_servable(spec: str, adapters: list[tuple[str, str]], trust_remote_code: bool = False):
     """Where the model is, with every adapter checked to be one the server runs (before any weights load)."""
     source = locate(spec)
     names = [name for name, _ in [*source.adapters, *adapters]]
+    prefix = []
     for name, path in [*source.adapters, *adapters]:
         if names.count(name) > 1:
             raise UserError(f"adapter name '{name}' is given twice")
-        read_adapter_config(name, path)
+        if str(read_adapter_config(name, path).get("peft_type", "")).upper() in PREFIX_TYPES:
+            prefix.append(name)
+    if prefix and Path(source.base).is_dir() and base_kind(source.base, trust_remote_code) == ENCODER_DECODER:
+        raise UserError(f"adapter {prefix[0]}: prefix-tuning adapters are served for decoder-only models only")
     return source
 
 
@@ -173,7 +202,7 @@ def load_served(spec: str, adapters: list[tuple[str, str]], *, served_name: str 
     """Load the base of `spec` and every adapter (a run folder's own adapter is served under the base name)."""
     import time
 
-    source = check_servable(spec, adapters)
+    source = check_servable(spec, adapters, trust_remote_code)
     loaded = load_model(source.base, dtype=dtype, trust_remote_code=trust_remote_code)
     loaded.name = spec
     base_name = served_name or Path(spec.rstrip("/")).name or spec

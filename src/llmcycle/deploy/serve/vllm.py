@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 
 from ...errors import UserError
-from ...models import DECODER_ONLY, locate, model_kind
-from .models import adapter_folder
+from ...models import DECODER_ONLY, locate
+from .models import adapter_folder, base_kind
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 
@@ -37,23 +37,13 @@ def _adapter_rank(name: str, path: str) -> int:
     return max(ranks)
 
 
-def _base_kind(base: str, trust_remote_code: bool) -> str:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read the config of {base}: {exc}") from exc
-    return model_kind(config)
-
-
 def vllm_command(config, python: str) -> list[str]:
     """vLLM's command line for a ServerConfig, after checking vLLM can serve it."""
     source = locate(config.model)
     if source.adapters:
         raise UserError(f"--engine vllm: {config.model} is an adapter run folder; give its base with --model and the "
                         "adapter with --adapter NAME=DIR")
-    if _base_kind(source.base, config.trust_remote_code) != DECODER_ONLY:
+    if base_kind(source.base, config.trust_remote_code) != DECODER_ONLY:
         raise UserError("--engine vllm: vLLM does not serve encoder-decoder models (T5, BART); drop --engine vllm")
     name = config.served_model_name or Path(config.model.rstrip("/")).name
     command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source.base, "--served-model-name", name,
