@@ -564,3 +564,19 @@ def test_partial_stop_sequences_are_held_back():
         assert tracker.push(ord(c), final=False)[0] == ""
     assert tracker.push(ord("D"), final=False) == ("", True)
     assert tracker.text == "ab ##x"
+
+
+def test_run_folders_serve_as_generate_reads_them(setups, tmp_path, capsys):
+    """A quantised run folder with its adapter (as the quickstart writes): served under its name, as generate reads it."""
+    base, adapters = setups["llama"]
+    out = tmp_path / "int8"
+    assert run_cli("quantize", "-m", base, "--adapter", adapters["lora1"], "--method", "int8-dynamic", "-o", out) == 0
+    prompts_file = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS])
+    expected = cli_generate(capsys, out, prompts_file, None)
+    server = start(ServerConfig(str(out), [("soft", str(adapters["soft"]))]))
+    try:
+        answer = complete(server, "int8", PROMPTS)
+        assert [c.text for c in sorted(answer.choices, key=lambda c: c.index)] == expected
+        assert [card.id for card in client(server).models.list().data] == ["int8", "soft"]
+    finally:
+        server.stop()
