@@ -580,3 +580,10 @@ def test_run_folders_serve_as_generate_reads_them(setups, tmp_path, capsys):
         assert [card.id for card in client(server).models.list().data] == ["int8", "soft"]
     finally:
         server.stop()
+
+
+def test_a_client_gone_from_a_json_answer_frees_its_row(servers):
+    with pytest.raises(openai.APITimeoutError):  # T5's decoder has no length limit: this runs until the client goes
+        client(servers["t5"]).with_options(timeout=1.5).completions.create(
+            model="t5", prompt="hi", max_tokens=1_000_000, extra_body={"ignore_eos": True})
+    assert settled_metric(servers["t5"], "vllm:num_requests_running", 0) == 0

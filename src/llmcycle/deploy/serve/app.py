@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...errors import UserError
@@ -155,6 +155,10 @@ def settle_max_tokens(state: ServerState, served: ServedModels, parsed: ParsedRe
         raise context_error(window, longest - virtual, params.max_tokens, reserve, "max_tokens")
 
 
+class ClientGone(Exception):
+    """The client of a JSON answer went away; its jobs are cancelled and nothing is sent."""
+
+
 class Mailbox:
     """Events from the engine thread to the event loop, handed over in batches: the loop wakes once for the events
     that arrived together (a decoding step's tokens for every request), not once per token."""
@@ -190,20 +194,24 @@ class Answer:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.remaining = count
         self.completion_tokens = 0
+        self.checked = time.monotonic()
 
     def sink(self, offset: int):
         def put(event):
             self.mailbox.post(self.queue, (offset, event))
         return put
 
-    async def next(self, request: Request):
-        """(choice index, event); polls for a client that went away while waiting."""
+    async def next(self, request: Request | None):
+        """(choice index, event). Given the request (a JSON answer), checks every second that its client is still
+        there; a streaming answer is cancelled by the server when its client goes."""
         while True:
+            if request is not None and time.monotonic() - self.checked > 1.0:
+                self.checked = time.monotonic()
+                if await request.is_disconnected():
+                    raise ClientGone()
             try:
                 offset, event = await asyncio.wait_for(self.queue.get(), timeout=1.0)
             except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    raise asyncio.CancelledError() from None
                 continue
             if event[0] == "error":
                 raise event[1]
@@ -285,7 +293,7 @@ async def answer_stream(request: Request, parsed: ParsedRequest, jobs: list[Job]
                 yield sse({**head, "choices": [role], **extra})
         while answer.remaining:
             try:
-                index, event = await answer.next(request)
+                index, event = await answer.next(None)
             except APIError as error:
                 yield sse(error.body())
                 break
@@ -330,6 +338,10 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError):
         return error_response(error)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone):
+        return Response(status_code=499)  # nginx's "client closed request"; no one reads it
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):
@@ -436,9 +448,10 @@ def unload(engine: Engine, served: ServedModels, name: str) -> None:
 
 # ---- running it ----
 
-def quiet_server(config):
+def quiet_server(config, on_exit):
     """uvicorn's server, stopping on SIGINT or SIGTERM with exit status 0 (uvicorn re-raises the signal after its
-    shutdown, which would end the process with the signal's status instead)."""
+    shutdown, which would end the process with the signal's status instead). `on_exit()` runs first, so requests
+    in flight are answered before uvicorn waits for their connections to close."""
     import contextlib
     import signal
 
@@ -457,6 +470,10 @@ def quiet_server(config):
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
 
+        def handle_exit(self, sig, frame):
+            on_exit()
+            super().handle_exit(sig, frame)
+
     return Server(config)
 
 
@@ -470,7 +487,8 @@ class RunningServer:
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        self.server = quiet_server(uvicorn.Config(create_app(self.state), log_level="warning", timeout_graceful_shutdown=5))
+        settings = uvicorn.Config(create_app(self.state), log_level="warning", timeout_graceful_shutdown=5)
+        self.server = quiet_server(settings, self._stop_engine)
         self.loader = threading.Thread(target=self._load, name="llmcycle-serve-loader", daemon=True)
         self.thread: threading.Thread | None = None
         self.on_ready = None
@@ -505,7 +523,12 @@ class RunningServer:
             time.sleep(0.05)
         raise TimeoutError(f"the server did not become ready in {timeout} s")
 
+    def _stop_engine(self) -> None:
+        if self.state.engine is not None:
+            self.state.engine.request_stop()
+
     def stop(self) -> None:
+        self._stop_engine()
         self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=30)

@@ -115,10 +115,14 @@ class Engine:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Stop after the current step; running and waiting requests are answered 503."""
         with self.wake:
             self.stopping = True
             self.wake.notify_all()
+
+    def stop(self) -> None:
+        self.request_stop()
         self.thread.join(timeout=30)
 
     def submit(self, jobs: list[Job]) -> None:
