@@ -347,3 +347,15 @@ def test_rag_stage_adds_a_variant_with_retrieval(t5_dir, tmp_path):
     assert added.cost["trainable_params"] == 0 and added.cost["rag_index_seconds"] > 0
     first = json.loads(Path(added.predictions).read_text().splitlines()[0])
     assert {"prompt", "prediction", "reference", "sources"} <= set(first)
+
+
+def test_ask_data_writes_answers_with_sources(index, gpt2_dir, tmp_path, capsys):
+    questions = write_jsonl(tmp_path / "q.jsonl", [{"question": q} for q in QUESTIONS[:3]])
+    out = tmp_path / "answers.jsonl"
+    assert run_cli("rag", "ask", "--index", index, "--model", gpt2_dir, "--data", questions, "--retriever", "bm25", "--k", "2",
+                   "--max-new-tokens", "4", "--out", out) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["question"] for r in records] == QUESTIONS[:3]
+    assert all(len(r["sources"]) == 2 and r["sources"][0]["rank"] == 1 and r["prompt_tokens"] > 0 for r in records)
+    assert "--out goes with --data" in fails_cleanly(capsys, "rag", "ask", "--index", index, "--model", gpt2_dir, "--out", out, "q?")
+    assert "needs --url" in fails_cleanly(capsys, "rag", "index", questions, "--out", tmp_path / "x", "--store", "qdrant")
