@@ -587,3 +587,11 @@ def test_a_client_gone_from_a_json_answer_frees_its_row(servers):
         client(servers["t5"]).with_options(timeout=1.5).completions.create(
             model="t5", prompt="hi", max_tokens=1_000_000, extra_body={"ignore_eos": True})
     assert settled_metric(servers["t5"], "vllm:num_requests_running", 0) == 0
+
+
+def test_no_queue_still_serves_what_fits(setups):
+    server = start(ServerConfig(str(setups["t5"][0]), served_model_name="t5", max_queued_requests=0))
+    try:
+        assert complete(server, "t5", PROMPTS).choices[0].finish_reason == "length"
+    finally:
+        server.stop()

@@ -126,9 +126,11 @@ class Engine:
         self.thread.join(timeout=30)
 
     def submit(self, jobs: list[Job]) -> None:
-        """Queue the jobs of one request together, or raise QueueFull."""
+        """Queue the jobs of one request together, or raise QueueFull when they would wait behind a full queue
+        (jobs that fit the running batch at once never count as queued)."""
         with self.wake:
-            if len(self.waiting) + len(jobs) > self.max_queued:
+            rows = len(self.rows) + self._rows_taken(list(self.waiting)) + self._rows_taken(jobs)
+            if rows > self.max_num_seqs and len(self.waiting) + len(jobs) > self.max_queued:
                 raise QueueFull()
             self.waiting.extend(jobs)
             self.metrics.set("vllm:num_requests_waiting", len(self.waiting))
