@@ -64,13 +64,18 @@ def adapter_folder(path: str) -> Path:
     raise UserError(f"adapter {path}: no adapter_config.json there (nor in {path}/adapter); give a peft adapter folder")
 
 
-def read_adapter_config(name: str, path: str) -> dict:
-    """adapter_config.json of `path`, checked to be a type the server can run."""
+def adapter_config(name: str, path: str) -> tuple[dict, Path]:
+    """adapter_config.json of the adapter `name` at `path`, and where it is."""
     config_path = adapter_folder(path) / "adapter_config.json"
     try:
-        config = json.loads(config_path.read_text())
+        return json.loads(config_path.read_text()), config_path
     except (OSError, ValueError) as exc:
         raise UserError(f"adapter {name}: cannot read {config_path}: {exc}") from exc
+
+
+def read_adapter_config(name: str, path: str) -> dict:
+    """adapter_config.json of `path`, checked to be a type the server can run."""
+    config, config_path = adapter_config(name, path)
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type not in LORA_TYPES + PROMPT_TYPES + PREFIX_TYPES:
         raise UserError(f"adapter {name} ({config_path}): peft_type {peft_type or 'missing'} is not served; LoRA, "

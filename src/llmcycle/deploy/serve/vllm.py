@@ -9,24 +9,19 @@ CPU build is not), with the interpreter in LLMCYCLE_VLLM_PYTHON when set (a side
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 
 from ...errors import UserError
 from ...models import DECODER_ONLY, locate
-from .models import adapter_folder, base_kind
+from .models import adapter_config, adapter_folder, base_kind
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 
 
 def _adapter_rank(name: str, path: str) -> int:
     """The LoRA rank of an adapter, refusing what vLLM cannot serve."""
-    config_path = adapter_folder(path) / "adapter_config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"adapter {name}: cannot read {config_path}: {exc}") from exc
+    config, _ = adapter_config(name, path)
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise UserError(f"--engine vllm: adapter {name} is {peft_type.lower().replace('_', ' ')}, which vLLM does not "
