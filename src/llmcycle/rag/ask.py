@@ -104,15 +104,18 @@ def source_record(index: RagIndex, hit: Hit, rank: int) -> dict:
             "source": chunk["source"], "score": round(hit.score, 6)}
 
 
-def prepare(index: RagIndex | None, loaded: LoadedModel, questions: list[str], k: int, retriever: str | None, max_new_tokens: int) -> Prepared:
-    """Retrieve (unless `retriever` is None: closed book) and assemble the prompts within the context window."""
+def prepare(index: RagIndex | None, loaded: LoadedModel, questions: list[str], k: int, retriever: str | None, max_new_tokens: int,
+            hits: list[list[Hit]] | None = None) -> Prepared:
+    """Retrieve (unless `retriever` is None: closed book; or given `hits`) and assemble the prompts within the context window."""
     if retriever is None or index is None:
         prompts = [render(q, []) for q in questions]
         return Prepared(prompts, [[] for _ in questions], token_counts(loaded, prompts), 0.0)
-    index.warm(retriever)
-    started = time.perf_counter()
-    hits = index.search(questions, k, retriever)
-    seconds = time.perf_counter() - started
+    seconds = 0.0
+    if hits is None:
+        index.warm(retriever)
+        started = time.perf_counter()
+        hits = index.search(questions, k, retriever)
+        seconds = time.perf_counter() - started
     budget = prompt_budget(loaded, max_new_tokens)
     prompts, sources = [], []
     for question, found in zip(questions, hits):

@@ -150,9 +150,9 @@ def parse_retrievers(values) -> list[str]:
     return names
 
 
-def _model_arm(loaded, index, questions, k, retriever, settings: GenerationSettings):
-    """(predictions, prepared prompts, generation seconds) of the model with `retriever` (None: closed book)."""
-    prepared: Prepared = prepare(index, loaded, [q.question for q in questions], k, retriever, settings.max_new_tokens)
+def _model_arm(loaded, index, questions, k, retriever, settings: GenerationSettings, hits=None):
+    """(predictions, prepared prompts, generation seconds) of the model given `hits` of `retriever` (None: closed book)."""
+    prepared: Prepared = prepare(index, loaded, [q.question for q in questions], k, retriever, settings.max_new_tokens, hits)
     started = time.perf_counter()
     predictions = [p.strip() for p in generate(loaded, prepared.prompts, settings, description=f"answering ({retriever or CLOSED_BOOK})")]
     return predictions, prepared, time.perf_counter() - started
@@ -222,7 +222,7 @@ def _score_arms(index, questions, model, retrievers, k, settings, resamples) -> 
         hits, seconds, values = retrieval_arm(index, questions, k, retriever)
         generation_seconds = None
         if loaded is not None:
-            predictions, prepared, generation_seconds = _model_arm(loaded, index, questions, k, retriever, settings)
+            predictions, prepared, generation_seconds = _model_arm(loaded, index, questions, k, retriever, settings, hits)
             contexts = [" ".join(index.chunks[h.row]["text"] for h in found) for found in hits]
             values |= answer_values(questions, predictions, contexts) | {"prompt_tokens": prepared.prompt_tokens}
             for record, prediction, sources in zip(records, predictions, prepared.sources):
