@@ -297,6 +297,8 @@ def test_retrieval_lifts_a_tiny_reader_above_closed_book(tmp_path):
     assert dense["exact_match"]["ci95"][0] > closed["exact_match"]["ci95"][1]  # intervals apart
     assert dense["f1"]["ci95"][0] > closed["f1"]["ci95"][1] and dense["exact_match"]["mean"] > 0.6
     assert dense["prompt_tokens"]["mean"] > closed["prompt_tokens"]["mean"]
+    change = dense["vs_closed_book"]["exact_match"]
+    assert change["absolute"] == pytest.approx(dense["exact_match"]["mean"] - closed["exact_match"]["mean"]) and change["ci95"][0] > 0
 
 
 def test_ask_prints_the_answer_and_the_sources_it_was_given(index, t5_dir, capsys):

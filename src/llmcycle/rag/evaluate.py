@@ -10,7 +10,9 @@ share of the answer's normalised tokens that occur in the retrieved text (it can
 from a right one). Every value is `{"mean", "ci95", "n"}` with a seeded bootstrap interval.
 
 Arms: `closed_book` (the model without retrieval, with --model) and one per retriever; a miss of an arm is a
-retrieval miss when the answer was not in what it retrieved, else a generation miss.
+retrieval miss when the answer was not in what it retrieved, else a generation miss. With a model, each
+retriever's arm also carries `vs_closed_book`: the change in exact match, F1 and ROUGE-L from closed book, with a
+paired bootstrap interval and p-value (the same questions resampled on both sides).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from ..console import note, print_table
 from ..errors import UserError
 from ..evaluate.metrics import METRICS, MetricInput
-from ..evaluate.stats import Statistic, bootstrap_summary, mean_of_first
+from ..evaluate.stats import Statistic, bootstrap_summary, mean_of_first, paired_change
 from ..generate.engine import GenerationSettings, generate
 from ..models import ModelOptions
 from ..outputs import check_writable, write_json, write_jsonl
@@ -211,9 +213,10 @@ def _score_arms(index, questions, model, retrievers, k, settings, resamples) -> 
     loaded = model.load() if model else None
     result: dict = {}
     records = [{"question": q.question, "answers": q.answers, "gold_ids": q.gold_ids} for q in questions]
+    closed: dict = {}
     if loaded is not None:
         predictions, prepared, seconds = _model_arm(loaded, None, questions, k, None, settings)
-        values = answer_values(questions, predictions, None)
+        values = closed = answer_values(questions, predictions, None)
         result[CLOSED_BOOK] = _arm(values | {"prompt_tokens": prepared.prompt_tokens}, resamples, settings.seed)
         result[CLOSED_BOOK] |= {"costs": _costs(None, seconds, len(questions), None), "misses": _misses(values, k)}
         for record, prediction in zip(records, predictions):
@@ -231,9 +234,18 @@ def _score_arms(index, questions, model, retrievers, k, settings, resamples) -> 
         result[retriever]["costs"] = _costs(seconds, generation_seconds, len(questions), index)
         if loaded is not None:
             result[retriever]["misses"] = _misses(values, k)
+            result[retriever]["vs_closed_book"] = _paired(closed, values, resamples, settings.seed)
     if not any(q.gold_ids for q in questions):
         note("no row has gold_ids: hit@k, recall@k, mrr and ndcg@k are left out")
     return result, records
+
+
+def _paired(closed: dict, values: dict, resamples: int, seed: int) -> dict:
+    """Each answer metric's change from closed book to this arm, with a paired bootstrap on the same questions."""
+    def statistic(per_question):
+        return Statistic(np.asarray(per_question, dtype=np.float64)[:, None], mean_of_first)
+
+    return {name: paired_change(statistic(closed[name]), statistic(values[name]), resamples, seed) for name in ("exact_match", "f1", "rougeL")}
 
 
 def _cell(entry: dict | None) -> str:
