@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from llmcycle.errors import UserError
 from llmcycle.generate.engine import GenerationSettings, generate
@@ -46,3 +47,33 @@ def test_beam_search_and_repetition_penalty_run(gpt2_dir):
 def test_bad_settings(field, value):
     with pytest.raises(UserError, match=field.replace("_", "-")):
         GenerationSettings(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_decoder_only_prompt_tuning_adapter_generates_as_peft_forward_does(arch, request, tmp_path):
+    """peft's generate under transformers 5 re-inserts the virtual tokens at every step; llmcycle puts them before
+    the prompt itself. Greedy tokens equal those of peft's forward pass (virtual tokens before the whole sequence)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from conftest import dialogue_rows, write_jsonl
+    from llmcycle.models import load_model
+    from llmcycle.train.finetune import FinetuneConfig, finetune
+
+    base = request.getfixturevalue(f"{arch}_dir")
+    finetune(FinetuneConfig(model=str(base), data=str(write_jsonl(tmp_path / "d.jsonl", dialogue_rows(8))), out=str(tmp_path / "pt"),
+                            method="prompt-tuning", num_virtual_tokens=5, max_steps=2, lr=0.5))
+    prompts = ["Summarize: Amy and Ben. #Person1#: can we book a table today? Summary:", "Summarize: Dev. Summary:"]
+    ours = generate(load_model(str(tmp_path / "pt")), prompts, GenerationSettings(max_new_tokens=6, batch_size=2))
+    loaded = load_model(str(base))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "pt" / "adapter").eval()
+    for prompt, text in zip(prompts, ours):
+        ids = loaded.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        start = ids.shape[1]
+        with torch.no_grad():
+            for _ in range(6):
+                token = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+                if token.item() == loaded.tokenizer.eos_token_id:
+                    break
+                ids = torch.cat([ids, token.view(1, 1)], dim=1)
+        assert text == loaded.tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()

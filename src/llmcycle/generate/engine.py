@@ -120,7 +120,39 @@ def generate(loaded: LoadedModel, prompts: list[str], settings: GenerationSettin
 def _generate_batch(loaded: LoadedModel, prompts: list[str], generation_config) -> list[str]:
     tokenizer = loaded.tokenizer
     encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(loaded.device)
-    output = loaded.model.generate(**encoded, generation_config=generation_config)  # (batch, seq)
-    if not loaded.is_encoder_decoder:
-        output = output[:, encoded["input_ids"].shape[1] :]  # drop the (left-padded) prompt
+    soft = _soft_prompt(loaded)
+    if soft is not None:
+        output = _generate_with_soft_prompt(loaded.model, soft, encoded, generation_config)  # only the new tokens
+    else:
+        output = loaded.model.generate(**encoded, generation_config=generation_config)  # (batch, seq)
+        if not loaded.is_encoder_decoder:
+            output = output[:, encoded["input_ids"].shape[1] :]  # drop the (left-padded) prompt
     return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+
+def _soft_prompt(loaded: LoadedModel):
+    """The active adapter's config when it is a decoder-only prompt-learning adapter, else None.
+
+    peft's own `generate` for these (0.21 under transformers 5) puts the virtual tokens into the cache again at every
+    step, since it looks for `past_key_values` where transformers now passes `cache`: the first new token is already
+    wrong. So llmcycle puts the virtual-token embeddings before the prompt itself, as peft's forward does, and
+    generates with the base model. Prefix tuning's per-layer key/value prefix has no such route: it is refused.
+    """
+    config = getattr(loaded.model, "active_peft_config", None)
+    if loaded.is_encoder_decoder or config is None or not getattr(config, "is_prompt_learning", False):
+        return None
+    if config.peft_type.value == "PREFIX_TUNING":
+        raise UserError("generating with a prefix-tuning adapter on a decoder-only model is not supported here (peft's "
+                        "generate mishandles its cache under transformers 5); serve it with `llmcycle serve`, which does")
+    return config
+
+
+def _generate_with_soft_prompt(model, config, encoded: dict, generation_config) -> torch.Tensor:
+    """(batch, new tokens): the base model generates after [virtual tokens; left-padded prompt]."""
+    batch = encoded["input_ids"].shape[0]
+    virtual = model.get_prompt(batch_size=batch)[:, : config.num_virtual_tokens]  # (batch, virtual tokens, hidden)
+    words = model.get_input_embeddings()(encoded["input_ids"])  # (batch, prompt, hidden)
+    embeds = torch.cat([virtual.to(words.dtype), words], dim=1)
+    mask = torch.cat([torch.ones(batch, virtual.shape[1], dtype=encoded["attention_mask"].dtype, device=words.device),
+                      encoded["attention_mask"]], dim=1)
+    return model.get_base_model().generate(inputs_embeds=embeds, attention_mask=mask, generation_config=generation_config)

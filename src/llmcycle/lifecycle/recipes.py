@@ -181,10 +181,16 @@ def _check_data_spec(spec, source: str, name: str) -> None:
 
 @dataclass(frozen=True)
 class Step:
+    """One stage of a recipe, as checked by `plan`."""
+
     index: int
+    """Its place in the recipe, from 1 (names its folder)."""
     kind: str
+    """baseline, finetune, eval, align, deploy or report."""
     name: str
+    """The variant it makes (finetune, align), else ''."""
     options: dict
+    """The stage's fields as written in the recipe."""
 
     @property
     def folder(self) -> str:

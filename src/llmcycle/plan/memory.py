@@ -154,9 +154,13 @@ class MemoryPlan:
     """Memory per GPU, in decimal GB."""
 
     weights_gb: float
+    """Weights held by one GPU (frozen ones in their storage format)."""
     gradients_gb: float
+    """Gradients of the trained parameters."""
     optimizer_gb: float
+    """Optimizer states (and an fp32 master copy under mixed precision)."""
     activations_gb: float
+    """Activations kept for the backward pass at the peak, with the loss's logits buffers."""
     trainable_params: int
     total_params: int
     setup: TrainingSetup = field(default_factory=TrainingSetup)

@@ -27,13 +27,21 @@ class ScratchSpec:
     """The size of a model built from a config."""
 
     arch: str = "gpt2"
+    """t5, bart, gpt2 or llama."""
     layers: int = 2
+    """Transformer blocks (encoder and decoder each, for t5 and bart)."""
     hidden: int = 64
+    """Hidden size."""
     heads: int = 4
+    """Attention heads."""
     vocab_size: int = 512
+    """Tokens in the vocabulary the tokenizer is trained to."""
     context: int = 512
+    """Context window in tokens."""
     dropout: float = 0.1
+    """Dropout everywhere the architecture has it."""
     seed: int = 0
+    """Seed of the random initialisation."""
 
     def validate(self) -> None:
         if self.arch not in ARCHITECTURES:
