@@ -135,7 +135,7 @@ def test_quickstart_shortened_on_the_embedded_model(tmp_path):
     out = tmp_path / "qs"
     assert run_cli("quickstart", "--smoke", "--out", out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "lora+ppo", "lora+dpo", "full+int8"]
+    assert list(metrics) == ["zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "full+ppo", "lora+dpo", "full+int8"]
     for name, entry in metrics.items():
         for metric in ("rouge1", "rouge2", "rougeL", "rougeLsum", "toxicity"):
             assert {"mean", "ci95", "n"} <= set(entry[metric]), (name, metric)
@@ -143,7 +143,7 @@ def test_quickstart_shortened_on_the_embedded_model(tmp_path):
         # a measured time: training for a trained variant, generating the test set for a prompted one (never a 0 filler)
         measured = entry["cost"].get("wall_time_s", entry["cost"].get("generation_time_s"))
         assert measured is not None and measured > 0, name
-    for name in ("full", "lora", "prompt-tuning", "lora+ppo", "lora+dpo"):
+    for name in ("full", "lora", "prompt-tuning", "full+ppo", "lora+dpo"):
         assert set(metrics[name]["forgetting"]) == {"classify", "extract"}
         assert {"peak_memory_bytes", "trainable_share"} <= set(metrics[name]["cost"])
     html = (out / "report.html").read_text()
@@ -171,3 +171,24 @@ def test_a_template_given_as_a_recipe_says_what_it_is(capsys):
     template = RECIPES / "templates" / "dialogsum.yaml"
     assert run_cli("run", template, "--dry-run") == 2
     assert "is a data template (prompt/completion), not a recipe" in capsys.readouterr().err
+
+
+def test_a_rag_stage_puts_each_variant_beside_itself_with_retrieval(tiny_t5, tmp_path):
+    """prompting, fine-tuning and each of them with retrieval, on the synthetic product's questions, in one report."""
+    recipe = tmp_path / "rag.yaml"
+    recipe.write_text(json.dumps({
+        "name": "rag", "model": str(tiny_t5), "data": {"train": {"task": "docs-qa", "rows": 24, "seed": 1},
+                                                      "test": {"task": "docs-qa", "rows": 8, "seed": 2}},
+        "generation": {"max_new_tokens": 6, "batch_size": 8}, "metrics": ["rouge"],
+        "stages": [{"baseline": {"shots": [0]}}, {"finetune": {"name": "full", "method": "full", "max_steps": 2, "batch_size": 4}},
+                   {"eval": {}}, {"rag": {"docs": {"task": "docs-qa", "rows": 24, "seed": 2}, "retriever": "bm25", "k": 2}},
+                   {"report": {}}],
+    }))
+    metrics = run_recipe(str(recipe), str(tmp_path / "run"))
+    assert list(metrics) == ["zero-shot", "full", "zero-shot+rag", "full+rag"]
+    for name in ("zero-shot+rag", "full+rag"):
+        assert {"exact_match", "f1", "rougeL", "hit@2", "answerable@2"} <= set(metrics[name])
+        assert {"rag_index_seconds", "rag_prompt_tokens", "closed_book_exact_match"} <= set(metrics[name]["cost"])
+    assert metrics["full+rag"]["cost"]["wall_time_s"] == metrics["full"]["cost"]["wall_time_s"]  # training time carried
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "<h2>Retrieval against fine-tuning</h2>" in html and "full+rag" in html

@@ -41,7 +41,7 @@ from ..outputs import write_json, write_jsonl
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 QUICKSTART = RECIPES / "quickstart.yaml"
-STAGES = ("baseline", "finetune", "eval", "align", "deploy", "report")
+STAGES = ("baseline", "finetune", "eval", "align", "deploy", "rag", "report")
 RECIPE_KEYS = {"name", "description", "model", "data", "template", "probes", "generation", "metrics", "stages"}
 SMOKE_ROWS, SMOKE_STEPS = 8, 2
 
@@ -173,7 +173,7 @@ def _check_data_spec(spec, source: str, name: str) -> None:
         return
     if not isinstance(spec, dict) or set(spec) - {"task", "rows", "seed"} or "task" not in spec:
         raise UserError(f"{source}: data {name}: give a file path, a hub id, {{path, split}} or {{task, rows, seed}}")
-    if spec["task"] not in TASKS:
+    if spec["task"] not in (*TASKS, "docs-qa"):
         raise UserError(f"{source}: data {name}: unknown task '{spec['task']}'; built-in tasks: {', '.join(TASKS)}")
     if not isinstance(spec.get("rows", 100), int) or spec.get("rows", 100) < 1:
         raise UserError(f"{source}: data {name}: rows must be a whole number of at least 1")
@@ -233,6 +233,10 @@ def _check_stage(kind: str, options: dict, where: str, names: set[str], source: 
         FinetuneConfig(**configs.checked(FinetuneConfig, fields_, f"{where} (finetune)"), model="m", data="d", out="o").validate()
     elif kind == "align":
         _check_align(options, where, names, source)
+    elif kind == "rag":
+        from .rag_stage import check_rag
+
+        check_rag(options, where)
     elif kind == "deploy":
         extra = set(options) - {"from", "quantize"}
         if extra:
@@ -306,7 +310,11 @@ class Run:
         if name in self.files:
             return self.files[name]
         target = self.out / "data" / f"{name}.jsonl"
-        if isinstance(spec, dict) and "task" in spec:
+        if isinstance(spec, dict) and spec.get("task") == "docs-qa":  # the synthetic product's questions (rag stage)
+            from ..data.synthetic_docs import docs_qa
+
+            rows = docs_qa(spec.get("rows", 100), spec.get("seed", 0))[1]
+        elif isinstance(spec, dict) and "task" in spec:
             from ..data.synthetic import generate
 
             rows = generate(spec["task"], spec.get("rows", 100), spec.get("seed", 0))
@@ -559,6 +567,12 @@ def run_deploy(run: Run, step: Step, folder: Path) -> None:
                                  predictions=str(folder / "compare" / form["predictions"]))
 
 
+def _run_rag(run: Run, step: Step, folder: Path) -> None:
+    from .rag_stage import run_rag
+
+    run_rag(run, step, folder)
+
+
 def run_report(run: Run, step: Step, folder: Path) -> None:
     from .report import write_report
 
@@ -581,5 +595,5 @@ def _size_on_disk(folder: str) -> int:
 
 STAGE_RUNNERS = {
     "baseline": run_baseline, "finetune": run_finetune, "eval": run_eval,
-    "align": run_align, "deploy": run_deploy, "report": run_report,
+    "align": run_align, "deploy": run_deploy, "rag": _run_rag, "report": run_report,
 }

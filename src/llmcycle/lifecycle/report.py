@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..evaluate.metrics import verdict
 from ..outputs import atomic_open
-from .report_stages import holistic_section, suites_section
+from .report_stages import holistic_section, rag_section, suites_section
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 STYLE = """
@@ -42,7 +42,7 @@ def write_report(path: Path, recipe, variants: list, metrics: dict) -> None:
         "<h2>Cost</h2>", cost_table(metrics),
         "<div class='grid'>", plots(metrics, variants), "</div>",
         "<h2>Forgetting: held-out tasks</h2>", forgetting_table(metrics),
-        suites_section(metrics), holistic_section(metrics),
+        suites_section(metrics), holistic_section(metrics), rag_section(metrics),
         "<h2>Outputs side by side</h2>", examples(variants),
     ]
     with atomic_open(path) as handle:

@@ -73,3 +73,28 @@ def holistic_section(metrics: dict) -> str:
         return ""
     return ("<h2>Holistic view</h2><p>Accuracy alone hides how sure a model is, how it holds up to typos and casing, what "
             "it says and how fast: each aspect measured on the same suite, with its 95% interval.</p>" + "".join(parts))
+
+
+def rag_section(metrics: dict) -> str:
+    """Each variant with retrieval against itself without: answers, retrieval, misses and what it cost."""
+    rows = []
+    for name, entry in metrics.items():
+        cost = entry.get("cost", {})
+        if "rag_index_seconds" not in cost:
+            continue
+        keys = sorted(key for key in entry if key.startswith(("hit@", "answerable@")))
+        cells = [_interval(entry.get(m)) for m in ("exact_match", "f1", "rougeL", *keys)]
+        closed = cost.get("closed_book_exact_match")
+        misses = f"{cost.get('rag_misses_retrieval', '-')} / {cost.get('rag_misses_generation', '-')}"
+        timing = (f"{cost.get('rag_index_seconds', 0):.1f} s index, {cost.get('rag_retrieval_ms_per_question', 0):.0f} + "
+                  f"{cost.get('rag_generation_ms_per_question', 0):.0f} ms a question, {cost.get('rag_prompt_tokens', 0):.0f} prompt tokens")
+        rows.append((keys, f"<tr><td>{html.escape(name)}</td><td>{'-' if closed is None else f'{closed:.3f}'}</td>"
+                           + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{misses}</td><td>{timing}</td></tr>"))
+    if not rows:
+        return ""
+    keys = rows[0][0]
+    head = "".join(f"<th>{k}</th>" for k in ("exact match", "F1", "ROUGE-L", *keys))
+    return ("<h2>Retrieval against fine-tuning</h2><table><tr><th>variant</th><th>exact match without retrieval</th>"
+            f"{head}<th>misses: retrieval / generation</th><th>cost</th></tr>{''.join(r for _, r in rows)}</table>"
+            "<p class='ci'>The same questions with and without retrieval. A retrieval miss: the gold answer was not in the "
+            "retrieved text (answerable@k); a generation miss: it was, and the answer was still wrong.</p>")
