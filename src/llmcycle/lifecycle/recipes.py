@@ -557,7 +557,7 @@ def run_deploy(run: Run, step: Step, folder: Path) -> None:
     reference, form = result["forms"]["float32"], result["forms"][method]
     cost = {key: form[key] for key in ("size_on_disk_bytes", "load_s", "tokens_per_s", "peak_memory_bytes", "bytes_per_param",
                                        "planned_bytes_per_param")}
-    cost.update(method=method, trainable_params=0, wall_time_s=form["generation_s"], float32_bytes=reference["size_on_disk_bytes"],
+    cost.update(method=method, trainable_params=0, generation_time_s=form["generation_s"], float32_bytes=reference["size_on_disk_bytes"],
                 float32_generation_s=reference["generation_s"], speedup=reference["generation_s"] / max(form["generation_s"], 1e-9),
                 float32_tokens_per_s=reference["tokens_per_s"], float32_peak_memory_bytes=reference["peak_memory_bytes"],
                 quality_change={name: summary["change"] for name, summary in form["metrics"].items() if "change" in summary})
