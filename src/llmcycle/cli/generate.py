@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
-from .options import DTYPE_CHOICES, data_options, data_spec, generation_options, generation_settings, model_options, model_spec
+from .options import (
+    data_options, data_spec, generation_options, generation_settings, model_options, model_spec, optional_model_options,
+)
 
 
 @click.command()
@@ -70,11 +72,7 @@ def prompt(data, shots, shot_data, truncate_shots, metrics, metrics_out, out, co
 
 @click.command(name="eval")
 @click.option("--predictions", "-P", multiple=True, help="Predictions JSONL (repeatable: compared against the first).")
-@click.option("--model", "-m", default=None, help="Model to generate with or score on a suite (and for perplexity).")
-@click.option("--dtype", type=DTYPE_CHOICES, default="auto", show_default=True)
-@click.option("--trust-remote-code", is_flag=True)
-@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR")
-@click.option("--use", default=None, metavar="NAME")
+@optional_model_options("Model to generate with or score on a suite (and for perplexity).")
 @click.option("--data", "-d", default=None, help="Test data to generate predictions for (with --model); prompt-only rows take reference-free metrics.")
 @click.option("--suite", default=None, help="Multiple-choice suite: rows of question/choices/answer, an MMLU folder (dev/, test/), or with --engine lm-eval a task name or task YAML.")
 @click.option("--shots", type=int, default=0, show_default=True, help="With --suite: solved items before each question.")

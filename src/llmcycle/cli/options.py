@@ -25,8 +25,17 @@ def apply(options: list, func):
 
 def model_options(func):
     """--model, --dtype, --trust-remote-code, --adapter NAME=DIR (repeatable), --use NAME."""
+    return _model_flags(click.option("--model", "-m", required=True, help="Model folder (save_pretrained or llmcycle run folder) or hub id."), func)
+
+
+def optional_model_options(model_help: str):
+    """The model flags of a verb that also runs without a model (`eval` of predictions files, `rag eval` of retrieval)."""
+    return lambda func: _model_flags(click.option("--model", "-m", default=None, help=model_help), func)
+
+
+def _model_flags(model_option, func):
     return apply([
-        click.option("--model", "-m", required=True, help="Model folder (save_pretrained or llmcycle run folder) or hub id."),
+        model_option,
         click.option("--dtype", type=DTYPE_CHOICES, default="auto", show_default=True, help="Weights dtype; auto is float32 on CPU, bfloat16 on a GPU."),
         click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with a hub model to run."),
         click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="Load a peft adapter under NAME (repeatable)."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
-from .options import DTYPE_CHOICES, generation_options, generation_settings, model_options, model_spec
+from .options import generation_options, generation_settings, model_options, model_spec, optional_model_options
 
 RETRIEVER_CHOICES = click.Choice(["dense", "bm25", "hybrid"])
 
@@ -82,11 +82,7 @@ def ask(question, index_path, k, retriever, data, out, **kwargs):
 @retrieval_options
 @click.option("--retriever", "retrievers", multiple=True, help="dense, bm25, hybrid or all (repeatable or comma-separated; default all).")
 @click.option("--data", "-d", required=True, help="QA rows: question, answers (list), optional gold_ids (document ids).")
-@click.option("--model", "-m", default=None, help="Model to answer with; without it only retrieval is scored.")
-@click.option("--dtype", type=DTYPE_CHOICES, default="auto", show_default=True)
-@click.option("--trust-remote-code", is_flag=True)
-@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR")
-@click.option("--use", default=None, metavar="NAME")
+@optional_model_options("Model to answer with; without it only retrieval is scored.")
 @click.option("--bootstrap", "resamples", type=int, default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
 @click.option("--save-predictions", default=None, help="With --model: write each question's answers per arm (JSONL) here.")
 @click.option("--out", "-o", default=None, help="Write the metrics of every arm (JSON) here.")

@@ -81,6 +81,24 @@ class Recipe:
 # ---------------------------------------------------------------- loading and validation
 
 
+@dataclass(frozen=True)
+class Step:
+    """One stage of a recipe, as checked by `plan`."""
+
+    index: int
+    """Its place in the recipe, from 1 (names its folder)."""
+    kind: str
+    """baseline, finetune, eval, align, deploy or report."""
+    name: str
+    """The variant it makes (finetune, align), else ''."""
+    options: dict
+    """The stage's fields as written in the recipe."""
+
+    @property
+    def folder(self) -> str:
+        return f"{self.index:02d}-{self.kind}" + (f"-{self.name}" if self.name else "").replace("+", "-")
+
+
 def load_recipe(path: str | Path, model: str | None = None, data_overrides: dict | None = None) -> Recipe:
     """Read and check a recipe; every problem is one line naming the file and the stage or field.
 
@@ -177,24 +195,6 @@ def _check_data_spec(spec, source: str, name: str) -> None:
         raise UserError(f"{source}: data {name}: unknown task '{spec['task']}'; built-in tasks: {', '.join(TASKS)}")
     if not isinstance(spec.get("rows", 100), int) or spec.get("rows", 100) < 1:
         raise UserError(f"{source}: data {name}: rows must be a whole number of at least 1")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One stage of a recipe, as checked by `plan`."""
-
-    index: int
-    """Its place in the recipe, from 1 (names its folder)."""
-    kind: str
-    """baseline, finetune, eval, align, deploy or report."""
-    name: str
-    """The variant it makes (finetune, align), else ''."""
-    options: dict
-    """The stage's fields as written in the recipe."""
-
-    @property
-    def folder(self) -> str:
-        return f"{self.index:02d}-{self.kind}" + (f"-{self.name}" if self.name else "").replace("+", "-")
 
 
 def plan(recipe: Recipe) -> list[Step]:

@@ -125,22 +125,14 @@ def read_file(path: Path, doc_id: str) -> list[Document]:
 
 
 def read_jsonl(path: Path) -> list[Document]:
-    """One document a line: `id` and `text` (strings, required), optional `title` and `source`."""
-    documents = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: not a JSON object; write {{\"id\": ..., \"text\": ...}}")
-        documents.append(_jsonl_document(row, where, path))
-    if not documents:
-        raise UserError(f"document file {path} is empty (no rows); remove it or give it rows")
-    return documents
+    """One document a line: `id` and `text` (strings, required), optional `title` and `source`. Lines are read as
+    every data file is (data.io.read_rows), so the first unreadable line is the error."""
+    from ..data.io import read_rows
+
+    rows, bad = read_rows(str(path))
+    if bad:
+        raise UserError(f"document file {bad[0].message()}")
+    return [_jsonl_document(row.values, row.where, path) for row in rows]
 
 
 def _jsonl_document(row: dict, where: str, path: Path) -> Document:
