@@ -13,10 +13,10 @@ float32 and bfloat16 (save_pretrained), and each quantised form (llmcycle.deploy
 * quality: the eval metrics with 95% bootstrap intervals, and each form's change against the first form with a
   paired bootstrap interval and p-value (every form answers the same rows; llmcycle.evaluate.stats.paired_change).
 
-The planner has bytes-per-parameter figures for float32 and bfloat16 weights and for NF4 (QLoRA's frozen
-base). For torchao's int8 and int4 it has none, so the expectation here is written from what those formats
-store: int8 one byte a weight plus one scale per output row; int4 half a byte plus a bfloat16 scale and
-zero point per group of 128; other parameters (embeddings, norms, the output head) stay in the model's dtype.
+The planned figures come from the planner (plan.memory.weight_bytes and quantized_weight_bytes): float32 and
+bfloat16 weights, NF4 as QLoRA stores its frozen base, int8 one byte a weight plus one scale per output row,
+int4 half a byte plus a bfloat16 scale and zero point per group of 128; other parameters (embeddings, norms,
+the output head) stay in the model's dtype.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 
 from ..console import note, print_table
 from ..errors import UserError
-from .quantize import (BNB_METHODS, INT4_GROUP_SIZE, METHODS, canonical_method, check_output, publish, quantize, require_hardware,
+from .quantize import (BNB_METHODS, METHODS, canonical_method, check_output, publish, quantize, require_hardware,
                        staging_beside, weight_file_bytes)
 
 REFERENCES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -233,22 +233,13 @@ def _planner_shape(source: str):
 
 
 def planned_bytes(shape, form: str, dtype: torch.dtype) -> tuple[float | None, str]:
-    """The bytes `form` should take for a model of `shape`, and where the figure comes from."""
-    from ..plan.memory import TrainingSetup, frozen_weight_bytes, weight_bytes
+    """The planner's bytes for `form` of a model of `shape` (plan.memory), and where the figure comes from."""
+    from ..plan.memory import quantized_weight_bytes, weight_bytes
 
-    linear = sum(m.in_features * m.out_features for m in shape.linears)
-    rows = sum(m.out_features for m in shape.linears)
-    kept = (shape.total_params - linear) * DTYPE_BYTES[dtype]
     if form in REFERENCES:
         return shape.total_params * weight_bytes("fp32" if form == "float32" else "bf16"), "planner"
-    if form == "nf4":
-        return frozen_weight_bytes(shape, TrainingSetup(method="qlora", precision="bf16", double_quant=True)), "planner"
-    if form in ("int8-dynamic", "int8-weight"):
-        return linear + rows * DTYPE_BYTES[dtype] + kept, "format"
-    if form == "int4-weight":
-        groups = sum(m.out_features * (m.in_features // INT4_GROUP_SIZE) for m in shape.linears)
-        return linear / 2 + groups * 2 * 2 + kept, "format"
-    return None, "none"
+    planned = quantized_weight_bytes(shape, form, DTYPE_BYTES[dtype])
+    return planned, "planner" if planned is not None else "none"
 
 
 def size_check(shape, form: str, folder: Path) -> dict:

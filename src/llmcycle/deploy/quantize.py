@@ -45,12 +45,13 @@ import torch
 
 from ..console import note
 from ..errors import UserError
+from ..plan.memory import INT4_GROUP
 
 TORCHAO_METHODS = ("int8-dynamic", "int8-weight", "int4-weight")
 BNB_METHODS = ("nf4", "int8-bnb")
 METHODS = TORCHAO_METHODS + BNB_METHODS
 ALIASES = {"int8": "int8-dynamic"}
-INT4_GROUP_SIZE = 128  # torchao's default group; layers whose input width it does not divide stay in float
+INT4_GROUP_SIZE = INT4_GROUP  # torchao's default group, as the planner sizes int4; inputs it does not divide stay float
 METADATA_FILE = "quantization.json"
 NOISY_LOGGERS = ("torchao", "torch.utils._pytree")  # missing optional CUDA kernels, a deprecation in torchao's import
 

@@ -423,6 +423,27 @@ def nf4_bytes_per_param(double_quant: bool) -> float:
 # ---------------------------------------------------------------- bytes
 
 
+INT4_GROUP = 128  # torchao's int4 weight-only group size (deploy/quantize.py uses the same)
+
+
+def quantized_weight_bytes(shape: ModelShape, method: str, kept_bytes: int) -> float | None:
+    """Bytes of a model's weights stored for deployment by `method`; other tensors keep `kept_bytes` each.
+
+    int8 (dynamic or weight-only): one byte a linear weight plus one scale per output row in the kept dtype.
+    int4 weight-only: half a byte a linear weight plus a scale and a zero point per group of 128 inputs (bfloat16).
+    nf4: as QLoRA stores its frozen base (nf4_bytes_per_param). None for a method without a figure here.
+    """
+    linear = sum(m.in_features * m.out_features for m in shape.linears)
+    kept = (shape.total_params - linear) * kept_bytes
+    if method in ("int8-dynamic", "int8-weight"):
+        return linear + sum(m.out_features for m in shape.linears) * kept_bytes + kept
+    if method == "int4-weight":
+        return linear / 2 + sum(m.out_features * (m.in_features // INT4_GROUP) for m in shape.linears) * 2 * 2 + kept
+    if method == "nf4":
+        return frozen_weight_bytes(shape, TrainingSetup(method="qlora", precision="bf16", double_quant=True))
+    return None
+
+
 def weight_bytes(precision: str) -> int:
     return 4 if precision == "fp32" else 2
 
