@@ -150,6 +150,9 @@ def test_template_file_errors(tmp_path):
         ("prompt: hi\nextra: 1\n", "unknown key 'extra'"),
         ('prompt: "{a.b}"\n', "must be a plain field name"),
         ("prompt: [\n", "not valid YAML"),
+        ('prompt: "{q}"\nrationale: [1]\n', "'rationale' must be a string"),
+        ('prompt: "{q}"\nrationale: "{a.b}"\n', "must be a plain field name"),  # the rationale's fields are checked too
+        ("- prompt\n", "expected a mapping with 'prompt'"),
     ]:
         bad.write_text(text)
         with pytest.raises(UserError, match=message):

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..models import LoadedModel, load_base, locate, pick_device, resolve_dtype
-from ..train.methods import lora_config
+from ..models import LoadedModel, locate
+from ..train.methods import load_training_base, lora_config
 
 REFERENCE = "reference"
 POLICY = "default"
@@ -37,14 +37,11 @@ def load_policy_base(cfg, verb: str) -> tuple[LoadedModel, str | None]:
     """The base model on the training device, and the adapter folder when `cfg.model` is an adapter run."""
     source = locate(cfg.model)
     adapter_dir = source.adapters[0][1] if source.adapters else None
-    base = str(Path(source.base).resolve()) if Path(source.base).exists() else source.base
-    dtype = torch.float32 if cfg.dtype == "auto" else resolve_dtype(cfg.dtype, pick_device())
-    loaded = load_base(base, torch_dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    loaded.model.to(pick_device())
-    if not hasattr(loaded.model, "generate"):
-        raise UserError(f"{cfg.model} cannot generate, so it cannot be a {verb} policy")
     if adapter_dir is not None:
         _check_continuable(adapter_dir, cfg.tune)
+    loaded = load_training_base(source.base, cfg.dtype, cfg.trust_remote_code)
+    if not hasattr(loaded.model, "generate"):
+        raise UserError(f"{cfg.model} cannot generate, so it cannot be a {verb} policy")
     return loaded, adapter_dir
 
 

@@ -208,18 +208,18 @@ def score(data: MetricInput, metrics: list[str], resamples: int = 1000, seed: in
 
 # Which way is better, said once for every metric llmcycle reports: +1 higher is better, -1 lower is better,
 # 0 neither (a length is not good or bad by itself). Tables and reports colour a change by this, never by its sign.
-LOWER_IS_BETTER = ("toxicity", "toxicity_max", "toxicity_share", "perplexity", "loss", "eval_loss", "ece", "latency")
+LOWER_IS_BETTER = (("toxicity", "perplexity", "latency", "loss", "ece"), ("_loss", "_seconds", "_ms", "_ece"))
+"""Prefixes and suffixes of metric names where lower is better (toxicity_max, eval_loss, calibration_ece, ...)."""
 NEUTRAL = ("length",)
 
 
 def direction(metric: str) -> int:
     """+1 where a higher value is better, -1 where lower is better, 0 where neither (see LOWER_IS_BETTER)."""
     name = metric.split("@")[0]
-    if name in NEUTRAL or name.startswith(NEUTRAL):
+    if name.startswith(NEUTRAL):
         return 0
-    if name in LOWER_IS_BETTER or name.startswith(("toxicity", "perplexity", "latency")) or name.endswith(("_loss", "_seconds", "_ms", "_ece")):
-        return -1
-    return 1
+    prefixes, suffixes = LOWER_IS_BETTER
+    return -1 if name.startswith(prefixes) or name.endswith(suffixes) else 1
 
 
 def verdict(metric: str, change: float) -> str:

@@ -323,8 +323,8 @@ class Distributed:
             return
         if max_grad_norm > 0:
             trainable = [p for p in model.parameters() if p.requires_grad]
-            cpu = not self.sharded and all(p.device.type == "cpu" for p in trainable)
-            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm, foreach=True if cpu else None)
+            # the multi-tensor path, which torch takes by default on GPUs only; sharded DTensors keep torch's choice
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm, foreach=None if self.sharded else True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

@@ -169,14 +169,21 @@ def count_parameters(model) -> tuple[int, int]:
 def load_trainable(spec: str, dtype: str, trust_remote_code: bool, adapter_hint: str, **model_kwargs):
     """The base model a trainer starts from, on the training device: float32 weights under `--dtype auto`
     (autocast brings bfloat16 on a GPU), else the dtype asked for. An adapter run is refused with `adapter_hint`."""
-    from pathlib import Path
-
-    from ..models import load_base, locate, pick_device, resolve_dtype
+    from ..models import locate
 
     source = locate(spec)
     if source.adapters:
         raise UserError(f"{spec} is an adapter; merge it first (llmcycle merge) or {adapter_hint}")
-    base = str(Path(source.base).resolve()) if Path(source.base).exists() else source.base
+    return load_training_base(source.base, dtype, trust_remote_code, **model_kwargs)
+
+
+def load_training_base(base: str, dtype: str, trust_remote_code: bool, **model_kwargs):
+    """A located base model (folder or hub id) on the training device, in the dtype `--dtype` asks for."""
+    from pathlib import Path
+
+    from ..models import load_base, pick_device, resolve_dtype
+
+    base = str(Path(base).resolve()) if Path(base).exists() else base
     device = pick_device()
     torch_dtype = torch.float32 if dtype == "auto" else resolve_dtype(dtype, device)
     loaded = load_base(base, torch_dtype=torch_dtype, trust_remote_code=trust_remote_code, **model_kwargs)
