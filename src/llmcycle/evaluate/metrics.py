@@ -8,6 +8,8 @@
   `toxicity_share` (share of outputs above 0.5).
 - length: words per output (reference-free); distinct: distinct-1 and distinct-2, the share of an output's
   unigrams and bigrams that are unique within it (reference-free, Li et al. 2016, averaged over outputs).
+- repetition: the share of outputs that say one sentence three or more times (reference-free; the loop a
+  small or over-tuned model falls into). Ours: the libraries above measure n-gram diversity, not this.
 - perplexity: of each reference (followed by EOS) given its prompt, under the model; exp(total NLL / total
   reference tokens) over the corpus.
 """
@@ -108,6 +110,23 @@ def _distinct(data: MetricInput) -> dict[str, Statistic]:
     return {f"distinct_{n}": Statistic(np.array([[_distinct_share(w, n)] for w in words]), mean_of_first) for n in (1, 2)}
 
 
+REPEATS = 3
+"""An output repeats itself when one of its sentences occurs this many times."""
+
+
+def repeats_sentence(text: str, times: int = REPEATS) -> bool:
+    """Whether a sentence (split at . ! ? and newlines, compared without case or surrounding space) occurs `times` times."""
+    import re
+    from collections import Counter
+
+    sentences = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
+    return bool(sentences) and Counter(sentences).most_common(1)[0][1] >= times
+
+
+def _repetition(data: MetricInput) -> dict[str, Statistic]:
+    return {"repetition": Statistic(np.array([[float(repeats_sentence(p))] for p in data.predictions]), mean_of_first)}
+
+
 def _perplexity(data: MetricInput) -> dict[str, Statistic]:
     if data.model is None:
         raise UserError("metric 'perplexity' needs --model: it scores the references under a model")
@@ -169,8 +188,9 @@ METRICS: dict[str, Callable[[MetricInput], dict[str, Statistic]]] = {
     "perplexity": _perplexity,
     "length": _length,
     "distinct": _distinct,
+    "repetition": _repetition,
 }
-REFERENCE_FREE = ("toxicity", "length", "distinct")
+REFERENCE_FREE = ("toxicity", "length", "distinct", "repetition")
 """Metrics that read only the outputs, so they run on rows that have a prompt and no completion."""
 
 
@@ -208,7 +228,7 @@ def score(data: MetricInput, metrics: list[str], resamples: int = 1000, seed: in
 
 # Which way is better, said once for every metric llmcycle reports: +1 higher is better, -1 lower is better,
 # 0 neither (a length is not good or bad by itself). Tables and reports colour a change by this, never by its sign.
-LOWER_IS_BETTER = (("toxicity", "perplexity", "latency", "loss", "ece"), ("_loss", "_seconds", "_ms", "_ece"))
+LOWER_IS_BETTER = (("toxicity", "perplexity", "latency", "loss", "ece", "repetition"), ("_loss", "_seconds", "_ms", "_ece"))
 """Prefixes and suffixes of metric names where lower is better (toxicity_max, eval_loss, calibration_ece, ...)."""
 NEUTRAL = ("length",)
 

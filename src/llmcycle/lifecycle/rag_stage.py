@@ -3,7 +3,16 @@
 ```yaml
 - rag: {docs: docs/ , retriever: dense, k: 5, chunk_tokens: 200, overlap: 32, embedder: minilm}
 - rag: {docs: {task: docs-qa, rows: 400, seed: 1}}      # the synthetic product's pages
+- rag:                                                   # retrieval against fine-tuning, on questions of their own
+    docs: {task: docs-qa, rows: 160, seed: 21}
+    questions: {task: docs-qa, rows: 40, seed: 21}      # the test questions (default: the recipe's test data)
+    variants: [zero-shot]                                # which earlier variants also answer with retrieval
+    name: rag                                            # the first prompting variant with retrieval is called this
+    finetune: {method: full, lr: 1.0e-3, epochs: 8}      # closed-book fine-tuning on the docs' other questions
 ```
+`finetune` trains the recipe's model, without retrieval, on the docs task's questions that are not test questions
+(for the synthetic product: other facts of the same pages, in the same answer format), and adds `docs-ft` (closed
+book) and `docs-ft+rag`: whether tuning taught the facts, or only the format that retrieval then fills in.
 The test rows must carry `question` and `answers` (as `synth --task docs-qa` writes them). The index is built once
 in the stage's folder; each earlier variant V (the zero-shot prompt, fine-tuned and aligned runs) gains a
 variant `V+rag` whose metrics are `rag eval`'s arm for the retriever (exact match, F1, ROUGE-L, answerable@k,
@@ -19,7 +28,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
-RAG_KEYS = {"docs", "retriever", "k", "chunk_tokens", "overlap", "embedder"}
+RAG_KEYS = {"docs", "retriever", "k", "chunk_tokens", "overlap", "embedder", "questions", "variants", "name", "finetune"}
 
 
 def check_rag(options: dict, where: str) -> None:
@@ -33,6 +42,26 @@ def check_rag(options: dict, where: str) -> None:
     from ..rag.retrieve import check_retriever
 
     check_retriever(str(options.get("retriever", "dense")), int(options.get("k", 5)))
+    if "questions" in options:
+        from .recipes import _check_data_spec
+
+        _check_data_spec(options["questions"], where, "(rag) questions")
+    if not isinstance(options.get("variants", []), list):
+        raise UserError(f"{where} (rag): 'variants' must be a list of earlier variant names")
+    if "finetune" in options:
+        _check_finetune(options, where)
+
+
+def _check_finetune(options: dict, where: str) -> None:
+    from .. import config as configs
+    from ..train.finetune import FinetuneConfig
+
+    if not (isinstance(options["docs"], dict) and options["docs"].get("task") == "docs-qa"):
+        raise UserError(f"{where} (rag): finetune trains on the docs task's questions, so docs must be {{task: docs-qa, ...}}")
+    fields_ = options["finetune"]
+    if not isinstance(fields_, dict):
+        raise UserError(f"{where} (rag): finetune must be a mapping of finetune options")
+    FinetuneConfig(**configs.checked(FinetuneConfig, fields_, f"{where} (rag finetune)"), model="m", data="d", out="o").validate()
 
 
 def _documents(run, options: dict, folder: Path) -> list[str]:
@@ -61,17 +90,58 @@ def run_rag(run, step, folder: Path) -> None:
     chunking = ChunkSettings(int(options.get("chunk_tokens", 200)), int(options.get("overlap", 32)))
     build_index(_documents(run, options, folder), str(folder / "index"), IndexOptions(str(options.get("embedder", "minilm")), chunking))
     retriever, k = str(options.get("retriever", "dense")), int(options.get("k", 5))
-    resamples = 200 if run.smoke else 1000
-    first_prompting = next((v.name for v in run.variants.values() if v.kind == "prompting"), None)
-    for variant in [v for v in list(run.variants.values()) if v.kind in ("prompting", "finetune", "align", "deploy")]:
-        if variant.kind == "prompting" and variant.name != first_prompting:
-            continue  # one prompting variant (the first, zero-shot) is enough: retrieval replaces the shots
+    questions = run.data_file(f"{step.folder}-questions", options["questions"]) if "questions" in options else run.test
+    if "finetune" in options:
+        _finetune_closed_book(run, options, questions, folder)
+    for variant in _with_retrieval(run, options):
         slug = variant.name.replace("+", "-").replace("/", "-")
-        result = evaluate_rag(str(folder / "index"), run.test, ModelOptions(variant.model), [retriever], k, run.settings(),
-                              out=str(folder / f"{slug}.metrics.json"), resamples=resamples,
+        result = evaluate_rag(str(folder / "index"), questions, ModelOptions(variant.model), [retriever], k, run.settings(),
+                              out=str(folder / f"{slug}.metrics.json"), resamples=200 if run.smoke else 1000,
                               save_predictions=str(folder / f"{slug}.predictions.jsonl"))
         predictions = _report_predictions(folder / f"{slug}.predictions.jsonl", retriever, folder / f"{slug}.rag.jsonl")
-        _add_variant(run, variant, result[retriever], result[CLOSED_BOOK], predictions)
+        first = variant.kind == "prompting" and "name" in options
+        _add_variant(run, variant, result[retriever], result[CLOSED_BOOK], predictions, str(options["name"]) if first else None)
+
+
+def _with_retrieval(run, options: dict) -> list:
+    """The variants that answer again with retrieval: `variants`, else one prompting variant (the first: retrieval
+    replaces the shots) and every tuned, aligned and deployed one."""
+    chosen = options.get("variants")
+    if chosen:
+        unknown = [name for name in chosen if name not in run.variants]
+        if unknown:
+            raise UserError(f"rag stage: variants: '{unknown[0]}' is no earlier variant ({', '.join(run.variants)})")
+        return [run.variants[name] for name in chosen] + ([run.variants["docs-ft"]] if "finetune" in options else [])
+    first_prompting = next((v.name for v in run.variants.values() if v.kind == "prompting"), None)
+    return [v for v in list(run.variants.values())
+            if v.kind in ("finetune", "align", "deploy") or v.name == first_prompting or (v.name == "docs-ft" and "finetune" in options)]
+
+
+def _finetune_closed_book(run, options: dict, questions: str, folder: Path) -> None:
+    """Fine-tune the recipe's model on the docs' questions that are not test questions; score it closed book."""
+    import shutil
+
+    from .. import config as configs
+    from ..data.io import read_rows
+    from ..data.synthetic_docs import docs_qa
+    from ..outputs import write_jsonl
+    from ..train.finetune import FinetuneConfig, finetune
+    from .recipes import SMOKE_STEPS, Variant, _cost, _score
+
+    docs = options["docs"]
+    held_out = {row.values.get("question") for row in read_rows(questions)[0]}
+    train = [row for row in docs_qa(int(docs.get("rows", 400)), int(docs.get("seed", 1)))[1] if row["question"] not in held_out]
+    if not train:
+        raise UserError("rag stage: finetune: every question of the docs task is a test question; give docs more rows")
+    write_jsonl(folder / "finetune-train.jsonl", train[:8] if run.smoke else train)
+    cfg = FinetuneConfig(**configs.checked(FinetuneConfig, options["finetune"], "rag finetune"), model=run.recipe.model,
+                         data=str(folder / "finetune-train.jsonl"), out=str(folder / "finetune"))
+    if run.smoke:
+        cfg.max_steps, cfg.save_every, cfg.eval_every = SMOKE_STEPS, None, None
+    shutil.rmtree(folder / "finetune", ignore_errors=True)
+    variant = Variant("docs-ft", str(folder / "finetune"), "rag", cost=_cost(finetune(cfg)), log=str(folder / "finetune" / "log.jsonl"))
+    variant.metrics, variant.predictions = _score(run, variant, questions, folder / "docs-ft.jsonl", ["exact_match", "rouge"])
+    run.variants["docs-ft"] = variant
 
 
 def _report_predictions(saved: Path, retriever: str, out: Path) -> Path:
@@ -86,7 +156,7 @@ def _report_predictions(saved: Path, retriever: str, out: Path) -> Path:
     return out
 
 
-def _add_variant(run, variant, arm: dict, closed_book: dict, predictions: Path) -> None:
+def _add_variant(run, variant, arm: dict, closed_book: dict, predictions: Path, name: str | None = None) -> None:
     from .recipes import Variant
 
     if "exact_match" not in arm:
@@ -97,6 +167,6 @@ def _add_variant(run, variant, arm: dict, closed_book: dict, predictions: Path) 
     cost |= {f"rag_misses_{kind}": count for kind, count in arm.get("misses", {}).items()}
     cost["closed_book_exact_match"] = closed_book.get("exact_match", {}).get("mean")
     metrics = {key: value for key, value in arm.items() if isinstance(value, dict) and "mean" in value}
-    name = f"{variant.name}+rag"
+    name = name or f"{variant.name}+rag"
     run.variants[name] = Variant(name, variant.model, "rag", cost=cost, metrics=metrics, predictions=str(predictions))
 

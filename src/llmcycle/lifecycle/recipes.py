@@ -57,6 +57,8 @@ class Variant:
     cost: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     probes: dict = field(default_factory=dict)
+    chain_of_thought: dict = field(default_factory=dict)
+    """A baseline's `cot` result (prompting_stage): direct against chain-of-thought accuracy on its own data."""
     suites: dict = field(default_factory=dict)
     """Suite probes: {label: eval --suite's result, with "samples", the per-item file the forgetting test pairs}."""
     predictions: str | None = None
@@ -110,12 +112,22 @@ def load_recipe(path: str | Path, model: str | None = None, data_overrides: dict
     if {"prompt", "completion"} & set(data) and "stages" not in data:
         raise UserError(f"{source} is a data template (prompt/completion), not a recipe: name it in a recipe's "
                         "'template' field or pass it to --template")
+    if "models" in data:  # several models (lifecycle/kinds.py): with --model, that model alone; else the first kind
+        from .kinds import kind_data
+
+        kinds = kind_data(data, source)
+        data = {**next(iter(kinds.values())), "model": model} if model else next(iter(kinds.values()))
+    return recipe_from(data, source, model, data_overrides)
+
+
+def recipe_from(data: dict, source: str, model: str | None = None, data_overrides: dict | None = None) -> Recipe:
+    """A checked recipe from its fields as read from `source`."""
     unknown = sorted(set(data) - RECIPE_KEYS)
     if unknown:
-        raise UserError(f"{source}: unknown field '{unknown[0]}'; a recipe has {', '.join(sorted(RECIPE_KEYS))}")
+        raise UserError(f"{source}: unknown field '{unknown[0]}'; a recipe has {', '.join(sorted(RECIPE_KEYS | {'models'}))}")
     for required in ("model", "data", "stages"):
         if required not in data:
-            raise UserError(f"{source}: field '{required}' is missing")
+            raise UserError(f"{source}: field '{required}' is missing" + (" (or 'models')" if required == "model" else ""))
     recipe = Recipe(
         name=str(data.get("name") or Path(source).stem), model=str(model or data["model"]), data=_mapping(data["data"], source, "data"),
         probes=_list(data.get("probes", []), source, "probes"), generation=_mapping(data.get("generation", {}), source, "generation"),
@@ -224,7 +236,9 @@ def _check_stage(kind: str, options: dict, where: str, names: set[str], source: 
     from ..train.finetune import FinetuneConfig
 
     if kind == "baseline":
-        configs.checked(BaselineOptions, options, f"{where} (baseline)")
+        from .prompting_stage import check_baseline
+
+        check_baseline(options, f"{where} (baseline)", source)
     elif kind == "finetune":
         fields_ = {k: v for k, v in options.items() if k != "name"}
         for taken in ("model", "data", "out", "eval_data"):
@@ -238,9 +252,9 @@ def _check_stage(kind: str, options: dict, where: str, names: set[str], source: 
 
         check_rag(options, where)
     elif kind == "deploy":
-        extra = set(options) - {"from", "quantize"}
+        extra = set(options) - {"from", "quantize", "name"}
         if extra:
-            raise UserError(f"{where} (deploy): unknown field '{sorted(extra)[0]}'; deploy takes from and quantize")
+            raise UserError(f"{where} (deploy): unknown field '{sorted(extra)[0]}'; deploy takes from, quantize and name")
         from ..deploy.quantize import METHODS, canonical_method
 
         try:
@@ -278,12 +292,6 @@ def _check_align(options: dict, where: str, names: set[str], source: str) -> Non
             raise UserError(f"{where} (align): method dpo needs data: preference rows (prompt, chosen, rejected)")
         _check_data_spec(options["data"], source or where, f"{where} (align)")
     cls(**fields_, model="m", data="d", out="o").validate()
-
-
-@dataclass
-class BaselineOptions:
-    shots: list[int] = field(default_factory=lambda: [0, 1, 3])
-    """Shot counts to compare."""
 
 
 # ---------------------------------------------------------------- running
@@ -360,15 +368,29 @@ class Run:
 
 def run_recipe(path: str, out: str | None = None, *, dry_run: bool = False, smoke: bool = False, model: str | None = None,
                data: dict | None = None) -> dict:
-    """Run (or with `dry_run`, only check and show) a recipe; returns the variants' metrics."""
+    """Run (or with `dry_run`, only check and show) a recipe; returns the variants' metrics (by kind, for a recipe
+    with several models: lifecycle/kinds.py)."""
+    from .kinds import kind_recipes, run_kinds
+
+    kinds = None if model else kind_recipes(path, data)
+    if kinds:
+        return run_kinds(kinds, Path(out or f"runs/{next(iter(kinds.values())).name}"), dry_run=dry_run, smoke=smoke)
     recipe = load_recipe(path, model, data)
-    steps = plan(recipe)
     if dry_run:
-        print_table(f"recipe {recipe.name}: {recipe.model}", ["#", "stage", "name", "options"],
-                    [(s.index, s.kind, s.name or "-", json.dumps(s.options) if s.options else "") for s in steps])
+        show_plan(recipe)
         return {}
-    run = Run(recipe, Path(out or f"runs/{recipe.name}"), smoke)
-    for step in steps:
+    return variant_metrics(run_steps(recipe, Path(out or f"runs/{recipe.name}"), smoke))
+
+
+def show_plan(recipe: Recipe, title: str = "") -> None:
+    print_table(title or f"recipe {recipe.name}: {recipe.model}", ["#", "stage", "name", "options"],
+                [(s.index, s.kind, s.name or "-", json.dumps(s.options) if s.options else "") for s in plan(recipe)])
+
+
+def run_steps(recipe: Recipe, out: Path, smoke: bool) -> Run:
+    """Every stage in order into OUT/stages/; a stage whose stage.json exists is restored, not run again."""
+    run = Run(recipe, out, smoke)
+    for step in plan(recipe):
         folder = run.out / "stages" / step.folder
         done = folder / "stage.json"
         if done.is_file():
@@ -379,7 +401,7 @@ def run_recipe(path: str, out: str | None = None, *, dry_run: bool = False, smok
         STAGE_RUNNERS[step.kind](run, step, folder)
         write_json(done, {"seconds": time.perf_counter() - started, "variants": [v.__dict__ for v in run.variants.values()]})
         write_json(run.out / "metrics.json", variant_metrics(run))
-    return variant_metrics(run)
+    return run
 
 
 def _restore(run: Run, saved: dict) -> None:
@@ -408,32 +430,14 @@ def variant_metrics(run: Run) -> dict:
             if variant.kind != "prompting" and base_suites:
                 entry["suite_forgetting"] = {task: samples_forgetting(base_suites[task]["samples"], suite["samples"])
                                              for task, suite in variant.suites.items() if task in base_suites}
+        if variant.chain_of_thought:
+            entry["chain_of_thought"] = variant.chain_of_thought
         entry["cost"] = variant.cost
         result[variant.name] = entry
     return result
 
 
 # ---------------------------------------------------------------- the stages
-
-
-def run_baseline(run: Run, step: Step, folder: Path) -> None:
-    from ..generate.prompting import prompt_dataset, shots_label, shots_path
-    from ..models import ModelOptions
-    from ..models import locate
-
-    shots = BaselineOptions(**configs.checked(BaselineOptions, step.options, "baseline")).shots
-    counts, timings = ",".join(str(k) for k in shots), {}
-    results = prompt_dataset(ModelOptions(run.recipe.model), run.data_options(run.test), counts, run.settings(),
-                             str(folder / "predictions.jsonl"), shot_data=run.data_options(run.train), truncate_shots=True,
-                             metrics=run.recipe.metrics, timings=timings)
-    several_beyond_one = sum(k > 1 for k in shots) > 1
-    base_size = _size_on_disk(locate(run.recipe.model).base)
-    for k in shots:
-        label = shots_label(k)
-        name = label if k < 2 or several_beyond_one else "few-shot"
-        run.variants[name] = Variant(name, run.recipe.model, "prompting", metrics=results.get(label, {}),
-                                     cost={"trainable_params": 0, "generation_time_s": timings.get(label), "size_on_disk_bytes": base_size},
-                                     predictions=shots_path(str(folder / "predictions.jsonl"), k, len(shots) > 1))
 
 
 def run_finetune(run: Run, step: Step, folder: Path) -> None:
@@ -475,6 +479,8 @@ def _cost(metrics: dict) -> dict:
 def run_eval(run: Run, step: Step, folder: Path) -> None:
     """Score every variant not scored yet on the test data, and every variant on the probes."""
     for variant in run.variants.values():
+        if variant.kind == "rag":
+            continue  # scored by the rag stage on its own questions; its model is probed as the variant it extends
         if variant.kind != "prompting" and not variant.metrics:
             variant.metrics, variant.predictions = _score(run, variant, run.test, folder / f"{_slug(variant.name)}.jsonl", run.recipe.metrics)
         if not variant.probes and (variant.kind != "prompting" or variant.name == _first_prompting(run)):
@@ -537,8 +543,8 @@ def run_align(run: Run, step: Step, folder: Path) -> None:
         import shutil
 
         shutil.rmtree(folder / "run")
-    metrics = train(cfg)
-    run.variants[step.name] = Variant(step.name, str(folder / "run"), "align", cost=_cost(metrics), log=str(folder / "run" / "log.jsonl"))
+    cost = _cost(train(cfg)) | {"from": step.options.get("from", "base")}
+    run.variants[step.name] = Variant(step.name, str(folder / "run"), "align", cost=cost, log=str(folder / "run" / "log.jsonl"))
 
 
 def run_deploy(run: Run, step: Step, folder: Path) -> None:
@@ -562,9 +568,15 @@ def run_deploy(run: Run, step: Step, folder: Path) -> None:
                 float32_tokens_per_s=reference["tokens_per_s"], float32_peak_memory_bytes=reference["peak_memory_bytes"],
                 quality_change={name: summary["change"] for name, summary in form["metrics"].items() if "change" in summary})
     metrics = {name: {k: v for k, v in summary.items() if k != "change"} for name, summary in form["metrics"].items()}
-    name = f"{variant.name}+{label}"
+    name = str(step.options.get("name") or f"{variant.name}+{label}")
     run.variants[name] = Variant(name, str(folder / "compare" / form["folder"]), "deploy", metrics=metrics, cost=cost,
                                  predictions=str(folder / "compare" / form["predictions"]))
+
+
+def _run_baseline(run: Run, step: Step, folder: Path) -> None:
+    from .prompting_stage import run_baseline
+
+    run_baseline(run, step, folder)
 
 
 def _run_rag(run: Run, step: Step, folder: Path) -> None:
@@ -594,6 +606,6 @@ def _size_on_disk(folder: str) -> int:
 
 
 STAGE_RUNNERS = {
-    "baseline": run_baseline, "finetune": run_finetune, "eval": run_eval,
+    "baseline": _run_baseline, "finetune": run_finetune, "eval": run_eval,
     "align": run_align, "deploy": run_deploy, "rag": _run_rag, "report": run_report,
 }

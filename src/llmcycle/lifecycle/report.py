@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..evaluate.metrics import verdict
 from ..outputs import atomic_open
-from .report_stages import holistic_section, rag_section, suites_section
+from .report_stages import cot_section, holistic_section, rag_section, suites_section
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 STYLE = """
@@ -28,13 +28,30 @@ th:first-child, td:first-child { text-align: left; } th { background: #f5f5f5; }
 .finding { padding: 0.5rem 0.8rem; margin: 0.4rem 0; border-left: 4px solid #1a7f37; background: #f3faf5; }
 .finding.no { border-color: #b54708; background: #fff8eb; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; } img { max-width: 100%; }
+pre { background: #f6f8fa; padding: 0.6rem 0.8rem; overflow-x: auto; font-size: 0.82rem; }
 td.text { text-align: left; white-space: pre-wrap; font-size: 0.82rem; max-width: 420px; }
 """
 
 
 def write_report(path: Path, recipe, variants: list, metrics: dict) -> None:
-    parts = [
-        f"<h1>llmcycle: {html.escape(recipe.name)}</h1>",
+    with atomic_open(path) as handle:
+        handle.write(html_page(f"llmcycle {recipe.name}", report_parts(recipe, variants, metrics)))
+
+
+def html_page(title: str, parts: list[str]) -> str:
+    """One self-contained HTML file: the style inline, the plots embedded."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def report_parts(recipe, variants: list, all_metrics: dict, heading: str = "h1") -> list[str]:
+    """The report of one model's run. Variants of the rag stage answer other questions than the test data, so
+    they are shown in their own section only, never in a column beside the test data's scores."""
+    rag_names = {v.name for v in variants if v.kind == "rag"}
+    metrics = {name: entry for name, entry in all_metrics.items() if name not in rag_names}
+    variants = [v for v in variants if v.kind != "rag"]
+    return [
+        f"<{heading}>llmcycle: {html.escape(recipe.name)}</{heading}>",
         f"<p class='sub'>model {html.escape(recipe.model)} &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
         f"<p>{html.escape(recipe.description)}</p>" if recipe.description else "",
         "<h2>What each step bought</h2>", findings(metrics, variants),
@@ -42,12 +59,9 @@ def write_report(path: Path, recipe, variants: list, metrics: dict) -> None:
         "<h2>Cost</h2>", cost_table(metrics),
         "<div class='grid'>", plots(metrics, variants), "</div>",
         "<h2>Forgetting: held-out tasks</h2>", forgetting_table(metrics),
-        suites_section(metrics), holistic_section(metrics), rag_section(metrics),
+        cot_section(metrics), suites_section(metrics), holistic_section(metrics), rag_section(all_metrics, sorted(rag_names)),
         "<h2>Outputs side by side</h2>", examples(variants),
     ]
-    with atomic_open(path) as handle:
-        handle.write(f"<!doctype html><html><head><meta charset='utf-8'><title>llmcycle {html.escape(recipe.name)}</title>"
-                     f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
 
 
 def _mean(entry: dict, metric: str) -> float | None:
@@ -140,7 +154,8 @@ def _alignment_detoxifies(metrics, variants) -> list:
     found = []
     for variant in _by_kind(variants, "align"):
         name = variant.name
-        source = name.split("+")[0] if name.split("+")[0] in metrics else None
+        source = metrics.get(name, {}).get("cost", {}).get("from", name.split("+")[0])
+        source = source if source in metrics and source != name else None
         if source is None or "toxicity" not in metrics.get(name, {}) or "toxicity" not in metrics[source]:
             continue
         method = str(metrics[name].get("cost", {}).get("method", "alignment")).upper()
@@ -181,7 +196,7 @@ def _cell(entry: dict, metric: str, first: dict | None) -> str:
 
 
 def quality_table(metrics: dict) -> str:
-    columns = [m for m in (*ROUGE, "bleu", "exact_match", "toxicity") if any(m in e for e in metrics.values())]
+    columns = [m for m in (*ROUGE, "bleu", "exact_match", "toxicity", "repetition") if any(m in e for e in metrics.values())]
     first = next(iter(metrics.values()), None)
     rows = "".join(f"<tr><td>{html.escape(name)}</td>{''.join(_cell(entry, m, first) for m in columns)}</tr>" for name, entry in metrics.items())
     return (f"<table><tr><th>variant</th>{''.join(f'<th>{m}</th>' for m in columns)}</tr>{rows}</table>"

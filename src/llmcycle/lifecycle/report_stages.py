@@ -75,26 +75,49 @@ def holistic_section(metrics: dict) -> str:
             "it says and how fast: each aspect measured on the same suite, with its 95% interval.</p>" + "".join(parts))
 
 
-def rag_section(metrics: dict) -> str:
-    """Each variant with retrieval against itself without: answers, retrieval, misses and what it cost."""
-    rows = []
-    for name, entry in metrics.items():
-        cost = entry.get("cost", {})
-        if "rag_index_seconds" not in cost:
-            continue
-        keys = sorted(key for key in entry if key.startswith(("hit@", "answerable@")))
+def rag_section(metrics: dict, names: list[str]) -> str:
+    """The rag stage's variants (each earlier variant with retrieval, and a closed-book fine-tune on the docs'
+    other questions): answers, retrieval, misses and what each cost, on the stage's questions."""
+    rows, keys = [], sorted({key for n in names for key in metrics.get(n, {}) if key.startswith(("hit@", "answerable@"))})
+    for name in sorted(names, key=lambda n: ("+" in n or n == "rag", n)):
+        entry, cost = metrics.get(name, {}), metrics.get(name, {}).get("cost", {})
+        closed = cost.get("closed_book_exact_match", (entry.get("exact_match") or {}).get("mean") if "rag_index_seconds" not in cost else None)
         cells = [_interval(entry.get(m)) for m in ("exact_match", "f1", "rougeL", *keys)]
-        closed = cost.get("closed_book_exact_match")
-        misses = f"{cost.get('rag_misses_retrieval', '-')} / {cost.get('rag_misses_generation', '-')}"
-        timing = (f"{cost.get('rag_index_seconds', 0):.1f} s index, {cost.get('rag_retrieval_ms_per_question', 0):.0f} + "
-                  f"{cost.get('rag_generation_ms_per_question', 0):.0f} ms a question, {cost.get('rag_prompt_tokens', 0):.0f} prompt tokens")
-        rows.append((keys, f"<tr><td>{html.escape(name)}</td><td>{'-' if closed is None else f'{closed:.3f}'}</td>"
-                           + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{misses}</td><td>{timing}</td></tr>"))
+        misses = f"{cost['rag_misses_retrieval']} / {cost.get('rag_misses_generation', '-')}" if "rag_misses_retrieval" in cost else "-"
+        timing = (f"{cost['rag_index_seconds']:.1f} s index, {cost.get('rag_retrieval_ms_per_question', 0):.0f} + "
+                  f"{cost.get('rag_generation_ms_per_question', 0):.0f} ms a question, {cost.get('rag_prompt_tokens', 0):.0f} prompt tokens"
+                  if "rag_index_seconds" in cost else f"{cost['wall_time_s']:.1f} s training, closed book" if "wall_time_s" in cost else "-")
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{'-' if closed is None else f'{closed:.3f}'}</td>"
+                    + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{misses}</td><td>{timing}</td></tr>")
     if not rows:
         return ""
-    keys = rows[0][0]
     head = "".join(f"<th>{k}</th>" for k in ("exact match", "F1", "ROUGE-L", *keys))
     return ("<h2>Retrieval against fine-tuning</h2><table><tr><th>variant</th><th>exact match without retrieval</th>"
-            f"{head}<th>misses: retrieval / generation</th><th>cost</th></tr>{''.join(r for _, r in rows)}</table>"
-            "<p class='ci'>The same questions with and without retrieval. A retrieval miss: the gold answer was not in the "
-            "retrieved text (answerable@k); a generation miss: it was, and the answer was still wrong.</p>")
+            f"{head}<th>misses: retrieval / generation</th><th>cost</th></tr>{''.join(rows)}</table>"
+            "<p class='ci'>The same questions with and without retrieval (docs-ft: fine-tuned without retrieval on the "
+            "documentation's other questions). A retrieval miss: the gold answer was not in the retrieved text "
+            "(answerable@k); a generation miss: it was, and the answer was still wrong. '-': not measured.</p>")
+
+
+def cot_section(metrics: dict) -> str:
+    """Direct answers against chain-of-thought, on the baseline's cot data."""
+    found = [(name, entry["chain_of_thought"]) for name, entry in metrics.items() if entry.get("chain_of_thought")]
+    if not found:
+        return ""
+    name, cot = found[0]
+    rows = "".join(
+        f"<tr><td>{mode}</td><td>{_interval(cot[mode].get('accuracy'))}</td><td>{cot[mode].get('answered', 0):.0%}</td>"
+        f"<td>{_change(cot[mode].get('accuracy', {}).get('change'))}</td></tr>" for mode in ("direct", "cot", "self-consistency") if mode in cot)
+    return (f"<h2>Chain-of-thought</h2><p>{cot['shots']}-shot prompts on {html.escape(str(cot['task']))} word problems: the "
+            "same queries and shots answered directly, and with worked rationales in the shots so the model reasons "
+            f"before answering ('The answer is N.'). The answer extracted from each output is scored.</p><table><tr><th>mode</th>"
+            f"<th>accuracy</th><th>answered</th><th>change against direct</th></tr>{rows}</table>"
+            "<p class='ci'>answered: the share of outputs an answer could be extracted from.</p>")
+
+
+def _change(change: dict | None) -> str:
+    if not change:
+        return "-"
+    low, high = change["ci95"]
+    klass = "better" if low > 0 else "worse" if high < 0 else ""
+    return f"<span class='{klass}'>{change['absolute']:+.3f}</span> <span class='ci'>[{low:+.3f}, {high:+.3f}]</span>"

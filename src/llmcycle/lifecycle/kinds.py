@@ -1,0 +1,195 @@
+"""Recipes over several models: the same stages on each, side by side in one report.
+
+```yaml
+models:
+  t5: embedded-t5                                  # a label and a model, or:
+  llama: {model: embedded-llama, stages: {full: {lr: 1.0e-3}, lora+ppo: {lr: 1.0e-4}}}
+```
+`stages` changes a stage's options for that model only, by the stage's name (its `name`, else its kind), because
+two architectures rarely share a learning rate. Each model runs the whole recipe in `OUT/LABEL/` (its stages,
+its metrics.json and report.html, exactly as a one-model recipe writes them); then `OUT/metrics.json` holds one
+block per label (`{"t5": {variant: ...}, "llama": {...}}`) and `OUT/report.html` puts the models side by side,
+with each model's full report below and how to serve what was tuned.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+from pathlib import Path
+
+from ..console import note, print_table
+from ..errors import UserError
+from ..outputs import atomic_open, write_json
+
+LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def kind_data(data: dict, source: str) -> dict[str, dict]:
+    """Each label's recipe fields: the shared ones, its model, and the stages with its changes applied."""
+    models = data["models"]
+    if "model" in data:
+        raise UserError(f"{source}: give 'model' or 'models', not both")
+    if not isinstance(models, dict) or not models:
+        raise UserError(f"{source}: 'models' must map labels to models, e.g. {{t5: embedded-t5, llama: embedded-llama}}")
+    shared = {key: value for key, value in data.items() if key != "models"}
+    return {str(label): _one_kind(shared, str(label), spec, source) for label, spec in models.items()}
+
+
+def _one_kind(shared: dict, label: str, spec, source: str) -> dict:
+    where = f"{source}: models.{label}"
+    if not label or set(label) - LABEL_CHARS:
+        raise UserError(f"{where}: a label is lower-case letters, digits, '-' and '_' (it names a folder)")
+    if isinstance(spec, str):
+        spec = {"model": spec}
+    if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "stages"}:
+        raise UserError(f"{where}: give a model, or {{model: M, stages: {{STAGE_NAME: {{option: value}}}}}}")
+    changes = spec.get("stages") or {}
+    if not isinstance(changes, dict) or not all(isinstance(v, dict) for v in changes.values()):
+        raise UserError(f"{where}.stages: map a stage's name to the options to change, e.g. {{full: {{lr: 1.0e-3}}}}")
+    stages = copy.deepcopy(shared.get("stages"))
+    found = set()
+    for entry in stages if isinstance(stages, list) else []:
+        if isinstance(entry, dict) and len(entry) == 1:
+            (kind, options), = entry.items()
+            key = str((options or {}).get("name", kind))
+            if key in changes:
+                entry[kind] = {**(options or {}), **changes[key]}
+                found.add(key)
+    missing = sorted(set(changes) - found)
+    if missing:
+        raise UserError(f"{where}.stages: no stage is called '{missing[0]}' (a stage's name, else its kind)")
+    return {**shared, "model": str(spec["model"]), "stages": stages}
+
+
+def kind_recipes(path: str, data_overrides: dict | None = None) -> dict | None:
+    """{label: Recipe} for a recipe with `models`; None for a one-model recipe."""
+    from .. import config as configs
+    from .recipes import recipe_from
+
+    data = configs.read_yaml(path)
+    if "models" not in data:
+        return None
+    return {label: recipe_from(fields, str(path), None, data_overrides) for label, fields in kind_data(data, str(path)).items()}
+
+
+def run_kinds(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = False) -> dict:
+    """Run the recipe for each model in OUT/LABEL, then write the side-by-side metrics.json and report."""
+    from .recipes import run_steps, show_plan, variant_metrics
+
+    if dry_run:
+        for label, recipe in recipes.items():
+            show_plan(recipe, f"recipe {recipe.name}, {label}: {recipe.model}")
+        return {}
+    runs = {}
+    for label, recipe in recipes.items():
+        note(f"{label}: the recipe on {recipe.model}, into {out / label}")
+        runs[label] = run_steps(recipe, out / label, smoke)
+    metrics = {label: variant_metrics(run) for label, run in runs.items()}
+    write_json(out / "metrics.json", metrics)
+    serving = {label: serve_instructions(run, 8000 + i) for i, (label, run) in enumerate(runs.items())}
+    write_side_by_side(out / "report.html", runs, metrics, serving)
+    print_side_by_side(metrics)
+    for label, (command, snippet) in serving.items():
+        note(f"serve the {label} model and its tuned adapters:\n  {command}\nthen, from Python:\n{snippet}")
+    note(f"wrote {out / 'report.html'}")
+    return metrics
+
+
+# ---------------------------------------------------------------- side by side
+
+
+def headline(entry: dict) -> tuple[str, dict | None]:
+    """The metric a variant is compared by: ROUGE-L on the test data, exact match on the rag stage's questions
+    (whose entries carry a closed-book exact match or a retrieval cost)."""
+    rag = "closed_book_exact_match" in entry.get("cost", {}) or ("exact_match" in entry and "toxicity" not in entry)
+    for metric in ("exact_match", "rougeL") if rag else ("rougeL", "exact_match"):
+        if isinstance(entry.get(metric), dict):
+            return metric, entry[metric]
+    return "-", None
+
+
+def _rows(metrics: dict) -> list[str]:
+    names = []
+    for block in metrics.values():
+        names += [name for name in block if name not in names]
+    return names
+
+
+def print_side_by_side(metrics: dict) -> None:
+    labels = list(metrics)
+    rows = []
+    for name in _rows(metrics):
+        entries = [metrics[label].get(name) for label in labels]
+        metric = next((headline(e)[0] for e in entries if e), "-")
+        cells = []
+        for entry in entries:
+            summary = (entry or {}).get(metric)
+            cells.append("-" if not isinstance(summary, dict) else f"{summary['mean']:.3f} [{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]")
+        tox = [(e or {}).get("toxicity", {}).get("mean") for e in entries]
+        rows.append((name, metric, *cells, " / ".join("-" if t is None else f"{t:.3f}" for t in tox)))
+    print_table("the lifecycle, model by model", ["variant", "metric", *labels, "toxicity " + " / ".join(labels)], rows)
+
+
+def serve_instructions(run, port: int) -> tuple[str, str]:
+    """The `llmcycle serve` command for the base model with every tuned adapter of the run, and an openai call."""
+    base = run.recipe.model
+    adapters = [(name, Path(v.model) / "adapter") for name, v in run.variants.items()
+                if v.kind in ("finetune", "align") and (Path(v.model) / "adapter" / "adapter_config.json").is_file()]
+    flags = " ".join(f"--adapter {name.replace('+', '-')}={path}" for name, path in adapters)
+    command = f"llmcycle serve --model {base} {flags} --port {port}".replace("  ", " ")
+    first = adapters[0][0].replace("+", "-") if adapters else base
+    prompt = _example_prompt(run)
+    snippet = ("from openai import OpenAI\n"
+               f"client = OpenAI(base_url='http://127.0.0.1:{port}/v1', api_key='none')\n"
+               f"reply = client.completions.create(model={first!r}, prompt={prompt!r}, max_tokens=64, temperature=0)\n"
+               "print(reply.choices[0].text)")
+    return command, snippet
+
+
+def _example_prompt(run) -> str:
+    from ..data.io import read_rows
+
+    rows = read_rows(run.test)[0]
+    return str(rows[0].values.get("prompt", "")) if rows else ""
+
+
+def write_side_by_side(path: Path, runs: dict, metrics: dict, serving: dict) -> None:
+    from .report import html_page, report_parts
+
+    first = next(iter(runs.values())).recipe
+    labels = list(runs)
+    head = "".join(f"<th>{html.escape(label)}<br><span class='ci'>{html.escape(runs[label].recipe.model)}</span></th>" for label in labels)
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{headline(next(e for e in (metrics[l].get(name) for l in labels) if e))[0]}</td>"
+                   + "".join(_cell(metrics[label].get(name)) for label in labels) + "</tr>" for name in _rows(metrics))
+    parts = [f"<h1>llmcycle: {html.escape(first.name)}, {' and '.join(labels)} side by side</h1>",
+             f"<p>{html.escape(first.description)}</p>" if first.description else "",
+             "<h2>Every stage, model by model</h2>",
+             f"<table><tr><th>variant</th><th>metric</th>{head}</tr>{body}</table>",
+             "<p class='ci'>mean [95% bootstrap interval]; repetition: share of outputs saying one sentence three or more "
+             "times; rag variants (rag, docs-ft, ...) answer the documentation questions (exact match), the rest the test "
+             "data (ROUGE-L). '-': not measured for that model.</p>",
+             "<h2>Serve what was tuned</h2>", *(_serve_block(label, *serving[label]) for label in labels)]
+    for label, run in runs.items():
+        parts.append(f"<hr><section id='{label}'>")
+        title, *rest = report_parts(run.recipe, list(run.variants.values()), metrics[label], heading="h2")
+        parts += [title.replace("llmcycle: ", f"{html.escape(label)}: "), *(p.replace("<h2>", "<h3>").replace("</h2>", "</h3>") for p in rest)]
+        parts.append("</section>")
+    with atomic_open(path) as handle:
+        handle.write(html_page(f"llmcycle {first.name}", parts))
+
+
+def _cell(entry: dict | None) -> str:
+    if not entry:
+        return "<td>-</td>"
+    metric, summary = headline(entry)
+    if summary is None:
+        return "<td>-</td>"
+    extra = "".join(f"<br><span class='ci'>{key} {entry[key]['mean']:.3f}</span>" for key in ("toxicity", "repetition")
+                    if isinstance(entry.get(key), dict))
+    return f"<td>{summary['mean']:.3f} <span class='ci'>[{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]</span>{extra}</td>"
+
+
+def _serve_block(label: str, command: str, snippet: str) -> str:
+    return (f"<p><b>{html.escape(label)}</b>: start the server (the base model once, every adapter by name), then call it "
+            f"with the openai client:</p><pre>{html.escape(command)}</pre><pre>{html.escape(snippet)}</pre>")
