@@ -131,25 +131,48 @@ def test_every_shipped_recipe_runs_with_a_tiny_model(recipe, tiny_t5, local_data
     assert (out / "report.html").is_file()
 
 
-def test_quickstart_shortened_on_the_embedded_model(tmp_path):
+QUICKSTART_VARIANTS = ["zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "lora+ppo", "dpo", "docs-ft", "rag",
+                       "docs-ft+rag", "int8"]
+
+
+def test_quickstart_shortened_on_both_embedded_models(tmp_path, capsys):
     out = tmp_path / "qs"
     assert run_cli("quickstart", "--smoke", "--out", out) == 0
+    printed = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == ["zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "full+ppo", "lora+dpo", "full+int8"]
-    for name, entry in metrics.items():
-        for metric in ("rouge1", "rouge2", "rougeL", "rougeLsum", "toxicity"):
-            assert {"mean", "ci95", "n"} <= set(entry[metric]), (name, metric)
-        assert {"trainable_params", "size_on_disk_bytes"} <= set(entry["cost"]), name
-        # a measured time: training for a trained variant, generating the test set for a prompted one (never a 0 filler)
-        measured = entry["cost"].get("wall_time_s", entry["cost"].get("generation_time_s"))
-        assert measured is not None and measured > 0, name
-    for name in ("full", "lora", "prompt-tuning", "full+ppo", "lora+dpo"):
-        assert set(metrics[name]["forgetting"]) == {"classify", "extract"}
-        assert {"peak_memory_bytes", "trainable_share"} <= set(metrics[name]["cost"])
+    assert list(metrics) == ["t5", "llama"]
+    for kind, block in metrics.items():
+        assert list(block) == QUICKSTART_VARIANTS, kind
+        for name, entry in block.items():
+            summary = ["exact_match", "rougeL"] if name in ("docs-ft", "rag", "docs-ft+rag") else ["rouge1", "rouge2", "rougeL", "rougeLsum", "toxicity", "repetition"]
+            for metric in summary:
+                assert {"mean", "ci95", "n"} <= set(entry[metric]), (kind, name, metric)
+            assert {"trainable_params", "size_on_disk_bytes"} <= set(entry["cost"]) or "rag_index_seconds" in entry["cost"], (kind, name)
+            # a measured time: training for a trained variant, generating the test set for a prompted one (never a 0 filler)
+            measured = entry["cost"].get("wall_time_s", entry["cost"].get("generation_time_s", entry["cost"].get("rag_index_seconds")))
+            assert measured is not None and measured > 0, (kind, name)
+        for name in ("full", "lora", "prompt-tuning", "lora+ppo", "dpo", "int8"):
+            assert set(block[name]["forgetting"]) == {"classify", "extract"}, (kind, name)
+            assert set(block[name]["suite_forgetting"]) == {"everyday-mc"}, (kind, name)
+        for name in ("full", "lora", "prompt-tuning", "lora+ppo", "dpo"):
+            assert {"peak_memory_bytes", "trainable_share"} <= set(block[name]["cost"]), (kind, name)
+        assert block["lora+ppo"]["cost"]["from"] == block["dpo"]["cost"]["from"] == "lora"
+        assert block["int8"]["cost"]["method"] == "int8-dynamic"
+        cot = block["few-shot"]["chain_of_thought"]
+        assert cot["task"] == "arithmetic" and {"accuracy", "answered"} <= set(cot["cot"]) and "change" in cot["cot"]["accuracy"]
+        assert block["rag"]["cost"]["closed_book_exact_match"] is not None and "hit@5" in block["rag"]
+        for stage in ("01-baseline", "02-finetune-full", "06-align-lora-ppo", "07-align-dpo", "08-rag-rag", "09-deploy-int8", "10-report"):
+            assert (out / kind / "stages" / stage / "stage.json").is_file(), (kind, stage)
+        assert (out / kind / "report.html").is_file() and (out / kind / "stages/03-finetune-lora/run/adapter/adapter_config.json").is_file()
     html = (out / "report.html").read_text()
-    for section in ("What each step bought", "Quality", "Cost", "Forgetting", "Outputs side by side"):
-        assert section in html
-    assert html.count("data:image/png;base64,") == 5
+    for section in ("Every stage, model by model", "Serve what was tuned", "What each step bought", "Quality", "Cost", "Forgetting",
+                    "Benchmark suites", "Chain-of-thought", "Retrieval against fine-tuning", "Outputs side by side"):
+        assert html.count(section) >= (1 if section in ("Every stage, model by model", "Serve what was tuned") else 2), section
+    for kind in ("t5", "llama"):
+        command = f"llmcycle serve --model embedded-{kind} --adapter lora={out / kind}/stages/03-finetune-lora/run/adapter"
+        assert command in printed and command in html
+        assert "from openai import OpenAI" in printed
+    assert html.count("data:image/png;base64,") >= 10
 
 
 def test_a_parquet_train_file_is_counted_as_finetune_counts_it(tiny_t5, local_data, tmp_path):

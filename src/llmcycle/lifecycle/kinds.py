@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import copy
 import html
+import os
+import sys
+import time
 from pathlib import Path
 
 from ..console import note, print_table
@@ -73,18 +76,23 @@ def kind_recipes(path: str, data_overrides: dict | None = None) -> dict | None:
     return {label: recipe_from(fields, str(path), None, data_overrides) for label, fields in kind_data(data, str(path)).items()}
 
 
-def run_kinds(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = False) -> dict:
-    """Run the recipe for each model in OUT/LABEL, then write the side-by-side metrics.json and report."""
+def run_kinds(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = False, jobs: int | None = None) -> dict:
+    """Run the recipe for each model in OUT/LABEL (`jobs` models at once, in processes of their own), then write
+    the side-by-side metrics.json and report."""
     from .recipes import run_steps, show_plan, variant_metrics
 
     if dry_run:
         for label, recipe in recipes.items():
             show_plan(recipe, f"recipe {recipe.name}, {label}: {recipe.model}")
         return {}
+    jobs = min(len(recipes), jobs or os.cpu_count() or 1)
+    if jobs > 1:
+        run_in_processes(recipes, out, smoke, jobs)
     runs = {}
-    for label, recipe in recipes.items():
-        note(f"{label}: the recipe on {recipe.model}, into {out / label}")
-        runs[label] = run_steps(recipe, out / label, smoke)
+    for label, recipe in recipes.items():  # after processes: every stage is complete, so this only reads them back
+        if jobs == 1:
+            note(f"{label}: the recipe on {recipe.model}, into {out / label}")
+        runs[label] = run_steps(recipe, out / label, smoke, announce_skips=jobs == 1)
     metrics = {label: variant_metrics(run) for label, run in runs.items()}
     write_json(out / "metrics.json", metrics)
     serving = {label: serve_instructions(run, 8000 + i) for i, (label, run) in enumerate(runs.items())}
@@ -94,6 +102,75 @@ def run_kinds(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = 
         note(f"serve the {label} model and its tuned adapters:\n  {command}\nthen, from Python:\n{snippet}")
     note(f"wrote {out / 'report.html'}")
     return metrics
+
+
+# ---------------------------------------------------------------- one process a model
+
+
+def run_in_processes(recipes: dict, out: Path, smoke: bool, jobs: int) -> None:
+    """Each model's recipe in a process of its own (the CPU's cores split between them: small models use two
+    threads poorly, and generation is mostly one thread's work), its console in OUT/LABEL/console.log; here, a
+    line as each stage completes. A failed model stops the others and its error is raised here."""
+    import multiprocessing
+
+    from .recipes import plan
+
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    waiting, running, seen = list(recipes.items()), {}, set()
+    note(f"{', '.join(recipes)}: {jobs} at a time, {threads} thread{'s' * (threads > 1)} each; each model's console goes to "
+         f"{out}/LABEL/console.log")
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                label, recipe = waiting.pop(0)
+                (out / label).mkdir(parents=True, exist_ok=True)
+                running[label] = context.Process(target=_run_one, args=(recipe, str(out / label), smoke, threads), name=label)
+                running[label].start()
+            time.sleep(1)
+            for label in list(running):
+                _announce(label, out / label, len(plan(recipes[label])), seen)
+                if not running[label].is_alive():
+                    if running.pop(label).exitcode != 0:
+                        raise UserError(f"{label}: {_last_error(out / label / 'console.log')} (its log: {out / label / 'console.log'})")
+    finally:
+        for process in running.values():
+            process.terminate()
+            process.join()
+
+
+def _run_one(recipe, out: str, smoke: bool, threads: int) -> None:
+    """A model's recipe, in a process started by run_in_processes, printing to OUT/console.log."""
+    import torch
+
+    from .recipes import run_steps
+
+    torch.set_num_threads(threads)
+    log = open(Path(out) / "console.log", "a", buffering=1)  # noqa: SIM115 (the process's stdout and stderr until it exits)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    try:
+        run_steps(recipe, Path(out), smoke)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _announce(label: str, folder: Path, stages: int, seen: set) -> None:
+    import json
+
+    for done in sorted(folder.glob("stages/*/stage.json")):
+        if (label, done.parent.name) not in seen:
+            seen.add((label, done.parent.name))
+            seconds = json.loads(done.read_text()).get("seconds", 0)
+            note(f"{label}: stage {done.parent.name.split('-', 1)[0].lstrip('0')}/{stages} {done.parent.name.split('-', 1)[1]} "
+                 f"done in {seconds:.0f} s")
+
+
+def _last_error(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line.split(":")[0]]
+    return (errors or lines or ["stopped without a message"])[-1]
 
 
 # ---------------------------------------------------------------- side by side

@@ -252,17 +252,9 @@ def _check_stage(kind: str, options: dict, where: str, names: set[str], source: 
 
         check_rag(options, where)
     elif kind == "deploy":
-        extra = set(options) - {"from", "quantize", "name"}
-        if extra:
-            raise UserError(f"{where} (deploy): unknown field '{sorted(extra)[0]}'; deploy takes from, quantize and name")
-        from ..deploy.quantize import METHODS, canonical_method
+        from .deploy_stage import check_deploy
 
-        try:
-            canonical_method(str(options.get("quantize", "int8")))
-        except UserError as exc:
-            raise UserError(f"{where} (deploy): quantize must be int8 or one of {', '.join(METHODS)}") from exc
-        if options.get("from") not in names:
-            raise UserError(f"{where} (deploy): 'from' must name an earlier variant ({', '.join(sorted(names))})")
+        check_deploy(options, where, names)
     elif options:
         raise UserError(f"{where} ({kind}): takes no options (got '{sorted(options)[0]}')")
 
@@ -367,14 +359,14 @@ class Run:
 
 
 def run_recipe(path: str, out: str | None = None, *, dry_run: bool = False, smoke: bool = False, model: str | None = None,
-               data: dict | None = None) -> dict:
+               data: dict | None = None, jobs: int | None = None) -> dict:
     """Run (or with `dry_run`, only check and show) a recipe; returns the variants' metrics (by kind, for a recipe
     with several models: lifecycle/kinds.py)."""
     from .kinds import kind_recipes, run_kinds
 
     kinds = None if model else kind_recipes(path, data)
     if kinds:
-        return run_kinds(kinds, Path(out or f"runs/{next(iter(kinds.values())).name}"), dry_run=dry_run, smoke=smoke)
+        return run_kinds(kinds, Path(out or f"runs/{next(iter(kinds.values())).name}"), dry_run=dry_run, smoke=smoke, jobs=jobs)
     recipe = load_recipe(path, model, data)
     if dry_run:
         show_plan(recipe)
@@ -387,14 +379,15 @@ def show_plan(recipe: Recipe, title: str = "") -> None:
                 [(s.index, s.kind, s.name or "-", json.dumps(s.options) if s.options else "") for s in plan(recipe)])
 
 
-def run_steps(recipe: Recipe, out: Path, smoke: bool) -> Run:
+def run_steps(recipe: Recipe, out: Path, smoke: bool, announce_skips: bool = True) -> Run:
     """Every stage in order into OUT/stages/; a stage whose stage.json exists is restored, not run again."""
     run = Run(recipe, out, smoke)
     for step in plan(recipe):
         folder = run.out / "stages" / step.folder
         done = folder / "stage.json"
         if done.is_file():
-            note(f"stage {step.index} ({step.kind} {step.name}) is complete; skipping")
+            if announce_skips:
+                note(f"stage {step.index} ({step.kind} {step.name}) is complete; skipping")
             _restore(run, json.loads(done.read_text()))
             continue
         started = time.perf_counter()
@@ -548,29 +541,9 @@ def run_align(run: Run, step: Step, folder: Path) -> None:
 
 
 def run_deploy(run: Run, step: Step, folder: Path) -> None:
-    """Quantise a variant into a model folder (llmcycle quantize --compare) and measure it against its float32 form."""
-    import shutil
+    from .deploy_stage import run_deploy as deploy
 
-    from ..deploy.compare import compare_quantized
-    from ..deploy.quantize import canonical_method
-
-    variant = run.variants[step.options["from"]]
-    label = str(step.options.get("quantize", "int8"))
-    method = canonical_method(label)
-    shutil.rmtree(folder / "compare", ignore_errors=True)  # an interrupted stage starts again
-    result = compare_quantized(variant.model, run.data_options(run.test), run.settings(), run.recipe.metrics, str(folder / "compare"),
-                               methods=[method], references=("float32",), resamples=1000)
-    reference, form = result["forms"]["float32"], result["forms"][method]
-    cost = {key: form[key] for key in ("size_on_disk_bytes", "load_s", "tokens_per_s", "peak_memory_bytes", "bytes_per_param",
-                                       "planned_bytes_per_param")}
-    cost.update(method=method, trainable_params=0, generation_time_s=form["generation_s"], float32_bytes=reference["size_on_disk_bytes"],
-                float32_generation_s=reference["generation_s"], speedup=reference["generation_s"] / max(form["generation_s"], 1e-9),
-                float32_tokens_per_s=reference["tokens_per_s"], float32_peak_memory_bytes=reference["peak_memory_bytes"],
-                quality_change={name: summary["change"] for name, summary in form["metrics"].items() if "change" in summary})
-    metrics = {name: {k: v for k, v in summary.items() if k != "change"} for name, summary in form["metrics"].items()}
-    name = str(step.options.get("name") or f"{variant.name}+{label}")
-    run.variants[name] = Variant(name, str(folder / "compare" / form["folder"]), "deploy", metrics=metrics, cost=cost,
-                                 predictions=str(folder / "compare" / form["predictions"]))
+    deploy(run, step, folder)
 
 
 def _run_baseline(run: Run, step: Step, folder: Path) -> None:
