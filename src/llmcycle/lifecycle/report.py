@@ -78,7 +78,7 @@ def _by_kind(variants: list, kind: str) -> list:
 
 def findings(metrics: dict, variants: list) -> str:
     items = [f for f in (_tuning_beats_prompting(metrics, variants), *_each_method(metrics, variants), _lora_near_full(metrics),
-                         _shots_help(metrics), *_alignment_detoxifies(metrics, variants), _forgetting(metrics)) if f]
+                         _shots_help(metrics), *_alignment_detoxifies(metrics, variants), _forgetting(metrics), _repetition(metrics)) if f]
     return "".join(f"<div class='finding{'' if ok else ' no'}'>{'&#10003;' if ok else '&#9888;'} {text}</div>" for ok, text in items)
 
 
@@ -177,6 +177,19 @@ def _forgetting(metrics):
     ok = drop > -0.05
     return ok, (f"Held-out tasks {'are kept' if ok else 'suffer'}: the largest drop in probe ROUGE-L is {drop:+.3f} ({worst}). "
                 "Catastrophic forgetting shows as a drop here.")
+
+
+def _repetition(metrics):
+    """Whether any variant's outputs loop: the share saying one sentence three or more times."""
+    shares = {name: _mean(entry, "repetition") for name, entry in metrics.items() if _mean(entry, "repetition") is not None}
+    if not shares:
+        return None
+    looping = {name: share for name, share in shares.items() if share > 0}
+    if not looping:
+        return True, f"No output of any variant repeats a sentence three or more times ({len(shares)} variants checked)."
+    worst = max(looping, key=looping.get)
+    return False, (f"Some outputs loop: {len(looping)} of {len(shares)} variants have outputs that say one sentence three or more "
+                   f"times, most often <b>{html.escape(worst)}</b> ({looping[worst]:.0%} of its outputs).")
 
 
 # ---------------------------------------------------------------- tables
