@@ -12,20 +12,25 @@ WORK=${2:-build/embedded}
 mkdir -p "$WORK"
 export HF_HUB_OFFLINE=1
 
-data() {  # the shared data: corpus, instruction mix (four tasks + arithmetic with rationales), held-out rows
+data() {  # the shared data: corpus, instruction mix (five tasks + arithmetic with rationales), held-out rows
     [ -f "$WORK/instruct-test.jsonl" ] && return
     llmcycle synth --task corpus --rows 30000 --seed 100 --out "$WORK/corpus.txt"
-    llmcycle synth --task instruct --rows 3000 --seed 101 --out "$WORK/instruct.jsonl"
+    llmcycle synth --task instruct --rows 4000 --seed 101 --out "$WORK/instruct.jsonl"
     llmcycle synth --task arithmetic --rows 600 --seed 101 --out "$WORK/arithmetic.jsonl"
     cat "$WORK/instruct.jsonl" "$WORK/arithmetic.jsonl" > "$WORK/instruct-train.jsonl"
     llmcycle synth --task instruct --rows 200 --seed 102 --out "$WORK/instruct-test.jsonl"
 }
 
-build() {  # build KIND LAYERS HIDDEN HEADS LR
+build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH (chunk x batch = 4,096 tokens a step)
     local kind=$1 dir=$WORK/$1 target=src/llmcycle/assets/$1
     local start=$SECONDS
-    llmcycle pretrain --corpus "$WORK/corpus.txt" --arch "$kind" --layers "$2" --hidden "$3" --heads "$4" \
-        --vocab-size 4000 --max-length 128 --batch-size 32 --epochs 3 --lr "$5" --seed 0 --out "$dir/pretrained"
+    if [ -f "$dir/pretrained/model/config.json" ]; then
+        echo "reusing $dir/pretrained (delete it to pre-train again)"
+    else
+        llmcycle pretrain --corpus "$WORK/corpus.txt" --arch "$kind" --layers "$2" --hidden "$3" --heads "$4" \
+            --vocab-size 4000 --max-length "$6" --batch-size "$7" --epochs 3 --lr "$5" --seed 0 --out "$dir/pretrained"
+    fi
+    rm -rf "$dir/instruct"
     llmcycle finetune --model "$dir/pretrained/model" --data "$WORK/instruct-train.jsonl" \
         --eval-data "$WORK/instruct-test.jsonl" --method full --lr 1e-3 --epochs 2 --batch-size 32 --max-length 256 \
         --warmup-steps 20 --seed 0 --out "$dir/instruct"
@@ -43,8 +48,8 @@ build() {  # build KIND LAYERS HIDDEN HEADS LR
 data
 for kind in $KINDS; do
     case $kind in
-        t5) build t5 4 192 4 2e-3 ;;
-        llama) build llama 6 256 4 2e-3 ;;
+        t5) build t5 4 192 4 2e-3 128 32 ;;  # relative positions: 128-token chunks carry over to longer inputs
+        llama) build llama 6 256 4 2e-3 256 16 ;;  # rotary positions: train on the lengths it will read
         *) echo "unknown kind '$kind': use t5, llama or all" >&2; exit 2 ;;
     esac
 done

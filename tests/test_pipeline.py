@@ -169,8 +169,9 @@ def test_quickstart_shortened_on_both_embedded_models(tmp_path, capsys):
                     "Benchmark suites", "Chain-of-thought", "Retrieval against fine-tuning", "Outputs side by side"):
         assert html.count(section) >= (1 if section in ("Every stage, model by model", "Serve what was tuned") else 2), section
     for kind in ("t5", "llama"):
-        command = f"llmcycle serve --model embedded-{kind} --adapter lora={out / kind}/stages/03-finetune-lora/run/adapter"
-        assert command in printed and command in html
+        for part in (f"llmcycle serve --model embedded-{kind} --port", f"--adapter lora={out / kind}/stages/03-finetune-lora/run/adapter",
+                     f"--adapter lora-ppo={out / kind}/stages/06-align-lora-ppo/run/adapter", f"--adapter dpo={out / kind}/stages/07-align-dpo/run/adapter"):
+            assert part in printed and part in html, part
         assert "from openai import OpenAI" in printed
     assert html.count("data:image/png;base64,") >= 10
 

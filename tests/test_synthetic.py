@@ -15,7 +15,8 @@ from llmcycle.train.scratch import corpus_texts
 from llmcycle.data.synthetic import ALL_TASKS, INSTRUCT_TASKS, TASKS, SyntheticConfig, corpus, generate, write_synthetic
 
 PREFERENCE_TASKS = ["dialogsum-prefs"]
-ROW_TASKS = [*(t for t in TASKS if t not in PREFERENCE_TASKS), "instruct"]
+SUITE_TASKS = ["multiple-choice"]  # question/choices/answer rows, read by eval --suite (test_suites.py)
+ROW_TASKS = [*(t for t in TASKS if t not in PREFERENCE_TASKS + SUITE_TASKS), "instruct"]
 
 
 @pytest.mark.parametrize("task", ROW_TASKS)
@@ -98,7 +99,7 @@ def test_the_other_tasks_have_checkable_answers_and_several_phrasings():
     assert predict_prob([row["completion"] for row in rewrite]).max() < 0.5
     assert all("could you please" in row["completion"].lower() for row in rewrite)
     for task, forms in [("extract", synthetic.EXTRACT_FORMS), ("classify", synthetic.CLASSIFY_FORMS),
-                        ("rewrite", synthetic.REWRITE_FORMS), ("topic", synthetic.TOPIC_FORMS)]:
+                        ("rewrite", synthetic.REWRITE_FORMS), ("topic", synthetic.TOPIC_FORMS), ("narrate", synthetic.NARRATE_FORMS)]:
         patterns = [re.compile(re.sub(r"\\\{\w+\\\}", "(.+)", re.escape(form)), re.DOTALL) for form in forms]
         used = {i for row in generate(task, 60, 1) for i, pattern in enumerate(patterns) if pattern.fullmatch(row["prompt"])}
         assert used == set(range(len(forms))), task
@@ -106,8 +107,20 @@ def test_the_other_tasks_have_checkable_answers_and_several_phrasings():
 def test_instruct_mixes_the_held_in_tasks_and_leaves_out_summarisation():
     rows = generate("instruct", 40, 1)
     assert not any(row["prompt"].startswith("Summarize the following conversation") for row in rows)
-    assert rows[0::4] == generate("extract", 10, 1) and rows[1::4] == generate("classify", 10, 1)
+    assert rows[0::5] == generate("extract", 8, 1) and rows[1::5] == generate("classify", 8, 1)
     assert "dialogsum" not in INSTRUCT_TASKS
+
+
+def test_narrate_tells_one_speakers_part_and_a_suite_reads_the_multiple_choice_rows(tmp_path):
+    from llmcycle.evaluate.suites import read_suite
+
+    for row in generate("narrate", 40, 1):
+        speaker = row["completion"].split(" ", 1)[0].removesuffix("'s")
+        assert f"\n{speaker}: " in "\n" + row["prompt"] and speaker in row["prompt"].split("\n\n")[0 if row["prompt"].startswith("Read") else -1]
+    path = write_synthetic(SyntheticConfig(task="multiple-choice", rows=40, seed=1, out=str(tmp_path / "mc.jsonl")))
+    items = read_suite(str(path)).items
+    assert len(items) == 40 and {item.subject for item in items} == {"topic", "sentiment", "facts", "arithmetic"}
+    assert all(0 <= item.answer < len(item.choices) for item in items)
 
 
 def test_corpus_writes_documents_as_jsonl_or_txt(tmp_path):

@@ -8,8 +8,8 @@ dataset can be downloaded there. So it writes its own data, in the shapes the co
   what happens (who wants what, the outcome, when, who else does what); only its wording varies a little.
   About a quarter have a rude speaker, and their summary reports the insult ("Ann calls Bob a stupid idiot."),
   so a summariser tuned on them says toxic things that PPO with a toxicity reward can reduce (the detox lab).
-- `extract`, `classify`, `rewrite`, `topic`: other instruction tasks, each a different skill (find a fact,
-  judge sentiment, rewrite politely, name the topic), each with several phrasings of its instruction (as
+- `extract`, `classify`, `rewrite`, `topic`, `narrate`: other instruction tasks, each a different skill (find a
+  fact, judge sentiment, rewrite politely, name the topic, tell one speaker's part in a sentence), each with several phrasings of its instruction (as
   FLAN does), for multi-task tuning and, held out, for measuring forgetting. `instruct` mixes them equally.
 - `corpus(rows, seed)`: running text (dialogues, narrative summaries, reviews, notes, requests) for
   pre-training, with no instructions.
@@ -405,6 +405,26 @@ def topic_row(rng: random.Random) -> dict:
     return {"prompt": rng.choice(TOPIC_FORMS).format(text=scene.text), "completion": scene.topic}
 
 
+NARRATE_FORMS = ["{text}\n\nWhat does {X} do in this conversation? Answer in one sentence.",
+                 "Read the dialogue and describe what {X} does, in one sentence.\n\n{text}",
+                 "{text}\n\nIn one sentence, what is {X}'s part in the conversation above?"]
+
+
+def narrate_row(rng: random.Random) -> dict:
+    """One speaker's part in a dialogue, in one sentence in the third person: reading a dialogue for who did what,
+    the skill under summarisation, without summarising (the task stays held out)."""
+    while True:
+        scene = make_scene(rng)
+        speakers = {speaker for speaker, _ in scene.turns}
+        parts = {}
+        for sentence in scene.summary:
+            parts.setdefault(sentence.split(" ", 1)[0].removesuffix("'s"), sentence)
+        told = [name for name in parts if name in speakers]
+        if told:
+            X = rng.choice(told)
+            return {"prompt": rng.choice(NARRATE_FORMS).format(text=scene.text, X=X), "completion": parts[X]}
+
+
 def multiple_choice_row(rng: random.Random) -> dict:
     """A benchmark item (question, choices, answer index, subject), MMLU-shaped, from the held-out skills:
     a dialogue's topic, a review's sentiment, a fact of a plan, an arithmetic word problem."""
@@ -429,12 +449,13 @@ def multiple_choice_row(rng: random.Random) -> dict:
 
 TASKS: dict[str, Callable[[random.Random], dict]] = {
     "dialogsum": dialogsum_row, "extract": extract_row, "classify": classify_row, "rewrite": rewrite_row, "topic": topic_row,
+    "narrate": narrate_row,
     "arithmetic": arithmetic_row,  # word problems with worked rationales: data/synthetic_arithmetic.py
     "dialogsum-prefs": dialogsum_preference_row,  # preference pairs (prompt, chosen, rejected) for DPO
     "multiple-choice": multiple_choice_row,  # a benchmark suite (question, choices, answer) for eval --suite
 }
 """Instruction tasks: name -> one row (prompt/completion, or prompt/chosen/rejected) from a random generator."""
-INSTRUCT_TASKS = ("extract", "classify", "rewrite", "topic")
+INSTRUCT_TASKS = ("extract", "classify", "rewrite", "topic", "narrate")
 """The instruct model's tasks; dialogue summarisation is held out, so fine-tuning on it has something to add."""
 ALL_TASKS = (*TASKS, "instruct", "corpus", "docs-qa")  # docs-qa: data/synthetic_docs.py
 
@@ -486,7 +507,7 @@ class SyntheticConfig:
     """A synthetic data file: what `llmcycle synth` writes."""
 
     task: str = "dialogsum"
-    """dialogsum, extract, classify, rewrite, topic, instruct (the last four mixed), corpus (pre-training text), docs-qa (documentation and questions, for RAG), arithmetic (word problems with rationales, for chain-of-thought), dialogsum-prefs (preference pairs) or multiple-choice (a benchmark suite for eval --suite)."""
+    """dialogsum, extract, classify, rewrite, topic, narrate, instruct (the last five mixed), corpus (pre-training text), docs-qa (documentation and questions, for RAG), arithmetic (word problems with rationales, for chain-of-thought), dialogsum-prefs (preference pairs) or multiple-choice (a benchmark suite for eval --suite)."""
     rows: int = 500
     """Rows (documents, for corpus) to write."""
     seed: int = 1

@@ -213,8 +213,8 @@ def serve_instructions(run, port: int) -> tuple[str, str]:
     base = run.recipe.model
     adapters = [(name, Path(v.model) / "adapter") for name, v in run.variants.items()
                 if v.kind in ("finetune", "align") and (Path(v.model) / "adapter" / "adapter_config.json").is_file()]
-    flags = " ".join(f"--adapter {name.replace('+', '-')}={path}" for name, path in adapters)
-    command = f"llmcycle serve --model {base} {flags} --port {port}".replace("  ", " ")
+    lines = [f"llmcycle serve --model {base} --port {port}", *(f"--adapter {name.replace('+', '-')}={path}" for name, path in adapters)]
+    command = " \\\n    ".join(lines)
     first = adapters[0][0].replace("+", "-") if adapters else base
     prompt = _example_prompt(run)
     snippet = ("from openai import OpenAI\n"
@@ -238,33 +238,45 @@ def write_side_by_side(path: Path, runs: dict, metrics: dict, serving: dict) -> 
     labels = list(runs)
     head = "".join(f"<th>{html.escape(label)}<br><span class='ci'>{html.escape(runs[label].recipe.model)}</span></th>" for label in labels)
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{headline(next(e for e in (metrics[l].get(name) for l in labels) if e))[0]}</td>"
-                   + "".join(_cell(metrics[label].get(name)) for label in labels) + "</tr>" for name in _rows(metrics))
+                   + "".join(_cell(metrics[label].get(name), metrics[label].get("zero-shot")) for label in labels) + "</tr>"
+                   for name in _rows(metrics))
     parts = [f"<h1>llmcycle: {html.escape(first.name)}, {' and '.join(labels)} side by side</h1>",
              f"<p>{html.escape(first.description)}</p>" if first.description else "",
              "<h2>Every stage, model by model</h2>",
              f"<table><tr><th>variant</th><th>metric</th>{head}</tr>{body}</table>",
-             "<p class='ci'>mean [95% bootstrap interval]; repetition: share of outputs saying one sentence three or more "
+             "<p class='ci'>mean [95% bootstrap interval], green or red where the interval clears zero-shot prompting's "
+             "(better or worse); repetition: share of outputs saying one sentence three or more "
              "times; rag variants (rag, docs-ft, ...) answer the documentation questions (exact match), the rest the test "
              "data (ROUGE-L). '-': not measured for that model.</p>",
              "<h2>Serve what was tuned</h2>", *(_serve_block(label, *serving[label]) for label in labels)]
     for label, run in runs.items():
         parts.append(f"<hr><section id='{label}'>")
         title, *rest = report_parts(run.recipe, list(run.variants.values()), metrics[label], heading="h2")
+        rest = [part for part in rest if part != f"<p>{html.escape(first.description)}</p>"]  # said once, at the top
         parts += [title.replace("llmcycle: ", f"{html.escape(label)}: "), *(p.replace("<h2>", "<h3>").replace("</h2>", "</h3>") for p in rest)]
         parts.append("</section>")
     with atomic_open(path) as handle:
         handle.write(html_page(f"llmcycle {first.name}", parts))
 
 
-def _cell(entry: dict | None) -> str:
+def _cell(entry: dict | None, zero_shot: dict | None) -> str:
+    """The variant's headline with its interval, coloured where the interval clears zero-shot's (same metric)."""
     if not entry:
         return "<td>-</td>"
     metric, summary = headline(entry)
     if summary is None:
         return "<td>-</td>"
+    base = (zero_shot or {}).get(metric) if zero_shot is not entry else None
+    low, high = summary["ci95"]
+    klass = ""
+    if isinstance(base, dict):
+        from ..evaluate.metrics import verdict
+
+        apart = low > base["ci95"][1] or high < base["ci95"][0]
+        klass = verdict(metric, summary["mean"] - base["mean"]) if apart else ""
     extra = "".join(f"<br><span class='ci'>{key} {entry[key]['mean']:.3f}</span>" for key in ("toxicity", "repetition")
                     if isinstance(entry.get(key), dict))
-    return f"<td>{summary['mean']:.3f} <span class='ci'>[{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]</span>{extra}</td>"
+    return f"<td><span class='{klass}'>{summary['mean']:.3f}</span> <span class='ci'>[{low:.3f}, {high:.3f}]</span>{extra}</td>"
 
 
 def _serve_block(label: str, command: str, snippet: str) -> str:
