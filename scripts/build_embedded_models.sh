@@ -21,14 +21,14 @@ data() {  # the shared data: corpus, instruction mix (five tasks + arithmetic wi
     llmcycle synth --task instruct --rows 200 --seed 102 --out "$WORK/instruct-test.jsonl"
 }
 
-build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH (chunk x batch = 4,096 tokens a step)
+build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS (chunk x batch = 4,096 tokens a step)
     local kind=$1 dir=$WORK/$1 target=src/llmcycle/assets/$1
     local start=$SECONDS
     if [ -f "$dir/pretrained/model/config.json" ]; then
         echo "reusing $dir/pretrained (delete it to pre-train again)"
     else
         llmcycle pretrain --corpus "$WORK/corpus.txt" --arch "$kind" --layers "$2" --hidden "$3" --heads "$4" \
-            --vocab-size 4000 --max-length "$6" --batch-size "$7" --epochs 3 --lr "$5" --seed 0 --out "$dir/pretrained"
+            --vocab-size 4000 --max-length "$6" --batch-size "$7" --epochs "$8" --lr "$5" --seed 0 --out "$dir/pretrained"
     fi
     rm -rf "$dir/instruct"
     llmcycle finetune --model "$dir/pretrained/model" --data "$WORK/instruct-train.jsonl" \
@@ -48,8 +48,9 @@ build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH (chunk x batch = 4,09
 data
 for kind in $KINDS; do
     case $kind in
-        t5) build t5 4 192 4 2e-3 128 32 ;;  # relative positions: 128-token chunks carry over to longer inputs
-        llama) build llama 6 256 4 2e-3 256 16 ;;  # rotary positions: train on the lengths it will read
+        t5) build t5 4 192 4 2e-3 128 32 3 ;;  # relative positions: 128-token chunks carry over to longer inputs
+        llama) build llama 6 256 4 2e-3 256 16 1 ;;  # rotary positions: train on the lengths it will read; its loss
+                                                     # flattens within the first epoch on this corpus
         *) echo "unknown kind '$kind': use t5, llama or all" >&2; exit 2 ;;
     esac
 done

@@ -111,6 +111,13 @@ def test_tiny_t5_learns_and_its_folder_loads_in_plain_transformers_and_llmcycle(
     ids = tokenizer("Amy: Hi Ben! <extra_id_0> at noon.", return_tensors="pt").input_ids
     torch.testing.assert_close(loaded.model(input_ids=ids, decoder_input_ids=ids[:, :3]).logits,
                                model(input_ids=ids, decoder_input_ids=ids[:, :3]).logits)
+    # a name has one token at the start of the text, of a line and after a space, and text decodes as it was
+    dialogue = "Amy: Hi Ben!\nBen: Amy, hi.\n\nSummary: Amy greets Ben."
+    for name in ("Amy", "Ben", "Summary"):
+        alone = tokenizer(name, add_special_tokens=False).input_ids
+        assert tokenizer(f"and {name}", add_special_tokens=False).input_ids[-len(alone):] == alone
+        assert tokenizer(f"hi.\n{name}", add_special_tokens=False).input_ids[-len(alone):] == alone
+    assert tokenizer.decode(tokenizer(dialogue).input_ids, skip_special_tokens=True).strip() == dialogue
 
 
 def test_tiny_gpt2_learns_by_next_token_prediction(corpus_file, tmp_path):

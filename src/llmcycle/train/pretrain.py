@@ -184,7 +184,7 @@ def setup_model(cfg: PretrainConfig, texts: list[str], resume_from: Path | None)
     else:
         is_seq2seq = cfg.arch in ("t5", "bart")
         sentinels = len(SENTINELS) if is_seq2seq else 0
-        tokenizer = train_tokenizer(texts, cfg.vocab_size - sentinels, append_eos=is_seq2seq)
+        tokenizer = train_tokenizer(texts, cfg.vocab_size - sentinels, append_eos=is_seq2seq, same_word_tokens=True)
         if is_seq2seq:
             tokenizer.add_special_tokens({"additional_special_tokens": SENTINELS})
         tokenizer.model_max_length = cfg.context
