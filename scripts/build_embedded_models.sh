@@ -2,7 +2,8 @@
 # Rebuild llmcycle's embedded models from nothing, offline, with llmcycle's own verbs: a synthetic corpus ->
 # pre-training from scratch (T5 span corruption, Llama next-token prediction) -> multi-task instruction tuning
 # on the built-in tasks (dialogue summarisation held out) -> src/llmcycle/assets/<kind>/ with eval.json.
-# The model cards (src/llmcycle/assets/<kind>/MODEL_CARD.md) record what each step measured and how long it took.
+# The model cards (src/llmcycle/assets/<kind>/MODEL_CARD.md, written by scripts/model_card.py from the runs' own
+# records) say what each step measured and how long it took.
 # Usage: bash scripts/build_embedded_models.sh [t5|llama|all] [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,15 +41,15 @@ build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS (chunk x batch
     rm -rf "$target.new" && mkdir -p "$target.new"
     cp "$dir"/instruct/model/* "$target.new"/
     cp "$dir/instruct-eval.json" "$target.new/eval.json"
-    [ -f "$target/MODEL_CARD.md" ] && cp "$target/MODEL_CARD.md" "$target.new/"
     rm -rf "$target" && mv "$target.new" "$target"
-    echo "wrote $target"
+    python scripts/model_card.py "$kind" "$WORK" --build-seconds "$((SECONDS - start))"  # then, after a quickstart,
+    echo "wrote $target"                        # add its numbers: python scripts/model_card.py KIND WORK --quickstart ...
 }
 
 data
 for kind in $KINDS; do
     case $kind in
-        t5) build t5 4 192 4 2e-3 128 32 3 ;;  # relative positions: 128-token chunks carry over to longer inputs
+        t5) build t5 4 192 4 2e-3 128 32 2 ;;  # relative positions: 128-token chunks carry over to longer inputs
         llama) build llama 6 256 4 2e-3 256 16 1 ;;  # rotary positions: train on the lengths it will read; its loss
                                                      # flattens within the first epoch on this corpus
         *) echo "unknown kind '$kind': use t5, llama or all" >&2; exit 2 ;;

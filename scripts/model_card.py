@@ -31,14 +31,14 @@ def _interval(summary: dict) -> str:
     return f"{summary['mean']:.3f} [{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]"
 
 
-def build_section(kind: str, work: Path, seconds: float | None) -> str:
+def build_section(kind: str, work: Path, seconds: float | None, shared: bool) -> str:
     pre, pre_cfg = _read(work / kind / "pretrained/metrics.json"), _read(work / kind / "pretrained/config.yaml")
     tune, tune_cfg = _read(work / kind / "instruct/metrics.json"), _read(work / kind / "instruct/config.yaml")
     total = f"{seconds / 60:.0f} minutes" if seconds else f"{(pre['wall_time_s'] + tune['wall_time_s']) / 60:.0f} minutes of training"
     return f"""## How it was made
 
 `bash scripts/build_embedded_models.sh {kind}` rebuilds it from nothing, offline, with llmcycle's own verbs
-({total} on this project's 2-core CPU; each step's time below):
+({total} on this project's 2-core CPU{", shared with other jobs during this build" if shared else ""}; each step's time below):
 
 1. `llmcycle synth --task corpus --rows 30000 --seed 100`: 30,000 synthetic documents (dialogues, narrative
    summaries of other scenes, product reviews, notes, requests); {pre['corpus_tokens']:,} tokens.
@@ -66,8 +66,9 @@ def eval_section(kind: str, work: Path) -> str:
 On 200 held-out instruction rows (`eval.json`, greedy, 32 new tokens): ROUGE-L {_interval(scores['rougeL'])},
 exact match {_interval(scores['exact_match'])}. It answers in the form each task asks for (a label, a
 fact, a polite request, a sentence about a speaker) and often the right one. Its vocabulary and world are the
-synthetic data's: everyday plans, shopping, complaints, reviews. Do not use it for anything but learning and
-testing llmcycle.
+synthetic data's: everyday plans, shopping, complaints, reviews. What it does worst is copying from its input:
+a tuned summary usually has the right shape (who asks what, the outcome, the insults first) with the wrong
+names, and retrieved passages rarely help it answer. Do not use it for anything but learning and testing llmcycle.
 """
 
 
@@ -106,13 +107,14 @@ def main() -> None:
     parser.add_argument("work", type=Path, help="the build's work folder (scripts/build_embedded_models.sh's WORK_DIR)")
     parser.add_argument("--quickstart", type=Path, help="a quickstart's metrics.json")
     parser.add_argument("--build-seconds", type=float, help="the whole build's wall time")
+    parser.add_argument("--shared-cpu", action="store_true", help="other jobs shared the CPU during the build")
     args = parser.parse_args()
     folder = Path(__file__).parent.parent / "src/llmcycle/assets" / args.kind
     title = {"t5": "encoder-decoder (T5)", "llama": "decoder-only (Llama)"}[args.kind]
     parts = [f"# llmcycle embedded {title} instruct model\n\nA small {title} instruct model that llmcycle pre-trains and "
              "instruction-tunes itself, offline, so that the quickstart can show the whole lifecycle on a real pretrained "
              "model of each kind on a machine with no GPU and no internet. It is a toy: a few million parameters, trained "
-             "for minutes on synthetic text.\n", build_section(args.kind, args.work, args.build_seconds),
+             "for minutes on synthetic text.\n", build_section(args.kind, args.work, args.build_seconds, args.shared_cpu),
              eval_section(args.kind, args.work)]
     if args.quickstart:
         parts.append(quickstart_section(args.kind, args.quickstart))

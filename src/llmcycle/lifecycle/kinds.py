@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import console
 from ..console import note, print_table
 from ..errors import UserError
 from ..outputs import atomic_open, write_json
@@ -98,8 +99,9 @@ def run_kinds(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = 
     serving = {label: serve_instructions(run, 8000 + i) for i, (label, run) in enumerate(runs.items())}
     write_side_by_side(out / "report.html", runs, metrics, serving)
     print_side_by_side(metrics)
-    for label, (command, snippet) in serving.items():
-        note(f"serve the {label} model and its tuned adapters:\n  {command}\nthen, from Python:\n{snippet}")
+    for label, (command, snippet) in serving.items():  # results, so on stdout, unwrapped: they are to be copied
+        console.out.print(f"serve the {label} model and its tuned adapters:\n{command}\nthen, from Python:\n{snippet}\n",
+                          markup=False, highlight=False, soft_wrap=True)
     note(f"wrote {out / 'report.html'}")
     return metrics
 

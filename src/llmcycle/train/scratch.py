@@ -101,9 +101,9 @@ def build_model(spec: ScratchSpec, tokenizer):
         config = tf.T5Config(
             vocab_size=vocab, d_model=spec.hidden, d_kv=spec.hidden // spec.heads, d_ff=spec.hidden * 4,
             num_layers=spec.layers, num_heads=spec.heads, decoder_start_token_id=tokenizer.pad_token_id,
-            feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=spec.dropout, **ids,
+            feed_forward_proj="gated-gelu", dropout_rate=spec.dropout, **ids,
         )
-        return _scaled_t5(tf.T5ForConditionalGeneration(config), spec.hidden)
+        return tf.T5ForConditionalGeneration(config)  # T5's own set-up: tied embeddings, decoder output scaled by d^-0.5
     if spec.arch == "bart":
         config = tf.BartConfig(
             vocab_size=vocab, d_model=spec.hidden, encoder_layers=spec.layers, decoder_layers=spec.layers,
@@ -125,14 +125,6 @@ def build_model(spec: ScratchSpec, tokenizer):
         max_position_embeddings=spec.context, attention_dropout=spec.dropout, **ids,
     )
     return tf.LlamaForCausalLM(config)
-
-
-def _scaled_t5(model, hidden: int):
-    """transformers 5 ties T5's LM head to the input embeddings (tie_word_embeddings=False only turns off the
-    output scaling); shrink the shared matrix so the first logits are not in the hundreds."""
-    with torch.no_grad():
-        model.lm_head.weight.mul_(hidden**-0.5)
-    return model
 
 
 def init_model(texts: list[str], out: str | Path, spec: ScratchSpec) -> Path:
