@@ -112,11 +112,12 @@ def load_recipe(path: str | Path, model: str | None = None, data_overrides: dict
     if {"prompt", "completion"} & set(data) and "stages" not in data:
         raise UserError(f"{source} is a data template (prompt/completion), not a recipe: name it in a recipe's "
                         "'template' field or pass it to --template")
-    if "models" in data:  # several models (lifecycle/kinds.py): with --model, that model alone; else the first kind
-        from .kinds import kind_data
+    if "models" in data:  # several models (lifecycle/kinds.py): with --model, that model alone on the shared stages;
+        from .kinds import kind_data  # else the first model, with its stage changes, stands for the recipe
 
-        kinds = kind_data(data, source)
-        data = {**next(iter(kinds.values())), "model": model} if model else next(iter(kinds.values()))
+        kinds = kind_data(data, source)  # checks every model's entry either way
+        shared = {key: value for key, value in data.items() if key != "models"}
+        data = {**shared, "model": model} if model else next(iter(kinds.values()))
     return recipe_from(data, source, model, data_overrides)
 
 
