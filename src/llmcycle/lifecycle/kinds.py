@@ -110,9 +110,9 @@ def run_kinds(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = 
 
 
 def run_in_processes(recipes: dict, out: Path, smoke: bool, jobs: int) -> None:
-    """Each model's recipe in a process of its own (the CPU's cores split between them: small models use two
-    threads poorly, and generation is mostly one thread's work), its console in OUT/LABEL/console.log; here, a
-    line as each stage completes. A failed model stops the others and its error is raised here."""
+    """Each model's recipe in a process of its own, the CPU's cores split between them (token-by-token generation
+    of a small model keeps one thread busy, not two), its console in OUT/LABEL/console.log; here, a line as each
+    stage completes. A failed model stops the others and its error is raised here."""
     import multiprocessing
 
     from .recipes import plan
