@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -116,9 +118,6 @@ REPEATS = 3
 
 def repeats_sentence(text: str, times: int = REPEATS) -> bool:
     """Whether a sentence (split at . ! ? and newlines, compared without case or surrounding space) occurs `times` times."""
-    import re
-    from collections import Counter
-
     sentences = [s.strip().lower() for s in re.split(r"(?<=[.!?])\s+|\n+", text) if s.strip()]
     return bool(sentences) and Counter(sentences).most_common(1)[0][1] >= times
 

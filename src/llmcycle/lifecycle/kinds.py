@@ -120,6 +120,7 @@ def run_in_processes(recipes: dict, out: Path, smoke: bool, jobs: int) -> None:
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     waiting, running, seen = list(recipes.items()), {}, set()
+    stages = {label: len(plan(recipe)) for label, recipe in recipes.items()}
     note(f"{', '.join(recipes)}: {jobs} at a time, {threads} thread{'s' * (threads > 1)} each; each model's console goes to "
          f"{out}/LABEL/console.log")
     try:
@@ -131,7 +132,7 @@ def run_in_processes(recipes: dict, out: Path, smoke: bool, jobs: int) -> None:
                 running[label].start()
             time.sleep(1)
             for label in list(running):
-                _announce(label, out / label, len(plan(recipes[label])), seen)
+                _announce(label, out / label, stages[label], seen)
                 if not running[label].is_alive():
                     if running.pop(label).exitcode != 0:
                         raise UserError(f"{label}: {_last_error(out / label / 'console.log')} (its log: {out / label / 'console.log'})")

@@ -58,15 +58,17 @@ def run_baseline(run, step, folder: Path) -> None:
                              metrics=run.recipe.metrics, timings=timings)
     several_beyond_one = sum(k > 1 for k in shots) > 1
     base_size = _size_on_disk(locate(run.recipe.model).base)
+    names = []
     for k in shots:
         label = shots_label(k)
         name = label if k < 2 or several_beyond_one else "few-shot"
+        names.append(name)
         run.variants[name] = Variant(name, run.recipe.model, "prompting", metrics=results.get(label, {}),
                                      cost={"trainable_params": 0, "generation_time_s": timings.get(label), "size_on_disk_bytes": base_size},
                                      predictions=shots_path(str(folder / "predictions.jsonl"), k, len(shots) > 1))
     if options.cot is not None:
-        carrier = shots.index(options.cot.get("shots", 3)) if options.cot.get("shots", 3) in shots else len(shots) - 1
-        name = list(run.variants)[carrier - len(shots)]
+        cot_shots = options.cot.get("shots", 3)
+        name = names[shots.index(cot_shots)] if cot_shots in shots else names[-1]
         run.variants[name].chain_of_thought = _chain_of_thought(run, options.cot, folder)
 
 
@@ -79,7 +81,8 @@ def _chain_of_thought(run, cot: dict, folder: Path) -> dict:
     from ..models import ModelOptions
 
     data = run.data_file("cot", cot["data"])
-    settings = replace(run.settings(), max_new_tokens=min(int(cot.get("max_new_tokens", 64)), 8 if run.smoke else 10**6))
+    tokens = int(cot.get("max_new_tokens", 64))
+    settings = replace(run.settings(), max_new_tokens=min(tokens, 8) if run.smoke else tokens)
     started = time.perf_counter()
     results = cot_dataset(ModelOptions(run.recipe.model), run.data_options(data), settings, str(folder / "cot.jsonl"),
                           CotRequest(int(cot.get("shots", 3)), truncate_shots=True))

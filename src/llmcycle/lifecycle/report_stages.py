@@ -104,7 +104,7 @@ def cot_section(metrics: dict) -> str:
     found = [(name, entry["chain_of_thought"]) for name, entry in metrics.items() if entry.get("chain_of_thought")]
     if not found:
         return ""
-    name, cot = found[0]
+    cot = found[0][1]
     rows = "".join(
         f"<tr><td>{mode}</td><td>{_interval(cot[mode].get('accuracy'))}</td><td>{cot[mode].get('answered', 0):.0%}</td>"
         f"<td>{_change(cot[mode].get('accuracy', {}).get('change'))}</td></tr>" for mode in ("direct", "cot", "self-consistency") if mode in cot)
@@ -119,5 +119,5 @@ def _change(change: dict | None) -> str:
     if not change:
         return "-"
     low, high = change["ci95"]
-    klass = "better" if low > 0 else "worse" if high < 0 else ""
+    klass = verdict("accuracy", change["absolute"]) if low > 0 or high < 0 else ""  # coloured where the interval clears 0
     return f"<span class='{klass}'>{change['absolute']:+.3f}</span> <span class='ci'>[{low:+.3f}, {high:+.3f}]</span>"
