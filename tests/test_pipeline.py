@@ -98,6 +98,12 @@ def test_an_interrupted_run_continues_from_the_first_incomplete_stage(tiny_t5, l
     ([{"align": {"method": "sft"}}], "method must be ppo or dpo"),
     ([{"eval": {"verbose": True}}], "takes no options"),
     ([{"finetune": {"name": "a"}}, {"finetune": {"name": "a"}}], "variant name 'a' is used twice"),
+    ([{"baseline": {"cot": {"shots": 3}}}], "cot is {data:"),
+    ([{"baseline": {"cot": {"data": {"task": "arithmetic"}, "shots": -1}}}], "cot.shots must be a whole number of at least 0"),
+    ([{"rag": {"docs": "docs/", "finetune": {"lr": 1.0e-3}}}], "finetune trains on the docs task's questions"),
+    ([{"rag": {"docs": {"task": "docs-qa"}, "variants": "zero-shot"}}], "'variants' must be a list"),
+    ([{"rag": {"docs": {"task": "docs-qa"}, "questions": {"task": "nothing"}}}], "unknown task 'nothing'"),
+    ([{"finetune": {"name": "a"}}, {"deploy": {"from": "a", "label": "x"}}], "deploy takes from, quantize and name"),
 ])
 def test_bad_recipes_are_one_line_errors(stages, message, tiny_t5, local_data, tmp_path, capsys):
     recipe = recipe_file(tmp_path, tiny_t5, local_data, stages)
