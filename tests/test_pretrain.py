@@ -1,4 +1,4 @@
-"""Pre-training: span corruption masks ~15% in spans of ~3 and reassembles; tiny T5 and GPT-2 learn; outputs load; resume; bad input."""
+"""Pre-training: span corruption masks ~15% in spans of ~3 and reassembles; text infilling masks ~30% and targets the chunk; tiny T5 and GPT-2 learn; outputs load; resume; bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmcycle.errors import UserError
-from llmcycle.train.pretrain import PretrainConfig, noise_mask, pretrain, span_corruption
+from llmcycle.train.pretrain import PretrainConfig, denoiser, noise_mask, pretrain, span_corruption, text_infilling
 from llmcycle.data.synthetic import SyntheticConfig, write_synthetic
 
 TINY = dict(layers=2, hidden=64, heads=4, vocab_size=500, context=128, max_length=64, batch_size=8)
@@ -86,6 +86,49 @@ def test_span_corruption_edge_cases_and_seeding():
     assert len(span_lengths(noise_mask(1000, 0.5, 1.0, 3, np.random.default_rng(0)))) == 3  # capped by the sentinels
     draw = lambda: noise_mask(100, 0.15, 3.0, 100, np.random.default_rng([0, 1, 2]))  # noqa: E731
     assert draw() == draw()
+
+
+def test_text_infilling_masks_30_percent_one_mask_a_span_and_targets_the_whole_chunk():
+    rng, mask_id = np.random.default_rng(0), 3
+    shares = []
+    for draw in range(300):
+        size = int(rng.integers(20, 200))
+        chunk = rng.integers(5, 800, size).tolist()
+        mask = noise_mask(size, 0.3, 3.0, size, np.random.default_rng([0, draw]))  # the mask text_infilling draws
+        inputs, targets = text_infilling(chunk, mask_id, [1], 0.3, 3.0, np.random.default_rng([0, draw]))
+        assert targets == [*chunk, 1] and inputs[-1] == 1
+        assert [t for t in inputs[:-1] if t != mask_id] == [t for t, masked in zip(chunk, mask) if not masked]
+        assert inputs.count(mask_id) == len(span_lengths(mask))
+        assert not any(a == b == mask_id for a, b in zip(inputs, inputs[1:]))
+        shares.append(sum(mask) / size)
+    assert abs(np.mean(shares) - 0.3) < 0.01
+
+
+def test_mixed_objective_draws_each_per_chunk_with_its_papers_density(t5_run):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(t5_run[0] / "model")
+    cfg = PretrainConfig(corpus="c.txt", out="o", arch="t5", objective="mixed")
+    assert cfg.density("span-corruption") == 0.15 and cfg.density("text-infilling") == 0.3
+    corrupt, sentinel = denoiser(cfg, tokenizer), tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    chunk = tokenizer("Amy asks Ben to bring the blue chairs to the party on Friday evening, and Ben agrees to it.",
+                      add_special_tokens=False).input_ids
+    infilled = 0
+    for draw in range(200):
+        inputs, targets = corrupt(chunk, np.random.default_rng([0, draw]))
+        if targets[:-1] == chunk:  # text infilling: the whole chunk back, one sentinel a span
+            infilled += 1
+            assert sentinel in inputs and "<extra_id_1>" not in tokenizer.convert_ids_to_tokens(inputs)
+        else:  # span corruption: sentinel 0, the first span's tokens, ...
+            assert targets[0] == sentinel and len(targets) < len(chunk)
+    assert 70 < infilled < 130
+    assert corrupt(chunk, np.random.default_rng(5)) == corrupt(chunk, np.random.default_rng(5))
+
+
+def test_tiny_t5_learns_by_text_infilling(corpus_file, tmp_path):
+    metrics = pretrain(PretrainConfig(corpus=str(corpus_file), out=str(tmp_path / "t5"), arch="t5", objective="text-infilling",
+                                      max_steps=20, **TINY))
+    assert metrics["objective"] == "text infilling" and metrics["final_loss"] < metrics["first_loss"] - 0.5
 
 
 def test_tiny_t5_learns_and_its_folder_loads_in_plain_transformers_and_llmcycle(t5_run):
@@ -168,6 +211,8 @@ def test_a_resumed_run_ends_with_the_same_weights(t5_run, tmp_path):
     ({"corpus": "missing.txt"}, "does not exist"),
     ({"corpus": "empty.txt"}, "no text"),
     ({"noise_density": 1.5}, "--noise-density"),
+    ({"objective": "masking"}, "--objective"),
+    ({"arch": "llama", "objective": "text-infilling"}, "--objective is for encoder-decoder models"),
     ({"arch": "t5", "vocab_size": 350}, "at least 400"),
     ({"arch": "gpt2", "max_length": 256}, "longer than --context"),
     ({"arch": "rnn"}, "unknown --arch 'rnn'; use one of t5, bart, gpt2, llama"),

@@ -40,7 +40,7 @@ def finetune(config_file, overrides, resume, **flags):
 @click.command()
 @training_options(_pretrain_config())
 def pretrain(config_file, overrides, resume, **flags):
-    """Pre-train on a text corpus: span corruption (encoder-decoder) or next-token prediction (decoder-only)."""
+    """Pre-train on a text corpus: span corruption or text infilling (encoder-decoder), next-token prediction (decoder-only)."""
     from ..train.pretrain import pretrain as run
 
     run(resolve_config(_pretrain_config(), config_file, overrides, flags), resume=resume)

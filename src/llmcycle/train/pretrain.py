@@ -1,11 +1,20 @@
-"""Pre-training on plain text: span corruption for encoder-decoder models, next-token prediction for decoder-only.
+"""Pre-training on plain text: denoising for encoder-decoder models, next-token prediction for decoder-only.
 
-The lifecycle's first stage, and how llmcycle builds its own default model offline. The model is an existing
+The lifecycle's first stage, and how llmcycle builds its own embedded models offline. The model is an existing
 one (continued pre-training) or one built from a config with a tokenizer trained on the corpus (scratch.py).
-- Encoder-decoder (T5, BART): T5's span corruption (Raffel et al. 2020, section 3.1.4). About 15% of a chunk's
-  tokens, in spans of mean length 3, are each replaced by one sentinel token <extra_id_i> in the encoder input;
-  the decoder predicts each sentinel followed by the tokens it hid. The noise is drawn per chunk from a
-  generator seeded by (seed, epoch, chunk), so a resumed run sees the same inputs as an uninterrupted one.
+- Encoder-decoder (T5, BART), `objective`:
+  span-corruption (default), T5's (Raffel et al. 2020, section 3.1.4): about 15% of a chunk's tokens, in spans of
+  mean length 3, are each replaced by one sentinel token <extra_id_i> in the encoder input; the decoder predicts
+  each sentinel followed by the tokens it hid.
+  text-infilling, BART's (Lewis et al. 2020, section 2.2): about 30% of the tokens, in spans, each span replaced by
+  one mask token; the decoder writes the whole chunk back. Most of its targets are copies of the input, which is
+  what teaches a small model to copy names and facts from its input (span corruption's targets are mostly not in
+  the input), at the price of a decoder as long as the chunk. Span lengths are drawn as for span corruption
+  (uniform parts of the masked share, mean length mean_span_length) rather than BART's Poisson(3), so there are
+  no zero-length spans; the mask is the tokenizer's mask token, or <extra_id_0> when it has none (T5).
+  mixed: each chunk is drawn one of the two, with even odds.
+  The noise is drawn per chunk from a generator seeded by (seed, epoch, chunk), so a resumed run sees the same
+  inputs as an uninterrupted one.
 - Decoder-only (GPT-2, Llama, ...): next-token prediction.
 The corpus is tokenised once and packed into chunks of max_length tokens, documents separated by EOS (as T5
 and GPT-2 were trained), so batches are full and nothing is padded. The loop is finetune.py's: AdamW, warm-up
@@ -36,6 +45,9 @@ from .settings import RunSettings
 from .sft_data import Tokenized, collate, epoch_batches
 
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
+OBJECTIVE_NAMES = {"span-corruption": "span corruption", "text-infilling": "text infilling",
+                   "mixed": "span corruption + text infilling"}
+DEFAULT_DENSITY = {"span-corruption": 0.15, "text-infilling": 0.3}
 RECENT = 10  # final_loss is the mean of this many last steps: one step's loss is noisy
 
 
@@ -79,8 +91,12 @@ class PretrainConfig(RunSettings, DistributedSettings):
     """Gradient clipping norm (0 disables clipping)."""
     max_length: int = at_least(128, 4)
     """Tokens per chunk of the packed corpus (before span corruption, which shortens the encoder input)."""
-    noise_density: float = above(0.15, 0, below=1)
-    """Encoder-decoder: share of each chunk's tokens that is masked."""
+    objective: Literal["span-corruption", "text-infilling", "mixed"] | None = None
+    """Encoder-decoder: span-corruption (T5's, the default), text-infilling (BART's: the decoder writes the whole
+    chunk back, which teaches copying from the input) or mixed (each chunk one of the two)."""
+    noise_density: float | None = above(None, 0, below=1)
+    """Encoder-decoder: share of each chunk's tokens that is masked; default 0.15 for span corruption, 0.3 for
+    text infilling (the papers' values)."""
     mean_span_length: float = at_least(3.0, 1)
     """Encoder-decoder: mean length of a masked span."""
     log_every: int = at_least(1, 1)
@@ -94,6 +110,8 @@ class PretrainConfig(RunSettings, DistributedSettings):
             self.spec().validate()
             if self.arch in ("t5", "bart") and self.vocab_size < 400:
                 raise UserError(f"--vocab-size must be at least 400 for {self.arch} (100 of it are sentinel tokens)")
+            if self.objective and self.arch not in ("t5", "bart"):
+                raise UserError(f"--objective is for encoder-decoder models (t5, bart); {self.arch} pre-trains on next-token prediction")
             if self.max_length > self.context:
                 raise UserError(f"--max-length {self.max_length} is longer than --context {self.context}")
         self.validate_distributed()
@@ -101,6 +119,10 @@ class PretrainConfig(RunSettings, DistributedSettings):
     def spec(self) -> ScratchSpec:
         return ScratchSpec(arch=self.arch or "", layers=self.layers, hidden=self.hidden, heads=self.heads,
                            vocab_size=self.vocab_size, context=self.context, dropout=self.dropout, seed=self.seed)
+
+    def density(self, objective: str) -> float:
+        """The noise density of `objective` (span-corruption or text-infilling) in this run."""
+        return self.noise_density if self.noise_density is not None else DEFAULT_DENSITY[objective]
 
     @property
     def learning_rate(self) -> float:
@@ -149,6 +171,16 @@ def span_corruption(ids: list[int], sentinels: list[int], eos: list[int], noise_
             targets.append(sentinels[span])
         targets.append(token)
     return inputs + eos, targets + eos
+
+
+def text_infilling(ids: list[int], mask_id: int, eos: list[int], noise_density: float, mean_span_length: float,
+                   rng: np.random.Generator) -> tuple[list[int], list[int]]:
+    """(encoder input, decoder target): each masked span becomes one `mask_id` in the input, and the target is
+    the whole chunk; both end with `eos` ([] or [EOS id])."""
+    mask = noise_mask(len(ids), noise_density, mean_span_length, len(ids), rng)
+    inputs = [mask_id if masked else token for i, (token, masked) in enumerate(zip(ids, mask))
+              if not (masked and i > 0 and mask[i - 1])]
+    return inputs + eos, list(ids) + eos
 
 
 # ---------------------------------------------------------------- setup
@@ -205,21 +237,35 @@ def pack_corpus(texts: list[str], tokenizer, chunk_length: int) -> tuple[list[li
     return [chunk for chunk in chunks if len(chunk) >= 2], len(stream)
 
 
+def denoiser(cfg: PretrainConfig, tokenizer):
+    """fn(chunk ids, rng) -> (encoder input, decoder target) for the run's encoder-decoder objective."""
+    sentinels, eos = sentinel_ids(tokenizer), [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else sentinels[0]
+    objective, span = cfg.objective or "span-corruption", cfg.mean_span_length
+
+    def corrupt(ids: list[int], rng: np.random.Generator) -> tuple[list[int], list[int]]:
+        chosen = objective if objective != "mixed" else ("text-infilling" if rng.random() < 0.5 else "span-corruption")
+        if chosen == "text-infilling":
+            return text_infilling(ids, mask_id, eos, cfg.density(chosen), span, rng)
+        return span_corruption(ids, sentinels, eos, cfg.density(chosen), span, rng)
+
+    return corrupt
+
+
 def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq2seq: bool, dist: Distributed):
     """This process's part of batch `i` of the run (across epochs), its loss weight and the tokens of the whole
     batch; and the batches per epoch. The same for a fresh and a resumed run."""
     global_batch = cfg.batch_size * dist.world_size
     per_epoch = math.ceil(len(chunks) / global_batch)
-    sentinels, eos = sentinel_ids(tokenizer), [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    corrupt = denoiser(cfg, tokenizer) if is_seq2seq else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def batch(index: int) -> tuple[dict[str, torch.Tensor], float, int]:
         epoch, position = divmod(index, per_epoch)
         every = epoch_batches(len(chunks), global_batch, cfg.seed, epoch)[position]
         chosen, weight = dist.shard(every)
-        if is_seq2seq:
-            rows = [Tokenized(*span_corruption(chunks[i], sentinels, eos, cfg.noise_density, cfg.mean_span_length,
-                                               np.random.default_rng([cfg.seed, epoch, i]))) for i in chosen]
+        if corrupt is not None:
+            rows = [Tokenized(*corrupt(chunks[i], np.random.default_rng([cfg.seed, epoch, i]))) for i in chosen]
         else:
             rows = [Tokenized(chunks[i], chunks[i]) for i in chosen]
         return collate(rows, pad_id, is_seq2seq), weight, sum(len(chunks[i]) for i in every)
@@ -245,6 +291,9 @@ class PretrainTrainer(Trainer):
             raise UserError(f"corpus {cfg.corpus} holds no text")
         torch.manual_seed(cfg.seed)
         model, self.tokenizer, self.is_seq2seq = setup_model(cfg, texts, resume_from)  # the same weights everywhere
+        if cfg.objective and not self.is_seq2seq:
+            raise UserError(f"--objective {cfg.objective} is for encoder-decoder models; {cfg.model} is decoder-only "
+                            "and pre-trains on next-token prediction")
         chunks, self.corpus_tokens = pack_corpus(texts, self.tokenizer, cfg.max_length - 1 if self.is_seq2seq else cfg.max_length)
         if not chunks:
             raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
@@ -259,7 +308,7 @@ class PretrainTrainer(Trainer):
                                                    warmup_steps=warmup)
         self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
         self.max_grad_norm, self.learning_rate, self.description = cfg.max_grad_norm, cfg.learning_rate, "pre-training"
-        self.objective = "span corruption" if self.is_seq2seq else "next-token prediction"
+        self.objective = OBJECTIVE_NAMES[cfg.objective or "span-corruption"] if self.is_seq2seq else "next-token prediction"
         note(f"{self.objective} on {self.model_type}, {self.total_params:,} parameters; {len(texts)} documents, "
              f"{self.corpus_tokens:,} tokens in {len(chunks)} chunks; {self.total_steps} steps of {cfg.batch_size * dist.world_size}"
              + (f", {dist.describe()}" if dist.enabled else ""))
