@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild llmcycle's embedded models from nothing, offline, with llmcycle's own verbs: a synthetic corpus ->
-# pre-training from scratch (T5 span corruption, Llama next-token prediction) -> multi-task instruction tuning
-# on the built-in tasks (dialogue summarisation held out) -> src/llmcycle/assets/<kind>/ with eval.json.
+# pre-training from scratch (T5 span corruption, then text infilling, which teaches it to copy from its input;
+# Llama next-token prediction) -> multi-task instruction tuning on the built-in tasks (dialogue summarisation
+# held out) -> src/llmcycle/assets/<kind>/ with eval.json.
 # The model cards (src/llmcycle/assets/<kind>/MODEL_CARD.md, written by scripts/model_card.py from the runs' own
 # records) say what each step measured and how long it took.
 # Usage: bash scripts/build_embedded_models.sh [t5|llama|all] [WORK_DIR]
@@ -22,17 +23,26 @@ data() {  # the shared data: corpus, instruction mix (five tasks + arithmetic wi
     llmcycle synth --task instruct --rows 200 --seed 102 --out "$WORK/instruct-test.jsonl"
 }
 
-build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS (chunk x batch = 4,096 tokens a step)
-    local kind=$1 dir=$WORK/$1 target=src/llmcycle/assets/$1
-    local start=$SECONDS
+build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS [INFILL_EPOCHS] (chunk x batch = 4,096 tokens a step)
+    local kind=$1 dir=$WORK/$1 target=src/llmcycle/assets/$1 infill=${9:-0}
+    local start=$SECONDS base=$dir/pretrained
     if [ -f "$dir/pretrained/model/config.json" ]; then
         echo "reusing $dir/pretrained (delete it to pre-train again)"
     else
         llmcycle pretrain --corpus "$WORK/corpus.txt" --arch "$kind" --layers "$2" --hidden "$3" --heads "$4" \
             --vocab-size 4000 --max-length "$6" --batch-size "$7" --epochs "$8" --lr "$5" --seed 0 --out "$dir/pretrained"
     fi
+    if [ "$infill" -gt 0 ]; then  # continued pre-training on BART's text infilling: the decoder writes each chunk back
+        base=$dir/infilled
+        if [ -f "$base/model/config.json" ]; then
+            echo "reusing $base (delete it to pre-train again)"
+        else
+            llmcycle pretrain --model "$dir/pretrained/model" --corpus "$WORK/corpus.txt" --objective text-infilling \
+                --max-length "$6" --batch-size "$7" --epochs "$infill" --lr 1e-3 --seed 1 --out "$base"
+        fi
+    fi
     rm -rf "$dir/instruct"
-    llmcycle finetune --model "$dir/pretrained/model" --data "$WORK/instruct-train.jsonl" \
+    llmcycle finetune --model "$base/model" --data "$WORK/instruct-train.jsonl" \
         --eval-data "$WORK/instruct-test.jsonl" --method full --lr 1e-3 --epochs 2 --batch-size 32 --max-length 256 \
         --warmup-steps 20 --seed 0 --out "$dir/instruct"
     llmcycle eval --model "$dir/instruct" --data "$WORK/instruct-test.jsonl" --metrics rouge,exact_match \
@@ -49,7 +59,8 @@ build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS (chunk x batch
 data
 for kind in $KINDS; do
     case $kind in
-        t5) build t5 4 192 4 2e-3 128 32 2 ;;  # relative positions: 128-token chunks carry over to longer inputs
+        t5) build t5 4 192 4 2e-3 128 32 2 4 ;;  # relative positions: 128-token chunks carry over to longer inputs;
+                                                  # span corruption alone left it unable to copy names from its input
         llama) build llama 6 256 4 2e-3 256 16 1 ;;  # rotary positions: train on the lengths it will read; its loss
                                                      # flattens within the first epoch on this corpus
         *) echo "unknown kind '$kind': use t5, llama or all" >&2; exit 2 ;;

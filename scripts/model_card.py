@@ -31,10 +31,26 @@ def _interval(summary: dict) -> str:
     return f"{summary['mean']:.3f} [{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]"
 
 
+def infill_step(work: Path, kind: str) -> str:
+    """The continued pre-training on text infilling, as a numbered step, where the build ran one ('' if not)."""
+    if not (work / kind / "infilled/metrics.json").exists():
+        return ""
+    run, cfg = _read(work / kind / "infilled/metrics.json"), _read(work / kind / "infilled/config.yaml")
+    return f"""
+3. `llmcycle pretrain --model <step 2's model> --objective text-infilling --epochs {cfg['epochs']} --lr {cfg['lr']}`: BART's text
+   infilling ({cfg.get('noise_density') or 0.3:.0%} of each chunk's tokens masked in spans, each span one mask token; the decoder writes the whole
+   chunk back) for {run['steps']} steps, {run['tokens_seen']:,} tokens seen; loss {run['first_loss']:.2f} -> {run['final_loss']:.2f}; {run['wall_time_s'] / 60:.1f} minutes.
+   Span corruption alone left a model that wrote summaries of the right shape with the wrong names: its targets
+   are mostly not in its input, and it never learned to copy from it. Text infilling's targets mostly are."""
+
+
 def build_section(kind: str, work: Path, seconds: float | None, shared: bool) -> str:
     pre, pre_cfg = _read(work / kind / "pretrained/metrics.json"), _read(work / kind / "pretrained/config.yaml")
     tune, tune_cfg = _read(work / kind / "instruct/metrics.json"), _read(work / kind / "instruct/config.yaml")
-    total = f"{seconds / 60:.0f} minutes" if seconds else f"{(pre['wall_time_s'] + tune['wall_time_s']) / 60:.0f} minutes of training"
+    infill = infill_step(work, kind)
+    steps = [run["wall_time_s"] for run in (pre, tune)] + ([_read(work / kind / "infilled/metrics.json")["wall_time_s"]] if infill else [])
+    total = f"{seconds / 60:.0f} minutes" if seconds else f"{sum(steps) / 60:.0f} minutes of training"
+    after = 1 if infill else 0
     return f"""## How it was made
 
 `bash scripts/build_embedded_models.sh {kind}` rebuilds it from nothing, offline, with llmcycle's own verbs
@@ -45,12 +61,12 @@ def build_section(kind: str, work: Path, seconds: float | None, shared: bool) ->
 2. `llmcycle pretrain --arch {kind} --layers {pre_cfg['layers']} --hidden {pre_cfg['hidden']} --heads {pre_cfg['heads']} \
 --vocab-size {pre_cfg['vocab_size']} --max-length {pre_cfg['max_length']} --batch-size {pre_cfg['batch_size']} --epochs {pre_cfg['epochs']} --lr {pre_cfg['lr']}`:
    a byte-level BPE tokenizer trained on the corpus, then {ARCH[kind][2]} for {pre['steps']} steps,
-   {pre['tokens_seen']:,} tokens seen; loss {pre['first_loss']:.2f} -> {pre['final_loss']:.2f}; {pre['wall_time_s'] / 60:.1f} minutes.
-3. `llmcycle synth --task instruct --rows 4000 --seed 101` and `--task arithmetic --rows 600`: multi-task
+   {pre['tokens_seen']:,} tokens seen; loss {pre['first_loss']:.2f} -> {pre['final_loss']:.2f}; {pre['wall_time_s'] / 60:.1f} minutes.{infill}
+{3 + after}. `llmcycle synth --task instruct --rows 4000 --seed 101` and `--task arithmetic --rows 600`: multi-task
    instruction data, FLAN-style with several phrasings per task: answer a question about a text (extract),
    the sentiment of a review, the topic of a dialogue, rewrite a rude request politely, tell one speaker's part
    in a dialogue in one sentence (narrate), and word problems with worked rationales ending "The answer is N."
-4. `llmcycle finetune --method full --lr {tune_cfg['lr']} --epochs {tune_cfg['epochs']} --batch-size {tune_cfg['batch_size']}`: {tune['steps']} steps,
+{4 + after}. `llmcycle finetune --method full --lr {tune_cfg['lr']} --epochs {tune_cfg['epochs']} --batch-size {tune_cfg['batch_size']}`: {tune['steps']} steps,
    {tune['wall_time_s'] / 60:.1f} minutes; validation loss {tune['eval_loss']:.3f} on 200 held-out instruction rows (seed 102).
 
 Dialogue summarisation ("Summarize the following conversation") is never among its tasks: it is what the

@@ -41,8 +41,27 @@ def test_beam_search_and_repetition_penalty_run(gpt2_dir):
     assert len(generate(loaded, PROMPTS[:3], settings)) == 3
 
 
+@pytest.mark.parametrize("arch", ["t5", "gpt2"])
+def test_no_repeat_ngram_size_keeps_every_ngram_of_a_completion_unique(arch, request):
+    """A tiny random model loops; with no_repeat_ngram_size 2 no token pair comes twice in what it generates.
+    Checked on the generated ids (a random byte-level model's text does not tokenise back to the same ids)."""
+    loaded = load_model(str(request.getfixturevalue(f"{arch}_dir")))
+    inputs = loaded.tokenizer(PROMPTS[0], return_tensors="pt")
+
+    def pairs_repeat(settings: GenerationSettings) -> bool:
+        ids = loaded.model.generate(**inputs, generation_config=settings.to_transformers(loaded))[0]
+        ids = ids[0 if loaded.is_encoder_decoder else inputs.input_ids.shape[1]:].tolist()
+        pairs = list(zip(ids, ids[1:]))
+        return len(pairs) != len(set(pairs))
+
+    plain, blocked = GenerationSettings(max_new_tokens=24), GenerationSettings(max_new_tokens=24, no_repeat_ngram_size=2)
+    assert pairs_repeat(plain), "no loop to stop: the test would prove nothing"
+    assert not pairs_repeat(blocked)
+    assert generate(loaded, PROMPTS, plain) != generate(loaded, PROMPTS, blocked)  # the setting reaches llmcycle's engine
+
+
 @pytest.mark.parametrize("field,value", [
-    ("max_new_tokens", 0), ("temperature", 0.0), ("top_p", 1.5), ("top_k", -1), ("num_beams", 0), ("batch_size", 0),
+    ("no_repeat_ngram_size", -1), ("max_new_tokens", 0), ("temperature", 0.0), ("top_p", 1.5), ("top_k", -1), ("num_beams", 0), ("batch_size", 0),
 ])
 def test_bad_settings(field, value):
     with pytest.raises(UserError, match=field.replace("_", "-")):

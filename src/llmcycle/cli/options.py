@@ -62,6 +62,8 @@ def generation_options(func):
         click.option("--top-p", type=float, default=defaults.top_p, show_default=True),
         click.option("--num-beams", type=int, default=defaults.num_beams, show_default=True),
         click.option("--repetition-penalty", type=float, default=defaults.repetition_penalty, show_default=True),
+        click.option("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size, show_default=True,
+                     help="Never repeat an n-gram of this many tokens in one completion (0 = no limit)."),
         click.option("--seed", type=int, default=defaults.seed, show_default=True),
         click.option("--batch-size", type=int, default=defaults.batch_size, show_default=True),
     ], func)
