@@ -20,6 +20,14 @@ ARCH = {
            "T5 span corruption (15% of each chunk's tokens masked in spans of mean length 3)"),
     "llama": ("Llama (`LlamaForCausalLM`), decoder-only", "`AutoModelForCausalLM`", "next-token prediction"),
 }
+LIMITS = {  # what each model does worst, as the quickstart's outputs show it
+    "t5": "What it does worst is keep track of who did what: a tuned summary names the people in the dialogue but "
+          "sometimes gives one person's line to another, and greedy decoding can loop on a sentence (the quickstart "
+          "decodes with no_repeat_ngram_size 4). It never saw documentation: retrieved product pages do not help it "
+          "answer, although it copies facts from the dialogues and notes it was tuned on.",
+    "llama": "What it does worst is copying from its input: a tuned summary usually has the right shape (who asks "
+             "what, the outcome, the insults first) with the wrong names, and retrieved passages rarely help it answer.",
+}
 QUICKSTART_ROWS = ("zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "lora+ppo", "dpo", "int8")
 
 
@@ -82,9 +90,8 @@ def eval_section(kind: str, work: Path) -> str:
 On 200 held-out instruction rows (`eval.json`, greedy, 32 new tokens): ROUGE-L {_interval(scores['rougeL'])},
 exact match {_interval(scores['exact_match'])}. It answers in the form each task asks for (a label, a
 fact, a polite request, a sentence about a speaker) and often the right one. Its vocabulary and world are the
-synthetic data's: everyday plans, shopping, complaints, reviews. What it does worst is copying from its input:
-a tuned summary usually has the right shape (who asks what, the outcome, the insults first) with the wrong
-names, and retrieved passages rarely help it answer. Do not use it for anything but learning and testing llmcycle.
+synthetic data's: everyday plans, shopping, complaints, reviews. {LIMITS[kind]} Do not use it for anything but
+learning and testing llmcycle.
 """
 
 
@@ -98,7 +105,7 @@ def quickstart_section(kind: str, path: Path) -> str:
                         f"{entry['repetition']['mean']:.0%} |")
     rag = " ".join(f"{name} {_interval(metrics[name]['exact_match'])};" for name in ("docs-ft", "rag", "docs-ft+rag") if name in metrics)
     return ("## In the quickstart\n\nDialogue summarisation (60 held-out rows), as `llmcycle quickstart` measured it "
-            "(`metrics.json`, block `" + kind + "`):\n\n| variant | ROUGE-L | toxicity | repeats a sentence 3+ times |\n|---|---|---|---|\n"
+            "(`metrics.json`, block `" + kind + "`; greedy decoding with the recipe's no_repeat_ngram_size for this model):\n\n| variant | ROUGE-L | toxicity | repeats a sentence 3+ times |\n|---|---|---|---|\n"
             + "\n".join(rows) + f"\n\nProduct documentation questions, exact match: {rag.rstrip(';')}.\n")
 
 

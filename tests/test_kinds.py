@@ -24,11 +24,21 @@ def test_each_model_gets_the_shared_stages_with_its_own_changes():
     assert kinds["b"]["stages"][0]["baseline"] == {"shots": [0, 1]}
 
 
+def test_a_model_may_change_the_generation_settings_for_itself():
+    data = {"models": {"a": "m1", "b": {"model": "m2", "generation": {"no_repeat_ngram_size": 4}}},
+            "generation": {"max_new_tokens": 32, "no_repeat_ngram_size": 0}, "data": {}, "stages": STAGES}
+    kinds = kind_data(data, "r.yaml")
+    assert kinds["a"]["generation"] == {"max_new_tokens": 32, "no_repeat_ngram_size": 0}
+    assert kinds["b"]["generation"] == {"max_new_tokens": 32, "no_repeat_ngram_size": 4}
+
+
 @pytest.mark.parametrize("models, message", [
     ({"a": "m1", "b": {"model": "m2", "stages": {"lora": {"lr": 1}}}}, "models.b.stages: no stage is called 'lora'"),
     ({"A b": "m1"}, "a label is lower-case letters"),
     ({"a": {"stages": {}}}, "models.a: give a model"),
     ([], "'models' must map labels to models"),
+    ({"a": {"model": "m1", "generation": [4]}}, "models.a.generation: map generation settings"),
+    ({"a": {"model": "m1", "prompt": "x"}}, "models.a: give a model"),
 ])
 def test_bad_models_are_one_line_errors(models, message):
     with pytest.raises(UserError, match=message):

@@ -6,7 +6,7 @@ models:
   llama: {model: embedded-llama, stages: {full: {lr: 1.0e-3}, lora+ppo: {lr: 1.0e-4}}}
 ```
 `stages` changes a stage's options for that model only, by the stage's name (its `name`, else its kind), because
-two architectures rarely share a learning rate. Each model runs the whole recipe in `OUT/LABEL/` (its stages,
+two architectures rarely share a learning rate; `generation` changes the recipe's generation settings for it. Each model runs the whole recipe in `OUT/LABEL/` (its stages,
 its metrics.json and report.html, exactly as a one-model recipe writes them); then `OUT/metrics.json` holds one
 block per label (`{"t5": {variant: ...}, "llama": {...}}`) and `OUT/report.html` puts the models side by side,
 with each model's full report below and how to serve what was tuned.
@@ -46,12 +46,22 @@ def _one_kind(shared: dict, label: str, spec, source: str) -> dict:
         raise UserError(f"{where}: a label is lower-case letters, digits, '-' and '_' (it names a folder)")
     if isinstance(spec, str):
         spec = {"model": spec}
-    if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "stages"}:
-        raise UserError(f"{where}: give a model, or {{model: M, stages: {{STAGE_NAME: {{option: value}}}}}}")
-    changes = spec.get("stages") or {}
+    if not isinstance(spec, dict) or "model" not in spec or set(spec) - {"model", "stages", "generation"}:
+        raise UserError(f"{where}: give a model, or {{model: M, stages: {{STAGE_NAME: {{option: value}}}}, generation: {{...}}}}")
+    generation = spec.get("generation") or {}
+    if not isinstance(generation, dict):
+        raise UserError(f"{where}.generation: map generation settings to values, e.g. {{no_repeat_ngram_size: 4}}")
+    recipe = {**shared, "model": str(spec["model"]), "stages": _changed_stages(shared.get("stages"), spec.get("stages") or {}, where)}
+    if generation:
+        recipe["generation"] = {**(shared.get("generation") or {}), **generation}
+    return recipe
+
+
+def _changed_stages(stages, changes, where: str):
+    """A copy of the recipe's stages with this model's changes applied (by stage name, else kind)."""
     if not isinstance(changes, dict) or not all(isinstance(v, dict) for v in changes.values()):
         raise UserError(f"{where}.stages: map a stage's name to the options to change, e.g. {{full: {{lr: 1.0e-3}}}}")
-    stages = copy.deepcopy(shared.get("stages"))
+    stages = copy.deepcopy(stages)
     found = set()
     for entry in stages if isinstance(stages, list) else []:
         if isinstance(entry, dict) and len(entry) == 1:
@@ -63,7 +73,7 @@ def _one_kind(shared: dict, label: str, spec, source: str) -> dict:
     missing = sorted(set(changes) - found)
     if missing:
         raise UserError(f"{where}.stages: no stage is called '{missing[0]}' (a stage's name, else its kind)")
-    return {**shared, "model": str(spec["model"]), "stages": stages}
+    return stages
 
 
 def kind_recipes(path: str, data_overrides: dict | None = None) -> dict | None:
@@ -220,7 +230,10 @@ def serve_instructions(run, port: int) -> tuple[str, str]:
     command = " \\\n    ".join(lines)
     first = adapters[0][0].replace("+", "-") if adapters else base
     prompt = _example_prompt(run)
-    snippet = ("from openai import OpenAI\n"
+    block = (run.recipe.generation or {}).get("no_repeat_ngram_size")
+    caveat = (f"# the report decoded with no_repeat_ngram_size {block}; the OpenAI API has no such field, so a reply "
+              "may repeat itself where the report's outputs did not\n") if block else ""
+    snippet = (caveat + "from openai import OpenAI\n"
                f"client = OpenAI(base_url='http://127.0.0.1:{port}/v1', api_key='none')\n"
                f"reply = client.completions.create(model={first!r}, prompt={prompt!r}, max_tokens=64, temperature=0)\n"
                "print(reply.choices[0].text)")
