@@ -39,17 +39,28 @@ def _interval(summary: dict) -> str:
     return f"{summary['mean']:.3f} [{summary['ci95'][0]:.3f}, {summary['ci95'][1]:.3f}]"
 
 
+INFILL = {  # what text infilling is for each kind, and why the build has it
+    "t5": ("BART's text infilling ({density:.0%} of each chunk's tokens masked in spans, each span one mask token; the "
+           "decoder writes the whole chunk back)",
+           "Span corruption alone left a model that wrote summaries of the right shape with the wrong names: its targets\n"
+           "   are mostly not in its input, and it never learned to copy from it. Text infilling's targets mostly are."),
+    "llama": ("text infilling for a decoder-only model (each row: the chunk with {density:.0%} of its tokens masked in "
+              "spans, each span one <mask>, then EOS, then the chunk itself, the loss on the chunk)",
+              "Next-token prediction alone left a model that could not copy: on a random sequence repeated twice, its loss\n"
+              "   on the second copy was no lower than on the first, and its summaries had the right shape with the wrong names."),
+}
+
+
 def infill_step(work: Path, kind: str) -> str:
     """The continued pre-training on text infilling, as a numbered step, where the build ran one ('' if not)."""
     if not (work / kind / "infilled/metrics.json").exists():
         return ""
     run, cfg = _read(work / kind / "infilled/metrics.json"), _read(work / kind / "infilled/config.yaml")
+    what, why = INFILL[kind]
     return f"""
-3. `llmcycle pretrain --model <step 2's model> --objective text-infilling --epochs {cfg['epochs']} --lr {cfg['lr']}`: BART's text
-   infilling ({cfg.get('noise_density') or 0.3:.0%} of each chunk's tokens masked in spans, each span one mask token; the decoder writes the whole
-   chunk back) for {run['steps']} steps, {run['tokens_seen']:,} tokens seen; loss {run['first_loss']:.2f} -> {run['final_loss']:.2f}; {run['wall_time_s'] / 60:.1f} minutes.
-   Span corruption alone left a model that wrote summaries of the right shape with the wrong names: its targets
-   are mostly not in its input, and it never learned to copy from it. Text infilling's targets mostly are."""
+3. `llmcycle pretrain --model <step 2's model> --objective text-infilling --max-length {cfg['max_length']} --epochs {cfg['epochs']} --lr {cfg['lr']}`:
+   {what.format(density=cfg.get('noise_density') or 0.3)} for {run['steps']} steps, {run['tokens_seen']:,} tokens seen; loss {run['first_loss']:.2f} -> {run['final_loss']:.2f}; {run['wall_time_s'] / 60:.1f} minutes.
+   {why}"""
 
 
 def build_section(kind: str, work: Path, seconds: float | None, shared: bool) -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmcycle.errors import UserError
-from llmcycle.train.pretrain import PretrainConfig, denoiser, noise_mask, pretrain, span_corruption, text_infilling
+from llmcycle.train.pretrain import PretrainConfig, noise_mask, pretrain, row_maker, span_corruption, text_infilling
 from llmcycle.data.synthetic import SyntheticConfig, write_synthetic
 
 TINY = dict(layers=2, hidden=64, heads=4, vocab_size=500, context=128, max_length=64, batch_size=8)
@@ -110,19 +110,45 @@ def test_mixed_objective_draws_each_per_chunk_with_its_papers_density(t5_run):
     tokenizer = AutoTokenizer.from_pretrained(t5_run[0] / "model")
     cfg = PretrainConfig(corpus="c.txt", out="o", arch="t5", objective="mixed")
     assert cfg.density("span-corruption") == 0.15 and cfg.density("text-infilling") == 0.3
-    corrupt, sentinel = denoiser(cfg, tokenizer), tokenizer.convert_tokens_to_ids("<extra_id_0>")
+    make, sentinel = row_maker(cfg, tokenizer, True), tokenizer.convert_tokens_to_ids("<extra_id_0>")
     chunk = tokenizer("Amy asks Ben to bring the blue chairs to the party on Friday evening, and Ben agrees to it.",
                       add_special_tokens=False).input_ids
     infilled = 0
     for draw in range(200):
-        inputs, targets = corrupt(chunk, np.random.default_rng([0, draw]))
+        row = make(chunk, np.random.default_rng([0, draw]))
+        inputs, targets = row.input_ids, row.labels
         if targets[:-1] == chunk:  # text infilling: the whole chunk back, one sentinel a span
             infilled += 1
             assert sentinel in inputs and "<extra_id_1>" not in tokenizer.convert_ids_to_tokens(inputs)
         else:  # span corruption: sentinel 0, the first span's tokens, ...
             assert targets[0] == sentinel and len(targets) < len(chunk)
     assert 70 < infilled < 130
-    assert corrupt(chunk, np.random.default_rng(5)) == corrupt(chunk, np.random.default_rng(5))
+    assert make(chunk, np.random.default_rng(5)) == make(chunk, np.random.default_rng(5))
+
+
+def test_decoder_only_text_infilling_rows_are_the_noisy_chunk_then_the_chunk_with_loss_on_the_chunk(corpus_file, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    metrics = pretrain(PretrainConfig(corpus=str(corpus_file), out=str(tmp_path / "llama"), arch="llama", objective="text-infilling",
+                                      max_steps=20, lr=3e-3, **TINY))
+    assert metrics["objective"] == "text infilling" and metrics["final_loss"] < metrics["first_loss"] - 0.5
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llama" / "model")
+    assert tokenizer.mask_token == "<mask>"  # added, and the embeddings grew with it
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "llama" / "model").get_input_embeddings().weight.shape[0] == len(tokenizer)
+    chunk = tokenizer("Amy asks Ben to bring the blue chairs to the party on Friday evening.", add_special_tokens=False).input_ids
+    cfg = PretrainConfig(corpus="c.txt", out="o", arch="llama", objective="mixed")
+    make, eos = row_maker(cfg, tokenizer, False), tokenizer.eos_token_id
+    kinds = set()
+    for draw in range(40):
+        row = make(chunk, np.random.default_rng([1, draw]))
+        if row.labels == row.input_ids == chunk:  # mixed: plain next-token prediction
+            kinds.add("next-token")
+            continue
+        kinds.add("infilling")
+        split = row.input_ids.index(eos) + 1
+        assert row.input_ids[split:] == [*chunk, eos] and row.labels == [-100] * split + [*chunk, eos]
+        assert tokenizer.mask_token_id in row.input_ids[:split] and len(row.input_ids[:split]) < len(chunk) + 1
+    assert kinds == {"next-token", "infilling"}
 
 
 def test_tiny_t5_learns_by_text_infilling(corpus_file, tmp_path):
@@ -212,7 +238,7 @@ def test_a_resumed_run_ends_with_the_same_weights(t5_run, tmp_path):
     ({"corpus": "empty.txt"}, "no text"),
     ({"noise_density": 1.5}, "--noise-density"),
     ({"objective": "masking"}, "--objective"),
-    ({"arch": "llama", "objective": "text-infilling"}, "--objective is for encoder-decoder models"),
+    ({"arch": "llama", "objective": "span-corruption"}, "--objective span-corruption is for encoder-decoder models"),
     ({"arch": "t5", "vocab_size": 350}, "at least 400"),
     ({"arch": "gpt2", "max_length": 256}, "longer than --context"),
     ({"arch": "rnn"}, "unknown --arch 'rnn'; use one of t5, bart, gpt2, llama"),

@@ -15,7 +15,12 @@ one (continued pre-training) or one built from a config with a tokenizer trained
   mixed: each chunk is drawn one of the two, with even odds.
   The noise is drawn per chunk from a generator seeded by (seed, epoch, chunk), so a resumed run sees the same
   inputs as an uninterrupted one.
-- Decoder-only (GPT-2, Llama, ...): next-token prediction.
+- Decoder-only (GPT-2, Llama, ...): next-token prediction; or, with objective text-infilling, each row is the
+  noisy chunk, EOS, then the chunk itself, with the loss on the chunk only (mixed: half the chunks so, half plain
+  next-token prediction). Reproducing a sequence seen a moment earlier is what forms the attention heads that copy
+  from a prompt (induction heads); next-token prediction on this project's small corpus never formed them (on a
+  random sequence repeated twice, the second copy's loss was no lower than the first's). Chunks are then
+  (max_length - 2) / 2 tokens, so that a row fits max_length.
 The corpus is tokenised once and packed into chunks of max_length tokens, documents separated by EOS (as T5
 and GPT-2 were trained), so batches are full and nothing is padded. The loop is finetune.py's: AdamW, warm-up
 then linear decay, clipping, checkpoints that resume exactly, log.jsonl and metrics.json.
@@ -42,11 +47,12 @@ from .finetune import train_step
 from .run import StepResult, Trainer, check_out_dir, make_optimizer, peak_memory_bytes, seed_processes, summary_table, train
 from .scratch import ScratchSpec, build_model, corpus_texts, train_tokenizer
 from .settings import RunSettings
-from .sft_data import Tokenized, collate, epoch_batches
+from .sft_data import IGNORE, Tokenized, collate, epoch_batches
 
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
-OBJECTIVE_NAMES = {"span-corruption": "span corruption", "text-infilling": "text infilling",
-                   "mixed": "span corruption + text infilling"}
+OBJECTIVE_NAMES = {("span-corruption", True): "span corruption", ("text-infilling", True): "text infilling",
+                   ("mixed", True): "span corruption + text infilling", ("text-infilling", False): "text infilling",
+                   ("mixed", False): "next-token prediction + text infilling"}
 DEFAULT_DENSITY = {"span-corruption": 0.15, "text-infilling": 0.3}
 RECENT = 10  # final_loss is the mean of this many last steps: one step's loss is noisy
 
@@ -93,7 +99,8 @@ class PretrainConfig(RunSettings, DistributedSettings):
     """Tokens per chunk of the packed corpus (before span corruption, which shortens the encoder input)."""
     objective: Literal["span-corruption", "text-infilling", "mixed"] | None = None
     """Encoder-decoder: span-corruption (T5's, the default), text-infilling (BART's: the decoder writes the whole
-    chunk back, which teaches copying from the input) or mixed (each chunk one of the two)."""
+    chunk back, which teaches copying from the input) or mixed (each chunk one of the two). Decoder-only:
+    next-token prediction (the default), text-infilling (the noisy chunk, then the chunk) or mixed."""
     noise_density: float | None = above(None, 0, below=1)
     """Encoder-decoder: share of each chunk's tokens that is masked; default 0.15 for span corruption, 0.3 for
     text infilling (the papers' values)."""
@@ -110,8 +117,8 @@ class PretrainConfig(RunSettings, DistributedSettings):
             self.spec().validate()
             if self.arch in ("t5", "bart") and self.vocab_size < 400:
                 raise UserError(f"--vocab-size must be at least 400 for {self.arch} (100 of it are sentinel tokens)")
-            if self.objective and self.arch not in ("t5", "bart"):
-                raise UserError(f"--objective is for encoder-decoder models (t5, bart); {self.arch} pre-trains on next-token prediction")
+            if self.objective == "span-corruption" and self.arch not in ("t5", "bart"):
+                raise UserError(f"--objective span-corruption is for encoder-decoder models (t5, bart); {self.arch} takes text-infilling or mixed")
             if self.max_length > self.context:
                 raise UserError(f"--max-length {self.max_length} is longer than --context {self.context}")
         self.validate_distributed()
@@ -221,6 +228,10 @@ def setup_model(cfg: PretrainConfig, texts: list[str], resume_from: Path | None)
             tokenizer.add_special_tokens({"additional_special_tokens": SENTINELS})
         tokenizer.model_max_length = cfg.context
         model = build_model(cfg.spec(), tokenizer)
+    if not is_seq2seq and cfg.objective in ("text-infilling", "mixed") and tokenizer.mask_token_id is None:
+        tokenizer.add_special_tokens({"mask_token": "<mask>"})
+        model.resize_token_embeddings(len(tokenizer))
+        note("the tokenizer had no mask token; added <mask> for text infilling and resized the embeddings")
     window = next((value for attr in CONTEXT_WINDOW_ATTRS if isinstance(value := getattr(model.config, attr, None), int) and value > 0), None)
     if window is not None and cfg.max_length > window:
         raise UserError(f"--max-length {cfg.max_length} is longer than the model's context window ({window})")
@@ -237,19 +248,30 @@ def pack_corpus(texts: list[str], tokenizer, chunk_length: int) -> tuple[list[li
     return [chunk for chunk in chunks if len(chunk) >= 2], len(stream)
 
 
-def denoiser(cfg: PretrainConfig, tokenizer):
-    """fn(chunk ids, rng) -> (encoder input, decoder target) for the run's encoder-decoder objective."""
+def row_maker(cfg: PretrainConfig, tokenizer, is_seq2seq: bool):
+    """fn(chunk ids, rng) -> the training row of that chunk under the run's objective."""
     sentinels, eos = sentinel_ids(tokenizer), [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else sentinels[0]
-    objective, span = cfg.objective or "span-corruption", cfg.mean_span_length
+    mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else (sentinels or [None])[0]
+    plain = "span-corruption" if is_seq2seq else "next-token"
+    objective, span = cfg.objective or plain, cfg.mean_span_length
 
-    def corrupt(ids: list[int], rng: np.random.Generator) -> tuple[list[int], list[int]]:
-        chosen = objective if objective != "mixed" else ("text-infilling" if rng.random() < 0.5 else "span-corruption")
-        if chosen == "text-infilling":
-            return text_infilling(ids, mask_id, eos, cfg.density(chosen), span, rng)
-        return span_corruption(ids, sentinels, eos, cfg.density(chosen), span, rng)
+    def make(ids: list[int], rng: np.random.Generator) -> Tokenized:
+        chosen = objective if objective != "mixed" else ("text-infilling" if rng.random() < 0.5 else plain)
+        if chosen == "next-token":
+            return Tokenized(ids, ids)
+        if chosen == "span-corruption":
+            return Tokenized(*span_corruption(ids, sentinels, eos, cfg.density(chosen), span, rng))
+        noisy, whole = text_infilling(ids, mask_id, eos, cfg.density(chosen), span, rng)
+        return Tokenized(noisy, whole) if is_seq2seq else Tokenized(noisy + whole, [IGNORE] * len(noisy) + whole)
 
-    return corrupt
+    return make
+
+
+def chunk_length(cfg: PretrainConfig, is_seq2seq: bool) -> int:
+    """Tokens per chunk, so that a training row fits max_length (EOS included)."""
+    if is_seq2seq:
+        return cfg.max_length - 1
+    return (cfg.max_length - 2) // 2 if cfg.objective in ("text-infilling", "mixed") else cfg.max_length
 
 
 def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq2seq: bool, dist: Distributed):
@@ -257,17 +279,14 @@ def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq
     batch; and the batches per epoch. The same for a fresh and a resumed run."""
     global_batch = cfg.batch_size * dist.world_size
     per_epoch = math.ceil(len(chunks) / global_batch)
-    corrupt = denoiser(cfg, tokenizer) if is_seq2seq else None
+    make = row_maker(cfg, tokenizer, is_seq2seq)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def batch(index: int) -> tuple[dict[str, torch.Tensor], float, int]:
         epoch, position = divmod(index, per_epoch)
         every = epoch_batches(len(chunks), global_batch, cfg.seed, epoch)[position]
         chosen, weight = dist.shard(every)
-        if corrupt is not None:
-            rows = [Tokenized(*corrupt(chunks[i], np.random.default_rng([cfg.seed, epoch, i]))) for i in chosen]
-        else:
-            rows = [Tokenized(chunks[i], chunks[i]) for i in chosen]
+        rows = [make(chunks[i], np.random.default_rng([cfg.seed, epoch, i])) for i in chosen]
         return collate(rows, pad_id, is_seq2seq), weight, sum(len(chunks[i]) for i in every)
 
     return batch, per_epoch
@@ -291,10 +310,10 @@ class PretrainTrainer(Trainer):
             raise UserError(f"corpus {cfg.corpus} holds no text")
         torch.manual_seed(cfg.seed)
         model, self.tokenizer, self.is_seq2seq = setup_model(cfg, texts, resume_from)  # the same weights everywhere
-        if cfg.objective and not self.is_seq2seq:
-            raise UserError(f"--objective {cfg.objective} is for encoder-decoder models; {cfg.model} is decoder-only "
-                            "and pre-trains on next-token prediction")
-        chunks, self.corpus_tokens = pack_corpus(texts, self.tokenizer, cfg.max_length - 1 if self.is_seq2seq else cfg.max_length)
+        if cfg.objective == "span-corruption" and not self.is_seq2seq:
+            raise UserError(f"--objective span-corruption is for encoder-decoder models; {cfg.model} is decoder-only "
+                            "(it takes text-infilling or mixed)")
+        chunks, self.corpus_tokens = pack_corpus(texts, self.tokenizer, chunk_length(cfg, self.is_seq2seq))
         if not chunks:
             raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
         self.cfg, self.dist, self.documents, self.chunks = cfg, dist, len(texts), len(chunks)
@@ -308,7 +327,8 @@ class PretrainTrainer(Trainer):
                                                    warmup_steps=warmup)
         self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
         self.max_grad_norm, self.learning_rate, self.description = cfg.max_grad_norm, cfg.learning_rate, "pre-training"
-        self.objective = OBJECTIVE_NAMES[cfg.objective or "span-corruption"] if self.is_seq2seq else "next-token prediction"
+        self.objective = OBJECTIVE_NAMES[(cfg.objective or "span-corruption", self.is_seq2seq)] if self.is_seq2seq or cfg.objective \
+            else "next-token prediction"
         note(f"{self.objective} on {self.model_type}, {self.total_params:,} parameters; {len(texts)} documents, "
              f"{self.corpus_tokens:,} tokens in {len(chunks)} chunks; {self.total_steps} steps of {cfg.batch_size * dist.world_size}"
              + (f", {dist.describe()}" if dist.enabled else ""))
