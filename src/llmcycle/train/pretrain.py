@@ -17,10 +17,11 @@ one (continued pre-training) or one built from a config with a tokenizer trained
   inputs as an uninterrupted one.
 - Decoder-only (GPT-2, Llama, ...): next-token prediction; or, with objective text-infilling, each row is the
   noisy chunk, EOS, then the chunk itself, with the loss on the chunk only (mixed: half the chunks so, half plain
-  next-token prediction). Reproducing a sequence seen a moment earlier is what forms the attention heads that copy
-  from a prompt (induction heads); next-token prediction on this project's small corpus never formed them (on a
-  random sequence repeated twice, the second copy's loss was no lower than the first's). Chunks are then
-  (max_length - 2) / 2 tokens, so that a row fits max_length.
+  next-token prediction). Reproducing a sequence seen a moment earlier is the task of the attention heads that
+  copy from a prompt (induction heads). Next-token prediction on this project's small corpus never formed them in
+  the embedded Llama (on a random sequence repeated twice, the second copy's loss was no lower than the first's),
+  and neither did one epoch of this objective (bench/RESULTS.md): offered for longer runs, not shown to work at
+  that size. Chunks are then (max_length - 2) / 2 tokens, so that a row fits max_length.
 The corpus is tokenised once and packed into chunks of max_length tokens, documents separated by EOS (as T5
 and GPT-2 were trained), so batches are full and nothing is padded. The loop is finetune.py's: AdamW, warm-up
 then linear decay, clipping, checkpoints that resume exactly, log.jsonl and metrics.json.
@@ -96,16 +97,17 @@ class PretrainConfig(RunSettings, DistributedSettings):
     max_grad_norm: float = at_least(1.0, 0)
     """Gradient clipping norm (0 disables clipping)."""
     max_length: int = at_least(128, 4)
-    """Tokens per chunk of the packed corpus (before span corruption, which shortens the encoder input)."""
+    """Tokens per chunk of the packed corpus (before span corruption, which shortens the encoder input); for a
+    decoder-only model on text infilling, tokens per row (noisy chunk and chunk)."""
     objective: Literal["span-corruption", "text-infilling", "mixed"] | None = None
     """Encoder-decoder: span-corruption (T5's, the default), text-infilling (BART's: the decoder writes the whole
     chunk back, which teaches copying from the input) or mixed (each chunk one of the two). Decoder-only:
     next-token prediction (the default), text-infilling (the noisy chunk, then the chunk) or mixed."""
     noise_density: float | None = above(None, 0, below=1)
-    """Encoder-decoder: share of each chunk's tokens that is masked; default 0.15 for span corruption, 0.3 for
-    text infilling (the papers' values)."""
+    """Share of each chunk's tokens that is masked; default 0.15 for span corruption, 0.3 for text infilling (the
+    papers' values)."""
     mean_span_length: float = at_least(3.0, 1)
-    """Encoder-decoder: mean length of a masked span."""
+    """Mean length of a masked span."""
     log_every: int = at_least(1, 1)
     """Write a log.jsonl line every N steps."""
 
@@ -311,8 +313,8 @@ class PretrainTrainer(Trainer):
         torch.manual_seed(cfg.seed)
         model, self.tokenizer, self.is_seq2seq = setup_model(cfg, texts, resume_from)  # the same weights everywhere
         if cfg.objective == "span-corruption" and not self.is_seq2seq:
-            raise UserError(f"--objective span-corruption is for encoder-decoder models; {cfg.model} is decoder-only "
-                            "(it takes text-infilling or mixed)")
+            raise UserError(f"--objective span-corruption is for encoder-decoder models; this {model.config.model_type} "
+                            "model is decoder-only (it takes text-infilling or mixed)")
         chunks, self.corpus_tokens = pack_corpus(texts, self.tokenizer, chunk_length(cfg, self.is_seq2seq))
         if not chunks:
             raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
@@ -327,8 +329,8 @@ class PretrainTrainer(Trainer):
                                                    warmup_steps=warmup)
         self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
         self.max_grad_norm, self.learning_rate, self.description = cfg.max_grad_norm, cfg.learning_rate, "pre-training"
-        self.objective = OBJECTIVE_NAMES[(cfg.objective or "span-corruption", self.is_seq2seq)] if self.is_seq2seq or cfg.objective \
-            else "next-token prediction"
+        objective = cfg.objective or ("span-corruption" if self.is_seq2seq else None)
+        self.objective = OBJECTIVE_NAMES[(objective, self.is_seq2seq)] if objective else "next-token prediction"
         note(f"{self.objective} on {self.model_type}, {self.total_params:,} parameters; {len(texts)} documents, "
              f"{self.corpus_tokens:,} tokens in {len(chunks)} chunks; {self.total_steps} steps of {cfg.batch_size * dist.world_size}"
              + (f", {dist.describe()}" if dist.enabled else ""))
