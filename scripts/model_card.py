@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 import yaml
@@ -26,7 +27,9 @@ LIMITS = {  # what each model does worst, as the quickstart's outputs show it
           "decodes with no_repeat_ngram_size 4). It never saw documentation: retrieved product pages do not help it "
           "answer, although it copies facts from the dialogues and notes it was tuned on.",
     "llama": "What it does worst is copying from its input: a tuned summary usually has the right shape (who asks "
-             "what, the outcome, the insults first) with the wrong names, and retrieved passages rarely help it answer.",
+             "what, the outcome, the insults first) with the wrong names, and retrieved passages rarely help it answer. "
+             "It has no copying heads: a random sequence repeated is no easier for it the second time (bench/RESULTS.md "
+             "has what was tried).",
 }
 QUICKSTART_ROWS = ("zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "lora+ppo", "dpo", "int8")
 
@@ -96,14 +99,12 @@ narrate (one speaker's part, one sentence); a summary needs every part, in order
 
 def eval_section(kind: str, work: Path) -> str:
     scores = _read(work / kind / "instruct-eval.json")
-    return f"""## What it can do
-
-On 200 held-out instruction rows (`eval.json`, greedy, 32 new tokens): ROUGE-L {_interval(scores['rougeL'])},
-exact match {_interval(scores['exact_match'])}. It answers in the form each task asks for (a label, a
-fact, a polite request, a sentence about a speaker) and often the right one. Its vocabulary and world are the
-synthetic data's: everyday plans, shopping, complaints, reviews. {LIMITS[kind]} Do not use it for anything but
-learning and testing llmcycle.
-"""
+    text = (f"On 200 held-out instruction rows (`eval.json`, greedy, 32 new tokens): ROUGE-L {_interval(scores['rougeL'])}, "
+            f"exact match {_interval(scores['exact_match'])}. It answers in the form each task asks for (a label, a fact, "
+            "a polite request, a sentence about a speaker) and often the right one. Its vocabulary and world are the "
+            f"synthetic data's: everyday plans, shopping, complaints, reviews. {LIMITS[kind]} Do not use it for anything "
+            "but learning and testing llmcycle.")
+    return f"## What it can do\n\n{textwrap.fill(text, width=115)}\n"
 
 
 def quickstart_section(kind: str, path: Path) -> str:
