@@ -70,8 +70,8 @@ def build_section(kind: str, work: Path, seconds: float | None, shared: bool) ->
     pre, pre_cfg = _read(work / kind / "pretrained/metrics.json"), _read(work / kind / "pretrained/config.yaml")
     tune, tune_cfg = _read(work / kind / "instruct/metrics.json"), _read(work / kind / "instruct/config.yaml")
     infill = infill_step(work, kind)
-    steps = [run["wall_time_s"] for run in (pre, tune)] + ([_read(work / kind / "infilled/metrics.json")["wall_time_s"]] if infill else [])
-    total = f"{seconds / 60:.0f} minutes" if seconds else f"{sum(steps) / 60:.0f} minutes of training"
+    trained = sum(_read(path)["wall_time_s"] for path in (work / kind).glob("*/metrics.json"))  # every training run's
+    total = f"{seconds / 60:.0f} minutes" if seconds else f"{trained / 60:.0f} minutes of training"
     after = 1 if infill else 0
     return f"""## How it was made
 

@@ -8,9 +8,9 @@ models:
 `stages` changes a stage's options for that model only, by the stage's name (its `name`, else its kind), because
 two architectures rarely share a learning rate; `generation` changes the recipe's generation settings for it.
 Each model runs the whole recipe in `OUT/LABEL/` (its stages, its metrics.json and report.html, exactly as a
-one-model recipe writes them); then `OUT/metrics.json` holds one
-block per label (`{"t5": {variant: ...}, "llama": {...}}`) and `OUT/report.html` puts the models side by side,
-with each model's full report below and how to serve what was tuned.
+one-model recipe writes them); then `OUT/metrics.json` holds one block per label (`{"t5": {variant: ...},
+"llama": {...}}`) and `OUT/report.html` puts the models side by side, with each model's full report below and
+how to serve what was tuned.
 """
 
 from __future__ import annotations

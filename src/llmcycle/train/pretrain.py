@@ -51,9 +51,6 @@ from .settings import RunSettings
 from .sft_data import IGNORE, Tokenized, collate, epoch_batches
 
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
-OBJECTIVE_NAMES = {("span-corruption", True): "span corruption", ("text-infilling", True): "text infilling",
-                   ("mixed", True): "span corruption + text infilling", ("text-infilling", False): "text infilling",
-                   ("mixed", False): "next-token prediction + text infilling"}
 DEFAULT_DENSITY = {"span-corruption": 0.15, "text-infilling": 0.3}
 RECENT = 10  # final_loss is the mean of this many last steps: one step's loss is noisy
 
@@ -329,8 +326,8 @@ class PretrainTrainer(Trainer):
                                                    warmup_steps=warmup)
         self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
         self.max_grad_norm, self.learning_rate, self.description = cfg.max_grad_norm, cfg.learning_rate, "pre-training"
-        objective = cfg.objective or ("span-corruption" if self.is_seq2seq else None)
-        self.objective = OBJECTIVE_NAMES[(objective, self.is_seq2seq)] if objective else "next-token prediction"
+        plain = "span corruption" if self.is_seq2seq else "next-token prediction"
+        self.objective = {"text-infilling": "text infilling", "mixed": f"{plain} + text infilling"}.get(cfg.objective, plain)
         note(f"{self.objective} on {self.model_type}, {self.total_params:,} parameters; {len(texts)} documents, "
              f"{self.corpus_tokens:,} tokens in {len(chunks)} chunks; {self.total_steps} steps of {cfg.batch_size * dist.world_size}"
              + (f", {dist.describe()}" if dist.enabled else ""))
