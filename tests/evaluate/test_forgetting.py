@@ -12,7 +12,7 @@ from scipy.stats import binomtest
 from conftest import run_cli, write_jsonl
 from llmcycle.evaluate.forgetting import exact_binomial_p, mcnemar
 from llmcycle.evaluate.stats import Statistic, mean_of_first, paired_change
-from test_suites import ROWS
+from suite_items import ROWS
 
 
 @pytest.fixture(scope="module")

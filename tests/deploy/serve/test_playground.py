@@ -14,7 +14,7 @@ if not shutil.which("chromium"):
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 
 from llmcycle.deploy.serve.app import RunningServer, ServerConfig, bind  # noqa: E402
-from test_serve import make_adapters  # noqa: E402
+from serving import make_adapters  # noqa: E402
 
 PROMPT = "Summarize: Amy and Ben. #Person1#: can we book a table today? Summary:"
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import run_cli, write_jsonl
-from test_serve import MAX_TOKENS, PROMPTS, _health, cli_generate, free_port, setups  # noqa: F401  (setups: fixture)
+from serving import MAX_TOKENS, PROMPTS, _health, cli_generate, free_port, setups  # noqa: F401  (setups: fixture)
 
 openai = pytest.importorskip("openai")
 

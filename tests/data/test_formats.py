@@ -9,7 +9,7 @@ from conftest import write_jsonl
 from llmcycle.data import load_examples, load_template
 from llmcycle.errors import UserError
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ROWS = [{"prompt": "Say hi", "completion": "hi"}, {"prompt": "Say bye", "completion": "bye"}]
 
 
