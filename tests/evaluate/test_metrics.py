@@ -92,3 +92,20 @@ def test_bootstrap_is_seeded_and_compare_reports_changes():
     assert change["absolute"] == pytest.approx(1.0 - first["rouge1"]["mean"], abs=1e-6)
     assert change["relative"] == pytest.approx(change["absolute"] / first["rouge1"]["mean"], abs=1e-5)
     assert "change" not in compared["before"]["rouge1"]
+
+
+def test_names_in_source_pools_the_names_found_in_each_prompt():
+    predictions = ["Amy tells Ben that Zed called. The end.", "They meet on Monday at noon.", "Carla agrees, Thanks."]
+    prompts = ["Summarize: Amy: hi Ben, Zedd here", "Summarize: Dev: see you", "Summarize: Carla: yes"]
+    result = score(data(predictions, [None] * 3, prompts=prompts), ["names_in_source"], resamples=200)
+    # Amy, Ben in the first prompt, Zed not a substring of it? "Zedd" contains "Zed": counted as in the input,
+    # as the metric's definition says (a substring of the row's prompt); Carla in the third. The, They, Monday,
+    # Thanks are not names.
+    assert result["names_in_source"]["mean"] == pytest.approx(4 / 4)
+    made_up = score(data(["Hugo and Amy agree."], [None], prompts=["Amy: fine"]), ["names_in_source"], resamples=0)
+    assert made_up["names_in_source"]["mean"] == pytest.approx(1 / 2)
+
+
+def test_names_in_source_is_not_measured_when_no_output_names_anyone():
+    result = score(data(["they agree."], [None], prompts=["Amy: fine"]), ["names_in_source"], resamples=100)
+    assert result["names_in_source"]["mean"] is None and result["names_in_source"]["ci95"] == [None, None]

@@ -10,6 +10,9 @@
   unigrams and bigrams that are unique within it (reference-free, Li et al. 2016, averaged over outputs).
 - repetition: the share of outputs that say one sentence three or more times (reference-free; the loop a
   small or over-tuned model falls into). Ours: the libraries above measure n-gram diversity, not this.
+- names_in_source: of the capitalised words an output uses as names, the share that occur in the row's prompt,
+  pooled over all outputs (names found / names used; reference-free). A summary that names people who are not
+  in its dialogue is unfaithful, whatever its ROUGE. Ours: no library measures this.
 - perplexity: of each reference (followed by EOS) given its prompt, under the model; exp(total NLL / total
   reference tokens) over the corpus.
 """
@@ -126,6 +129,32 @@ def _repetition(data: MetricInput) -> dict[str, Statistic]:
     return {"repetition": Statistic(np.array([[float(repeats_sentence(p))] for p in data.predictions]), mean_of_first)}
 
 
+NAME_PATTERN = re.compile(r"\b[A-Z][a-z]+\b")
+NOT_NAMES = frozenset(
+    "Summarize Summary The They He She It A An On In At Yes No OK Hi Hello Oh Please Thank Thanks I We You Both "
+    "Then After Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+)
+"""Capitalised words that open sentences or name days, not people: left out of names_in_source."""
+
+
+def names_used(text: str) -> list[str]:
+    """The words of `text` that look like names: capitalised, lower case after, not a sentence-opening word."""
+    return [word for word in NAME_PATTERN.findall(text) if word not in NOT_NAMES]
+
+
+def _names_in_source(data: MetricInput) -> dict[str, Statistic]:
+    counts = []  # (names found in the prompt, names used) per output
+    for prediction, prompt in zip(data.predictions, data.prompts):
+        names = names_used(prediction)
+        counts.append([sum(name in prompt for name in names), len(names)])
+
+    def pooled_share(samples: np.ndarray) -> np.ndarray:  # (B, n, 2) -> (B,); nan where no output names anyone
+        found, used = samples[..., 0].sum(axis=-1), samples[..., 1].sum(axis=-1)
+        return np.divide(found, used, out=np.full(found.shape, np.nan), where=used > 0)
+
+    return {"names_in_source": Statistic(np.array(counts, dtype=np.float64).reshape(-1, 2), pooled_share)}
+
+
 def _perplexity(data: MetricInput) -> dict[str, Statistic]:
     if data.model is None:
         raise UserError("metric 'perplexity' needs --model: it scores the references under a model")
@@ -188,8 +217,9 @@ METRICS: dict[str, Callable[[MetricInput], dict[str, Statistic]]] = {
     "length": _length,
     "distinct": _distinct,
     "repetition": _repetition,
+    "names_in_source": _names_in_source,
 }
-REFERENCE_FREE = ("toxicity", "length", "distinct", "repetition")
+REFERENCE_FREE = ("toxicity", "length", "distinct", "repetition", "names_in_source")
 """Metrics that read only the outputs, so they run on rows that have a prompt and no completion."""
 
 

@@ -56,7 +56,9 @@ def bootstrap_summary(statistic: Statistic, resamples: int = DEFAULT_RESAMPLES, 
     summary: dict = {"mean": _round(statistic.point())}
     if resamples > 0 and n > 1:
         samples = bootstrap(statistic, resamples, seed)
-        low, high = np.percentile(samples, [2.5, 97.5])
+        # A ratio metric is undefined on a resample with no denominator (names_in_source when no drawn output
+        # names anyone): such resamples carry no information about the interval.
+        low, high = np.nanpercentile(samples, [2.5, 97.5]) if not np.isnan(samples).all() else (np.nan, np.nan)
         summary["ci95"] = [_round(low), _round(high)]
     else:
         summary["ci95"] = [summary["mean"], summary["mean"]]
@@ -66,8 +68,9 @@ def bootstrap_summary(statistic: Statistic, resamples: int = DEFAULT_RESAMPLES, 
     return summary
 
 
-def _round(value: float) -> float:
-    return float(round(float(value), 6))
+def _round(value: float) -> float | None:
+    """Six decimals; None for a value that was not measured (nan), so JSON never carries NaN."""
+    return None if np.isnan(value) else float(round(float(value), 6))
 
 
 def paired_change(before: Statistic, after: Statistic, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
