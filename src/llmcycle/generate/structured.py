@@ -1,0 +1,178 @@
+"""Structured outputs: a reply held to JSON, a JSON schema, a regex, a list of choices or a grammar, token by token.
+
+The grammar engine is llguidance, one of vLLM's structured-output backends: it compiles a JSON schema, a regex or a
+Lark (or GBNF) grammar against the tokenizer's vocabulary and, before each token, says which tokens keep the output
+valid. This module only turns the request's fields into its grammars, checks them once, and keeps one matcher per
+generated row, so constrained and free rows share a batch. xgrammar, vLLM's default backend, pulls in triton (about
+1 GB on x86_64) for what llguidance does with no dependencies.
+
+JSON is generated without optional whitespace (compact separators), as the issue of structured outputs on small
+models is that every free space is a chance to wander off.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+JSON_DEFAULTS = {"whitespace_flexible": False}
+"""No optional whitespace in generated JSON: `{"a":1}`, never `{ "a": 1 }`."""
+
+
+class ConstraintError(ValueError):
+    """A constraint the engine cannot enforce (bad regex, unsupported schema keyword, ...), in one line."""
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a row's output must match: `kind` names it for messages, `grammar` is llguidance's serialised grammar."""
+
+    kind: str
+    grammar: str
+
+
+def json_object() -> Constraint:
+    return json_schema({"type": "object"}, kind="json_object")
+
+
+def json_schema(schema: dict | bool, kind: str = "json_schema") -> Constraint:
+    if not isinstance(schema, (dict, bool)):
+        raise ConstraintError("the JSON schema must be an object")
+    return Constraint(kind, _grammar_from_schema(json.dumps(schema, sort_keys=True)))
+
+
+def regex(pattern: str) -> Constraint:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConstraintError("the regex must be a non-empty string")
+    return Constraint("regex", _llguidance().LLMatcher.grammar_from_regex(pattern))
+
+
+def choice(options: list) -> Constraint:
+    """One of `options`, verbatim (a regex alternation of the escaped strings, as vLLM builds it)."""
+    if not isinstance(options, list) or not options or not all(isinstance(o, str) and o for o in options):
+        raise ConstraintError("choice must be a non-empty list of non-empty strings")
+    return Constraint("choice", _llguidance().LLMatcher.grammar_from_regex("|".join(f"({re.escape(o)})" for o in options)))
+
+
+def grammar(text: str) -> Constraint:
+    """A Lark grammar (llguidance's syntax) or a GBNF one (`root ::= ...`, as xgrammar and llama.cpp write them)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConstraintError("the grammar must be a non-empty string")
+    from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
+
+    try:
+        lark = any_to_lark(text)
+    except GbnfToLarkError as exc:
+        raise ConstraintError(f"the grammar does not parse: {_one_line(str(exc))}") from None
+    return Constraint("grammar", _llguidance().LLMatcher.grammar_from_lark(lark))
+
+
+@lru_cache(maxsize=256)
+def _grammar_from_schema(schema_json: str) -> str:
+    return _llguidance().LLMatcher.grammar_from_json_schema(json.loads(schema_json), defaults=JSON_DEFAULTS)
+
+
+def _llguidance():
+    import llguidance
+
+    return llguidance
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.strip().splitlines() if line.strip())[:300]
+
+
+class Grammars:
+    """A model's vocabulary as llguidance reads it, and the check and matchers of constraints against it."""
+
+    def __init__(self, tokenizer, vocab_size: int):
+        import llguidance.hf
+
+        self.vocab_size = vocab_size  # the model's logits may be wider than the tokenizer's vocabulary
+        self.tokenizer = llguidance.hf.from_tokenizer(_without_prefix_space(tokenizer), n_vocab=vocab_size)
+        self._checked: dict[str, str] = {}
+
+    def check(self, constraint: Constraint) -> None:
+        """Raise ConstraintError naming what the engine cannot enforce (an unimplemented schema keyword, ...)."""
+        error = self._checked.get(constraint.grammar)
+        if error is None:
+            error = _one_line(_llguidance().LLMatcher.validate_grammar(constraint.grammar, self.tokenizer) or "")
+            self._checked[constraint.grammar] = error
+        if error:
+            raise ConstraintError(f"{constraint.kind} cannot be enforced: {error}")
+
+    def matcher(self, constraint: Constraint) -> RowMatcher:
+        self.check(constraint)
+        return RowMatcher(self, constraint)
+
+
+class RowMatcher:
+    """One row's place in its grammar: masks the next token's scores, follows the tokens chosen."""
+
+    def __init__(self, grammars: Grammars, constraint: Constraint):
+        import llguidance.torch
+
+        self._torch = llguidance.torch
+        self.matcher = _llguidance().LLMatcher(grammars.tokenizer, constraint.grammar, log_level=0)
+        self.bitmask = llguidance.torch.allocate_token_bitmask(1, grammars.vocab_size)
+
+    def mask(self, scores: torch.Tensor) -> torch.Tensor:
+        """(1, vocab) scores with every token that would break the grammar at -inf (in place, on the CPU)."""
+        self._torch.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        cpu = scores if scores.device.type == "cpu" else scores.cpu()
+        self._torch.apply_token_bitmask_inplace(cpu, self.bitmask)
+        return cpu if cpu is scores else scores.copy_(cpu)
+
+    def accept(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise RuntimeError(f"the grammar refused token {token}: {_one_line(self.matcher.get_error())}")
+
+    @property
+    def finished(self) -> bool:
+        """The grammar allows nothing more: the row ends here ("stop")."""
+        return self.matcher.is_stopped()
+
+    @property
+    def complete(self) -> bool:
+        """What was generated so far is a whole match (an end-of-sequence token is allowed now)."""
+        return self.matcher.is_accepting()
+
+
+def _without_prefix_space(tokenizer):
+    """The tokenizer with byte-level `add_prefix_space` off, for llguidance's own tokenizations.
+
+    llguidance tokenizes the text a grammar forces to find the tokens that spell it; a tokenizer that puts a space
+    before every text (the embedded models' does, as SentencePiece does) would make it ask for a space first.
+    """
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer
+    raw = json.loads(backend.to_str())
+    if not _clear_prefix_space(raw.get("pre_tokenizer")):
+        return tokenizer
+    copy = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(raw)))
+    copy.add_special_tokens({"eos_token": tokenizer.eos_token} if tokenizer.eos_token else {})
+    return copy
+
+
+def _clear_prefix_space(node) -> bool:
+    """Set add_prefix_space false on every ByteLevel/Metaspace step of a serialised pre-tokenizer; whether any was on."""
+    changed = False
+    if isinstance(node, dict):
+        if node.get("type") == "ByteLevel" and node.get("add_prefix_space"):
+            node["add_prefix_space"], changed = False, True
+        if node.get("type") == "Metaspace" and node.get("prepend_scheme") not in (None, "never"):
+            node["prepend_scheme"], changed = "never", True
+        for value in node.values():
+            changed = _clear_prefix_space(value) or changed
+    elif isinstance(node, list):
+        for value in node:
+            changed = _clear_prefix_space(value) or changed
+    return changed
