@@ -189,13 +189,14 @@ def test_compare_with_bad_data_writes_nothing(llama_dir, tmp_path, capsys):
 
 def test_recipe_deploy_takes_the_new_method_names(tmp_path):
     from llmcycle.errors import UserError
-    from llmcycle.lifecycle.recipes import Recipe, plan
+    from llmcycle.lifecycle.core import Recipe
+    from llmcycle.lifecycle.runner import plan
 
     def recipe(quantize):
         stages = [{"finetune": {"name": "full", "method": "full"}}, {"deploy": {"from": "full", "quantize": quantize}}]
         return Recipe("r", "m", {}, [], {}, ["rouge"], stages, "r.yaml")
 
-    assert [s.options["quantize"] for s in plan(recipe("int8")) if s.kind == "deploy"] == ["int8"]
+    assert [s.options["quantize"] for s in plan(recipe("int8")) if s.stage == "deploy"] == ["int8"]
     assert plan(recipe("int8-weight"))[1].options["quantize"] == "int8-weight"
     with pytest.raises(UserError, match="quantize must be int8 or one of int8-dynamic"):
         plan(recipe("int3"))

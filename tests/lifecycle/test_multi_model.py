@@ -1,4 +1,4 @@
-"""Recipes over several models (lifecycle/kinds.py): per-model stage changes, their errors, one process a model."""
+"""Recipes over several models (lifecycle/multi_model.py): per-model stage changes, their errors, one process a model."""
 
 import json
 
@@ -8,7 +8,7 @@ from conftest import build, run_cli, write_jsonl
 
 from llmcycle.errors import UserError
 from llmcycle.evaluate.metrics import repeats_sentence
-from llmcycle.lifecycle.kinds import kind_data
+from llmcycle.lifecycle.multi_model import model_data
 from llmcycle.lifecycle.recipes import load_recipe
 
 STAGES = [{"baseline": {"shots": [0]}}, {"finetune": {"name": "full", "method": "full", "lr": 1.0e-3, "max_steps": 2}}, {"report": {}}]
@@ -17,19 +17,19 @@ STAGES = [{"baseline": {"shots": [0]}}, {"finetune": {"name": "full", "method": 
 def test_each_model_gets_the_shared_stages_with_its_own_changes():
     data = {"models": {"a": "m1", "b": {"model": "m2", "stages": {"full": {"lr": 5.0e-4}, "baseline": {"shots": [0, 1]}}}},
             "data": {}, "stages": STAGES}
-    kinds = kind_data(data, "r.yaml")
-    assert list(kinds) == ["a", "b"] and kinds["a"]["model"] == "m1" and kinds["b"]["model"] == "m2"
-    assert kinds["a"]["stages"] == STAGES  # untouched, and the shared list was not changed in place
-    assert kinds["b"]["stages"][1]["finetune"] == {"name": "full", "method": "full", "lr": 5.0e-4, "max_steps": 2}
-    assert kinds["b"]["stages"][0]["baseline"] == {"shots": [0, 1]}
+    models = model_data(data, "r.yaml")
+    assert list(models) == ["a", "b"] and models["a"]["model"] == "m1" and models["b"]["model"] == "m2"
+    assert models["a"]["stages"] == STAGES  # untouched, and the shared list was not changed in place
+    assert models["b"]["stages"][1]["finetune"] == {"name": "full", "method": "full", "lr": 5.0e-4, "max_steps": 2}
+    assert models["b"]["stages"][0]["baseline"] == {"shots": [0, 1]}
 
 
 def test_a_model_may_change_the_generation_settings_for_itself():
     data = {"models": {"a": "m1", "b": {"model": "m2", "generation": {"no_repeat_ngram_size": 4}}},
             "generation": {"max_new_tokens": 32, "no_repeat_ngram_size": 0}, "data": {}, "stages": STAGES}
-    kinds = kind_data(data, "r.yaml")
-    assert kinds["a"]["generation"] == {"max_new_tokens": 32, "no_repeat_ngram_size": 0}
-    assert kinds["b"]["generation"] == {"max_new_tokens": 32, "no_repeat_ngram_size": 4}
+    models = model_data(data, "r.yaml")
+    assert models["a"]["generation"] == {"max_new_tokens": 32, "no_repeat_ngram_size": 0}
+    assert models["b"]["generation"] == {"max_new_tokens": 32, "no_repeat_ngram_size": 4}
 
 
 @pytest.mark.parametrize("models, message", [
@@ -42,7 +42,7 @@ def test_a_model_may_change_the_generation_settings_for_itself():
 ])
 def test_bad_models_are_one_line_errors(models, message):
     with pytest.raises(UserError, match=message):
-        kind_data({"models": models, "data": {}, "stages": STAGES}, "r.yaml")
+        model_data({"models": models, "data": {}, "stages": STAGES}, "r.yaml")
 
 
 def test_two_models_run_side_by_side_in_processes(tmp_path, capsys):

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 from llmcycle.evaluate.compare import _cell
 from llmcycle.evaluate.metrics import direction, verdict
-from llmcycle.lifecycle.report import cost_table, findings, quality_table
+from llmcycle.lifecycle.report import cost_table, quality_table
+from llmcycle.lifecycle.stages.report import findings
 
 
 def summary(mean, low, high, **extra):
@@ -29,8 +30,8 @@ def test_a_rise_in_toxicity_is_red_on_the_console_and_in_the_report():
 
 
 def test_every_tuning_method_gets_a_finding_even_when_it_did_not_help():
-    variants = [SimpleNamespace(name="zero-shot", kind="prompting"), SimpleNamespace(name="full", kind="finetune"),
-                SimpleNamespace(name="prompt-tuning", kind="finetune")]
+    variants = [SimpleNamespace(name="zero-shot", stage="baseline"), SimpleNamespace(name="full", stage="finetune"),
+                SimpleNamespace(name="prompt-tuning", stage="finetune")]
     metrics = {
         "zero-shot": {"rougeL": summary(0.039, 0.035, 0.043), "cost": {"trainable_params": 0}},
         "full": {"rougeL": summary(0.227, 0.21, 0.24), "cost": {"method": "full", "wall_time_s": 30.0}},

@@ -334,17 +334,17 @@ def test_prompts_keep_the_top_chunks_that_fit_the_context_window(index, tmp_path
 
 
 def test_rag_stage_adds_a_variant_with_retrieval(t5_dir, tmp_path):
-    from llmcycle.lifecycle.rag_stage import run_rag
-    from llmcycle.lifecycle.recipes import Recipe, Run, Step, Variant
+    from llmcycle.lifecycle.core import Recipe, Run, Step, Variant
+    from llmcycle.lifecycle.stages.rag import run_rag
 
     assert run_cli("synth", "--task", "docs-qa", "--rows", "16", "--seed", "4", "--out", tmp_path / "qa.jsonl") == 0
     recipe = Recipe("r", str(t5_dir), {"test": str(tmp_path / "qa.jsonl")}, [], {"max_new_tokens": 4}, ["rouge"], [],
                     str(tmp_path / "recipe.yaml"))
     run = Run(recipe, tmp_path / "run", smoke=True)
-    run.variants["zero-shot"] = Variant("zero-shot", str(t5_dir), "prompting", cost={"trainable_params": 0})
+    run.variants["zero-shot"] = Variant("zero-shot", str(t5_dir), "baseline", cost={"trainable_params": 0})
     run_rag(run, Step(2, "rag", "", {"docs": str(tmp_path / "qa.docs.jsonl"), "k": 2, "chunk_tokens": 64}), tmp_path / "stage")
     added = run.variants["zero-shot+rag"]
-    assert added.kind == "rag" and {"exact_match", "f1", "rougeL", "hit@2", "answerable@2", "prompt_tokens"} <= set(added.metrics)
+    assert added.stage == "rag" and {"exact_match", "f1", "rougeL", "hit@2", "answerable@2", "prompt_tokens"} <= set(added.metrics)
     assert added.metrics["exact_match"]["n"] == 8  # a smoke run keeps 8 test rows
     assert added.cost["trainable_params"] == 0 and added.cost["rag_index_seconds"] > 0
     first = json.loads(Path(added.predictions).read_text().splitlines()[0])

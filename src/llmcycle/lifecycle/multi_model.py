@@ -5,7 +5,7 @@ models:
   t5: embedded-t5                                  # a label and a model, or:
   llama: {model: embedded-llama, stages: {full: {lr: 1.0e-3}, lora+ppo: {lr: 1.0e-4}}}
 ```
-`stages` changes a stage's options for that model only, by the stage's name (its `name`, else its kind), because
+`stages` changes a stage's options for that model only, by the stage's name (its `name`, else the stage's), because
 two architectures rarely share a learning rate; `generation` changes the recipe's generation settings for it.
 Each model runs the whole recipe in `OUT/LABEL/` (its stages, its metrics.json and report.html, exactly as a
 one-model recipe writes them); then `OUT/metrics.json` holds one block per label (`{"t5": {variant: ...},
@@ -17,20 +17,31 @@ from __future__ import annotations
 
 import copy
 import html
+import json
+import multiprocessing
 import os
 import sys
 import time
 from pathlib import Path
 
+import torch
+
+from .. import config as configs
 from .. import console
 from ..console import note, print_table
+from ..data.io import read_rows
 from ..errors import UserError
+from ..evaluate.metrics import verdict
 from ..outputs import atomic_open, write_json
+from .core import Run, stage_of, variant_metrics
+from .report import html_page
+from .runner import plan, recipe_from, run_steps, show_plan
+from .stages.report import report_parts
 
 LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-def kind_data(data: dict, source: str) -> dict[str, dict]:
+def model_data(data: dict, source: str) -> dict[str, dict]:
     """Each label's recipe fields: the shared ones, its model, and the stages with its changes applied."""
     models = data["models"]
     if "model" in data:
@@ -38,10 +49,10 @@ def kind_data(data: dict, source: str) -> dict[str, dict]:
     if not isinstance(models, dict) or not models:
         raise UserError(f"{source}: 'models' must map labels to models, e.g. {{t5: embedded-t5, llama: embedded-llama}}")
     shared = {key: value for key, value in data.items() if key != "models"}
-    return {str(label): _one_kind(shared, str(label), spec, source) for label, spec in models.items()}
+    return {str(label): _one_model(shared, str(label), spec, source) for label, spec in models.items()}
 
 
-def _one_kind(shared: dict, label: str, spec, source: str) -> dict:
+def _one_model(shared: dict, label: str, spec, source: str) -> dict:
     where = f"{source}: models.{label}"
     if not label or set(label) - LABEL_CHARS:
         raise UserError(f"{where}: a label is lower-case letters, digits, '-' and '_' (it names a folder)")
@@ -59,17 +70,17 @@ def _one_kind(shared: dict, label: str, spec, source: str) -> dict:
 
 
 def _changed_stages(stages, changes, where: str):
-    """A copy of the recipe's stages with this model's changes applied (by stage name, else kind)."""
+    """A copy of the recipe's stages with this model's changes applied (by the stage's `name`, else the stage)."""
     if not isinstance(changes, dict) or not all(isinstance(v, dict) for v in changes.values()):
         raise UserError(f"{where}.stages: map a stage's name to the options to change, e.g. {{full: {{lr: 1.0e-3}}}}")
     stages = copy.deepcopy(stages)
     found = set()
     for entry in stages if isinstance(stages, list) else []:
         if isinstance(entry, dict) and len(entry) == 1:
-            (kind, options), = entry.items()
-            key = str((options or {}).get("name", kind))
+            (stage, options), = entry.items()
+            key = str((options or {}).get("name", stage))
             if key in changes:
-                entry[kind] = {**(options or {}), **changes[key]}
+                entry[stage] = {**(options or {}), **changes[key]}
                 found.add(key)
     missing = sorted(set(changes) - found)
     if missing:
@@ -77,22 +88,17 @@ def _changed_stages(stages, changes, where: str):
     return stages
 
 
-def kind_recipes(path: str, data_overrides: dict | None = None) -> dict | None:
+def model_recipes(path: str, data_overrides: dict | None = None) -> dict | None:
     """{label: Recipe} for a recipe with `models`; None for a one-model recipe."""
-    from .. import config as configs
-    from .recipes import recipe_from
-
     data = configs.read_yaml(path)
     if "models" not in data:
         return None
-    return {label: recipe_from(fields, str(path), None, data_overrides) for label, fields in kind_data(data, str(path)).items()}
+    return {label: recipe_from(fields, str(path), None, data_overrides) for label, fields in model_data(data, str(path)).items()}
 
 
-def run_kinds(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = False, jobs: int | None = None) -> dict:
+def run_models(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = False, jobs: int | None = None) -> dict:
     """Run the recipe for each model in OUT/LABEL (`jobs` models at once, in processes of their own), then write
     the side-by-side metrics.json and report."""
-    from .recipes import run_steps, show_plan, variant_metrics
-
     if dry_run:
         for label, recipe in recipes.items():
             show_plan(recipe, f"recipe {recipe.name}, {label}: {recipe.model}")
@@ -109,7 +115,7 @@ def run_kinds(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool = 
     write_json(out / "metrics.json", metrics)
     serving = {label: serve_instructions(run, 8000 + i) for i, (label, run) in enumerate(runs.items())}
     write_side_by_side(out / "report.html", runs, metrics, serving)
-    print_side_by_side(metrics)
+    print_side_by_side(metrics, headline_orders(runs))
     for label, (command, snippet) in serving.items():  # results, so on stdout, unwrapped: they are to be copied
         console.out.print(f"serve the {label} model and its tuned adapters:\n{command}\nthen, from Python:\n{snippet}\n",
                           markup=False, highlight=False, soft_wrap=True)
@@ -124,10 +130,6 @@ def run_in_processes(recipes: dict, out: Path, smoke: bool, jobs: int) -> None:
     """Each model's recipe in a process of its own, the CPU's cores split between them (token-by-token generation
     of a small model keeps one thread busy, not two), its console in OUT/LABEL/console.log; here, a line as each
     stage completes. A failed model stops the others and its error is raised here."""
-    import multiprocessing
-
-    from .recipes import plan
-
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     waiting, running, seen = list(recipes.items()), {}, set()
@@ -155,10 +157,6 @@ def run_in_processes(recipes: dict, out: Path, smoke: bool, jobs: int) -> None:
 
 def _run_one(recipe, out: str, smoke: bool, threads: int) -> None:
     """A model's recipe, in a process started by run_in_processes, printing to OUT/console.log."""
-    import torch
-
-    from .recipes import run_steps
-
     torch.set_num_threads(threads)
     log = open(Path(out) / "console.log", "a", buffering=1)  # noqa: SIM115 (the process's stdout and stderr until it exits)
     os.dup2(log.fileno(), 1)
@@ -171,8 +169,6 @@ def _run_one(recipe, out: str, smoke: bool, threads: int) -> None:
 
 
 def _announce(label: str, folder: Path, stages: int, seen: set) -> None:
-    import json
-
     for done in sorted(folder.glob("stages/*/stage.json")):
         if (label, done.parent.name) not in seen:
             seen.add((label, done.parent.name))
@@ -190,11 +186,18 @@ def _last_error(log: Path) -> str:
 # ---------------------------------------------------------------- side by side
 
 
-def headline(entry: dict) -> tuple[str, dict | None]:
-    """The metric a variant is compared by: ROUGE-L on the test data, exact match on the rag stage's questions
-    (whose entries carry a closed-book exact match or a retrieval cost)."""
-    rag = "closed_book_exact_match" in entry.get("cost", {}) or ("exact_match" in entry and "toxicity" not in entry)
-    for metric in ("exact_match", "rougeL") if rag else ("rougeL", "exact_match"):
+def headline_orders(runs: dict) -> dict[str, tuple[str, ...]]:
+    """{variant: the metrics it is compared by, in order}, as the stage that made it says (`Stage.headline`)."""
+    orders = {}
+    for run in runs.values():
+        for name, variant in run.variants.items():
+            orders.setdefault(name, stage_of(variant).headline)
+    return orders
+
+
+def headline(entry: dict, order: tuple[str, ...]) -> tuple[str, dict | None]:
+    """The first metric of `order` that the metrics.json entry holds, and its summary."""
+    for metric in order:
         if isinstance(entry.get(metric), dict):
             return metric, entry[metric]
     return "-", None
@@ -207,12 +210,12 @@ def _rows(metrics: dict) -> list[str]:
     return names
 
 
-def print_side_by_side(metrics: dict) -> None:
+def print_side_by_side(metrics: dict, orders: dict) -> None:
     labels = list(metrics)
     rows = []
     for name in _rows(metrics):
         entries = [metrics[label].get(name) for label in labels]
-        metric = next((headline(e)[0] for e in entries if e), "-")
+        metric = next((headline(e, orders[name])[0] for e in entries if e), "-")
         cells = []
         for entry in entries:
             summary = (entry or {}).get(metric)
@@ -222,11 +225,11 @@ def print_side_by_side(metrics: dict) -> None:
     print_table("the lifecycle, model by model", ["variant", "metric", *labels, "toxicity " + " / ".join(labels)], rows)
 
 
-def serve_instructions(run, port: int) -> tuple[str, str]:
+def serve_instructions(run: Run, port: int) -> tuple[str, str]:
     """The `llmcycle serve` command for the base model with every tuned adapter of the run, and an openai call."""
     base = run.recipe.model
     adapters = [(name, Path(v.model) / "adapter") for name, v in run.variants.items()
-                if v.kind in ("finetune", "align") and (Path(v.model) / "adapter" / "adapter_config.json").is_file()]
+                if stage_of(v).serves_adapters and (Path(v.model) / "adapter" / "adapter_config.json").is_file()]
     lines = [f"llmcycle serve --model {base} --port {port}", *(f"--adapter {name.replace('+', '-')}={path}" for name, path in adapters)]
     command = " \\\n    ".join(lines)
     first = adapters[0][0].replace("+", "-") if adapters else base
@@ -241,21 +244,17 @@ def serve_instructions(run, port: int) -> tuple[str, str]:
     return command, snippet
 
 
-def _example_prompt(run) -> str:
-    from ..data.io import read_rows
-
+def _example_prompt(run: Run) -> str:
     rows = read_rows(run.test)[0]
     return str(rows[0].values.get("prompt", "")) if rows else ""
 
 
 def write_side_by_side(path: Path, runs: dict, metrics: dict, serving: dict) -> None:
-    from .report import html_page, report_parts
-
     first = next(iter(runs.values())).recipe
-    labels = list(runs)
+    labels, orders = list(runs), headline_orders(runs)
     head = "".join(f"<th>{html.escape(label)}<br><span class='ci'>{html.escape(runs[label].recipe.model)}</span></th>" for label in labels)
-    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{headline(next(e for e in (metrics[l].get(name) for l in labels) if e))[0]}</td>"
-                   + "".join(_cell(metrics[label].get(name), metrics[label].get("zero-shot")) for label in labels) + "</tr>"
+    body = "".join(f"<tr><td>{html.escape(name)}</td><td>{headline(next(e for e in (metrics[l].get(name) for l in labels) if e), orders[name])[0]}</td>"
+                   + "".join(_cell(metrics[label].get(name), metrics[label].get("zero-shot"), orders[name]) for label in labels) + "</tr>"
                    for name in _rows(metrics))
     parts = [f"<h1>llmcycle: {html.escape(first.name)}, {' and '.join(labels)} side by side</h1>",
              f"<p>{html.escape(first.description)}</p>" if first.description else "",
@@ -276,19 +275,17 @@ def write_side_by_side(path: Path, runs: dict, metrics: dict, serving: dict) -> 
         handle.write(html_page(f"llmcycle {first.name}", parts))
 
 
-def _cell(entry: dict | None, zero_shot: dict | None) -> str:
+def _cell(entry: dict | None, zero_shot: dict | None, order: tuple[str, ...]) -> str:
     """The variant's headline with its interval, coloured where the interval clears zero-shot's (same metric)."""
     if not entry:
         return "<td>-</td>"
-    metric, summary = headline(entry)
+    metric, summary = headline(entry, order)
     if summary is None:
         return "<td>-</td>"
     base = (zero_shot or {}).get(metric) if zero_shot is not entry else None
     low, high = summary["ci95"]
     klass = ""
     if isinstance(base, dict):
-        from ..evaluate.metrics import verdict
-
         apart = low > base["ci95"][1] or high < base["ci95"][0]
         klass = verdict(metric, summary["mean"] - base["mean"]) if apart else ""
     extra = "".join(f"<br><span class='ci'>{key} {entry[key]['mean']:.3f}</span>" for key in ("toxicity", "repetition")

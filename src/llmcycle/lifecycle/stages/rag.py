@@ -1,4 +1,4 @@
-"""The `rag` stage of a recipe: every variant so far answers the test questions again, with retrieval.
+"""The `rag` stage: every variant so far answers the test questions again, with retrieval.
 
 ```yaml
 - rag: {docs: docs/ , retriever: dense, k: 5, chunk_tokens: 200, overlap: 32, embedder: minilm}
@@ -24,14 +24,45 @@ questions and prompt layout (`closed_book_exact_match`).
 
 from __future__ import annotations
 
+import html
+import json
 from pathlib import Path
 
-from ..errors import UserError
+from ... import config as configs
+from ...data.io import read_rows
+from ...data.synthetic_docs import docs_qa
+from ...errors import UserError
+from ...models import ModelOptions
+from ...outputs import write_jsonl
+from ...rag.chunking import ChunkSettings
+from ...rag.evaluate import CLOSED_BOOK, evaluate_rag
+from ...rag.index import IndexOptions, build_index
+from ...rag.retrieve import check_retriever
+from ...train.finetune import FinetuneConfig, finetune
+from ..core import (
+    APART,
+    BASE,
+    SMOKE_STEPS,
+    TUNED,
+    Run,
+    Stage,
+    Step,
+    Variant,
+    check_data_spec,
+    first_base,
+    score,
+    stage_of,
+    start_afresh,
+    training_cost,
+)
+from ..report import interval
+
+NAME = "rag"
 
 RAG_KEYS = {"docs", "retriever", "k", "chunk_tokens", "overlap", "embedder", "questions", "variants", "name", "finetune"}
 
 
-def check_rag(options: dict, where: str) -> None:
+def check_rag(options: dict, where: str, names: set, source: str) -> None:
     """A rag stage's options: `docs` (required: a path, a list of paths, or {task: docs-qa, rows, seed})."""
     extra = set(options) - RAG_KEYS
     if extra:
@@ -39,13 +70,9 @@ def check_rag(options: dict, where: str) -> None:
     docs = options.get("docs")
     if not (isinstance(docs, (str, list)) or (isinstance(docs, dict) and docs.get("task") == "docs-qa")):
         raise UserError(f"{where} (rag): 'docs' must be a path, a list of paths, or {{task: docs-qa, rows: N, seed: S}}")
-    from ..rag.retrieve import check_retriever
-
     check_retriever(str(options.get("retriever", "dense")), int(options.get("k", 5)))
     if "questions" in options:
-        from .recipes import _check_data_spec
-
-        _check_data_spec(options["questions"], where, "(rag) questions")
+        check_data_spec(options["questions"], where, "(rag) questions")
     if not isinstance(options.get("variants", []), list):
         raise UserError(f"{where} (rag): 'variants' must be a list of earlier variant names")
     if "finetune" in options:
@@ -53,9 +80,6 @@ def check_rag(options: dict, where: str) -> None:
 
 
 def _check_finetune(options: dict, where: str) -> None:
-    from .. import config as configs
-    from ..train.finetune import FinetuneConfig
-
     if not (isinstance(options["docs"], dict) and options["docs"].get("task") == "docs-qa"):
         raise UserError(f"{where} (rag): finetune trains on the docs task's questions, so docs must be {{task: docs-qa, ...}}")
     fields_ = options["finetune"]
@@ -64,12 +88,9 @@ def _check_finetune(options: dict, where: str) -> None:
     FinetuneConfig(**configs.checked(FinetuneConfig, fields_, f"{where} (rag finetune)"), model="m", data="d", out="o").validate()
 
 
-def _documents(run, options: dict, folder: Path) -> list[str]:
+def _documents(run: Run, options: dict, folder: Path) -> list[str]:
     docs = options["docs"]
     if isinstance(docs, dict):
-        from ..data.synthetic_docs import docs_qa
-        from ..outputs import write_jsonl
-
         path = folder / "docs.jsonl"
         write_jsonl(path, docs_qa(int(docs.get("rows", 400)), int(docs.get("seed", 1)))[0])
         return [str(path)]
@@ -77,15 +98,10 @@ def _documents(run, options: dict, folder: Path) -> list[str]:
     return [str(p if Path(p).exists() else base / p) for p in ([docs] if isinstance(docs, str) else docs)]
 
 
-def run_rag(run, step, folder: Path) -> None:
+def run_rag(run: Run, step: Step, folder: Path) -> None:
     """Build the index, then score every earlier variant with retrieval on the test questions."""
-    from ..models import ModelOptions
-    from ..rag.chunking import ChunkSettings
-    from ..rag.evaluate import CLOSED_BOOK, evaluate_rag
-    from ..rag.index import IndexOptions, build_index
-
     options = step.options
-    check_rag(options, f"stage {step.index}")
+    check_rag(options, f"stage {step.index}", set(run.variants), run.recipe.source)
     folder.mkdir(parents=True, exist_ok=True)
     chunking = ChunkSettings(int(options.get("chunk_tokens", 200)), int(options.get("overlap", 32)))
     build_index(_documents(run, options, folder), str(folder / "index"), IndexOptions(str(options.get("embedder", "minilm")), chunking))
@@ -99,11 +115,11 @@ def run_rag(run, step, folder: Path) -> None:
                               out=str(folder / f"{slug}.metrics.json"), resamples=200 if run.smoke else 1000,
                               save_predictions=str(folder / f"{slug}.predictions.jsonl"))
         predictions = _report_predictions(folder / f"{slug}.predictions.jsonl", retriever, folder / f"{slug}.rag.jsonl")
-        first = variant.kind == "prompting" and "name" in options
+        first = stage_of(variant).variant_role == BASE and "name" in options
         _add_variant(run, variant, result[retriever], result[CLOSED_BOOK], predictions, str(options["name"]) if first else None)
 
 
-def _with_retrieval(run, options: dict) -> list:
+def _with_retrieval(run: Run, options: dict) -> list:
     """The variants that answer again with retrieval: `variants`, else one prompting variant (the first: retrieval
     replaces the shots) and every tuned, aligned and deployed one."""
     chosen = options.get("variants")
@@ -112,22 +128,13 @@ def _with_retrieval(run, options: dict) -> list:
         if unknown:
             raise UserError(f"rag stage: variants: '{unknown[0]}' is no earlier variant ({', '.join(run.variants)})")
         return [run.variants[name] for name in chosen] + ([run.variants["docs-ft"]] if "finetune" in options else [])
-    first_prompting = next((v.name for v in run.variants.values() if v.kind == "prompting"), None)
+    base = first_base(run)
     return [v for v in list(run.variants.values())
-            if v.kind in ("finetune", "align", "deploy") or v.name == first_prompting or (v.name == "docs-ft" and "finetune" in options)]
+            if stage_of(v).variant_role == TUNED or v is base or (v.name == "docs-ft" and "finetune" in options)]
 
 
-def _finetune_closed_book(run, options: dict, questions: str, folder: Path) -> None:
+def _finetune_closed_book(run: Run, options: dict, questions: str, folder: Path) -> None:
     """Fine-tune the recipe's model on the docs' questions that are not test questions; score it closed book."""
-    import shutil
-
-    from .. import config as configs
-    from ..data.io import read_rows
-    from ..data.synthetic_docs import docs_qa
-    from ..outputs import write_jsonl
-    from ..train.finetune import FinetuneConfig, finetune
-    from .recipes import SMOKE_STEPS, Variant, _cost, _score
-
     docs = options["docs"]
     held_out = {row.values.get("question") for row in read_rows(questions)[0]}
     train = [row for row in docs_qa(int(docs.get("rows", 400)), int(docs.get("seed", 1)))[1] if row["question"] not in held_out]
@@ -138,27 +145,21 @@ def _finetune_closed_book(run, options: dict, questions: str, folder: Path) -> N
                          data=str(folder / "finetune-train.jsonl"), out=str(folder / "finetune"))
     if run.smoke:
         cfg.max_steps, cfg.save_every, cfg.eval_every = SMOKE_STEPS, None, None
-    shutil.rmtree(folder / "finetune", ignore_errors=True)
-    variant = Variant("docs-ft", str(folder / "finetune"), "rag", cost=_cost(finetune(cfg)), log=str(folder / "finetune" / "log.jsonl"))
-    variant.metrics, variant.predictions = _score(run, variant, questions, folder / "docs-ft.jsonl", ["exact_match", "rouge"])
+    start_afresh(folder / "finetune")
+    variant = Variant("docs-ft", str(folder / "finetune"), NAME, cost=training_cost(finetune(cfg)), log=str(folder / "finetune" / "log.jsonl"))
+    variant.metrics, variant.predictions = score(run, variant, questions, folder / "docs-ft.jsonl", ["exact_match", "rouge"])
     run.variants["docs-ft"] = variant
 
 
 def _report_predictions(saved: Path, retriever: str, out: Path) -> Path:
     """`rag eval`'s per-question records as the report's prediction records (prompt, prediction, reference)."""
-    import json
-
-    from ..outputs import write_jsonl
-
     records = [json.loads(line) for line in saved.read_text().splitlines() if line.strip()]
     write_jsonl(out, ({"prompt": r["question"], "prediction": r[retriever]["answer"], "reference": r["answers"][0],
                        "sources": r[retriever]["sources"]} for r in records))
     return out
 
 
-def _add_variant(run, variant, arm: dict, closed_book: dict, predictions: Path, name: str | None = None) -> None:
-    from .recipes import Variant
-
+def _add_variant(run: Run, variant: Variant, arm: dict, closed_book: dict, predictions: Path, name: str | None = None) -> None:
     if "exact_match" not in arm:
         raise UserError("rag stage: the test rows gave no answers to score; give rows with question and answers")
     costs = arm.pop("costs")
@@ -168,5 +169,35 @@ def _add_variant(run, variant, arm: dict, closed_book: dict, predictions: Path, 
     cost["closed_book_exact_match"] = closed_book.get("exact_match", {}).get("mean")
     metrics = {key: value for key, value in arm.items() if isinstance(value, dict) and "mean" in value}
     name = name or f"{variant.name}+rag"
-    run.variants[name] = Variant(name, variant.model, "rag", cost=cost, metrics=metrics, predictions=str(predictions))
+    run.variants[name] = Variant(name, variant.model, NAME, cost=cost, metrics=metrics, predictions=str(predictions))
 
+
+# ---------------------------------------------------------------- what it adds to the report
+
+
+def rag_section(metrics: dict, variants: list) -> str:
+    """The rag stage's variants (each earlier variant with retrieval, and a closed-book fine-tune on the docs'
+    other questions): answers, retrieval, misses and what each cost, on the stage's questions."""
+    names = sorted({v.name for v in variants if v.stage == NAME})
+    rows, keys = [], sorted({key for n in names for key in metrics.get(n, {}) if key.startswith(("hit@", "answerable@"))})
+    for name in sorted(names, key=lambda n: ("+" in n or n == "rag", n)):
+        entry, cost = metrics.get(name, {}), metrics.get(name, {}).get("cost", {})
+        closed = cost.get("closed_book_exact_match", (entry.get("exact_match") or {}).get("mean") if "rag_index_seconds" not in cost else None)
+        cells = [interval(entry.get(m)) for m in ("exact_match", "f1", "rougeL", *keys)]
+        misses = f"{cost['rag_misses_retrieval']} / {cost.get('rag_misses_generation', '-')}" if "rag_misses_retrieval" in cost else "-"
+        timing = (f"{cost['rag_index_seconds']:.1f} s index, {cost.get('rag_retrieval_ms_per_question', 0):.0f} + "
+                  f"{cost.get('rag_generation_ms_per_question', 0):.0f} ms a question, {cost.get('rag_prompt_tokens', 0):.0f} prompt tokens"
+                  if "rag_index_seconds" in cost else f"{cost['wall_time_s']:.1f} s training, closed book" if "wall_time_s" in cost else "-")
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{'-' if closed is None else f'{closed:.3f}'}</td>"
+                    + "".join(f"<td>{c}</td>" for c in cells) + f"<td>{misses}</td><td>{timing}</td></tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{k}</th>" for k in ("exact match", "F1", "ROUGE-L", *keys))
+    return ("<h2>Retrieval against fine-tuning</h2><table><tr><th>variant</th><th>exact match without retrieval</th>"
+            f"{head}<th>misses: retrieval / generation</th><th>cost</th></tr>{''.join(rows)}</table>"
+            "<p class='ci'>The same questions with and without retrieval (docs-ft: fine-tuned without retrieval on the "
+            "documentation's other questions). A retrieval miss: the gold answer was not in the retrieved text "
+            "(answerable@k); a generation miss: it was, and the answer was still wrong. '-': not measured.</p>")
+
+
+RAG = Stage(NAME, check_rag, run_rag, variant_role=APART, headline=("exact_match", "rougeL"), section=rag_section)

@@ -1,0 +1,140 @@
+"""The `baseline` stage: the model as it comes, prompted zero-, one- and few-shot, and with chain-of-thought
+where a task has worked answers.
+
+```yaml
+- baseline: {shots: [0, 1, 3]}
+- baseline: {shots: [0, 1, 3], cot: {data: {task: arithmetic, rows: 40, seed: 15}, shots: 3}}
+```
+`cot` runs `llmcycle prompt --cot` on its own data (rows with a rationale and an answer): the same queries and
+shots answered directly and after reasoning, accuracy of the extracted answer with the paired change. Its result
+rides on the prompting variant with that many shots (else the last one) as `chain_of_thought`, because the
+summaries of the test data cannot be scored by an extracted answer.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ... import config as configs
+from ...errors import UserError
+from ...evaluate.metrics import verdict
+from ...generate.prompting import (
+    CotRequest,
+    cot_dataset,
+    prompt_dataset,
+    shots_label,
+    shots_path,
+)
+from ...models import ModelOptions, locate
+from ..core import BASE, Run, Stage, Step, Variant, check_data_spec, size_on_disk
+from ..report import best, interval, mean
+
+NAME = "baseline"
+
+
+@dataclass
+class BaselineOptions:
+    shots: list[int] = field(default_factory=lambda: [0, 1, 3])
+    """Shot counts to compare."""
+    cot: dict | None = None
+    """Chain-of-thought on other data: {data: {task: arithmetic, rows, seed} or a file, shots: K, max_new_tokens: N}."""
+
+    def validate(self, where: str = "baseline") -> None:
+        if self.cot is None:
+            return
+        if not isinstance(self.cot, dict) or "data" not in self.cot or set(self.cot) - {"data", "shots", "max_new_tokens"}:
+            raise UserError(f"{where}: cot is {{data: {{task: arithmetic, rows: N, seed: S}} or a file, shots: K, max_new_tokens: N}}")
+        for key in ("shots", "max_new_tokens"):
+            if key in self.cot and (not isinstance(self.cot[key], int) or self.cot[key] < (0 if key == "shots" else 1)):
+                raise UserError(f"{where}: cot.{key} must be a whole number of at least {0 if key == 'shots' else 1}")
+
+
+def check_baseline(options: dict, where: str, names: set, source: str) -> None:
+    where = f"{where} (baseline)"
+    baseline = BaselineOptions(**configs.checked(BaselineOptions, options, where))
+    baseline.validate(where)
+    if baseline.cot is not None:
+        check_data_spec(baseline.cot["data"], source or where, f"{where} cot.data")
+
+
+def run_baseline(run: Run, step: Step, folder: Path) -> None:
+    options = BaselineOptions(**configs.checked(BaselineOptions, step.options, "baseline"))
+    shots, timings = options.shots, {}
+    results = prompt_dataset(ModelOptions(run.recipe.model), run.data_options(run.test), ",".join(str(k) for k in shots), run.settings(),
+                             str(folder / "predictions.jsonl"), shot_data=run.data_options(run.train), truncate_shots=True,
+                             metrics=run.recipe.metrics, timings=timings)
+    several_beyond_one = sum(k > 1 for k in shots) > 1
+    base_size = size_on_disk(locate(run.recipe.model).base)
+    names = []
+    for k in shots:
+        label = shots_label(k)
+        name = label if k < 2 or several_beyond_one else "few-shot"
+        names.append(name)
+        run.variants[name] = Variant(name, run.recipe.model, NAME, metrics=results.get(label, {}),
+                                     cost={"trainable_params": 0, "generation_time_s": timings.get(label), "size_on_disk_bytes": base_size},
+                                     predictions=shots_path(str(folder / "predictions.jsonl"), k, len(shots) > 1))
+    if options.cot is not None:
+        cot_shots = options.cot.get("shots", 3)
+        name = names[shots.index(cot_shots)] if cot_shots in shots else names[-1]
+        run.variants[name].chain_of_thought = _chain_of_thought(run, options.cot, folder)
+
+
+def _chain_of_thought(run: Run, cot: dict, folder: Path) -> dict:
+    """Direct answers against reasoning first, on the cot data: accuracy, share answered, the paired change."""
+    data = run.data_file("cot", cot["data"])
+    tokens = int(cot.get("max_new_tokens", 64))
+    settings = replace(run.settings(), max_new_tokens=min(tokens, 8) if run.smoke else tokens)
+    started = time.perf_counter()
+    results = cot_dataset(ModelOptions(run.recipe.model), run.data_options(data), settings, str(folder / "cot.jsonl"),
+                          CotRequest(int(cot.get("shots", 3)), truncate_shots=True))
+    task = cot["data"].get("task") if isinstance(cot["data"], dict) else Path(str(cot["data"])).stem
+    return {"task": task, "shots": int(cot.get("shots", 3)), "generation_time_s": time.perf_counter() - started,
+            "predictions": str(folder / "cot.cot.jsonl"), **results}
+
+
+def chain_of_thought_entry(variant: Variant, run: Run) -> dict:
+    return {"chain_of_thought": variant.chain_of_thought} if variant.chain_of_thought else {}
+
+
+# ---------------------------------------------------------------- what it adds to the report
+
+
+def shots_help(metrics: dict, variants: list) -> list:
+    zero, more = metrics.get("zero-shot"), [n for n in metrics if n.endswith("-shot") and n not in ("zero-shot",)]
+    if not zero or not more:
+        return []
+    top = best(metrics, more)
+    ok = top[1] > mean(zero, "rougeL") + 0.01  # a clear gain, not rounding
+    return [(ok, f"In-context examples {'help' if ok else 'do not help this model'}: best {top[0]} ROUGE-L {top[1]:.3f} "
+                 f"against zero-shot {mean(zero, 'rougeL'):.3f}." + ("" if ok else " A model this small has little in-context learning to draw on; the course's claim is about large models."))]
+
+
+def cot_section(metrics: dict, variants: list) -> str:
+    """Direct answers against chain-of-thought, on the baseline's cot data."""
+    found = [(name, entry["chain_of_thought"]) for name, entry in metrics.items() if entry.get("chain_of_thought")]
+    if not found:
+        return ""
+    cot = found[0][1]
+    rows = "".join(
+        f"<tr><td>{mode}</td><td>{interval(cot[mode].get('accuracy'))}</td><td>{cot[mode].get('answered', 0):.0%}</td>"
+        f"<td>{_change(cot[mode].get('accuracy', {}).get('change'))}</td></tr>" for mode in ("direct", "cot", "self-consistency") if mode in cot)
+    return (f"<h2>Chain-of-thought</h2><p>{cot['shots']}-shot prompts on {html.escape(str(cot['task']))} word problems: the "
+            "same queries and shots answered directly, and with worked rationales in the shots so the model reasons "
+            f"before answering ('The answer is N.'). The answer extracted from each output is scored.</p><table><tr><th>mode</th>"
+            f"<th>accuracy</th><th>answered</th><th>change against direct</th></tr>{rows}</table>"
+            "<p class='ci'>answered: the share of outputs an answer could be extracted from.</p>")
+
+
+def _change(change: dict | None) -> str:
+    if not change:
+        return "-"
+    low, high = change["ci95"]
+    klass = verdict("accuracy", change["absolute"]) if low > 0 or high < 0 else ""  # coloured where the interval clears 0
+    return f"<span class='{klass}'>{change['absolute']:+.3f}</span> <span class='ci'>[{low:+.3f}, {high:+.3f}]</span>"
+
+
+BASELINE = Stage(NAME, check_baseline, run_baseline, variant_role=BASE, metrics_entry=chain_of_thought_entry,
+                 findings=shots_help, section=cot_section)

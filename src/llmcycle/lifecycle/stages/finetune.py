@@ -1,0 +1,153 @@
+"""The `finetune` stage: instruction fine-tuning of the recipe's model on the train data, one variant a stage.
+
+```yaml
+- finetune: {name: lora, method: lora, lora_rank: 16, lr: 3.0e-3, epochs: 2}
+```
+Its options are `llmcycle finetune`'s (FinetuneConfig), but for the model, data and folders, which come from the
+recipe. A validation curve on the test data is logged ten times a run, for the report's loss plot.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ... import config as configs
+from ...console import note
+from ...data.io import read_rows
+from ...errors import UserError
+from ...train.finetune import FinetuneConfig, finetune
+from ..core import (
+    BASE,
+    SMOKE_STEPS,
+    Run,
+    Stage,
+    Step,
+    Variant,
+    start_afresh,
+    training_cost,
+    with_role,
+)
+from ..report import best, mean, png, pyplot
+
+NAME = "finetune"
+
+
+def check_finetune(options: dict, where: str, names: set, source: str) -> None:
+    fields_ = {k: v for k, v in options.items() if k != "name"}
+    for taken in ("model", "data", "out", "eval_data"):
+        if taken in fields_:
+            raise UserError(f"{where} (finetune): '{taken}' comes from the recipe, not the stage")
+    FinetuneConfig(**configs.checked(FinetuneConfig, fields_, f"{where} (finetune)"), model="m", data="d", out="o").validate()
+
+
+def run_finetune(run: Run, step: Step, folder: Path) -> None:
+    fields_ = {k: v for k, v in step.options.items() if k != "name"}
+    cfg = FinetuneConfig(**configs.checked(FinetuneConfig, fields_, "finetune"), model=run.recipe.model, data=run.train,
+                         eval_data=run.test, out=str(folder / "run"), template=run.recipe.template)
+    if run.smoke:
+        cfg.max_steps, cfg.save_every, cfg.eval_every = SMOKE_STEPS, None, None
+        if cfg.method == "qlora" and not torch.cuda.is_available():
+            note("smoke run without CUDA: qlora runs as lora")
+            cfg.method = "lora"
+    elif cfg.eval_every is None:
+        cfg.eval_every = max(1, _steps(cfg, run) // 10)  # a validation curve for the report
+    start_afresh(folder / "run")
+    metrics = finetune(cfg)
+    run.variants[step.name] = Variant(step.name, str(folder / "run"), NAME, cost=training_cost(metrics), log=str(folder / "run" / "log.jsonl"))
+
+
+def _steps(cfg: FinetuneConfig, run: Run) -> int:
+    """The optimizer steps `finetune` will run, counted as it counts them (rows of any format, rounded up)."""
+    rows = len(read_rows(run.train)[0])
+    return cfg.max_steps or math.ceil(math.ceil(rows / cfg.batch_size) * cfg.epochs / cfg.grad_accum)
+
+
+# ---------------------------------------------------------------- what it adds to the report
+
+
+def tuning_findings(metrics: dict, variants: list) -> list:
+    found = [_tuning_beats_prompting(metrics, variants), *_each_method(metrics, variants), _lora_near_full(metrics)]
+    return [finding for finding in found if finding]
+
+
+def _tuned(variants: list) -> list:
+    return [v for v in variants if v.stage == NAME]
+
+
+def _tuning_beats_prompting(metrics: dict, variants: list):
+    prompted = best(metrics, [v.name for v in with_role(variants, BASE)])
+    tuned = best(metrics, [v.name for v in _tuned(variants)])
+    if not prompted or not tuned:
+        return None
+    low = metrics[tuned[0]]["rougeL"]["ci95"][0]
+    high = metrics[prompted[0]]["rougeL"]["ci95"][1]
+    ok = low > high
+    return ok, (f"Fine-tuning {'beats' if ok else 'does not clearly beat'} prompting: best tuned variant <b>{tuned[0]}</b> "
+                f"ROUGE-L {tuned[1]:.3f} against the best prompt <b>{prompted[0]}</b> {prompted[1]:.3f} "
+                f"({'the 95% intervals do not overlap' if ok else 'the 95% intervals overlap'}).")
+
+
+METHOD_NOTES = {
+    "prompt-tuning": " Prompt tuning needs scale: Lester et al. (2021) find it matches full fine-tuning only near 10B "
+                     "parameters, and lags far behind on small models, as here.",
+    "prefix-tuning": " Prefix tuning, like prompt tuning, trains few parameters and is known to lag on small models.",
+}
+
+
+def _each_method(metrics: dict, variants: list) -> list:
+    """A finding for every tuned variant against zero-shot prompting, including those that did not help."""
+    zero = mean(metrics.get("zero-shot", {}), "rougeL")
+    if zero is None:
+        return []
+    found = []
+    for variant in _tuned(variants):
+        entry = metrics.get(variant.name, {})
+        tuned = mean(entry, "rougeL")
+        if tuned is None:
+            continue
+        low, high = entry["rougeL"]["ci95"]
+        zero_low, zero_high = metrics["zero-shot"]["rougeL"]["ci95"]
+        verdict_text = "above" if low > zero_high else "below" if high < zero_low else "within the interval of"
+        method = entry.get("cost", {}).get("method", variant.name)
+        caveat = METHOD_NOTES.get(method, "") if verdict_text != "above" else ""
+        found.append((verdict_text == "above", f"<b>{html.escape(variant.name)}</b> ({html.escape(str(method))}) scores ROUGE-L "
+                      f"{tuned:.3f} [{low:.3f}, {high:.3f}], {verdict_text} zero-shot prompting ({zero:.3f}).{caveat}"))
+    return found
+
+
+def _lora_near_full(metrics: dict):
+    lora = next((n for n in metrics if n.lower().startswith("lora") and "+" not in n), None)
+    if "full" not in metrics or lora is None or mean(metrics["full"], "rougeL") in (None, 0):
+        return None
+    ratio = mean(metrics[lora], "rougeL") / mean(metrics["full"], "rougeL")
+    share = metrics[lora]["cost"].get("trainable_share", 0)
+    ok = ratio >= 0.9
+    return ok, (f"LoRA {'comes close to' if ok else 'falls short of'} full fine-tuning: {ratio:.0%} of its ROUGE-L "
+                f"while training {share:.2%} of the parameters.")
+
+
+def loss_curves(metrics: dict, variants: list) -> list:
+    runs = [v for v in _tuned(variants) if v.log and Path(v.log).is_file()]
+    if not runs:
+        return []
+    figure, axis = pyplot().subplots(figsize=(6, 3.6))
+    for variant in runs:
+        records = [json.loads(line) for line in Path(variant.log).read_text().splitlines()]
+        axis.plot([r["step"] for r in records], [r["loss"] for r in records], label=f"{variant.name} train")
+        evals = [r for r in records if "eval_loss" in r]
+        if evals:
+            axis.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "--", marker="o", label=f"{variant.name} validation")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss")
+    axis.set_yscale("log")
+    axis.legend(fontsize=7)
+    return [png(figure, "Training and validation loss")]
+
+
+FINETUNE = Stage(NAME, check_finetune, run_finetune, names_variant=True, serves_adapters=True, findings=tuning_findings,
+                 plots=loss_curves)
