@@ -9,3 +9,11 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line and exit status 2."""
 
     exit_code = 2
+
+
+class ReportedError(UserError):
+    """A failure that other processes (the training workers) have already reported; only their exit status is passed on."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(f"a training process failed with exit status {exit_code}")
+        self.exit_code = exit_code

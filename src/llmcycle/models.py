@@ -15,6 +15,7 @@ import yaml
 
 from .console import note
 from .errors import UserError
+from .quantization import require_backend
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ENCODER_DECODER = "encoder-decoder"
@@ -186,8 +187,6 @@ def load_base(base: str, *, torch_dtype: torch.dtype, trust_remote_code: bool = 
 
     config = _from_pretrained(AutoConfig, base, trust_remote_code=trust_remote_code)
     if getattr(config, "quantization_config", None) is not None:  # written by `llmcycle quantize`, or a hub quantised model
-        from .deploy.quantize import require_backend
-
         require_backend(config)
     kind = model_kind(config)
     auto = AutoModelForSeq2SeqLM if kind == ENCODER_DECODER else AutoModelForCausalLM

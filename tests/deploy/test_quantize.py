@@ -23,7 +23,7 @@ def torchao_in_memory(model, method):
     """The peer: torchao's own quantize_ applied to the float model, with the config llmcycle names for `method`."""
     from torchao.quantization import quantize_
 
-    from llmcycle.deploy.quantize import torchao_config
+    from llmcycle.quantization import torchao_config
 
     head = model.get_output_embeddings()
     quantize_(model, torchao_config(method), filter_fn=lambda module, name: isinstance(module, torch.nn.Linear) and module is not head)

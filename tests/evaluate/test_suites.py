@@ -12,8 +12,8 @@ import torch
 from conftest import run_cli, write_jsonl
 from suite_items import ROWS, SHOTS
 from llmcycle.errors import UserError
-from llmcycle.evaluate.benchmark import load_suite, pick_shots, score_model
-from llmcycle.evaluate.scoring import render_context
+from llmcycle.evaluate.benchmark import load_suite, pick_shots
+from llmcycle.evaluate.scoring import render_context, score_model
 from llmcycle.evaluate.suites import read_suite
 from llmcycle.models import load_model
 

@@ -17,8 +17,7 @@ import warnings
 import click
 
 from ..console import err
-from ..errors import UserError
-from ..train.distributed import ReportedError
+from ..errors import ReportedError, UserError
 from . import align, deploy, generate, lifecycle, plan, rag, serve, train
 
 

@@ -10,7 +10,7 @@ import functools
 import click
 
 from ..errors import UserError
-from ..generate.engine import GenerationSettings
+from ..generate.settings import GenerationSettings
 
 DTYPE_CHOICES = click.Choice(["auto", "float32", "bfloat16", "float16"])
 CONFIG_FILE = click.option("--config", "config_file", type=click.Path(), help="YAML config (a saved DIR/config.yaml reproduces its run).")

@@ -32,8 +32,8 @@ import torch
 
 from ..console import note, print_table
 from ..errors import UserError
-from .quantize import (BNB_METHODS, METHODS, canonical_method, check_output, publish, quantize, require_hardware,
-                       staging_beside, weight_file_bytes)
+from ..quantization import BNB_METHODS, require_hardware
+from .quantize import METHODS, canonical_method, check_output, publish, quantize, staging_beside, weight_file_bytes
 
 REFERENCES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}

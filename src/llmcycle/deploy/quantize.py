@@ -34,7 +34,6 @@ CPU int8 saves disk and memory but is not faster (bench/RESULTS.md).
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import tempfile
 import time
@@ -45,15 +44,11 @@ import torch
 
 from ..console import note
 from ..errors import UserError
-from ..plan.memory import INT4_GROUP
+from ..quantization import BNB_METHODS, TORCHAO_METHODS, import_torchao, quiet_torchao, require_hardware, torchao_config
 
-TORCHAO_METHODS = ("int8-dynamic", "int8-weight", "int4-weight")
-BNB_METHODS = ("nf4", "int8-bnb")
 METHODS = TORCHAO_METHODS + BNB_METHODS
 ALIASES = {"int8": "int8-dynamic"}
-INT4_GROUP_SIZE = INT4_GROUP  # torchao's default group, as the planner sizes int4; inputs it does not divide stay float
 METADATA_FILE = "quantization.json"
-NOISY_LOGGERS = ("torchao", "torch.utils._pytree")  # missing optional CUDA kernels, a deprecation in torchao's import
 
 
 @dataclass
@@ -74,72 +69,6 @@ def canonical_method(method: str) -> str:
     if name not in METHODS:
         raise UserError(f"unknown quantisation method '{method}'; use one of {', '.join(METHODS)}")
     return name
-
-
-@contextlib.contextmanager
-def quiet_torchao():
-    """torchao logs at import that optional kernels for other hardware did not load; not for users."""
-    loggers = [logging.getLogger(name) for name in NOISY_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
-
-
-def import_torchao():
-    """torchao, with the modules transformers imports to read and write its safetensors, imported quietly."""
-    with quiet_torchao():
-        import torchao
-        import torchao.prototype.safetensors.safetensors_support  # noqa: F401
-
-    return torchao
-
-
-def require_hardware(method: str, device: torch.device) -> None:
-    """Refuse, in one line naming what is missing, a method that cannot run on `device`."""
-    if method in BNB_METHODS:
-        if device.type != "cuda":
-            raise UserError(f"--method {method} needs a CUDA GPU (bitsandbytes quantises on CUDA), and none is visible here; "
-                            "on this machine use int8-dynamic or int8-weight")
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError as exc:
-            raise UserError(f"--method {method} needs bitsandbytes: pip install 'llmcycle[bnb]'") from exc
-    elif method == "int4-weight" and device.type != "cuda":
-        raise UserError("--method int4-weight needs a CUDA GPU: torchao's int4 weight-only kernels run on CUDA only; "
-                        "on this machine use int8-weight or int8-dynamic")
-    if method in TORCHAO_METHODS:
-        _probe(method, device)
-
-
-def _probe(method: str, device: torch.device) -> None:
-    """Quantise and run one small linear layer, so a kernel missing on this hardware fails before any work."""
-    dtype = torch.bfloat16 if method == "int4-weight" else torch.float32
-    layer = torch.nn.Linear(256, 256, dtype=dtype, device=device)
-    try:
-        with quiet_torchao():
-            from torchao.quantization import quantize_
-
-            quantize_(layer, torchao_config(method))
-            layer(torch.ones(2, 256, dtype=dtype, device=device))
-    except (ImportError, RuntimeError, AssertionError, NotImplementedError) as exc:
-        version = import_torchao().__version__
-        raise UserError(f"--method {method} cannot run on {device.type} with torchao {version}: {' '.join(str(exc).split())[:200]}") from exc
-
-
-def torchao_config(method: str):
-    with quiet_torchao():
-        from torchao.quantization import Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
-
-    if method == "int8-dynamic":
-        return Int8DynamicActivationInt8WeightConfig()
-    if method == "int8-weight":
-        return Int8WeightOnlyConfig()
-    return Int4WeightOnlyConfig(group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d")
 
 
 def quantization_config(method: str):
@@ -312,18 +241,3 @@ def _count_from_metadata(folder: Path) -> int:
     import json
 
     return int(json.loads((folder / METADATA_FILE).read_text())["quantized_layers"])
-
-
-def require_backend(config) -> None:
-    """Before loading a folder written by `quantize`: its library is importable quietly, and CUDA is there for bitsandbytes."""
-    quant = getattr(config, "quantization_config", None)
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    method = getattr(method, "value", method)
-    if method == "torchao":
-        import_torchao()
-    elif method == "bitsandbytes":
-        four_bit = quant.get("load_in_4bit") if isinstance(quant, dict) else getattr(quant, "load_in_4bit", False)
-        if not torch.cuda.is_available():
-            raise UserError(f"{getattr(config, '_name_or_path', 'the model')} is quantised with bitsandbytes "
-                            f"({'4-bit' if four_bit else '8-bit'}), which needs a CUDA GPU, and none is visible here")
-        require_hardware("nf4" if four_bit else "int8-bnb", torch.device("cuda"))

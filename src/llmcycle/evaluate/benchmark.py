@@ -15,33 +15,12 @@ import numpy as np
 
 from ..errors import UserError
 from ..models import LoadedModel, ModelOptions
-from .scoring import encode_items, item_targets, loglikelihoods, render_context
+from .holistic import holistic_view
+from .scoring import SuiteScores, score_model
 from .stats import Statistic, bootstrap_summary, mean_of_first
 from .suites import Item, Suite, read_item_rows, read_suite
 
 SCORINGS = ("choice", "letter")
-
-
-@dataclass
-class SuiteScores:
-    """One model's log-likelihoods for every choice of every item."""
-
-    items: list[Item]
-    loglikelihoods: list[np.ndarray]
-    scoring: str
-
-    def predictions(self, normalised: bool = False) -> np.ndarray:
-        """Index of the chosen choice per item; normalised divides by the scored text's length in characters."""
-        picks = []
-        for item, lls in zip(self.items, self.loglikelihoods):
-            lengths = np.array([len(t) for t in item_targets(item, self.scoring)], dtype=np.float64)
-            picks.append(int(np.argmax(lls / lengths if normalised else lls)))
-        return np.array(picks)
-
-    def correct(self) -> dict[str, np.ndarray]:
-        answers = np.array([item.answer for item in self.items])
-        return {"acc": (self.predictions() == answers).astype(np.float64),
-                "acc_norm": (self.predictions(True) == answers).astype(np.float64)}
 
 
 def load_suite(source: str, shot_data: str | None, split: str | None = None) -> Suite:
@@ -77,13 +56,6 @@ def pick_shots(suite: Suite, shots: int, seed: int) -> list[list[Item]]:
             drawn = random.Random(seed * 1_000_003 + index).sample(pool, shots + 1)
             chosen.append([other for other in drawn if other.id != item.id][:shots])
     return chosen
-
-
-def score_model(loaded: LoadedModel, suite: Suite, shots: list[list[Item]], scoring: str, batch_size: int,
-                description: str = "scoring") -> SuiteScores:
-    contexts = [render_context(item, item_shots, scoring) for item, item_shots in zip(suite.items, shots)]
-    encoded = encode_items(loaded, suite.items, contexts, scoring)
-    return SuiteScores(suite.items, loglikelihoods(loaded, encoded, batch_size, description), scoring)
 
 
 def _macro(subjects: list[str]) -> Statistic:
@@ -198,8 +170,6 @@ def evaluate_suite(model: ModelOptions, request: SuiteRequest, compare: list[str
         stats[label], correct[label] = suite_statistics(scores), scores.correct()
         records += sample_records(scores, label if compare else None)
         if request.holistic:
-            from .holistic import holistic_view
-
             runs[label]["holistic"] = holistic_view(loaded, suite, shots, scores, request, settings)
         del loaded
     add_changes(runs, stats, request.resamples, request.seed, correct)
@@ -234,7 +204,7 @@ def score_probe(model: str, suite: str, samples: str, *, shots: int = 0, scoring
     """One model on a recipe's suite probe; its items go to `samples`, which forgetting.samples_forgetting pairs later.
 
     With `holistic`, the result carries the HELM-style view (generations use `settings`, the recipe's)."""
-    from ..generate.engine import GenerationSettings
+    from ..generate.settings import GenerationSettings
 
     settings = settings or GenerationSettings()
     request = SuiteRequest(suite, shots, None, scoring, limit=limit, samples=samples, seed=settings.seed,

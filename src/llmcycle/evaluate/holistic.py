@@ -23,6 +23,8 @@ import numpy as np
 from ..console import print_table
 from ..generate.engine import GenerationSettings, generate
 from ..models import LoadedModel
+from .metrics import toxicity_scores
+from .scoring import score_model
 from .stats import Statistic, bootstrap_summary, mean_of_first, paired_change
 from .suites import Item, Suite
 
@@ -97,9 +99,6 @@ def efficiency(loaded: LoadedModel, prompts: list[str], settings: GenerationSett
 
 def holistic_view(loaded: LoadedModel, suite: Suite, shots: list[list[Item]], scores, request, settings: GenerationSettings | None) -> dict:
     """`{"accuracy", "calibration_ece", "robustness", "toxicity", "efficiency"}` for one model; prints its table."""
-    from .benchmark import score_model
-    from .metrics import toxicity_scores
-
     settings = settings or GenerationSettings()
     clean = Statistic(scores.correct()["acc"][:, None], mean_of_first)
     noisy = score_model(loaded, perturbed_suite(suite, request.seed), shots, request.scoring, request.batch_size, "holistic: perturbed")

@@ -27,7 +27,7 @@ import torch
 from ..console import progress
 from ..errors import UserError
 from ..models import LoadedModel
-from .suites import LETTERS, Item
+from .suites import LETTERS, Item, Suite
 
 SHOT_DELIMITER = "\n\n"
 TARGET_DELIMITER = " "
@@ -214,3 +214,33 @@ def loglikelihoods(loaded: LoadedModel, encoded: list[Encoded], batch_size: int,
                 offset += count
             bar.advance(task, len(chosen))
     return result
+
+
+@dataclass
+class SuiteScores:
+    """One model's log-likelihoods for every choice of every item."""
+
+    items: list[Item]
+    loglikelihoods: list[np.ndarray]
+    scoring: str
+
+    def predictions(self, normalised: bool = False) -> np.ndarray:
+        """Index of the chosen choice per item; normalised divides by the scored text's length in characters."""
+        picks = []
+        for item, lls in zip(self.items, self.loglikelihoods):
+            lengths = np.array([len(t) for t in item_targets(item, self.scoring)], dtype=np.float64)
+            picks.append(int(np.argmax(lls / lengths if normalised else lls)))
+        return np.array(picks)
+
+    def correct(self) -> dict[str, np.ndarray]:
+        answers = np.array([item.answer for item in self.items])
+        return {"acc": (self.predictions() == answers).astype(np.float64),
+                "acc_norm": (self.predictions(True) == answers).astype(np.float64)}
+
+
+def score_model(loaded: LoadedModel, suite: Suite, shots: list[list[Item]], scoring: str, batch_size: int,
+                description: str = "scoring") -> SuiteScores:
+    """Every choice's log-likelihood for each item of `suite`, after that item's shots."""
+    contexts = [render_context(item, item_shots, scoring) for item, item_shots in zip(suite.items, shots)]
+    encoded = encode_items(loaded, suite.items, contexts, scoring)
+    return SuiteScores(suite.items, loglikelihoods(loaded, encoded, batch_size, description), scoring)

@@ -55,6 +55,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from ..quantization import INT4_GROUP
 
 GB = 1e9  # decimal gigabytes, as the ZeRO paper and GPU data sheets use
 PETAFLOP_S_DAY = 1e15 * 86400  # 8.64e19 FLOPs
@@ -421,9 +422,6 @@ def nf4_bytes_per_param(double_quant: bool) -> float:
 
 
 # ---------------------------------------------------------------- bytes
-
-
-INT4_GROUP = 128  # torchao's int4 weight-only group size (deploy/quantize.py uses the same)
 
 
 def quantized_weight_bytes(shape: ModelShape, method: str, kept_bytes: int) -> float | None:

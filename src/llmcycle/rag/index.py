@@ -22,18 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..console import note, print_table, progress
+from ..console import note, print_table
 from ..errors import UserError
 from ..outputs import write_json, write_jsonl
 from .chunking import Chunk, ChunkSettings, chunk_documents
 from .documents import Document, read_documents
+from .embedder import Embedder, load_embedder
+from .qdrant_store import write_qdrant
+from .retrieve import BM25_STOPWORDS, FORMAT, FORMAT_VERSION, RagIndex
 
-FORMAT = "llmcycle-rag-index"
-FORMAT_VERSION = 1
 DEFAULT_EMBEDDER = "minilm"
 ANN_KINDS = ("hnsw", "ivf")
-BM25_STOPWORDS = "en"
-ENCODE_BLOCK_BATCHES = 32
 
 
 @dataclass
@@ -69,73 +68,6 @@ class IndexOptions:
             raise UserError(f"--store must be folder or qdrant (got {self.store})")
         if (self.store == "qdrant") != bool(self.url):
             raise UserError("--store qdrant needs --url (a server URL, or a folder for Qdrant's local mode), and --url goes with --store qdrant")
-
-
-@dataclass
-class Embedder:
-    """A sentence-transformers model and what the manifest records about it."""
-
-    name: str
-    path: str
-    model: object
-
-    @property
-    def dimension(self) -> int:
-        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        return int(getter())
-
-    @property
-    def token_limit(self) -> int | None:
-        """Content tokens the embedder reads (its limit less the [CLS]/[SEP]-style tokens it adds)."""
-        limit = getattr(self.model, "max_seq_length", None)
-        if not isinstance(limit, int) or limit <= 0:
-            return None
-        return max(1, limit - self.model.tokenizer.num_special_tokens_to_add(pair=False))
-
-    def describe(self) -> dict:
-        return {"name": self.name, "path": self.path, "dimension": self.dimension, "max_seq_length": self.model.max_seq_length, "normalized": True}
-
-    def encode(self, texts: list[str], batch_size: int, description: str = "embedding") -> np.ndarray:
-        """(len(texts), dimension) float32, L2-normalised; longest texts first, as one `encode` call would batch them."""
-        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        block = batch_size * ENCODE_BLOCK_BATCHES
-        with progress() as bar:
-            task = bar.add_task(description, total=len(texts))
-            for start in range(0, len(order), block):
-                indices = order[start : start + block]
-                vectors[indices] = self.model.encode([texts[i] for i in indices], batch_size=batch_size, normalize_embeddings=True,
-                                                     convert_to_numpy=True, show_progress_bar=False)
-                bar.advance(task, len(indices))
-        return vectors
-
-
-def embedder_path(spec: str) -> str:
-    """The folder of `--embedder`: the bundled MiniLM by name, or a sentence-transformers model folder."""
-    from ..models import bundled_models
-
-    bundled = bundled_models()
-    if spec in bundled and not Path(spec).exists():
-        return str(bundled[spec])
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise UserError(f"--embedder {spec}: not a folder and not a bundled embedder; give a sentence-transformers model folder or 'minilm'")
-    if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
-        raise UserError(f"--embedder {spec}: no modules.json or config.json; give a sentence-transformers model folder")
-    return str(path)
-
-
-def load_embedder(spec: str, device: str | None = None) -> Embedder:
-    from sentence_transformers import SentenceTransformer
-
-    from ..models import pick_device
-
-    path = embedder_path(spec)
-    try:
-        model = SentenceTransformer(path, device=device or str(pick_device()), local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"cannot load embedder {spec} from {path}: {' '.join(str(exc).split())[:200]}") from exc
-    return Embedder(spec, path, model)
 
 
 def build_faiss(vectors: np.ndarray, ann: str, threshold: int):
@@ -225,8 +157,6 @@ class Previous:
 
 def load_previous(out: Path, embedder: Embedder, settings: ChunkSettings, store: str) -> Previous | None:
     """The old index's reusable parts, or None when its chunker settings or store differ (everything is re-embedded)."""
-    from .retrieve import RagIndex
-
     old = RagIndex.open(out)
     recorded = old.manifest["embedder"]
     if recorded["name"] != embedder.name or int(recorded["dimension"]) != embedder.dimension:
@@ -327,8 +257,6 @@ def _write_vectors(folder: Path, vectors: np.ndarray, chunks: list[Chunk], to_em
     import faiss
 
     if options.store == "qdrant":
-        from .qdrant_store import write_qdrant
-
         write_qdrant(options.url, options.collection, chunks, vectors, rewrite=not options.update, changed=to_embed)
         return
     with open(folder / "vectors.npy", "wb") as handle:

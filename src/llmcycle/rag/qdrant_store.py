@@ -89,10 +89,8 @@ def _delete_stale(client, collection: str, keep: set[str]) -> None:
         client.delete(collection, points_selector=models.PointIdsList(points=stale), wait=True)
 
 
-def search_qdrant(index, queries: np.ndarray, k: int) -> list:
-    """Top-k rows of chunks.jsonl for each query vector, from the index's Qdrant collection."""
-    from .retrieve import Hit
-
+def search_qdrant(index, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """Top-k (row of chunks.jsonl, score) pairs for each query vector, from the index's Qdrant collection."""
     store = index.manifest["store"]
     client = client_for(store["url"])
     rows = {c["id"]: row for row, c in enumerate(index.chunks)}
@@ -102,7 +100,7 @@ def search_qdrant(index, queries: np.ndarray, k: int) -> list:
         results = []
         for query in queries:
             points = client.query_points(store["collection"], query=query.tolist(), limit=k, with_payload=True).points
-            results.append([Hit(rows[p.payload["chunk"]], float(p.score)) for p in points if p.payload.get("chunk") in rows])
+            results.append([(rows[p.payload["chunk"]], float(p.score)) for p in points if p.payload.get("chunk") in rows])
         return results
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"Qdrant at {store['url']}: search failed ({' '.join(str(exc).split())[:200]})") from exc

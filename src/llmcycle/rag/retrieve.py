@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .index import FORMAT, BM25_STOPWORDS, Embedder, load_embedder
+from .embedder import Embedder, load_embedder
+from .qdrant_store import search_qdrant
 
+FORMAT = "llmcycle-rag-index"  # what index.py writes into manifest.json, and what is read back here
+FORMAT_VERSION = 1
+BM25_STOPWORDS = "en"
 RETRIEVERS = ("dense", "bm25", "hybrid")
 RRF_CONSTANT = 60
 HYBRID_DEPTH = 50
@@ -156,9 +160,7 @@ class RagIndex:
         queries = self.embedder.encode(questions, batch_size=64, description="embedding questions")
         k = min(k, len(self.chunks))
         if self.store_kind == "qdrant":
-            from .qdrant_store import search_qdrant
-
-            return search_qdrant(self, queries, k)
+            return [[Hit(row, score) for row, score in hits] for hits in search_qdrant(self, queries, k)]
         scores, rows = self.faiss.search(queries, k)  # (questions, k) each
         return [[Hit(int(r), float(s)) for r, s in zip(row_ids, row_scores) if r >= 0] for row_ids, row_scores in zip(rows, scores)]
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
+from ..errors import ReportedError, UserError
 
 STRATEGIES = ("ddp", "fsdp")
 DEEPSPEED_STAGES = {"zero2": 2, "zero3": 3}
@@ -108,14 +108,6 @@ def run(command: list[str], cfg, resume: bool, train, check_out_dir) -> dict:
 
 
 # ---------------------------------------------------------------- starting the processes
-
-
-class ReportedError(UserError):
-    """A failure the worker processes have already reported; the launcher only passes on their exit status."""
-
-    def __init__(self, exit_code: int):
-        super().__init__(f"a training process failed with exit status {exit_code}")
-        self.exit_code = exit_code
 
 
 def launch(command: list[str], cfg, resume: bool) -> None:
