@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .. import config as configs
 from ..data.io import read_rows
@@ -28,6 +29,7 @@ from ..outputs import write_jsonl
 SMOKE_ROWS, SMOKE_STEPS = 8, 2
 """`--smoke`: every data file cut to this many rows, every training run to this many steps."""
 
+VariantRole = Literal["base", "tuned", "apart"]
 BASE, TUNED, APART = "base", "tuned", "apart"
 """What a stage's variants are (`Stage.variant_role`):
 BASE: the recipe's model as it comes, scored on the test data by its own stage; the first one is probed, and
@@ -97,15 +99,15 @@ class Step:
 # ---------------------------------------------------------------- the Stage contract and the registry
 
 
-def _no_findings(metrics: dict, variants: list) -> list:
+def _adds_nothing(metrics: dict, variants: list) -> list:
     return []
 
 
-def _no_section(metrics: dict, variants: list) -> str:
+def _no_html(metrics: dict, variants: list) -> str:
     return ""
 
 
-def _no_entry(variant: Variant, run: Run) -> dict:
+def _no_keys(variant: Variant, run: Run) -> dict:
     return {}
 
 
@@ -123,7 +125,7 @@ class Stage:
     stage's place) for bad options. `names`: the variants earlier stages name (for `from`); `source`: the recipe."""
     run: Callable[[Run, Step, Path], None]
     """run(run, step, folder): do the stage's work in `folder`; add what it makes to `run.variants`."""
-    variant_role: str = TUNED
+    variant_role: VariantRole = TUNED
     """What its variants are: BASE, TUNED or APART (above)."""
     names_variant: bool = False
     """Its `name` option (default: the stage's name) names one variant, unique, that later stages take `from`."""
@@ -131,15 +133,15 @@ class Stage:
     """The metrics its variants are compared by, models side by side: the first one they have."""
     serves_adapters: bool = False
     """Its variants' adapters are in the `llmcycle serve` command printed for a recipe with several models."""
-    metrics_entry: Callable[[Variant, Run], dict] = _no_entry
+    metrics_entry: Callable[[Variant, Run], dict] = _no_keys
     """metrics_entry(variant, run): keys it adds to any variant's metrics.json entry (beside its metrics, cost)."""
-    findings: Callable[[dict, list], list[Finding]] = _no_findings
+    findings: Callable[[dict, list], list[Finding]] = _adds_nothing
     """findings(metrics, variants): its findings under the report's 'What each step bought'."""
-    plots: Callable[[dict, list], list[Figure]] = _no_findings
+    plots: Callable[[dict, list], list[Figure]] = _adds_nothing
     """plots(metrics, variants): its plots, after the report's ROUGE-L bars."""
-    cost_table: Callable[[dict, list], str] = _no_section
+    cost_table: Callable[[dict, list], str] = _no_html
     """cost_table(metrics, variants): HTML under the report's cost table."""
-    section: Callable[[dict, list], str] = _no_section
+    section: Callable[[dict, list], str] = _no_html
     """section(metrics, variants): its own HTML section, after the forgetting table; '' when it has nothing.
     Unlike the hooks above (which see the variants compared on the test data), it sees every variant."""
 
@@ -162,7 +164,7 @@ def stage_of(variant: Variant) -> Stage:
     return STAGES[variant.stage]
 
 
-def with_role(variants, role: str) -> list:
+def with_role(variants, role: VariantRole) -> list:
     """The variants whose stage's variants are `role` (BASE, TUNED or APART), in order."""
     return [v for v in variants if stage_of(v).variant_role == role]
 
