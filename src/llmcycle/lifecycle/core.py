@@ -22,7 +22,7 @@ from ..data.synthetic import TASKS, generate
 from ..data.synthetic_docs import docs_qa
 from ..errors import UserError
 from ..evaluate.predictions import evaluate
-from ..generate.engine import GenerationSettings
+from ..generate.settings import GenerationSettings
 from ..models import ModelOptions
 from ..outputs import write_jsonl
 

@@ -15,7 +15,7 @@ from .. import config as configs
 from ..console import note, print_table
 from ..errors import UserError
 from ..evaluate import parse_metrics
-from ..generate.engine import GenerationSettings
+from ..generate.settings import GenerationSettings
 from ..outputs import write_json
 from .core import Recipe, Run, Stage, Step, Variant, check_data_spec, variant_metrics
 from .stages import STAGES
