@@ -119,11 +119,8 @@ def _imports(path: Path, root: Path) -> set[str]:
     package = _module(path, root).split(".") if path.name == "__init__.py" else _module(path, root).split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package[: len(package) - node.level + 1] if node.level > 1 else package
-            if node.level - 1 > len(package):
-                continue  # above the lifecycle package
-            target = [*base, *(node.module.split(".") if node.module else [])]
+        if isinstance(node, ast.ImportFrom) and 0 < node.level <= len(package) + 1:  # not above the lifecycle package
+            target = [*package[: len(package) - node.level + 1], *(node.module.split(".") if node.module else [])]
             candidates = [".".join([*target, alias.name]) for alias in node.names] + [".".join(target)]
             found |= {name for name in candidates if (root / (name.replace(".", "/") + ".py")).is_file()
                       or (root / name.replace(".", "/") / "__init__.py").is_file()}
