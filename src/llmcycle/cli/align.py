@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from .. import config as configs
 from ..errors import UserError
 from .options import given_flags, resolve_config, training_options
 
@@ -35,7 +36,6 @@ def reward(config_file, overrides, resume, **flags):
 @training_options(*_align_configs(), skip=("method",))
 def align(method, config_file, overrides, resume, **flags):
     """Align with feedback: PPO against a reward with a KL penalty, or DPO on preference pairs."""
-    from .. import config as configs
     from ..align.dpo import dpo
     from ..align.ppo import ppo
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..console import print_table
+from ..errors import UserError
 from .options import DTYPE_CHOICES, apply, data_options, data_spec, generation_options, generation_settings, given_flags
 
 
@@ -46,8 +48,6 @@ def compare_options(func):
 @generation_options
 def quantize(model, methods, out, adapter_dir, merge, dtype, trust_remote_code, compare_data, metrics, resamples, **kwargs):
     """Quantise a model with torchao or bitsandbytes into a folder transformers loads; or compare every form."""
-    from ..errors import UserError
-
     names = [part.strip() for value in methods for part in value.split(",") if part.strip()]
     if compare_data is None:
         stray = sorted(given_flags({**kwargs, "metrics": metrics, "resamples": resamples}))
@@ -67,7 +67,6 @@ def quantize(model, methods, out, adapter_dir, merge, dtype, trust_remote_code, 
 
 
 def _quantize_one(model, method, out, adapter_dir, merge, dtype, trust_remote_code):
-    from ..console import print_table
     from ..deploy.quantize import quantize as run
 
     result = run(model, out, method, adapter=adapter_dir, merge=merge, dtype=dtype, trust_remote_code=trust_remote_code)

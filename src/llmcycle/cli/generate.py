@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
+from ..outputs import dump_jsonl
 from .options import (
     data_options, data_spec, generation_options, generation_settings, model_options, model_spec, optional_model_options,
 )
@@ -20,7 +21,6 @@ from .options import (
 def generate(prompt, data, out, **kwargs):
     """Complete one prompt, or every row of a data file."""
     from ..generate.predict import generate_dataset, generate_one
-    from ..outputs import dump_jsonl
 
     settings, model = generation_settings(kwargs), model_spec(kwargs)
     if (prompt is None) == (data is None):

@@ -9,6 +9,7 @@ import functools
 
 import click
 
+from .. import config as configs
 from ..errors import UserError
 from ..generate.settings import GenerationSettings
 
@@ -118,8 +119,6 @@ def given_flags(kwargs: dict) -> dict:
 
 def _field_help(classes, skip) -> tuple[dict, dict]:
     """Field name -> type, and field name -> {command: docstring}, over one or more config classes."""
-    from .. import config as configs
-
     docs: dict[str, dict[str, str]] = {}
     types_ = {}
     for cls in classes:
@@ -177,8 +176,6 @@ def config_options(*classes, skip: tuple[str, ...] = ()):
 
 def resolve_config(cls, config_file, overrides, flags: dict, **fixed):
     """The config `cls` from a YAML file, then the flags the user gave, then `--set` overrides."""
-    from .. import config as configs
-
     return configs.resolve(cls, config_file=config_file, flags={**given_flags(flags), **fixed}, overrides=overrides)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
+from ..outputs import dump_jsonl, write_jsonl
+from ..rag.chunking import ChunkSettings
+from ..rag.index import IndexOptions, build_index
 from .options import generation_options, generation_settings, model_options, model_spec, optional_model_options
 
 RETRIEVER_CHOICES = click.Choice(["dense", "bm25", "hybrid"])
@@ -30,9 +33,6 @@ def rag():
 @click.option("--collection", default=None, help="With --store qdrant: collection name (default: the index folder's name).")
 def index_(docs, out, embedder, chunk_tokens, overlap, ann, ann_threshold, batch_size, update, store, url, collection):
     """Index text, Markdown, HTML, JSONL (id, text, title, source) and PDF documents, files or folders."""
-    from ..rag.chunking import ChunkSettings
-    from ..rag.index import IndexOptions, build_index
-
     options = IndexOptions(embedder, ChunkSettings(chunk_tokens, overlap), ann, ann_threshold, batch_size, update, store, url, collection)
     build_index(list(docs), out, options)
 
@@ -52,7 +52,6 @@ def retrieval_options(func):
 @generation_options
 def ask(question, index_path, k, retriever, data, out, **kwargs):
     """Answer a question (or every row of --data) from retrieved chunks, and print the sources given."""
-    from ..outputs import dump_jsonl, write_jsonl
     from ..rag.ask import ask as ask_questions
     from ..rag.ask import check_out, read_questions
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..data.synthetic import SyntheticConfig, write_synthetic
 from ..errors import UserError
 from .options import config_options, resolve_config, training_options
 
@@ -20,12 +21,6 @@ def _pretrain_config():
     from ..train.pretrain import PretrainConfig
 
     return PretrainConfig
-
-
-def _synthetic_config():
-    from ..data.synthetic import SyntheticConfig
-
-    return SyntheticConfig
 
 
 @click.command()
@@ -47,12 +42,10 @@ def pretrain(config_file, overrides, resume, **flags):
 
 
 @click.command()
-@config_options(_synthetic_config())
+@config_options(SyntheticConfig)
 def synth(**flags):
     """Write built-in synthetic data: dialogues with summaries, other instruction tasks, or a text corpus."""
-    from ..data.synthetic import write_synthetic
-
-    click.echo(f"wrote {write_synthetic(resolve_config(_synthetic_config(), None, (), flags))}")
+    click.echo(f"wrote {write_synthetic(resolve_config(SyntheticConfig, None, (), flags))}")
 
 
 @click.command(name="init-model")

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..outputs import atomic_open, check_writable, write_jsonl
 from .synthetic_arithmetic import arithmetic_row
+from .synthetic_docs import write_docs_qa
 
 NAMES = [
     "Amy", "Ben", "Carla", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kemal", "Lena", "Mateo",
@@ -529,14 +531,10 @@ class SyntheticConfig:
 
 def write_synthetic(cfg: SyntheticConfig) -> Path:
     """Write the rows of `cfg` atomically; returns the path written."""
-    from ..outputs import atomic_open, check_writable, write_jsonl
-
     cfg.validate()
     out = Path(cfg.out)
     check_writable(out)
     if cfg.task == "docs-qa":
-        from .synthetic_docs import write_docs_qa
-
         return write_docs_qa(out, cfg.rows, cfg.seed)
     if cfg.task != "corpus":
         write_jsonl(out, generate(cfg.task, cfg.rows, cfg.seed))

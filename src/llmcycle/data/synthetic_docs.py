@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..console import note
 from ..errors import UserError
+from ..outputs import check_writable, write_jsonl
 
 SYLLABLES = ["tar", "vel", "ora", "quin", "bras", "mol", "zet", "kir", "dun", "phe", "lox", "sar", "mib", "rud", "cav",
              "nel", "gor", "tis", "wen", "yal", "pim", "sto", "fra", "hux", "jor", "lem", "vor", "ast", "bel", "cim"]
@@ -151,8 +152,6 @@ def docs_path(out: Path) -> Path:
 
 def write_docs_qa(out: Path, rows: int, seed: int) -> Path:
     """Questions to `out`, the documentation beside it (see docs_path); both written atomically."""
-    from ..outputs import check_writable, write_jsonl
-
     if out.suffix.lower() != ".jsonl":
         raise UserError(f"--out {out}: write .jsonl for --task docs-qa (the documentation goes beside it)")
     docs = docs_path(out)

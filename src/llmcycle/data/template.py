@@ -18,6 +18,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import read_yaml
 from ..errors import UserError
 
 TEMPLATE_KEYS = {"prompt", "completion", "rationale", "name", "description"}
@@ -46,8 +47,6 @@ class Template:
 
 
 def load_template(path: str | Path) -> Template:
-    from ..config import read_yaml
-
     path = Path(path)
     data = read_yaml(path, "template", "a mapping with 'prompt' and optionally 'completion'")
     unknown = set(data) - TEMPLATE_KEYS

@@ -32,7 +32,17 @@ import torch
 
 from ..console import note, print_table
 from ..errors import UserError
+from ..evaluate import MetricInput, parse_metrics, print_comparison
+from ..evaluate.forgetting import add_changes
+from ..evaluate.metrics import statistics
+from ..evaluate.stats import bootstrap_summary
+from ..generate.engine import GenerationSettings, generate
+from ..generate.predict import prediction_records
+from ..models import load_base, load_model, locate, pick_device
+from ..outputs import write_json, write_jsonl
+from ..plan.memory import quantized_weight_bytes, shape_from_model, weight_bytes
 from ..quantization import BNB_METHODS, require_hardware
+from .merge import merge_adapter
 from .quantize import METHODS, canonical_method, check_output, publish, quantize, staging_beside, weight_file_bytes
 
 REFERENCES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -41,8 +51,6 @@ DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}
 
 def available_methods() -> list[str]:
     """The quantisation methods this machine's hardware and installed libraries can run."""
-    from ..models import pick_device
-
     found = []
     for method in METHODS:
         try:
@@ -60,13 +68,11 @@ def compare_quantized(model: str, data, settings, metrics: list[str], out: str, 
     Returns what comparison.json holds: `{"model", "device", "peak_memory_measure", "forms": {form: {...}}}`, each
     form with its costs, size check and metrics; its `folder` and `predictions` are relative to OUT.
     """
-    from ..evaluate import parse_metrics
-
     metrics = parse_metrics(metrics)
     settings.validate()
     methods = [canonical_method(m) for m in methods] if methods else available_methods()
     for method in methods:
-        require_hardware(method, _device())
+        require_hardware(method, pick_device())
     target = check_output(out)
     with staging_beside(target) as staging:
         result = _run(model, data, settings, metrics, staging / "out", methods, references, resamples)
@@ -75,16 +81,7 @@ def compare_quantized(model: str, data, settings, metrics: list[str], out: str, 
     return result
 
 
-def _device() -> torch.device:
-    from ..models import pick_device
-
-    return pick_device()
-
-
 def _run(model, data, settings, metrics, folder: Path, methods, references, resamples) -> dict:
-    from ..evaluate.forgetting import add_changes
-    from ..outputs import write_json
-
     source = _merged_source(model, folder.parent)
     forms = {name: _write_reference(source, REFERENCES[name], folder / "forms" / name) for name in references}
     for method in methods:
@@ -95,21 +92,18 @@ def _run(model, data, settings, metrics, folder: Path, methods, references, resa
                               dtype=name if name in REFERENCES else "auto") for name, path in forms.items()}
     statistics = {name: entry.pop("statistics") for name, entry in measured.items()}
     quality = add_changes({name: entry.pop("metrics") for name, entry in measured.items()}, statistics, resamples, settings.seed)
-    shape = _planner_shape(source)
+    shape = shape_from_model(source)
     for name, entry in measured.items():
         entry["metrics"] = quality[name]
         entry.update(size_check(shape, name, forms[name]))
         entry["folder"], entry["predictions"] = (str(Path(entry[key]).relative_to(folder)) for key in ("folder", "predictions"))
-    result = {"model": model, "device": _device().type, "peak_memory_measure": _memory_measure(), "forms": measured}
+    result = {"model": model, "device": pick_device().type, "peak_memory_measure": _memory_measure(), "forms": measured}
     write_json(folder / "comparison.json", result)
     return result
 
 
 def _merged_source(model: str, scratch: Path) -> str:
     """`model` itself, or with its adapter merged into a scratch folder: every form starts from the same weights."""
-    from ..models import locate
-    from .merge import merge_adapter
-
     if not locate(model).adapters:
         return model
     note(f"{model} carries an adapter; merging it first, so every form holds the same weights")
@@ -117,8 +111,6 @@ def _merged_source(model: str, scratch: Path) -> str:
 
 
 def _write_reference(source: str, dtype: torch.dtype, folder: Path) -> Path:
-    from ..models import load_base, locate
-
     loaded = load_base(locate(source).base, torch_dtype=dtype)
     loaded.model.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
@@ -127,9 +119,6 @@ def _write_reference(source: str, dtype: torch.dtype, folder: Path) -> Path:
 
 def _warm_up(folder: Path, settings) -> None:
     """One untimed load and a short generation, so the first form measured does not pay for imports."""
-    from ..generate.engine import GenerationSettings, generate
-    from ..models import load_model
-
     loaded = load_model(str(folder), dtype="auto")
     generate(loaded, ["a"], GenerationSettings(max_new_tokens=2, batch_size=1, seed=settings.seed), description="warm-up")
 
@@ -183,14 +172,6 @@ def _memory_measure() -> str:
 
 def measure(folder: Path, data, settings, metrics: list[str], predictions: Path, resamples: int, dtype: str = "auto") -> dict:
     """Load `folder` as llmcycle's verbs do, generate on `data`, score; costs and metrics of one form."""
-    from ..evaluate import MetricInput
-    from ..evaluate.metrics import statistics
-    from ..evaluate.stats import bootstrap_summary
-    from ..generate.engine import generate
-    from ..generate.predict import prediction_records
-    from ..models import load_model
-    from ..outputs import write_jsonl
-
     with PeakMemory() as memory:
         started = time.perf_counter()
         loaded = load_model(str(folder), dtype=dtype)
@@ -226,16 +207,8 @@ def tensor_bytes(folder: Path) -> int:
     return total
 
 
-def _planner_shape(source: str):
-    from ..plan.memory import shape_from_model
-
-    return shape_from_model(source)
-
-
 def planned_bytes(shape, form: str, dtype: torch.dtype) -> tuple[float | None, str]:
     """The planner's bytes for `form` of a model of `shape` (plan.memory), and where the figure comes from."""
-    from ..plan.memory import quantized_weight_bytes, weight_bytes
-
     if form in REFERENCES:
         return shape.total_params * weight_bytes("fp32" if form == "float32" else "bf16"), "planner"
     planned = quantized_weight_bytes(shape, form, DTYPE_BYTES[dtype])
@@ -259,8 +232,6 @@ def size_check(shape, form: str, folder: Path) -> dict:
 
 
 def print_results(result: dict) -> None:
-    from ..evaluate import print_comparison
-
     forms = result["forms"]
     first_name, first = next(iter(forms.items()))
     metric = next(iter(first["metrics"]))

@@ -44,7 +44,10 @@ import torch
 
 from ..console import note
 from ..errors import UserError
+from ..models import attach_adapter, load_base, locate, pick_device, resolve_dtype
+from ..outputs import write_json
 from ..quantization import BNB_METHODS, TORCHAO_METHODS, import_torchao, quiet_torchao, require_hardware, torchao_config
+from .merge import merge_adapter
 
 METHODS = TORCHAO_METHODS + BNB_METHODS
 ALIASES = {"int8": "int8-dynamic"}
@@ -88,8 +91,6 @@ def quantization_config(method: str):
 
 def weights_dtype(method: str, dtype: str, device: torch.device) -> torch.dtype:
     """int4 and bitsandbytes compute in bfloat16; torchao's int8 keeps the model's dtype (float32 on a CPU)."""
-    from ..models import resolve_dtype
-
     if method == "int4-weight" or method in BNB_METHODS:
         if dtype not in ("auto", "bfloat16"):
             note(f"--method {method} computes in bfloat16; --dtype {dtype} is not used")
@@ -147,8 +148,6 @@ def check_output(out: str) -> Path:
 def quantize(model: str, out: str, method: str, *, adapter: str | None = None, merge: bool = False,
              dtype: str = "auto", trust_remote_code: bool = False) -> QuantizeResult:
     """Write `model` (+ adapter) quantised with `method` to the folder `out`; see the module docstring."""
-    from ..models import locate, pick_device
-
     method = canonical_method(method)
     device = pick_device()
     require_hardware(method, device)
@@ -185,9 +184,6 @@ def _write_quantized(model, base, adapters, staging: Path, method, merge, dtype,
 
     `merge` is False, or the --adapter folder (a str), or None when the adapter comes with `model` itself.
     """
-    from ..deploy.merge import merge_adapter
-    from ..models import load_base
-
     if adapters and merge is not False:
         base = str(merge_adapter(model, merge, str(staging / "merged")))
     merge = merge is not False
@@ -211,8 +207,6 @@ def _write_quantized(model, base, adapters, staging: Path, method, merge, dtype,
 
 def _keep_adapter(loaded, adapter_dir: str, folder: Path, method: str) -> None:
     """Copy the adapter to OUT/adapter/ and check that peft attaches it to the quantised layers and runs."""
-    from ..models import attach_adapter
-
     source = Path(adapter_dir)
     if not (source / "adapter_config.json").is_file() and (source / "adapter" / "adapter_config.json").is_file():
         source = source / "adapter"
@@ -229,8 +223,6 @@ def _keep_adapter(loaded, adapter_dir: str, folder: Path, method: str) -> None:
 
 
 def _write_metadata(folder: Path, method: str, model: str, count: int, adapter: str) -> None:
-    from ..outputs import write_json
-
     library = "torchao" if method in TORCHAO_METHODS else "bitsandbytes"
     version = getattr(import_torchao() if library == "torchao" else __import__("bitsandbytes"), "__version__", "unknown")
     write_json(folder / METADATA_FILE, {"method": method, "library": library, "library_version": version, "source": model,

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..console import print_table
 from ..errors import UserError
-from ..models import LoadedModel, ModelOptions
+from ..generate.settings import GenerationSettings
+from ..models import ModelOptions
+from ..outputs import write_jsonl
+from .forgetting import add_changes
 from .holistic import holistic_view
 from .scoring import SuiteScores, score_model
 from .stats import Statistic, bootstrap_summary, mean_of_first
@@ -152,8 +156,6 @@ def evaluate_suite(model: ModelOptions, request: SuiteRequest, compare: list[str
     Returns one model's `{"acc", "acc_norm", "subjects", "macro", "chance"}`, or with `compare`
     `{label: {...}}` where later models' metrics carry a paired `change` and `forgot`/`learned` counts.
     """
-    from .forgetting import add_changes
-
     check_scoring(request.scoring)
     suite = load_suite(request.suite, request.shot_data, request.split)
     if request.limit is not None:
@@ -175,16 +177,12 @@ def evaluate_suite(model: ModelOptions, request: SuiteRequest, compare: list[str
     add_changes(runs, stats, request.resamples, request.seed, correct)
     print_suite_table(runs)
     if request.samples:
-        from ..outputs import write_jsonl
-
         write_jsonl(request.samples, records)
     return runs if compare else next(iter(runs.values()))
 
 
 def print_suite_table(runs: dict[str, dict]) -> None:
     """One row per model: acc and acc_norm with intervals, macro mean, chance; compared models add the change."""
-    from ..console import print_table
-
     def cell(summary: dict) -> str:
         text = f"{summary['mean']:.4f} [{summary['ci95'][0]:.4f}, {summary['ci95'][1]:.4f}]"
         change = summary.get("change")
@@ -204,8 +202,6 @@ def score_probe(model: str, suite: str, samples: str, *, shots: int = 0, scoring
     """One model on a recipe's suite probe; its items go to `samples`, which forgetting.samples_forgetting pairs later.
 
     With `holistic`, the result carries the HELM-style view (generations use `settings`, the recipe's)."""
-    from ..generate.settings import GenerationSettings
-
     settings = settings or GenerationSettings()
     request = SuiteRequest(suite, shots, None, scoring, limit=limit, samples=samples, seed=settings.seed,
                            batch_size=settings.batch_size, holistic=holistic)

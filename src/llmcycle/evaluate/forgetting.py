@@ -15,7 +15,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from .stats import Statistic, paired_change
+from ..errors import UserError
+from .stats import Statistic, bootstrap_summary, mean_of_first, paired_change
 
 
 def mcnemar(before: np.ndarray, after: np.ndarray) -> dict:
@@ -72,8 +73,6 @@ def read_samples(path: str) -> dict[str, dict]:
     import json
     from pathlib import Path
 
-    from ..errors import UserError
-
     result = {}
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
@@ -92,9 +91,6 @@ def samples_forgetting(before_path: str, after_path: str, resamples: int = 1000,
     "significant"}`: what a recipe's suite probe records for a tuned variant against the base model (`significant`:
     the change's interval excludes 0).
     """
-    from ..errors import UserError
-    from .stats import bootstrap_summary, mean_of_first
-
     before, after = read_samples(before_path), read_samples(after_path)
     if set(before) != set(after):
         raise UserError(f"{before_path} and {after_path} score different items; forgetting needs the same suite")

@@ -14,6 +14,7 @@ from ..outputs import check_writable, write_json, write_jsonl
 from .benchmark import SuiteRequest, evaluate_suite, model_labels, with_options
 from .compare import compare, print_comparison
 from .forgetting import add_changes
+from .harness import run_lm_eval
 from .metrics import MetricInput, check_references, parse_metrics, score, statistics
 from .stats import bootstrap_summary
 
@@ -101,8 +102,6 @@ def _evaluate_suite(model: ModelOptions | None, suite: SuiteRequest, compare_mod
     if model is None:
         raise UserError("--suite needs --model")
     if engine == "lm-eval":
-        from .harness import run_lm_eval
-
         if compare_models or suite.holistic:
             raise UserError("--engine lm-eval runs one model on a named task; use the native engine for --compare and --holistic")
         return run_lm_eval(model, suite)

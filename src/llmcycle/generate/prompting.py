@@ -27,12 +27,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..console import note, print_table
-from ..data import Example
+from ..data import Example, load_template
+from ..data.io import read_rows
 from ..data.options import DataOptions
+from ..data.template import render
 from ..errors import UserError
 from ..evaluate.compare import compare, print_comparison
+from ..evaluate.forgetting import add_changes
 from ..evaluate.metrics import parse_metrics, score
 from ..evaluate.predictions import metric_input
+from ..evaluate.stats import Statistic, bootstrap_summary, mean_of_first
 from ..models import LoadedModel, ModelOptions
 from ..outputs import check_writable, write_json, write_jsonl
 from .engine import GenerationSettings, generate, token_lengths
@@ -245,10 +249,6 @@ def extract_answer(pattern: re.Pattern, text: str) -> str | None:
 def solved_rows(data: DataOptions, examples: list[Example], pattern: re.Pattern) -> dict[str, Solved]:
     """Rationale and answer of each example, by location: the row's `rationale` and `answer` fields, else the
     answer the completion states, else the completion itself."""
-    from ..data import load_template
-    from ..data.io import read_rows
-    from ..data.template import render
-
     values = {row.where: row.values for row in read_rows(data.data, data.split)[0]}
     template = load_template(data.template) if data.template else None
     result = {}
@@ -347,9 +347,6 @@ def _cot_records(loaded, queries, prompts, solved, settings: GenerationSettings,
 
 def _cot_summary(records: dict[str, list[dict]], queries, solved, seed: int, metrics_out: str | None) -> dict[str, dict]:
     import numpy as np
-
-    from ..evaluate.forgetting import add_changes
-    from ..evaluate.stats import Statistic, bootstrap_summary, mean_of_first
 
     if any(solved[q.where].answer is None for q in queries):
         note("some queries have neither an answer nor a completion, so no accuracy was computed")

@@ -16,6 +16,7 @@ from ..data.io import read_rows
 from ..errors import UserError
 from ..generate.engine import GenerationSettings, generate
 from ..models import LoadedModel, ModelOptions
+from ..outputs import check_writable
 from .retrieve import Hit, RagIndex, check_retriever
 
 RAG_TEMPLATE = "Read the text and answer the question.\n\n{context}\n\nQuestion: {question}\nAnswer:"
@@ -143,8 +144,6 @@ def ask(index_path: str, model: ModelOptions, questions: list[str], k: int, retr
 
 def check_out(out: str | None) -> None:
     if out:
-        from ..outputs import check_writable
-
         if Path(out).suffix.lower() != ".jsonl":
             raise UserError(f"--out {out}: write answers to a .jsonl file")
         check_writable(out)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from ..data.io import read_rows
 from ..errors import UserError
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown", ".rst"}
@@ -127,8 +128,6 @@ def read_file(path: Path, doc_id: str) -> list[Document]:
 def read_jsonl(path: Path) -> list[Document]:
     """One document a line: `id` and `text` (strings, required), optional `title` and `source`. Lines are read as
     every data file is (data.io.read_rows), so the first unreadable line is the error."""
-    from ..data.io import read_rows
-
     rows, bad = read_rows(str(path))
     if bad:
         raise UserError(f"document file {bad[0].message()}")

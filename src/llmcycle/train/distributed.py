@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from .. import config as configs
+from .. import console
 from ..errors import ReportedError, UserError
 
 STRATEGIES = ("ddp", "fsdp")
@@ -118,8 +120,6 @@ def launch(command: list[str], cfg, resume: bool) -> None:
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    from .. import config as configs
 
     with tempfile.TemporaryDirectory(prefix="llmcycle-launch-") as folder:
         config_file = Path(folder) / "config.yaml"
@@ -399,8 +399,6 @@ def session(settings: DistributedSettings):
 def _quiet_console(quiet: bool):
     """Only the main process talks: the others would repeat every note, bar and table. The console is restored
     when the run ends normally; after an error it stays quiet, so only the main process prints that error."""
-    from .. import console
-
     saved = console.out.quiet, console.err.quiet
     if quiet:
         console.out.quiet = console.err.quiet = True

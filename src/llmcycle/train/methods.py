@@ -18,6 +18,8 @@ import re
 import torch
 
 from ..errors import UserError
+from ..models import load_base, locate, pick_device, resolve_dtype
+from . import checkpoints
 
 METHODS = ("full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "freeze")
 ADAPTER_METHODS = ("lora", "qlora", "prompt-tuning", "prefix-tuning")
@@ -169,8 +171,6 @@ def count_parameters(model) -> tuple[int, int]:
 def load_trainable(spec: str, dtype: str, trust_remote_code: bool, adapter_hint: str, **model_kwargs):
     """The base model a trainer starts from, on the training device: float32 weights under `--dtype auto`
     (autocast brings bfloat16 on a GPU), else the dtype asked for. An adapter run is refused with `adapter_hint`."""
-    from ..models import locate
-
     source = locate(spec)
     if source.adapters:
         raise UserError(f"{spec} is an adapter; merge it first (llmcycle merge) or {adapter_hint}")
@@ -180,8 +180,6 @@ def load_trainable(spec: str, dtype: str, trust_remote_code: bool, adapter_hint:
 def load_training_base(base: str, dtype: str, trust_remote_code: bool, **model_kwargs):
     """A located base model (folder or hub id) on the training device, in the dtype `--dtype` asks for."""
     from pathlib import Path
-
-    from ..models import load_base, pick_device, resolve_dtype
 
     base = str(Path(base).resolve()) if Path(base).exists() else base
     device = pick_device()
@@ -194,8 +192,6 @@ def load_training_base(base: str, dtype: str, trust_remote_code: bool, **model_k
 
 def prepare_trainable(model, is_adapter: bool, resume_from, gradient_checkpointing: bool = False):
     """Resumed weights loaded into the whole model (before any sharding), checkpointing switched on, train mode."""
-    from . import checkpoints
-
     if resume_from is not None:
         checkpoints.load_weights(resume_from, model, is_adapter)
     if gradient_checkpointing:

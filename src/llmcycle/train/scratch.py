@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.io import read_rows
 from ..errors import UserError
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]
@@ -151,8 +152,6 @@ def init_model(texts: list[str], out: str | Path, spec: ScratchSpec) -> Path:
 
 def corpus_texts(path: str | Path) -> list[str]:
     """Lines of a .txt file, or every string field of the rows of a data file."""
-    from ..data.io import read_rows
-
     path = Path(path)
     if path.suffix.lower() == ".txt":
         if not path.is_file():
