@@ -6,7 +6,7 @@ import click
 
 from .. import config as configs
 from ..errors import UserError
-from .options import given_flags, resolve_config, training_options
+from .options import given_flags, resolve_config, training_command
 
 
 def _reward_config():
@@ -22,8 +22,7 @@ def _align_configs():
     return PPOConfig, DPOConfig
 
 
-@click.command()
-@training_options(_reward_config())
+@training_command(_reward_config)
 def reward(config_file, overrides, resume, **flags):
     """Train a scalar reward model from preference pairs or rankings (Bradley-Terry loss)."""
     from ..align.reward_model import train_reward
@@ -31,9 +30,8 @@ def reward(config_file, overrides, resume, **flags):
     train_reward(resolve_config(_reward_config(), config_file, overrides, flags), resume=resume)
 
 
-@click.command()
+@training_command(_align_configs, skip=("method",))
 @click.option("--method", type=click.Choice(["ppo", "dpo"]), required=True)
-@training_options(*_align_configs(), skip=("method",))
 def align(method, config_file, overrides, resume, **flags):
     """Align with feedback: PPO against a reward with a KL penalty, or DPO on preference pairs."""
     from ..align.dpo import dpo

@@ -179,9 +179,37 @@ def resolve_config(cls, config_file, overrides, flags: dict, **fixed):
     return configs.resolve(cls, config_file=config_file, flags={**given_flags(flags), **fixed}, overrides=overrides)
 
 
-def training_options(*classes, skip: tuple[str, ...] = ()):
-    """A training verb's flags: every config field, then --config FILE, --set KEY=VALUE and --resume."""
-    def decorate(func):
-        return apply([config_options(*classes, skip=skip), CONFIG_FILE, OVERRIDES, RESUME], func)
+def training_command(config_classes, skip: tuple[str, ...] = (), **command_settings):
+    """A training verb: `click.command` whose flags are every field of the classes `config_classes()` returns,
+    then --config FILE, --set KEY=VALUE and --resume, made when first needed (see `ConfigFlagsCommand`)."""
+    def flags() -> list[click.Parameter]:
+        classes = config_classes()
+        classes = classes if isinstance(classes, tuple) else (classes,)
+        holder = apply([config_options(*classes, skip=skip), CONFIG_FILE, OVERRIDES, RESUME], lambda: None)
+        return holder.__click_params__[::-1]  # click's decorators collect them last first
 
-    return decorate
+    return click.command(cls=ConfigFlagsCommand, config_flags=flags, **command_settings)
+
+
+class ConfigFlagsCommand(click.Command):
+    """A command whose config-generated flags are made the first time its parameters are read (to parse, or
+    for its --help), after the ones declared on it.
+
+    The training configs live beside their trainers, which import torch: `llmcycle --help` lists the verbs
+    without reading their flags, so it imports neither.
+    """
+
+    def __init__(self, *args, config_flags, **kwargs):
+        self._make_config_flags = config_flags
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._make_config_flags is not None:
+            make, self._make_config_flags = self._make_config_flags, None
+            self._params.extend(make())
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = value

@@ -8,7 +8,7 @@ import click
 
 from ..data.synthetic import SyntheticConfig, write_synthetic
 from ..errors import UserError
-from .options import config_options, resolve_config, training_options
+from .options import config_options, resolve_config, training_command
 
 
 def _finetune_config():
@@ -23,8 +23,7 @@ def _pretrain_config():
     return PretrainConfig
 
 
-@click.command()
-@training_options(_finetune_config())
+@training_command(_finetune_config)
 def finetune(config_file, overrides, resume, **flags):
     """Instruction fine-tuning: full, LoRA, QLoRA, prompt tuning, prefix tuning or selected layers."""
     from ..train.finetune import finetune as run
@@ -32,8 +31,7 @@ def finetune(config_file, overrides, resume, **flags):
     run(resolve_config(_finetune_config(), config_file, overrides, flags), resume=resume)
 
 
-@click.command()
-@training_options(_pretrain_config())
+@training_command(_pretrain_config)
 def pretrain(config_file, overrides, resume, **flags):
     """Pre-train on a text corpus: span corruption or text infilling (encoder-decoder), next-token prediction (decoder-only)."""
     from ..train.pretrain import pretrain as run
