@@ -17,7 +17,7 @@ def test_logit_bias_adds_to_the_named_tokens():
 
 
 def test_top_logprobs_best_first():
-    logprobs = torch.log_softmax(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.0, 0.0]]), dim=-1)
+    logprobs = torch.log_softmax(torch.tensor([[0.0, 2.0, 1.0], [3.0, 0.5, 0.0]]), dim=-1)
     values, ids = top_logprobs(logprobs, 2)
     assert ids == [[1, 2], [0, 1]] and values[0][0] > values[0][1]
     assert top_logprobs(logprobs, 0) == ([[], []], [[], []])
