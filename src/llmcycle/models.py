@@ -5,6 +5,7 @@ The model kind (encoder-decoder or decoder-only) is read from the model's config
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -290,6 +291,16 @@ def use_adapter(loaded: LoadedModel, name: str | None) -> None:
     if hasattr(tuner, "enable_adapter_layers"):
         tuner.enable_adapter_layers()
     loaded.model.set_adapter(name)
+
+
+def unwrap_peft(model):
+    """The transformers model inside a peft wrapper; the model itself when it has none."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def cache_argument(model) -> str:
+    """The forward argument that takes the KV cache: `cache` in transformers 5.x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(unwrap_peft(model).forward).parameters else "past_key_values"
 
 
 def chat_renderer(tokenizer):

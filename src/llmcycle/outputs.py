@@ -1,7 +1,8 @@
-"""Writing outputs so that nothing half-written is ever left behind.
+"""Writing outputs so that nothing half-written is ever left behind, and reading back what they take on disk.
 
 Every file llmcycle writes goes to a temporary name in the same folder first and is renamed into place once
-complete; a crash or a user error in between leaves no file at the final path.
+complete; a crash or a user error in between leaves no file at the final path. Folders are written the same way:
+in a scratch folder beside the target (`staging_beside`), then renamed (`publish`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -72,3 +74,28 @@ def check_writable(path: str | Path) -> None:
 def dump_jsonl(records: Iterable[dict]) -> str:
     """JSON lines as one string, for printing."""
     return "\n".join(json.dumps(record, ensure_ascii=False) for record in records)
+
+
+@contextlib.contextmanager
+def staging_beside(target: Path) -> Iterator[Path]:
+    """A scratch folder beside `target` (same file system, so a rename moves it), removed afterwards; `publish`
+    moves the finished result out."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(folder: Path, target: Path) -> None:
+    """Rename a finished folder to `target`, which must be absent or an empty folder (checked by the caller)."""
+    if target.exists():
+        target.rmdir()
+    folder.rename(target)
+
+
+def folder_bytes(folder: str | Path) -> int:
+    """Bytes of every file under `folder` (0 when it is not a folder, such as a hub id)."""
+    path = Path(folder)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0

@@ -18,6 +18,7 @@ import click
 
 from ..console import err
 from ..errors import ReportedError, UserError
+from ..quantization import NOISY_LOGGERS
 from . import align, deploy, generate, lifecycle, plan, rag, serve, train
 
 
@@ -43,7 +44,7 @@ def _quiet_libraries() -> None:
     something a user can act on; errors still show.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("torchao", "torch.utils._pytree"):
+    for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     import transformers
 

@@ -39,11 +39,11 @@ from ..evaluate.stats import bootstrap_summary
 from ..generate.engine import GenerationSettings, generate
 from ..generate.predict import prediction_records
 from ..models import load_base, load_model, locate, pick_device
-from ..outputs import write_json, write_jsonl
+from ..outputs import publish, staging_beside, write_json, write_jsonl
 from ..plan.memory import quantized_weight_bytes, shape_from_model, weight_bytes
 from ..quantization import BNB_METHODS, require_hardware
 from .merge import merge_adapter
-from .quantize import METHODS, canonical_method, check_output, publish, quantize, staging_beside, weight_file_bytes
+from .quantize import METHODS, canonical_method, check_output, quantize, weight_file_bytes
 
 REFERENCES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DTYPE_BYTES = {torch.float32: 4, torch.bfloat16: 2, torch.float16: 2}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
 from ..models import load_model
+from ..outputs import publish, staging_beside
 
 
 def merge_adapter(model: str, adapter: str | None, out: str, dtype: str = "float32") -> Path:
@@ -25,14 +24,8 @@ def merge_adapter(model: str, adapter: str | None, out: str, dtype: str = "float
     if loaded.model.peft_config[loaded.adapters[0]].peft_type.value not in ("LORA", "ADALORA", "IA3", "LOHA", "LOKR"):
         raise UserError("only LoRA-style adapters merge into weights; prompt and prefix tuning keep their virtual tokens")
     merged = loaded.model.merge_and_unload()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staging_beside(target) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         loaded.tokenizer.save_pretrained(staging)
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, target)
     return target

@@ -33,9 +33,7 @@ CPU int8 saves disk and memory but is not faster (bench/RESULTS.md).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +43,7 @@ import torch
 from ..console import note
 from ..errors import UserError
 from ..models import attach_adapter, load_base, locate, pick_device, resolve_dtype
-from ..outputs import write_json
+from ..outputs import publish, staging_beside, write_json
 from ..quantization import BNB_METHODS, TORCHAO_METHODS, import_torchao, quiet_torchao, require_hardware, torchao_config
 from .merge import merge_adapter
 
@@ -111,31 +109,9 @@ def quantized_layers(model: torch.nn.Module) -> int:
     return count
 
 
-def folder_bytes(folder: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
-
-
 def weight_file_bytes(folder: str | Path) -> int:
     """Bytes of the weight files alone (*.safetensors, *.bin) directly in `folder`: the model's size on disk."""
     return sum(f.stat().st_size for f in Path(folder).iterdir() if f.is_file() and f.suffix in (".safetensors", ".bin"))
-
-
-@contextlib.contextmanager
-def staging_beside(target: Path):
-    """A scratch folder beside `target` (same file system), removed afterwards; `publish` moves the result out."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def publish(folder: Path, target: Path) -> None:
-    """Rename a finished folder to `target` (empty or absent, as `check_output` made sure)."""
-    if target.exists():
-        target.rmdir()
-    folder.rename(target)
 
 
 def check_output(out: str) -> Path:

@@ -18,7 +18,6 @@ prepend virtual tokens (prompt and prefix tuning) score every (context, choice) 
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +25,7 @@ import torch
 
 from ..console import progress
 from ..errors import UserError
-from ..models import LoadedModel
+from ..models import LoadedModel, cache_argument
 from .suites import LETTERS, Item, Suite
 
 SHOT_DELIMITER = "\n\n"
@@ -182,15 +181,9 @@ def _score_causal_cached(loaded: LoadedModel, batch: list[Encoded]) -> list[floa
     width = max(map(len, inputs))
     positions = lengths[index][:, None] + torch.arange(width, device=device)[None]
     mask = torch.cat([context_mask[index], _mask(inputs).to(device)], dim=1)
-    rest = model(input_ids=_pad(inputs, 0).to(device), attention_mask=mask, position_ids=positions, **{_cache_argument(model): cache}).logits
+    rest = model(input_ids=_pad(inputs, 0).to(device), attention_mask=mask, position_ids=positions, **{cache_argument(model): cache}).logits
     logits = torch.cat([last[:, None], rest], dim=1)  # (rows, 1 + width, vocab)
     return _gather(torch.log_softmax(logits.float(), dim=-1), targets)
-
-
-def _cache_argument(model) -> str:
-    """transformers 5.x names the cache argument `cache`; earlier releases `past_key_values`."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @torch.inference_mode()

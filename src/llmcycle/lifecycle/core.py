@@ -229,11 +229,6 @@ def training_cost(metrics: dict) -> dict:
     return {key: metrics[key] for key in keys if key in metrics}
 
 
-def size_on_disk(folder: str) -> int:
-    path = Path(folder)
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
-
-
 def slug(name: str) -> str:
     """A variant's name as a file name."""
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)

@@ -18,7 +18,7 @@ import re
 import torch
 
 from ..errors import UserError
-from ..models import load_base, locate, pick_device, resolve_dtype
+from ..models import load_base, locate, pick_device, resolve_dtype, unwrap_peft
 from . import checkpoints
 
 METHODS = ("full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "freeze")
@@ -200,7 +200,7 @@ def prepare_trainable(model, is_adapter: bool, resume_from, gradient_checkpointi
 
 
 def enable_gradient_checkpointing(model) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap_peft(model)
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(base, "enable_input_require_grads"):
         base.enable_input_require_grads()

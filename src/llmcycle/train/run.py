@@ -29,7 +29,7 @@ import torch
 from .. import config as configs
 from ..console import note, print_table, progress
 from ..errors import UserError
-from ..outputs import atomic_open, write_json
+from ..outputs import atomic_open, folder_bytes, write_json
 from . import checkpoints
 from .distributed import Distributed
 from .tracking import open_trackers
@@ -204,10 +204,6 @@ def peak_memory_bytes(device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 # ---------------------------------------------------------------- the run folder

@@ -8,8 +8,6 @@ size asked for, saved with `save_pretrained` so every other verb loads it like a
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import torch
 
 from ..data.io import read_rows
 from ..errors import UserError
+from ..outputs import publish, staging_beside
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]
 ARCHITECTURES = ("t5", "bart", "gpt2", "llama")
@@ -137,16 +136,10 @@ def init_model(texts: list[str], out: str | Path, spec: ScratchSpec) -> Path:
     tokenizer.model_max_length = spec.context
     model = build_model(spec, tokenizer)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staging_beside(out) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if out.exists():
-            out.rmdir()  # the CLI has checked it is empty
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish(staging, out)  # the CLI has checked that `out` is absent or empty
     return out
 
 

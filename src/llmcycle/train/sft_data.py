@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data import Example
+from ..models import unwrap_peft
 
 IGNORE = -100
 
@@ -225,5 +226,4 @@ def decoder_input_ids(model, labels: torch.Tensor) -> torch.Tensor:
 
 def transformers_model(model):
     """The transformers model inside DDP or a DeepSpeed engine (both hold it as .module) and a peft wrapper."""
-    inner = getattr(model, "module", model)
-    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return unwrap_peft(getattr(model, "module", model))

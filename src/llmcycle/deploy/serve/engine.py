@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...generate.engine import GenerationSettings
+from ...models import cache_argument, unwrap_peft
 from .batch import BatchState, merge, pad_sequences, select
 from .models import BASE_ROW, Adapter, ServedModels
 from .protocol import APIError, SamplingParams
@@ -38,14 +39,6 @@ class QueueFull(Exception):
 
 def has_prefix(job) -> bool:
     return job.adapter is not None and job.adapter.prefix is not None
-
-
-def cache_argument(model) -> str:
-    """The forward argument that takes the KV cache: `cache` in newer transformers, `past_key_values` before."""
-    import inspect
-
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 @dataclass
@@ -372,8 +365,7 @@ class Engine:
         config = settings.to_transformers(self.loaded)
         prompt_length = 1 if self.loaded.is_encoder_decoder else len(job.prompt_ids)
         config.max_length = prompt_length + config.max_new_tokens
-        model = self.loaded.model
-        model = model.get_base_model() if hasattr(model, "get_base_model") else model
+        model = unwrap_peft(self.loaded.model)
         encoder_ids = torch.tensor([job.prompt_ids]) if self.loaded.is_encoder_decoder else None
         return model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length,
                                            encoder_input_ids=encoder_ids, device=str(self.device))

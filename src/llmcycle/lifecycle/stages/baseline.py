@@ -29,7 +29,8 @@ from ...generate.prompting import (
     shots_path,
 )
 from ...models import ModelOptions, locate
-from ..core import BASE, Run, Stage, Step, Variant, check_data_spec, size_on_disk
+from ...outputs import folder_bytes
+from ..core import BASE, Run, Stage, Step, Variant, check_data_spec
 from ..report import best, interval, mean
 
 NAME = "baseline"
@@ -67,7 +68,7 @@ def run_baseline(run: Run, step: Step, folder: Path) -> None:
                              str(folder / "predictions.jsonl"), shot_data=run.data_options(run.train), truncate_shots=True,
                              metrics=run.recipe.metrics, timings=timings)
     several_beyond_one = sum(k > 1 for k in shots) > 1
-    base_size = size_on_disk(locate(run.recipe.model).base)
+    base_size = folder_bytes(locate(run.recipe.model).base)
     names = []
     for k in shots:
         label = shots_label(k)
