@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from ..console import note, out, print_table
 from ..errors import UserError
 from .options import DTYPE_CHOICES, parse_adapters
 
@@ -43,8 +44,6 @@ def split_positionals(model, lora_values, extra) -> tuple[str, list[str]]:
 
 
 def print_banner(url: str, names: list[tuple[str, str]], api_key: str | None) -> None:
-    from ..console import out, print_table
-
     print_table(f"llmcycle serve at {url}/v1 (playground: {url}/)", ["served name", "what"], names)
     out.print("Example:", highlight=False)
     out.print(
@@ -102,7 +101,6 @@ def cpu_threads() -> None:
 
 
 def run(config) -> None:
-    from ..console import note
     from ..deploy.serve.app import RunningServer, bind
     from ..deploy.serve.models import check_servable
 

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...errors import UserError
+from ...models import chat_renderer
 from .engine import Engine, Job, QueueFull
 from .metrics import Metrics
 from .models import ServedModels, add_adapter, load_served, remove_adapter
@@ -317,8 +318,6 @@ async def respond(state: ServerState, request: Request, parsed: ParsedRequest):
 
 def chat_render(state: ServerState, served: ServedModels):
     """messages -> prompt text with the tokenizer's chat template (made once: its fallback notes itself once)."""
-    from ...models import chat_renderer
-
     if state.render is None:
         render = chat_renderer(served.loaded.tokenizer)
         state.render = lambda messages: render(messages, True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ...errors import UserError
-from ...models import ENCODER_DECODER, LoadedModel, attach_adapter, load_model, locate
+from ...models import ENCODER_DECODER, LoadedModel, attach_adapter, load_model, locate, model_kind
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 LORA_TYPES = ("LORA",)
@@ -177,8 +177,6 @@ def remove_adapter(served: ServedModels, name: str) -> None:
 def base_kind(base: str, trust_remote_code: bool = False) -> str:
     """encoder-decoder or decoder-only, from the base model's config alone."""
     from transformers import AutoConfig
-
-    from ...models import model_kind
 
     try:
         config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)

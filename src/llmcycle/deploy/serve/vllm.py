@@ -12,6 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from ...console import note
 from ...errors import UserError
 from ...models import DECODER_ONLY, locate
 from .models import adapter_config, adapter_folder, base_kind
@@ -77,8 +78,6 @@ def vllm_python() -> str:
 
 def run_vllm(config) -> None:
     """Replace this process with vLLM's server, so Ctrl-C and SIGTERM reach it directly."""
-    from ...console import note
-
     python = vllm_python()
     command = vllm_command(config, python)
     note("handing over to vLLM: " + " ".join(command))
