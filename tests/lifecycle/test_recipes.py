@@ -52,6 +52,11 @@ ALL_STAGES = [
 ]
 
 
+PAIRED_KEYS = {"absolute", "relative", "ci95", "p_value", "n", "outcome", "ratio"}
+OUTCOMES = {"better", "worse", "no measurable difference"}
+
+
+@pytest.mark.slow
 def test_every_stage_end_to_end_and_a_repeat_skips_them(tiny_t5, local_data, tmp_path, capsys):
     recipe = recipe_file(tmp_path, tiny_t5, local_data, ALL_STAGES)
     out = tmp_path / "run"
@@ -60,6 +65,8 @@ def test_every_stage_end_to_end_and_a_repeat_skips_them(tiny_t5, local_data, tmp
     for name, entry in metrics.items():
         assert {"mean", "ci95", "n"} <= set(entry["rougeL"]) and "toxicity" in entry and "cost" in entry, name
     assert set(metrics["full"]["forgetting"]) == {"probe"} and "probes" in metrics["zero-shot"]
+    assert_paired_blocks(metrics)
+    assert "what each step bought" in capsys.readouterr().out  # the findings, on the console too
     assert metrics["lora"]["cost"]["trainable_params"] < metrics["full"]["cost"]["trainable_params"]
     assert metrics["full+int8"]["cost"]["size_on_disk_bytes"] < metrics["full+int8"]["cost"]["float32_bytes"]
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
@@ -77,6 +84,23 @@ def test_every_stage_end_to_end_and_a_repeat_skips_them(tiny_t5, local_data, tmp
     assert capsys.readouterr().err.count("is complete; skipping") == 8
 
 
+def assert_paired_blocks(metrics: dict) -> None:
+    """Each variant carries its paired tests on the same rows against the variants the findings compare it with."""
+    compared = {"one-shot": {"zero-shot"}, "full": {"zero-shot", "one-shot"}, "lora": {"zero-shot", "one-shot", "full"},
+                "lora+ppo": {"zero-shot", "one-shot", "lora"}, "lora+dpo": {"zero-shot", "one-shot", "lora", "lora+ppo"},
+                "full+int8": {"zero-shot", "one-shot"}}
+    assert "paired" not in metrics["zero-shot"]
+    for name, others in compared.items():
+        assert set(metrics[name]["paired"]) == others, name
+        for other, block in metrics[name]["paired"].items():
+            assert {"rougeL", "toxicity"} <= set(block), (name, other)
+            for change in block.values():
+                assert set(change) == PAIRED_KEYS and change["outcome"] in OUTCOMES and change["n"] == 8, (name, other)
+    probe = metrics["full"]["forgetting_paired"]["probe"]
+    assert set(probe) == PAIRED_KEYS and probe["absolute"] == pytest.approx(metrics["full"]["forgetting"]["probe"], abs=1e-6)
+
+
+@pytest.mark.slow
 def test_an_interrupted_run_continues_from_the_first_incomplete_stage(tiny_t5, local_data, tmp_path, capsys):
     recipe = recipe_file(tmp_path, tiny_t5, local_data, ALL_STAGES[:4])
     out = tmp_path / "run"
@@ -141,6 +165,7 @@ QUICKSTART_VARIANTS = ["zero-shot", "one-shot", "few-shot", "full", "lora", "pro
                        "docs-ft+rag", "int8"]
 
 
+@pytest.mark.slow
 def test_quickstart_shortened_on_both_embedded_models(tmp_path, capsys):
     out = tmp_path / "qs"
     assert run_cli("quickstart", "--smoke", "--out", out) == 0
@@ -150,7 +175,8 @@ def test_quickstart_shortened_on_both_embedded_models(tmp_path, capsys):
     for kind, block in metrics.items():
         assert list(block) == QUICKSTART_VARIANTS, kind
         for name, entry in block.items():
-            summary = ["exact_match", "rougeL"] if name in ("docs-ft", "rag", "docs-ft+rag") else ["rouge1", "rouge2", "rougeL", "rougeLsum", "toxicity", "repetition"]
+            summary = (["exact_match", "rougeL"] if name in ("docs-ft", "rag", "docs-ft+rag")
+                       else ["rouge1", "rouge2", "rougeL", "rougeLsum", "toxicity", "repetition", "names_in_source"])
             for metric in summary:
                 assert {"mean", "ci95", "n"} <= set(entry[metric]), (kind, name, metric)
             assert {"trainable_params", "size_on_disk_bytes"} <= set(entry["cost"]) or "rag_index_seconds" in entry["cost"], (kind, name)
@@ -167,6 +193,12 @@ def test_quickstart_shortened_on_both_embedded_models(tmp_path, capsys):
         cot = block["few-shot"]["chain_of_thought"]
         assert cot["task"] == "arithmetic" and {"accuracy", "answered"} <= set(cot["cot"]) and "change" in cot["cot"]["accuracy"]
         assert block["rag"]["cost"]["closed_book_exact_match"] is not None and "hit@5" in block["rag"]
+        # what the findings read: paired tests on the same rows, with their outcome
+        for name, against in (("few-shot", "zero-shot"), ("lora", "full"), ("lora+ppo", "lora"), ("dpo", "lora"), ("rag", "zero-shot"),
+                              ("docs-ft+rag", "docs-ft")):
+            metric = "exact_match" if "rag" in name else "toxicity" if name in ("lora+ppo", "dpo") else "rougeL"
+            assert block[name]["paired"][against][metric]["outcome"] in OUTCOMES, (kind, name)
+        assert set(block["full"]["forgetting_paired"]) == {"classify", "extract"}, kind
         for stage in ("01-baseline", "02-finetune-full", "06-align-lora-ppo", "07-align-dpo", "08-rag-rag", "09-deploy-int8", "10-report"):
             assert (out / kind / "stages" / stage / "stage.json").is_file(), (kind, stage)
         assert (out / kind / "report.html").is_file() and (out / kind / "stages/03-finetune-lora/run/adapter/adapter_config.json").is_file()
@@ -181,6 +213,7 @@ def test_quickstart_shortened_on_both_embedded_models(tmp_path, capsys):
         assert "from openai import OpenAI" in printed
     # each model decodes with its own n-gram block (the recipe's per-model generation), and the snippet says so
     assert "the report decoded with no_repeat_ngram_size 4;" in printed and "the report decoded with no_repeat_ngram_size 10;" in printed
+    assert "t5: what each step bought" in printed and "llama: what each step bought" in printed
     assert html.count("data:image/png;base64,") >= 10
 
 
@@ -205,6 +238,7 @@ def test_a_template_given_as_a_recipe_says_what_it_is(capsys):
     assert "is a data template (prompt/completion), not a recipe" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_rag_stage_puts_each_variant_beside_itself_with_retrieval(tiny_t5, tmp_path):
     """prompting, fine-tuning and each of them with retrieval, on the synthetic product's questions, in one report."""
     recipe = tmp_path / "rag.yaml"
@@ -221,6 +255,11 @@ def test_a_rag_stage_puts_each_variant_beside_itself_with_retrieval(tiny_t5, tmp
     for name in ("zero-shot+rag", "full+rag"):
         assert {"exact_match", "f1", "rougeL", "hit@2", "answerable@2"} <= set(metrics[name])
         assert {"rag_index_seconds", "rag_prompt_tokens", "closed_book_exact_match"} <= set(metrics[name]["cost"])
+        # against the same model without retrieval, on the same questions
+        (source, block), = metrics[name]["paired"].items()
+        assert source == name.removesuffix("+rag") and set(block) == {"exact_match", "f1", "rougeL"}
+        assert block["exact_match"]["outcome"] in OUTCOMES and block["exact_match"]["n"] == 8
     assert metrics["full+rag"]["cost"]["wall_time_s"] == metrics["full"]["cost"]["wall_time_s"]  # training time carried
     html = (tmp_path / "run" / "report.html").read_text()
     assert "<h2>Retrieval against fine-tuning</h2>" in html and "full+rag" in html
+    assert "Retrieval " in html.split("<h2>What each step bought</h2>")[1].split("<h2>Quality</h2>")[0]

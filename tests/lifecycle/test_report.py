@@ -1,12 +1,9 @@
-"""The report and the console say only what was measured: direction-aware colours, findings for every method, '-' for costs
-not measured."""
-
-from types import SimpleNamespace
+"""The report and the console say only what was measured: direction-aware colours where a paired test shows a change,
+'-' for costs and metrics not measured."""
 
 from llmcycle.evaluate.compare import _cell
 from llmcycle.evaluate.metrics import direction, verdict
 from llmcycle.lifecycle.report import cost_table, quality_table
-from llmcycle.lifecycle.stages.report import findings
 
 
 def summary(mean, low, high, **extra):
@@ -24,23 +21,28 @@ def test_each_metric_carries_its_direction():
 def test_a_rise_in_toxicity_is_red_on_the_console_and_in_the_report():
     risen = summary(0.35, 0.2, 0.5, change={"absolute": 0.2954, "relative": 5.0})
     assert "[red]" in _cell("toxicity", risen) and "[green]" in _cell("rougeL", risen)
-    metrics = {"zero-shot": {"toxicity": summary(0.06, 0.01, 0.1)}, "full": {"toxicity": summary(0.3554, 0.2, 0.5)}}
+    change = {"absolute": 0.2954, "ci95": [0.2, 0.39], "p_value": 0.001, "n": 20, "outcome": "worse"}
+    metrics = {"zero-shot": {"toxicity": summary(0.06, 0.01, 0.1)},
+               "full": {"toxicity": summary(0.3554, 0.2, 0.5), "paired": {"zero-shot": {"toxicity": change}}}}
     html = quality_table(metrics)
     assert "class='worse'>+0.2954" in html and "class='better'" not in html
 
 
-def test_every_tuning_method_gets_a_finding_even_when_it_did_not_help():
-    variants = [SimpleNamespace(name="zero-shot", stage="baseline"), SimpleNamespace(name="full", stage="finetune"),
-                SimpleNamespace(name="prompt-tuning", stage="finetune")]
-    metrics = {
-        "zero-shot": {"rougeL": summary(0.039, 0.035, 0.043), "cost": {"trainable_params": 0}},
-        "full": {"rougeL": summary(0.227, 0.21, 0.24), "cost": {"method": "full", "wall_time_s": 30.0}},
-        "prompt-tuning": {"rougeL": summary(0.031, 0.028, 0.034), "cost": {"method": "prompt-tuning", "wall_time_s": 20.0}},
-    }
-    text = findings(metrics, variants)
-    assert "<b>full</b> (full) scores ROUGE-L 0.227" in text and "above zero-shot" in text
-    prompt = next(part for part in text.split("<div") if "<b>prompt-tuning</b>" in part)
-    assert "finding no" in prompt and "0.031 [0.028, 0.034], below zero-shot" in prompt and "Lester et al." in prompt
+def test_a_change_the_paired_test_does_not_show_is_not_coloured():
+    """The quality table colours a change only where the paired interval over the same rows excludes 0."""
+    change = {"absolute": 0.2954, "ci95": [-0.05, 0.6], "p_value": 0.2, "n": 20, "outcome": "no measurable difference"}
+    metrics = {"zero-shot": {"toxicity": summary(0.06, 0.01, 0.1)},
+               "full": {"toxicity": summary(0.3554, 0.0, 0.7), "paired": {"zero-shot": {"toxicity": change}}},
+               "lora": {"toxicity": summary(0.3, 0.0, 0.7)}}  # no paired test at all: no colour either
+    html = quality_table(metrics)
+    assert "<span class=''>+0.2954" in html and "<span class=''>+0.2400" in html and "worse" not in html.split("</table>")[0]
+
+
+def test_names_in_source_is_a_quality_column_and_not_measured_shows_a_dash():
+    metrics = {"zero-shot": {"rougeL": summary(0.2, 0.1, 0.3), "names_in_source": {"mean": None, "ci95": [None, None], "n": 20}},
+               "full": {"rougeL": summary(0.3, 0.2, 0.4), "names_in_source": summary(0.95, 0.9, 1.0)}}
+    html = quality_table(metrics)
+    assert "<th>names_in_source</th>" in html and "<td>-</td>" in html and "0.9500" in html
 
 
 def test_costs_not_measured_show_a_dash_not_a_zero():

@@ -90,9 +90,46 @@ def paired_change(before: Statistic, after: Statistic, resamples: int = DEFAULT_
     change: dict = {"absolute": _round(point), "relative": _round(point / abs(base)) if base else None}
     if resamples > 0 and len(before.values) > 1:
         samples = bootstrap(joined, resamples, seed)
-        low, high = np.percentile(samples, [2.5, 97.5])
-        p_value = 2 * min(np.mean(samples <= 0), np.mean(samples >= 0))
-        change.update(ci95=[_round(low), _round(high)], p_value=_round(min(1.0, max(p_value, 1 / resamples))))
+        change.update(ci95=_percentile_interval(samples), p_value=_two_sided_p(samples, resamples))
     else:
         change.update(ci95=[change["absolute"], change["absolute"]], p_value=None)
     return change
+
+
+def paired_ratio(before: Statistic, after: Statistic, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict:
+    """Ratio `after / before` of the two metric values on the same rows, with a paired bootstrap 95% interval.
+
+    `{"value", "ci95"}`; None where `before` is 0 (on all rows, or on every resample). What "LoRA keeps 95% of full
+    fine-tuning's ROUGE-L" rests on: the same rows drawn for both in each resample, as in `paired_change`.
+    """
+    if len(before.values) != len(after.values):
+        raise ValueError("a paired comparison needs the same rows on both sides")
+    width = before.values.shape[1]
+
+    def ratio(samples: np.ndarray) -> np.ndarray:  # (B, n, k_before + k_after) -> (B,); nan where before is 0
+        numerator, denominator = after.aggregate(samples[..., width:]), before.aggregate(samples[..., :width])
+        return np.divide(numerator, denominator, out=np.full(np.shape(numerator), np.nan), where=denominator != 0)
+
+    joined = Statistic(np.concatenate([before.values, after.values], axis=1), ratio)
+    value = _round(joined.point())
+    if resamples > 0 and len(before.values) > 1:
+        return {"value": value, "ci95": _percentile_interval(bootstrap(joined, resamples, seed))}
+    return {"value": value, "ci95": [value, value]}
+
+
+def _percentile_interval(samples: np.ndarray) -> list:
+    """The 2.5th and 97.5th percentiles of the resampled values that are defined (a ratio metric such as
+    names_in_source is undefined on a resample with no denominator); [None, None] when none is."""
+    if np.isnan(samples).all():
+        return [None, None]
+    low, high = np.nanpercentile(samples, [2.5, 97.5])
+    return [_round(low), _round(high)]
+
+
+def _two_sided_p(samples: np.ndarray, resamples: int) -> float | None:
+    """Twice the smaller share of defined resampled changes on either side of 0, at least 1/resamples, at most 1."""
+    defined = samples[~np.isnan(samples)]
+    if not len(defined):
+        return None
+    p_value = 2 * min(np.mean(defined <= 0), np.mean(defined >= 0))
+    return _round(min(1.0, max(p_value, 1 / resamples)))

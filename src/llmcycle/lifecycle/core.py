@@ -38,8 +38,9 @@ TUNED: a model of its own, which `eval` scores on the test data and the probes, 
 APART: scored by its own stage on data of its own; `eval` leaves it alone, and the report shows it only in the
   stage's own section, never beside the test data's scores."""
 
-Finding = tuple[bool, str]
-"""A report finding: whether what the course teaches held in this run, and the sentence saying so (HTML)."""
+Finding = tuple[bool | None, str]
+"""A report finding: whether what the course teaches held in this run (None: the paired test shows no measurable
+difference, so it neither held nor failed), and the sentence saying so (HTML)."""
 Figure = tuple[str, str]
 """A report plot: its title and its PNG, base64-encoded."""
 
@@ -61,6 +62,14 @@ class Variant:
     """Suite probes: {label: eval --suite's result, with "samples", the per-item file the forgetting test pairs}."""
     predictions: str | None = None
     log: str | None = None
+    paired: dict = field(default_factory=dict)
+    """metrics.json's `paired`: {other variant: {metric: {absolute, relative, ci95, p_value, n, outcome, ratio}}}, its
+    change against an earlier variant on the same rows (lifecycle/paired.py); for a rag variant, against the same model
+    without retrieval on the same questions."""
+    probe_predictions: dict = field(default_factory=dict)
+    """{probe task: its predictions file}, what the forgetting test pairs with the base model's."""
+    forgetting_paired: dict = field(default_factory=dict)
+    """{probe task: the paired change in ROUGE-L against the base model, with its outcome} (lifecycle/paired.py)."""
 
 
 @dataclass
@@ -136,14 +145,17 @@ class Stage:
     metrics_entry: Callable[[Variant, Run], dict] = _no_keys
     """metrics_entry(variant, run): keys it adds to any variant's metrics.json entry (beside its metrics, cost)."""
     findings: Callable[[dict, list], list[Finding]] = _adds_nothing
-    """findings(metrics, variants): its findings under the report's 'What each step bought'."""
+    """findings(metrics, variants): its findings under the report's 'What each step bought'. Like `section`, it sees
+    every variant (a stage whose variants are APART finds what they show), so it picks its own. A finding that says
+    one variant is better or worse than another reads the paired test on the same rows (metrics.json's `paired`)."""
     plots: Callable[[dict, list], list[Figure]] = _adds_nothing
     """plots(metrics, variants): its plots, after the report's ROUGE-L bars."""
     cost_table: Callable[[dict, list], str] = _no_html
     """cost_table(metrics, variants): HTML under the report's cost table."""
     section: Callable[[dict, list], str] = _no_html
     """section(metrics, variants): its own HTML section, after the forgetting table; '' when it has nothing.
-    Unlike the hooks above (which see the variants compared on the test data), it sees every variant."""
+    Like `findings` and unlike the other hooks (which see the variants compared on the test data), it sees every
+    variant."""
 
 
 STAGES: dict[str, Stage] = {}
@@ -175,12 +187,15 @@ def first_base(run: Run) -> Variant | None:
 
 
 def variant_metrics(run: Run) -> dict:
-    """metrics.json: `{variant: {metric: {"mean", "ci95", "n"}, ..., what each stage adds, "cost": {...}}}`."""
+    """metrics.json: `{variant: {metric: {"mean", "ci95", "n"}, ..., what each stage adds, "paired": {...}, "cost": {...}}}`
+    (`paired` where the variant was compared with earlier ones on the same rows)."""
     result = {}
     for variant in run.variants.values():
         entry = dict(variant.metrics)
         for stage in STAGES.values():
             entry |= stage.metrics_entry(variant, run)
+        if variant.paired:
+            entry["paired"] = variant.paired
         result[variant.name] = entry | {"cost": variant.cost}
     return result
 

@@ -31,12 +31,11 @@ from .. import console
 from ..console import note, print_table
 from ..data.io import read_rows
 from ..errors import UserError
-from ..evaluate.metrics import verdict
 from ..outputs import atomic_open, write_json
 from .core import Run, stage_of, variant_metrics
-from .report import html_page
+from .report import html_page, outcome_class, pair_outcome
 from .runner import plan, recipe_from, run_steps, show_plan
-from .stages.report import report_parts
+from .stages.report import print_run_findings, report_parts
 
 LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
@@ -116,6 +115,8 @@ def run_models(recipes: dict, out: Path, *, dry_run: bool = False, smoke: bool =
     serving = {label: serve_instructions(run, 8000 + i) for i, (label, run) in enumerate(runs.items())}
     write_side_by_side(out / "report.html", runs, metrics, serving)
     print_side_by_side(metrics, headline_orders(runs))
+    for label, run in runs.items():
+        print_run_findings(run, metrics[label], f"{label}: what each step bought")
     for label, (command, snippet) in serving.items():  # results, so on stdout, unwrapped: they are to be copied
         console.out.print(f"serve the {label} model and its tuned adapters:\n{command}\nthen, from Python:\n{snippet}\n",
                           markup=False, highlight=False, soft_wrap=True)
@@ -254,15 +255,15 @@ def write_side_by_side(path: Path, runs: dict, metrics: dict, serving: dict) -> 
     labels, orders = list(runs), headline_orders(runs)
     head = "".join(f"<th>{html.escape(label)}<br><span class='ci'>{html.escape(runs[label].recipe.model)}</span></th>" for label in labels)
     body = "".join(f"<tr><td>{html.escape(name)}</td><td>{headline(next(e for e in (metrics[l].get(name) for l in labels) if e), orders[name])[0]}</td>"
-                   + "".join(_cell(metrics[label].get(name), metrics[label].get("zero-shot"), orders[name]) for label in labels) + "</tr>"
+                   + "".join(_cell(metrics[label].get(name), orders[name]) for label in labels) + "</tr>"
                    for name in _rows(metrics))
     parts = [f"<h1>llmcycle: {html.escape(first.name)}, {' and '.join(labels)} side by side</h1>",
              f"<p>{html.escape(first.description)}</p>" if first.description else "",
              "<h2>Every stage, model by model</h2>",
              f"<table><tr><th>variant</th><th>metric</th>{head}</tr>{body}</table>",
-             "<p class='ci'>mean [95% bootstrap interval], green or red where the interval clears zero-shot prompting's "
-             "(better or worse); repetition: share of outputs saying one sentence three or more "
-             "times; rag variants (rag, docs-ft, ...) answer the documentation questions (exact match), the rest the test "
+             "<p class='ci'>mean [95% bootstrap interval], green or red where the paired 95% interval against zero-shot "
+             "prompting on the same rows excludes 0 (better or worse); repetition: share of outputs saying one sentence three "
+             "or more times; rag variants (rag, docs-ft, ...) answer the documentation questions (exact match), the rest the test "
              "data (ROUGE-L). '-': not measured for that model.</p>",
              "<h2>Serve what was tuned</h2>", *(_serve_block(label, *serving[label]) for label in labels)]
     for label, run in runs.items():
@@ -275,19 +276,16 @@ def write_side_by_side(path: Path, runs: dict, metrics: dict, serving: dict) -> 
         handle.write(html_page(f"llmcycle {first.name}", parts))
 
 
-def _cell(entry: dict | None, zero_shot: dict | None, order: tuple[str, ...]) -> str:
-    """The variant's headline with its interval, coloured where the interval clears zero-shot's (same metric)."""
+def _cell(entry: dict | None, order: tuple[str, ...]) -> str:
+    """The variant's headline with its interval, coloured where the paired test against zero-shot prompting on the same
+    rows (metrics.json's `paired`; for a variant with retrieval, zero-shot without it) shows it better or worse."""
     if not entry:
         return "<td>-</td>"
     metric, summary = headline(entry, order)
     if summary is None:
         return "<td>-</td>"
-    base = (zero_shot or {}).get(metric) if zero_shot is not entry else None
     low, high = summary["ci95"]
-    klass = ""
-    if isinstance(base, dict):
-        apart = low > base["ci95"][1] or high < base["ci95"][0]
-        klass = verdict(metric, summary["mean"] - base["mean"]) if apart else ""
+    klass = outcome_class(pair_outcome(metric, entry.get("paired", {}).get("zero-shot", {}).get(metric)))
     extra = "".join(f"<br><span class='ci'>{key} {entry[key]['mean']:.3f}</span>" for key in ("toxicity", "repetition")
                     if isinstance(entry.get(key), dict))
     return f"<td><span class='{klass}'>{summary['mean']:.3f}</span> <span class='ci'>[{low:.3f}, {high:.3f}]</span>{extra}</td>"

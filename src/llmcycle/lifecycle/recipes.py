@@ -37,6 +37,7 @@ from ..errors import UserError
 from .core import Recipe, variant_metrics
 from .multi_model import model_data, model_recipes, run_models
 from .runner import recipe_from, run_steps, show_plan
+from .stages.report import print_run_findings
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 QUICKSTART = RECIPES / "quickstart.yaml"
@@ -71,4 +72,7 @@ def run_recipe(path: str, out: str | None = None, *, dry_run: bool = False, smok
     if dry_run:
         show_plan(recipe)
         return {}
-    return variant_metrics(run_steps(recipe, Path(out or f"runs/{recipe.name}"), smoke))
+    run = run_steps(recipe, Path(out or f"runs/{recipe.name}"), smoke)
+    metrics = variant_metrics(run)
+    print_run_findings(run, metrics)
+    return metrics

@@ -3,7 +3,9 @@ for the parts they add (lifecycle/stages/report.py puts the report together from
 
 The report states what the course teaches and whether this run shows it, with the numbers, rather than hiding a
 result that differs (a model this small may not profit from few-shot prompting, for example). Every part takes
-metrics.json's entries (and the variants), so the report reads only what was measured.
+metrics.json's entries (and the variants), so the report reads only what was measured. Whatever it calls better or
+worse, in a finding or a colour, is the outcome of a paired test on the same rows (metrics.json's `paired`,
+lifecycle/paired.py); where the 95% interval covers 0 it says there is no measurable difference.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import base64
 import html
 import io
 import json
+import re
 from pathlib import Path
 
-from ..evaluate.metrics import verdict
+from .. import console
+from ..evaluate.compare import NO_DIFFERENCE, outcome
 
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 STYLE = """
@@ -26,6 +30,7 @@ th:first-child, td:first-child { text-align: left; } th { background: #f5f5f5; }
 .better { color: #1a7f37; } .worse { color: #b42318; } .ci { color: #777; font-size: 0.8rem; }
 .finding { padding: 0.5rem 0.8rem; margin: 0.4rem 0; border-left: 4px solid #1a7f37; background: #f3faf5; }
 .finding.no { border-color: #b54708; background: #fff8eb; }
+.finding.same { border-color: #999; background: #f6f6f6; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; } img { max-width: 100%; }
 pre { background: #f6f8fa; padding: 0.6rem 0.8rem; overflow-x: auto; font-size: 0.82rem; }
 td.text { text-align: left; white-space: pre-wrap; font-size: 0.82rem; max-width: 420px; }
@@ -45,18 +50,89 @@ def mean(entry: dict, metric: str) -> float | None:
 
 def interval(summary: dict | None, digits: int = 3) -> str:
     """A mean with its 95% interval below it, or '-'."""
-    if not isinstance(summary, dict) or "mean" not in summary:
+    if not isinstance(summary, dict) or summary.get("mean") is None:
         return "-"
     low, high = summary["ci95"]
-    return f"{summary['mean']:.{digits}f}<br><span class='ci'>[{low:.{digits}f}, {high:.{digits}f}]</span>"
+    bounds = "-" if low is None or high is None else f"{low:.{digits}f}, {high:.{digits}f}"
+    return f"{summary['mean']:.{digits}f}<br><span class='ci'>[{bounds}]</span>"
 
 
 # ---------------------------------------------------------------- findings
 
 
+MARKS = {True: ("", "&#10003;", "✓"), False: (" no", "&#9888;", "⚠"), None: (" same", "&#8776;", "≈")}
+"""A finding's (class, HTML mark, console mark): held, shown the opposite, or no measurable difference."""
+
+
 def render_findings(found: list) -> str:
-    """Findings as the report shows them: a tick where the course's claim held in this run, a warning where not."""
-    return "".join(f"<div class='finding{'' if ok else ' no'}'>{'&#10003;' if ok else '&#9888;'} {text}</div>" for ok, text in found)
+    """Findings as the report shows them: a tick where the course's claim held in this run, a warning where the
+    run shows the opposite, an even mark where the paired test shows no measurable difference."""
+    return "".join(f"<div class='finding{MARKS[shown][0]}'>{MARKS[shown][1]} {text}</div>" for shown, text in found)
+
+
+def print_findings(title: str, found: list) -> None:
+    """The findings on the console (stdout: they are results), as plain text under the same marks."""
+    if not found:
+        return
+    console.out.print(title, style="bold", markup=False, highlight=False)
+    for shown, text in found:
+        console.out.print(f"{MARKS[shown][2]} {html.unescape(re.sub(r'<[^>]+>', '', text))}", markup=False, highlight=False)
+
+
+def held(result: str) -> bool | None:
+    """A finding's mark from a paired outcome where the course expects a gain: better held, worse did not, and no
+    measurable difference is neither."""
+    return {"better": True, "worse": False}.get(result)
+
+
+def outcome_class(result: str) -> str:
+    """The CSS class that colours a change: only a measured better or worse is coloured."""
+    return result if result in ("better", "worse") else ""
+
+
+TURNED = {"better": "worse", "worse": "better", "higher": "lower", "lower": "higher"}
+
+
+def oriented_pair(metrics: dict, after: str, before: str, metric: str) -> dict | None:
+    """The paired change in `metric` from variant `before` to `after` (metrics.json's `paired`), turned round where it
+    was measured from `after` to `before`; None where the two were not compared on the same rows."""
+    entry = metrics.get(after, {}).get("paired", {}).get(before, {}).get(metric)
+    if entry:
+        return entry
+    reverse = metrics.get(before, {}).get("paired", {}).get(after, {}).get(metric)
+    return _turned_round(reverse) if reverse else None
+
+
+def _negated(value):
+    return None if value is None else -value
+
+
+def _turned_round(entry: dict) -> dict:
+    low, high = entry.get("ci95") or (None, None)
+    ratio = entry.get("ratio") or {}
+    ratio_low, ratio_high = ratio.get("ci95") or (None, None)
+    inverted = [None if not v else 1 / v for v in (ratio.get("value"), ratio_high, ratio_low)]
+    return {"absolute": _negated(entry.get("absolute")), "ci95": [_negated(high), _negated(low)], "p_value": entry.get("p_value"),
+            "n": entry.get("n"), "outcome": TURNED.get(entry.get("outcome"), entry.get("outcome")),
+            "ratio": {"value": inverted[0], "ci95": inverted[1:]}}
+
+
+def pair_outcome(metric: str, entry: dict | None) -> str:
+    """A paired entry's outcome (recomputed where it carries none, as `eval`'s own changes do); none without a test."""
+    if not entry:
+        return NO_DIFFERENCE
+    return entry.get("outcome") or outcome(metric, entry)
+
+
+def change_text(entry: dict | None, digits: int = 3, unit: str = "rows") -> str:
+    """'paired change +0.050 [+0.020, +0.080] over 60 rows', or why there is none."""
+    if not entry or entry.get("absolute") is None:
+        return "no paired test (the two were not scored on the same rows)"
+    low, high = entry.get("ci95") or (None, None)
+    bounds = "[-]" if low is None or high is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
+    over = f" over the same {entry['n']} {unit}" if entry.get("n") else " over the same rows"
+    covers = ", an interval that covers 0" if pair_outcome("", entry) == NO_DIFFERENCE else ""
+    return f"paired change {entry['absolute']:+.{digits}f} {bounds}{over}{covers}"
 
 
 def best(metrics: dict, names: list[str], metric: str = "rougeL"):
@@ -65,15 +141,36 @@ def best(metrics: dict, names: list[str], metric: str = "rougeL"):
     return max(scored, key=lambda item: item[1]) if scored else None
 
 
+def forgetting_tests(metrics: dict) -> list[tuple[str, str, dict]]:
+    """(variant, what was measured, paired change with its outcome) for every probe task and suite of every tuned
+    variant, against the base model on the same items."""
+    tests = [(name, f"{task} (ROUGE-L)", change) for name, entry in metrics.items()
+             for task, change in entry.get("forgetting_paired", {}).items()]
+    for name, entry in metrics.items():
+        for label, test in entry.get("suite_forgetting", {}).items():
+            change = test["acc"]["change"]
+            tests.append((name, f"{label} (accuracy)", change | {"n": test["acc"].get("n"), "outcome": outcome("acc", change)}))
+    return tests
+
+
 def forgetting_finding(metrics: dict):
-    changes = {name: entry["forgetting"] for name, entry in metrics.items() if entry.get("forgetting")}
-    if not changes:
+    """Whether tuning lost held-out skills: a drop only where a paired test shows one."""
+    tests = forgetting_tests(metrics)
+    if not tests:
         return None
-    worst = min(changes, key=lambda n: min(changes[n].values()))
-    drop = min(changes[worst].values())
-    ok = drop > -0.05
-    return ok, (f"Held-out tasks {'are kept' if ok else 'suffer'}: the largest drop in probe ROUGE-L is {drop:+.3f} ({worst}). "
-                "Catastrophic forgetting shows as a drop here.")
+    drops = [test for test in tests if test[2]["outcome"] == "worse"]
+    name, measured, change = min(drops or tests, key=lambda test: test[2]["absolute"] or 0)
+    kind = "the largest drop" if (change["absolute"] or 0) < 0 else "the smallest change"
+    largest = f"{kind}, <b>{html.escape(name)}</b> on {html.escape(measured)}: {change_text(change, unit='items')}"
+    if drops:
+        return False, (f"Held-out tasks suffer: {len(drops)} of {len(tests)} paired tests against the base model show a "
+                       f"measurable drop; {largest}. Catastrophic forgetting shows as a drop here.")
+    gains = sum(test[2]["outcome"] == "better" for test in tests)
+    if gains:
+        return True, (f"Held-out tasks are kept: none of {len(tests)} paired tests against the base model shows a drop, "
+                      f"and {gains} show a gain; {largest}.")
+    return None, (f"No measurable forgetting: none of {len(tests)} paired tests against the base model on held-out tasks "
+                  f"shows a difference; {largest}.")
 
 
 def repetition_finding(metrics: dict):
@@ -92,25 +189,35 @@ def repetition_finding(metrics: dict):
 # ---------------------------------------------------------------- tables
 
 
-def _cell(entry: dict, metric: str, first: dict | None) -> str:
+def _cell(entry: dict, metric: str, first: dict | None, first_name: str = "") -> str:
     value = entry.get(metric)
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or value.get("mean") is None:
         return "<td>-</td>"
-    text = f"{value['mean']:.4f}<br><span class='ci'>[{value['ci95'][0]:.3f}, {value['ci95'][1]:.3f}]</span>"
+    low, high = value["ci95"]
+    text = f"{value['mean']:.4f}<br><span class='ci'>[{_bound(low)}, {_bound(high)}]</span>"
     base = mean(first or {}, metric)
     if first is not None and base is not None and entry is not first:
         change = value["mean"] - base
         relative = f", {change / abs(base):+.0%}" if base else ""
-        text += f"<br><span class='{verdict(metric, change)}'>{change:+.4f}{relative}</span>"
+        paired = entry.get("paired", {}).get(first_name, {}).get(metric)
+        text += f"<br><span class='{outcome_class(pair_outcome(metric, paired))}'>{change:+.4f}{relative}</span>"
     return f"<td>{text}</td>"
 
 
+def _bound(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def quality_table(metrics: dict) -> str:
-    columns = [m for m in (*ROUGE, "bleu", "exact_match", "toxicity", "repetition") if any(m in e for e in metrics.values())]
-    first = next(iter(metrics.values()), None)
-    rows = "".join(f"<tr><td>{html.escape(name)}</td>{''.join(_cell(entry, m, first) for m in columns)}</tr>" for name, entry in metrics.items())
+    columns = [m for m in (*ROUGE, "bleu", "exact_match", "toxicity", "repetition", "names_in_source") if any(m in e for e in metrics.values())]
+    first_name = next(iter(metrics), "")
+    first = metrics.get(first_name)
+    rows = "".join(f"<tr><td>{html.escape(name)}</td>{''.join(_cell(entry, m, first, first_name) for m in columns)}</tr>"
+                   for name, entry in metrics.items())
     return (f"<table><tr><th>variant</th>{''.join(f'<th>{m}</th>' for m in columns)}</tr>{rows}</table>"
-            f"<p class='ci'>mean, [95% bootstrap interval], change against {html.escape(next(iter(metrics), ''))}</p>")
+            f"<p class='ci'>mean, [95% bootstrap interval], change against {html.escape(first_name)}: green or red only where "
+            "the paired 95% interval over the same rows excludes 0. names_in_source: the share of the names an output uses "
+            "that occur in its input (reference-free).</p>")
 
 
 def measured(cost: dict, key: str, spec: str, scale: float = 1, unit: str = "") -> str:
@@ -149,11 +256,18 @@ def forgetting_table(metrics: dict) -> str:
     for name, entry in metrics.items():
         if not entry.get("probes"):
             continue
-        cells = "".join(f"<td>{entry['probes'][t]['rougeL']['mean']:.3f}"
-                        + (f" <span class='{verdict('rougeL', entry['forgetting'][t])}'>({entry['forgetting'][t]:+.3f})</span>" if t in entry.get("forgetting", {}) else "")
-                        + "</td>" for t in tasks)
+        cells = "".join(f"<td>{entry['probes'][t]['rougeL']['mean']:.3f}{_forgetting_change(entry, t)}</td>" for t in tasks)
         rows += f"<tr><td>{html.escape(name)}</td>{cells}</tr>"
-    return f"<table><tr><th>variant</th>{''.join(f'<th>{t} (ROUGE-L)</th>' for t in tasks)}</tr>{rows}</table>"
+    return (f"<table><tr><th>variant</th>{''.join(f'<th>{t} (ROUGE-L)</th>' for t in tasks)}</tr>{rows}</table>"
+            "<p class='ci'>(change against the base model), green or red only where the paired 95% interval over the same "
+            "items excludes 0.</p>")
+
+
+def _forgetting_change(entry: dict, task: str) -> str:
+    if task not in entry.get("forgetting", {}):
+        return ""
+    klass = outcome_class(pair_outcome("rougeL", entry.get("forgetting_paired", {}).get(task)))
+    return f" <span class='{klass}'>({entry['forgetting'][task]:+.3f})</span>"
 
 
 def examples(variants: list, count: int = 4) -> str:

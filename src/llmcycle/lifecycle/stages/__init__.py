@@ -23,9 +23,13 @@ The contract (the fields of `Stage`; only the first three are required):
 - `headline`: the metrics its variants are compared by when several models run side by side.
 - `serves_adapters`: its variants' adapters go into the printed `llmcycle serve` command.
 - `metrics_entry(variant, run) -> dict`: keys it adds to any variant's entry in metrics.json.
-- `findings(metrics, variants) -> [(held, html)]`, `plots(metrics, variants) -> [(title, png_base64)]` and
-  `cost_table(metrics, variants) -> html`: its parts of the report's findings, plots and cost section, given the
-  variants compared on the test data (not APART) and their metrics.json entries.
+- `plots(metrics, variants) -> [(title, png_base64)]` and `cost_table(metrics, variants) -> html`: its parts of the
+  report's plots and cost section, given the variants compared on the test data (not APART) and their metrics.json
+  entries.
+- `findings(metrics, variants) -> [(held, html)]`: its findings, given every variant. A finding that says one variant
+  is better or worse than another reads the paired test on the same rows (metrics.json's `paired`, lifecycle/paired.py):
+  `held` is True where it shows the course's effect, False where it shows the opposite, None where the 95% interval
+  covers 0 (no measurable difference, said plainly).
 - `section(metrics, variants) -> html`: its own report section ('' when it has nothing), given every variant.
 
 The report lists the stages' parts in the registry's order; the built-in stages are registered below, in the

@@ -17,6 +17,7 @@ from ... import config as configs
 from ...align.dpo import DPOConfig, dpo
 from ...align.ppo import PPOConfig, ppo
 from ...errors import UserError
+from ...evaluate.compare import NO_DIFFERENCE
 from ..core import (
     SMOKE_STEPS,
     Run,
@@ -27,7 +28,7 @@ from ..core import (
     start_afresh,
     training_cost,
 )
-from ..report import mean
+from ..report import change_text, held, mean, oriented_pair, pair_outcome
 
 NAME = "align"
 ALIGN_KEYS = ("name", "from", "method", "data")
@@ -74,7 +75,8 @@ def run_align(run: Run, step: Step, folder: Path) -> None:
 
 
 def alignment_detoxifies(metrics: dict, variants: list) -> list:
-    """A finding per aligned variant (PPO or DPO): its toxicity against the variant it started from."""
+    """A finding per aligned variant (PPO or DPO): its toxicity against the variant it started from, by the paired
+    test on the same rows; it lowers toxicity only where the whole 95% interval of the change is below 0."""
     found = []
     for variant in (v for v in variants if v.stage == NAME):
         name = variant.name
@@ -82,14 +84,22 @@ def alignment_detoxifies(metrics: dict, variants: list) -> list:
         source = source if source in metrics and source != name else None
         if source is None or "toxicity" not in metrics.get(name, {}) or "toxicity" not in metrics[source]:
             continue
-        method = str(metrics[name].get("cost", {}).get("method", "alignment")).upper()
-        before, after = mean(metrics[source], "toxicity"), mean(metrics[name], "toxicity")
-        ok = after < before
-        rouge = (f"; ROUGE-L {mean(metrics[source], 'rougeL'):.3f} -> {mean(metrics[name], 'rougeL'):.3f}"
-                 if mean(metrics[name], "rougeL") is not None and mean(metrics[source], "rougeL") is not None else "")
-        found.append((ok, f"{method} {'lowers' if ok else 'does not lower'} toxicity: {html.escape(source)} {before:.4f} -> "
-                          f"{html.escape(name)} {after:.4f}{rouge}."))
+        found.append(_toxicity_finding(metrics, name, source))
     return found
+
+
+def _toxicity_finding(metrics: dict, name: str, source: str):
+    method = html.escape(str(metrics[name].get("cost", {}).get("method", "alignment")).upper())
+    pair = oriented_pair(metrics, name, source, "toxicity")
+    result = pair_outcome("toxicity", pair)
+    opening = {"better": f"{method} lowers toxicity", "worse": f"{method} raises toxicity",
+               NO_DIFFERENCE: f"This run does not show {method} lowering toxicity"}[result]
+    numbers = (f"{html.escape(source)} {mean(metrics[source], 'toxicity'):.4f} -> {html.escape(name)} "
+               f"{mean(metrics[name], 'toxicity'):.4f}, {change_text(pair, 4)}")
+    if mean(metrics[name], "rougeL") is not None and mean(metrics[source], "rougeL") is not None:
+        numbers += (f"; ROUGE-L {mean(metrics[source], 'rougeL'):.3f} -> {mean(metrics[name], 'rougeL'):.3f}, "
+                    f"{change_text(oriented_pair(metrics, name, source, 'rougeL'))}")
+    return held(result), f"{opening}: {numbers}."
 
 
 ALIGN = Stage(NAME, check_align, run_align, names_variant=True, serves_adapters=True, findings=alignment_detoxifies)

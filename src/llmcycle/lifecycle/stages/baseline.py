@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ... import config as configs
 from ...errors import UserError
-from ...evaluate.metrics import verdict
+from ...evaluate.compare import NO_DIFFERENCE, outcome
 from ...generate.prompting import (
     CotRequest,
     cot_dataset,
@@ -31,7 +31,7 @@ from ...generate.prompting import (
 from ...models import ModelOptions, locate
 from ...outputs import folder_bytes
 from ..core import BASE, Run, Stage, Step, Variant, check_data_spec
-from ..report import best, interval, mean
+from ..report import best, change_text, held, interval, mean, oriented_pair, outcome_class, pair_outcome
 
 NAME = "baseline"
 
@@ -103,14 +103,50 @@ def chain_of_thought_entry(variant: Variant, run: Run) -> dict:
 # ---------------------------------------------------------------- what it adds to the report
 
 
+def baseline_findings(metrics: dict, variants: list) -> list:
+    return shots_help(metrics, variants) + chain_of_thought_pays(metrics, variants)
+
+
+SHOTS_WORDS = {"better": "help this model", "worse": "make this model worse", NO_DIFFERENCE: "make no measurable difference to this model"}
+
+
 def shots_help(metrics: dict, variants: list) -> list:
-    zero, more = metrics.get("zero-shot"), [n for n in metrics if n.endswith("-shot") and n not in ("zero-shot",)]
-    if not zero or not more:
+    """The best prompt with in-context examples against zero-shot, by the paired test on the same rows."""
+    prompted = [v.name for v in variants if v.stage == NAME and v.name != "zero-shot"]
+    top = best(metrics, prompted)
+    if mean(metrics.get("zero-shot", {}), "rougeL") is None or top is None:
         return []
-    top = best(metrics, more)
-    ok = top[1] > mean(zero, "rougeL") + 0.01  # a clear gain, not rounding
-    return [(ok, f"In-context examples {'help' if ok else 'do not help this model'}: best {top[0]} ROUGE-L {top[1]:.3f} "
-                 f"against zero-shot {mean(zero, 'rougeL'):.3f}." + ("" if ok else " A model this small has little in-context learning to draw on; the course's claim is about large models."))]
+    pair = oriented_pair(metrics, top[0], "zero-shot", "rougeL")
+    result = pair_outcome("rougeL", pair)
+    caveat = "" if result == "better" else (" A model this small has little in-context learning to draw on; the course's claim "
+                                            "is about large models.")
+    return [(held(result), f"In-context examples {SHOTS_WORDS[result]}: best <b>{html.escape(top[0])}</b> ROUGE-L {top[1]:.3f} "
+                           f"against zero-shot {mean(metrics['zero-shot'], 'rougeL'):.3f}, {change_text(pair)}.{caveat}")]
+
+
+COT_WORDS = {"better": "pays off", "worse": "makes answers worse", NO_DIFFERENCE: "makes no measurable difference"}
+
+
+def chain_of_thought_pays(metrics: dict, variants: list) -> list:
+    """Reasoning first against answering directly, on the cot data: the paired change in accuracy (eval --compare's)."""
+    cot = next((entry["chain_of_thought"] for entry in metrics.values() if entry.get("chain_of_thought")), None)
+    if not cot or "cot" not in cot or "direct" not in cot:
+        return []
+    n = cot["direct"]["accuracy"].get("n")
+    change = _with_rows(cot["cot"]["accuracy"].get("change"), n)
+    result = pair_outcome("accuracy", change)
+    text = (f"Chain-of-thought {COT_WORDS[result]}: accuracy {cot['cot']['accuracy']['mean']:.3f} reasoning first against "
+            f"{cot['direct']['accuracy']['mean']:.3f} answering directly on {html.escape(str(cot['task']))} word problems, "
+            f"{change_text(change, unit='problems')}")
+    consistency = cot.get("self-consistency", {}).get("accuracy")
+    if consistency:
+        text += f"; self-consistency {consistency['mean']:.3f}, {change_text(_with_rows(consistency.get('change'), n), unit='problems')}"
+    return [(held(result), text + ".")]
+
+
+def _with_rows(change: dict | None, rows: int | None) -> dict | None:
+    """A change against direct answers (prompt --cot's, which leaves the count of problems to the accuracy) with it."""
+    return change and {**change, "n": rows}
 
 
 def cot_section(metrics: dict, variants: list) -> str:
@@ -133,9 +169,9 @@ def _change(change: dict | None) -> str:
     if not change:
         return "-"
     low, high = change["ci95"]
-    klass = verdict("accuracy", change["absolute"]) if low > 0 or high < 0 else ""  # coloured where the interval clears 0
+    klass = outcome_class(outcome("accuracy", change))  # coloured where the interval clears 0
     return f"<span class='{klass}'>{change['absolute']:+.3f}</span> <span class='ci'>[{low:+.3f}, {high:+.3f}]</span>"
 
 
 BASELINE = Stage(NAME, check_baseline, run_baseline, variant_role=BASE, metrics_entry=chain_of_thought_entry,
-                 findings=shots_help, section=cot_section)
+                 findings=baseline_findings, section=cot_section)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ...evaluate.benchmark import score_probe
 from ...evaluate.forgetting import samples_forgetting
-from ...evaluate.metrics import verdict
+from ...evaluate.compare import outcome
 from ..core import (
     APART,
     BASE,
@@ -36,7 +36,8 @@ from ..core import (
     stage_of,
     with_role,
 )
-from ..report import interval
+from ..paired import pair_variants
+from ..report import interval, outcome_class
 
 
 def check_eval(options: dict, where: str, names: set, source: str) -> None:
@@ -54,11 +55,19 @@ def run_eval(run: Run, step: Step, folder: Path) -> None:
             variant.metrics, variant.predictions = score(run, variant, run.test, folder / f"{slug(variant.name)}.jsonl", run.recipe.metrics)
         probed = role != BASE or variant is base  # the prompted variants share one model: probe it once
         if not variant.probes and probed:
-            variant.probes = {task: score(run, variant, path, folder / f"{slug(variant.name)}.probe-{task}.jsonl", ["rouge"])[0]
-                              for task, path in run.probe_files().items()}
+            _score_probes(run, variant, folder)
         if not variant.suites and probed:
             variant.suites = {label: _score_suite(run, variant, spec, folder / f"{slug(variant.name)}.probe-{label}.samples.jsonl")
                               for label, spec in _suite_probes(run.recipe).items()}
+    pair_variants(run)  # every comparison the report makes, as a paired test on the same rows
+
+
+def _score_probes(run: Run, variant: Variant, folder: Path) -> None:
+    """ROUGE-L on each probe task; the predictions files are kept for the paired forgetting test."""
+    scored = {task: score(run, variant, path, folder / f"{slug(variant.name)}.probe-{task}.jsonl", ["rouge"])
+              for task, path in run.probe_files().items()}
+    variant.probes = {task: result for task, (result, _) in scored.items()}
+    variant.probe_predictions = {task: predictions for task, (_, predictions) in scored.items()}
 
 
 def _suite_probes(recipe: Recipe) -> dict[str, dict]:
@@ -75,7 +84,8 @@ def _score_suite(run: Run, variant: Variant, spec: dict, samples: Path) -> dict:
 
 def probes_entry(variant: Variant, run: Run) -> dict:
     """metrics.json's `probes` and `suites`, and for a variant that is not the base model, its `forgetting` (change in
-    probe ROUGE-L) and `suite_forgetting` (the paired test) against the base model's."""
+    probe ROUGE-L), `forgetting_paired` (that change as a paired test on the probe's rows, with its outcome) and
+    `suite_forgetting` (the paired test) against the base model's."""
     entry, tuned = {}, stage_of(variant).variant_role != BASE
     bases = with_role(run.variants.values(), BASE)
     if variant.probes:
@@ -84,6 +94,8 @@ def probes_entry(variant: Variant, run: Run) -> dict:
         if tuned and base:
             entry["forgetting"] = {task: round(variant.probes[task]["rougeL"]["mean"] - base[task]["rougeL"]["mean"], 6)
                                    for task in variant.probes if task in base}
+    if tuned and variant.forgetting_paired:
+        entry["forgetting_paired"] = variant.forgetting_paired
     if variant.suites:
         entry["suites"] = variant.suites
         base = next((v.suites for v in bases if v.suites), {})
@@ -128,7 +140,7 @@ def _suite_cells(entry: dict, label: str) -> str:
         delta = test["acc"]["change"]
         low, high = delta["ci95"]
         mark = "<b>significant</b>" if test["significant"] else "not significant"
-        change = (f"<span class='{verdict('acc', delta['absolute'])}'>{delta['absolute']:+.3f}</span> "
+        change = (f"<span class='{outcome_class(outcome('acc', delta))}'>{delta['absolute']:+.3f}</span> "  # coloured where significant
                   f"<span class='ci'>[{low:+.3f}, {high:+.3f}], p={delta['p_value']:.3g}</span><br>"
                   f"forgot {test['forgot']}, learned {test['learned']}: {mark}")
     return f"<td>{interval(suite.get('acc'))}</td><td>{interval(suite.get('acc_norm'))}</td><td>{change}</td>"

@@ -20,6 +20,7 @@ from ... import config as configs
 from ...console import note
 from ...data.io import read_rows
 from ...errors import UserError
+from ...evaluate.compare import NO_DIFFERENCE
 from ...train.finetune import FinetuneConfig, finetune
 from ..core import (
     BASE,
@@ -32,7 +33,7 @@ from ..core import (
     training_cost,
     with_role,
 )
-from ..report import best, mean, png, pyplot
+from ..report import best, change_text, held, mean, oriented_pair, pair_outcome, png, pyplot
 
 NAME = "finetune"
 
@@ -79,17 +80,19 @@ def _tuned(variants: list) -> list:
     return [v for v in variants if v.stage == NAME]
 
 
+BEATS_WORDS = {"better": "beats", "worse": "falls below", NO_DIFFERENCE: "makes no measurable difference against"}
+
+
 def _tuning_beats_prompting(metrics: dict, variants: list):
+    """The best tuned variant against the best prompt, by the paired test on the same rows."""
     prompted = best(metrics, [v.name for v in with_role(variants, BASE)])
     tuned = best(metrics, [v.name for v in _tuned(variants)])
     if not prompted or not tuned:
         return None
-    low = metrics[tuned[0]]["rougeL"]["ci95"][0]
-    high = metrics[prompted[0]]["rougeL"]["ci95"][1]
-    ok = low > high
-    return ok, (f"Fine-tuning {'beats' if ok else 'does not clearly beat'} prompting: best tuned variant <b>{tuned[0]}</b> "
-                f"ROUGE-L {tuned[1]:.3f} against the best prompt <b>{prompted[0]}</b> {prompted[1]:.3f} "
-                f"({'the 95% intervals do not overlap' if ok else 'the 95% intervals overlap'}).")
+    pair = oriented_pair(metrics, tuned[0], prompted[0], "rougeL")
+    result = pair_outcome("rougeL", pair)
+    return held(result), (f"Fine-tuning {BEATS_WORDS[result]} prompting: best tuned variant <b>{html.escape(tuned[0])}</b> ROUGE-L "
+                          f"{tuned[1]:.3f} against the best prompt <b>{html.escape(prompted[0])}</b> {prompted[1]:.3f}, {change_text(pair)}.")
 
 
 METHOD_NOTES = {
@@ -99,36 +102,54 @@ METHOD_NOTES = {
 }
 
 
+PLACE_WORDS = {"better": "above", "worse": "below", NO_DIFFERENCE: "no measurable difference from"}
+
+
 def _each_method(metrics: dict, variants: list) -> list:
     """A finding for every tuned variant against zero-shot prompting, including those that did not help."""
     zero = mean(metrics.get("zero-shot", {}), "rougeL")
     if zero is None:
         return []
-    found = []
-    for variant in _tuned(variants):
-        entry = metrics.get(variant.name, {})
-        tuned = mean(entry, "rougeL")
-        if tuned is None:
-            continue
-        low, high = entry["rougeL"]["ci95"]
-        zero_low, zero_high = metrics["zero-shot"]["rougeL"]["ci95"]
-        verdict_text = "above" if low > zero_high else "below" if high < zero_low else "within the interval of"
-        method = entry.get("cost", {}).get("method", variant.name)
-        caveat = METHOD_NOTES.get(method, "") if verdict_text != "above" else ""
-        found.append((verdict_text == "above", f"<b>{html.escape(variant.name)}</b> ({html.escape(str(method))}) scores ROUGE-L "
-                      f"{tuned:.3f} [{low:.3f}, {high:.3f}], {verdict_text} zero-shot prompting ({zero:.3f}).{caveat}"))
-    return found
+    return [finding for finding in (_against_zero_shot(metrics, variant.name, zero) for variant in _tuned(variants)) if finding]
+
+
+def _against_zero_shot(metrics: dict, name: str, zero: float):
+    entry = metrics.get(name, {})
+    tuned = mean(entry, "rougeL")
+    if tuned is None:
+        return None
+    low, high = entry["rougeL"]["ci95"]
+    pair = oriented_pair(metrics, name, "zero-shot", "rougeL")
+    result = pair_outcome("rougeL", pair)
+    method = entry.get("cost", {}).get("method", name)
+    caveat = METHOD_NOTES.get(method, "") if result != "better" else ""
+    return held(result), (f"<b>{html.escape(name)}</b> ({html.escape(str(method))}) scores ROUGE-L {tuned:.3f} [{low:.3f}, {high:.3f}], "
+                          f"{PLACE_WORDS[result]} zero-shot prompting ({zero:.3f}): {change_text(pair)}.{caveat}")
+
+
+NEAR_FULL = 0.9
+"""LoRA 'comes close to' full fine-tuning when it keeps this share of its ROUGE-L (the paired ratio's whole interval)."""
 
 
 def _lora_near_full(metrics: dict):
+    """LoRA's ROUGE-L as a share of full fine-tuning's, with the ratio's paired interval on the same rows: close where
+    the whole interval is at least NEAR_FULL, short where it is all below, and this run cannot tell otherwise."""
     lora = next((n for n in metrics if n.lower().startswith("lora") and "+" not in n), None)
-    if "full" not in metrics or lora is None or mean(metrics["full"], "rougeL") in (None, 0):
+    if "full" not in metrics or lora is None or mean(metrics["full"], "rougeL") in (None, 0) or mean(metrics[lora], "rougeL") is None:
         return None
-    ratio = mean(metrics[lora], "rougeL") / mean(metrics["full"], "rougeL")
     share = metrics[lora]["cost"].get("trainable_share", 0)
-    ok = ratio >= 0.9
-    return ok, (f"LoRA {'comes close to' if ok else 'falls short of'} full fine-tuning: {ratio:.0%} of its ROUGE-L "
-                f"while training {share:.2%} of the parameters.")
+    ratio = (oriented_pair(metrics, lora, "full", "rougeL") or {}).get("ratio") or {}
+    low, high = ratio.get("ci95") or (None, None)
+    if ratio.get("value") is None or low is None or high is None:
+        value = mean(metrics[lora], "rougeL") / mean(metrics["full"], "rougeL")
+        return None, (f"LoRA keeps {value:.0%} of full fine-tuning's ROUGE-L while training {share:.2%} of the parameters; "
+                      "no paired test (the two were not scored on the same rows), so this run cannot tell whether it comes close.")
+    result = True if low >= NEAR_FULL else False if high < NEAR_FULL else None
+    opening = {True: "LoRA comes close to full fine-tuning", False: "LoRA falls short of full fine-tuning",
+               None: "This run cannot tell whether LoRA comes close to full fine-tuning"}[result]
+    where = {True: "all at or above", False: "all below", None: "an interval either side of"}[result]
+    return result, (f"{opening}: {ratio['value']:.0%} of its ROUGE-L [{low:.0%}, {high:.0%}], paired over the same rows ({where} "
+                    f"{NEAR_FULL:.0%}), while training {share:.2%} of the parameters.")
 
 
 def loss_curves(metrics: dict, variants: list) -> list:

@@ -32,6 +32,7 @@ from ... import config as configs
 from ...data.io import read_rows
 from ...data.synthetic_docs import docs_qa
 from ...errors import UserError
+from ...evaluate.compare import NO_DIFFERENCE, outcome
 from ...models import ModelOptions
 from ...outputs import write_jsonl
 from ...rag.chunking import ChunkSettings
@@ -55,7 +56,7 @@ from ..core import (
     start_afresh,
     training_cost,
 )
-from ..report import interval
+from ..report import change_text, held, interval, mean, pair_outcome
 
 NAME = "rag"
 
@@ -169,10 +170,42 @@ def _add_variant(run: Run, variant: Variant, arm: dict, closed_book: dict, predi
     cost["closed_book_exact_match"] = closed_book.get("exact_match", {}).get("mean")
     metrics = {key: value for key, value in arm.items() if isinstance(value, dict) and "mean" in value}
     name = name or f"{variant.name}+rag"
-    run.variants[name] = Variant(name, variant.model, NAME, cost=cost, metrics=metrics, predictions=str(predictions))
+    run.variants[name] = Variant(name, variant.model, NAME, cost=cost, metrics=metrics, predictions=str(predictions),
+                                 paired=_against_closed_book(variant.name, arm))
+
+
+def _against_closed_book(source: str, arm: dict) -> dict:
+    """metrics.json's `paired` of a variant with retrieval: `rag eval`'s paired change from the same model closed book
+    (`vs_closed_book`, the same questions resampled on both sides), under the name of the variant it extends."""
+    changes = {metric: change | {"n": arm.get(metric, {}).get("n"), "outcome": outcome(metric, change)}
+               for metric, change in arm.get("vs_closed_book", {}).items()}
+    return {source: changes} if changes else {}
 
 
 # ---------------------------------------------------------------- what it adds to the report
+
+
+RETRIEVAL_WORDS = {"better": "Retrieval helps", "worse": "Retrieval hurts", NO_DIFFERENCE: "Retrieval makes no measurable difference to"}
+
+
+def retrieval_findings(metrics: dict, variants: list) -> list:
+    """A finding per variant with retrieval: its exact match against the same model closed book, by the paired test
+    on the same questions (zero-shot against rag; docs-ft against docs-ft+rag)."""
+    found = []
+    for variant in (v for v in variants if v.stage == NAME and metrics.get(v.name, {}).get("paired")):
+        entry = metrics[variant.name]
+        source, changes = next(iter(entry["paired"].items()))
+        if "exact_match" not in changes or mean(entry, "exact_match") is None:
+            continue
+        pair = changes["exact_match"]
+        result = pair_outcome("exact_match", pair)
+        closed = entry.get("cost", {}).get("closed_book_exact_match")
+        without = f"{closed:.3f}" if closed is not None else "-"
+        found.append((held(result), f"{RETRIEVAL_WORDS[result]} <b>{html.escape(variant.name)}</b>: exact match "
+                      f"{mean(entry, 'exact_match'):.3f} with retrieval against {without} for {html.escape(source)} without it, "
+                      f"{change_text(pair, unit='questions')}."))
+    return found
+
 
 
 def rag_section(metrics: dict, variants: list) -> str:
@@ -200,4 +233,5 @@ def rag_section(metrics: dict, variants: list) -> str:
             "(answerable@k); a generation miss: it was, and the answer was still wrong. '-': not measured.</p>")
 
 
-RAG = Stage(NAME, check_rag, run_rag, variant_role=APART, headline=("exact_match", "rougeL"), section=rag_section)
+RAG = Stage(NAME, check_rag, run_rag, variant_role=APART, headline=("exact_match", "rougeL"), findings=retrieval_findings,
+            section=rag_section)

@@ -35,6 +35,7 @@ from ..report import (
     forgetting_finding,
     forgetting_table,
     html_page,
+    print_findings,
     quality_table,
     render_findings,
     repetition_finding,
@@ -64,14 +65,14 @@ def write_report(path: Path, recipe: Recipe, variants: list, metrics: dict) -> N
 def report_parts(recipe: Recipe, variants: list, all_metrics: dict, heading: str = "h1") -> list[str]:
     """The report of one model's run. Variants a stage scores on data of its own (APART) are shown in that stage's
     section only, never in a column beside the test data's scores."""
-    apart = {v.name for v in variants if stage_of(v).variant_role == APART}
+    apart = apart_names(variants)
     metrics = {name: entry for name, entry in all_metrics.items() if name not in apart}
     compared = [v for v in variants if v.name not in apart]
     return [
         f"<{heading}>llmcycle: {html.escape(recipe.name)}</{heading}>",
         f"<p class='sub'>model {html.escape(recipe.model)} &middot; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC</p>",
         f"<p>{html.escape(recipe.description)}</p>" if recipe.description else "",
-        "<h2>What each step bought</h2>", findings(metrics, compared),
+        "<h2>What each step bought</h2>", render_findings(finding_list(all_metrics, variants)),
         "<h2>Quality</h2>", quality_table(metrics),
         "<h2>Cost</h2>", cost_table(metrics) + "".join(stage.cost_table(metrics, compared) for stage in STAGES.values()),
         "<div class='grid'>", plots(metrics, compared), "</div>",
@@ -81,10 +82,29 @@ def report_parts(recipe: Recipe, variants: list, all_metrics: dict, heading: str
     ]
 
 
+def finding_list(all_metrics: dict, variants: list) -> list:
+    """What each stage found (each stage sees every variant), then, over the variants compared on the test data,
+    whether held-out tasks were kept and whether outputs loop."""
+    found = [finding for stage in STAGES.values() for finding in stage.findings(all_metrics, variants)]
+    apart = apart_names(variants)
+    metrics = {name: entry for name, entry in all_metrics.items() if name not in apart}
+    return found + [f for f in (forgetting_finding(metrics), repetition_finding(metrics)) if f]
+
+
 def findings(metrics: dict, variants: list) -> str:
-    """What each stage found, then whether held-out tasks were kept and whether outputs loop."""
-    found = [finding for stage in STAGES.values() for finding in stage.findings(metrics, variants)]
-    return render_findings(found + [f for f in (forgetting_finding(metrics), repetition_finding(metrics)) if f])
+    """The findings as the report shows them."""
+    return render_findings(finding_list(metrics, variants))
+
+
+def apart_names(variants: list) -> set[str]:
+    """The variants a stage scores on data of its own (APART): never compared with the test data's."""
+    return {v.name for v in variants if stage_of(v).variant_role == APART}
+
+
+def print_run_findings(run: Run, metrics: dict | None = None, title: str = "what each step bought") -> None:
+    """The report's findings on the console, after a run whose recipe writes a report (`metrics`: its metrics.json)."""
+    if any("report" in entry for entry in run.recipe.stages) and (run.out / "report.html").is_file():
+        print_findings(title, finding_list(metrics or variant_metrics(run), list(run.variants.values())))
 
 
 def plots(metrics: dict, variants: list) -> str:
