@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import networkx  # a dependency of torch
 import pytest
 
 import llmcycle
@@ -59,53 +60,14 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle for each strongly connected group of modules (Tarjan's algorithm), as a path back to its start."""
-    index, low, stack, on_stack, groups = {}, {}, [], set(), []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for target in sorted(graph[node]):
-            if target not in index:
-                visit(target)
-                low[node] = min(low[node], low[target])
-            elif target in on_stack:
-                low[node] = min(low[node], index[target])
-        if low[node] == index[node]:
-            group = set()
-            while node not in group:
-                member = stack.pop()
-                on_stack.discard(member)
-                group.add(member)
-            if len(group) > 1:
-                groups.append(group)
-
-    for node in sorted(graph):
-        if node not in index:
-            visit(node)
-    return [_cycle_within(group, graph) for group in groups]
-
-
-def _cycle_within(group: set[str], graph: dict[str, set[str]]) -> list[str]:
-    """A shortest path from the group's first module back to itself, through the group (breadth first)."""
-    start = min(group)
-    came_from = {start: None}
-    frontier = [start]
-    while frontier:
-        next_frontier = []
-        for node in frontier:
-            for target in sorted(graph[node] & group):
-                if target == start:
-                    path = [node]
-                    while came_from[path[-1]] is not None:
-                        path.append(came_from[path[-1]])
-                    return path[::-1] + [start]
-                if target not in came_from:
-                    came_from[target] = node
-                    next_frontier.append(target)
-        frontier = next_frontier
-    raise AssertionError(f"{sorted(group)} holds no cycle")
+    """One cycle in each group of modules that import each other, as a path back to where it starts."""
+    digraph = networkx.DiGraph([(importer, imported) for importer, targets in graph.items() for imported in targets])
+    cycles = []
+    for group in networkx.strongly_connected_components(digraph):
+        if len(group) > 1:
+            edges = networkx.find_cycle(digraph.subgraph(group), source=min(group))
+            cycles.append([edge[0] for edge in edges] + [edges[0][0]])
+    return sorted(cycles)
 
 
 def test_graph_reads_relative_and_function_level_imports(tmp_path):
