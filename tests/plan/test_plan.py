@@ -17,6 +17,7 @@ from llmcycle.plan.memory import (
 from llmcycle.plan.compute import plan_compute
 from llmcycle.cli.plan import plan
 from llmcycle.train.methods import lora_config
+from llmcycle.train.settings import LoRASettings
 
 TINY_CONFIGS = {
     "gpt2": lambda: tf.GPT2Config(vocab_size=300, n_embd=32, n_layer=2, n_head=4, n_positions=64),
@@ -109,7 +110,7 @@ def test_lora_count_equals_peft(arch, targets, rank, tmp_path):
     ours = plan_memory(shape, TrainingSetup(method="lora", lora_rank=rank, lora_targets=targets)).trainable_params
     auto = tf.AutoModelForSeq2SeqLM if config.is_encoder_decoder else tf.AutoModelForCausalLM
     # What `llmcycle finetune --lora-targets TARGETS` trains: one meaning of the targets in both places.
-    peft_config = lora_config(auto.from_config(config), config.is_encoder_decoder, rank, 16.0, 0.0, targets)
+    peft_config = lora_config(auto.from_config(config), config.is_encoder_decoder, LoRASettings(rank, 16.0, targets))
     assert ours == peft_trainable(config, peft_config)
 
 

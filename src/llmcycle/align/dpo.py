@@ -39,12 +39,9 @@ from ..data import Example
 from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
 from ..models import LoadedModel
-from ..train import checkpoints, distributed
+from ..train import distributed
 from ..train.distributed import Distributed, DistributedSettings
-from ..train.methods import count_parameters
-from ..train.run import (
-    StepResult, Trainer, autocast_for, check_out_dir, make_optimizer, peak_memory_bytes, seed_processes, summary_table, train,
-)
+from ..train.run import Optimization, StepResult, Trainer, autocast_for, check_out_dir, peak_memory_bytes, summary_table, train
 from ..train.settings import DataSettings, LoRASettings, ModelSettings, RunSettings
 from ..train.sft_data import Tokenized, collate, completion_token_losses, epoch_batches, tokenize
 from .policy import Policy, build_policy, load_policy_base
@@ -226,32 +223,34 @@ def dpo(cfg: DPOConfig, resume: bool = False) -> dict:
 
 
 class DPOTrainer(Trainer):
-    """Set-up, step and metrics of direct preference optimisation."""
+    """Policy, pairs, step and metrics of direct preference optimisation."""
 
     description, max_grad_norm = "dpo", MAX_GRAD_NORM
+    cfg: DPOConfig
 
-    def __init__(self, cfg: DPOConfig, dist: Distributed, resume_from: Path | None):
-        torch.manual_seed(cfg.seed)
-        loaded, adapter_dir = load_policy_base(cfg, "DPO")
-        self.cfg, self.dist, self.loaded, self.tokenizer = cfg, dist, loaded, loaded.tokenizer
+    def build(self) -> torch.nn.Module:
+        cfg = self.cfg
+        loaded, self.adapter_dir = load_policy_base(cfg, "DPO")
+        self.loaded, self.tokenizer = loaded, loaded.tokenizer
         self.train_rows = load_rows(cfg, loaded, cfg.data)
         self.eval_rows = load_rows(cfg, loaded, cfg.eval_data) if cfg.eval_data else []
-        self.policy = build_policy(loaded, cfg, adapter_dir)
-        if resume_from is not None:
-            checkpoints.load_weights(resume_from, self.policy.model, self.policy.is_adapter)
-        self.trainable, self.total = count_parameters(self.policy.model)
-        self.inner, model = self.policy.model, dist.wrap(self.policy.model)
-        seed_processes(cfg.seed, dist)
-        self.global_batch = cfg.batch_size * dist.world_size
+        self.policy = build_policy(loaded, cfg, self.adapter_dir)
+        self.inner, self.is_adapter = self.policy.model, self.policy.is_adapter
+        self.global_batch = cfg.batch_size * self.dist.world_size
         self.per_epoch = math.ceil(len(self.train_rows) / self.global_batch)
         self.total_steps = cfg.max_steps or self.per_epoch * cfg.epochs
-        optimizer, self.scheduler = make_optimizer(model, cfg.learning_rate, self.total_steps)
-        self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
-        self.autocast, self.learning_rate, self.is_adapter = autocast_for(cfg.dtype, loaded.device), cfg.learning_rate, self.policy.is_adapter
-        start = f"continuing {adapter_dir}" if adapter_dir and cfg.tune == "lora" else cfg.tune
-        note(f"dpo ({start}) on {loaded.kind} {Path(loaded.name).name}: {self.trainable:,} trainable of {self.total:,} parameters; "
-             f"{len(self.train_rows)} pairs, {self.total_steps} steps of {self.global_batch}, beta {cfg.beta:g}"
-             + (f", {dist.describe()}" if dist.enabled else ""))
+        self.autocast = autocast_for(cfg.dtype, loaded.device)
+        return self.policy.model
+
+    def optimization(self) -> Optimization:
+        return Optimization(self.cfg.learning_rate)
+
+    def announce(self) -> None:
+        cfg, loaded, dist = self.cfg, self.loaded, self.dist
+        start = f"continuing {self.adapter_dir}" if self.adapter_dir and cfg.tune == "lora" else cfg.tune
+        note(f"dpo ({start}) on {loaded.kind} {Path(loaded.name).name}: {self.trainable_params:,} trainable of "
+             f"{self.total_params:,} parameters; {len(self.train_rows)} pairs, {self.total_steps} steps of {self.global_batch}, "
+             f"beta {cfg.beta:g}" + (f", {dist.describe()}" if dist.enabled else ""))
 
     def initial_state(self) -> dict:
         return {"history": []}
@@ -283,7 +282,8 @@ class DPOTrainer(Trainer):
         return {"method": "dpo", "tune": cfg.tune, "beta": cfg.beta, **reward_metrics(state["history"], final),
                 "train_loss": state["last_loss"], "eval_loss": final["loss"] if final else None,
                 "pairs": len(self.train_rows), "eval_pairs": len(self.eval_rows), "steps": state["step"], "world_size": dist.world_size,
-                "trainable_params": self.trainable, "total_params": self.total, "trainable_share": self.trainable / self.total,
+                "trainable_params": self.trainable_params, "total_params": self.total_params,
+                "trainable_share": self.trainable_params / self.total_params,
                 "peak_memory_bytes": peak_memory_bytes(self.loaded.device), "wall_time_s": state["train_seconds"]}
 
     def summary(self, metrics: dict, weights_dir: Path) -> None:

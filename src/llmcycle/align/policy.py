@@ -99,7 +99,7 @@ def build_policy(loaded: LoadedModel, cfg, adapter_dir: str | None) -> Policy:
         return Policy(model.eval(), copy.deepcopy(model).eval().requires_grad_(False), False)
     if adapter_dir is not None:
         return Policy(_continued_adapter(model, adapter_dir), None, True)
-    lora = lora_config(model, loaded.is_encoder_decoder, cfg.lora_rank, cfg.lora_alpha, 0.0, cfg.lora_targets)
+    lora = lora_config(model, loaded.is_encoder_decoder, cfg)  # no LoRA dropout: dropout is off throughout
     try:
         model = peft.get_peft_model(model, lora)
     except (ValueError, TypeError, KeyError) as exc:

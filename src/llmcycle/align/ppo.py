@@ -32,10 +32,9 @@ from ..console import note
 from ..data import load_examples, load_template
 from ..errors import UserError
 from ..models import LoadedModel, chat_renderer
-from ..train import checkpoints, distributed
+from ..train import distributed
 from ..train.distributed import Distributed, DistributedSettings
-from ..train.methods import count_parameters
-from ..train.run import StepResult, Trainer, check_finite, check_out_dir, peak_memory_bytes, seed_processes, summary_table, train
+from ..train.run import Optimization, StepResult, Trainer, check_finite, check_out_dir, peak_memory_bytes, summary_table, train
 from ..train.settings import DataSettings, LoRASettings, ModelSettings, RunSettings
 from ..train.sft_data import accepts_logits_to_keep, epoch_batches
 from .policy import Policy, build_policy, load_policy_base
@@ -313,23 +312,15 @@ class Actors:
             return score_tokens(self.reference, rollout)[0]
         return self.inner.reference_log_probs(**rollout.tensors())
 
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
 
-
-def build_actors(loaded: LoadedModel, cfg: PPOConfig, dist: Distributed, resume_from: Path | None,
-                 adapter_dir: str | None = None) -> tuple[Actors, Policy]:
+def build_actor_critic(loaded: LoadedModel, cfg: PPOConfig, adapter_dir: str | None = None) -> ActorCritic:
+    """The policy and its reference (policy.py), with a new value head on the policy's last hidden state."""
     hidden = loaded.model.get_output_embeddings().in_features
     value_head = torch.nn.Linear(hidden, 1).to(loaded.device)
     torch.nn.init.normal_(value_head.weight, std=1 / math.sqrt(hidden + 1))
     torch.nn.init.zeros_(value_head.bias)
     policy = build_policy(loaded, cfg, adapter_dir)
-    if resume_from is not None:  # into the whole model, before any sharding
-        checkpoints.load_weights(resume_from, policy.model, policy.is_adapter)
-        _load_value_head(value_head, resume_from)
-    inner = ActorCritic(policy.model, value_head, policy).eval()
-    actors = Actors(dist.wrap(inner, forward_methods=("generate", "reference_log_probs")), inner, policy.frozen_copy, dist)
-    return actors, policy
+    return ActorCritic(policy.model, value_head, policy).eval()
 
 
 def load_prompts(cfg: PPOConfig, loaded: LoadedModel) -> list[str]:
@@ -353,9 +344,10 @@ def clipped_losses(actors: Actors, part: Rollout, old_log_probs, old_values, adv
     return policy_loss, value_loss, clip_fraction, masked_mean(entropy.detach(), mask).item()
 
 
-def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOConfig, kl_coef: float, optimizer,
+def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOConfig, kl_coef: float, update,
              check_loss=lambda loss: None) -> dict:
-    """Score the rollouts, then `ppo_epochs` of clipped updates over minibatches; returns the step's statistics.
+    """Score the rollouts, then `ppo_epochs` of clipped updates over minibatches (`update()` clips, applies and
+    clears the gradients); returns the step's statistics.
 
     On several processes each scores and updates on its own rollouts (every process has as many) and DDP or
     FSDP averages the gradients; advantages are whitened and statistics averaged over all processes.
@@ -379,7 +371,7 @@ def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOCon
             loss = policy_loss + cfg.vf_coef * value_loss
             check_loss(loss.item())
             dist.backward(loss)
-            dist.step(actors.model, optimizer, cfg.max_grad_norm)
+            update()
             updates += 1
             totals["policy_loss"] += policy_loss.item()
             totals["value_loss"] += value_loss.item()
@@ -396,36 +388,50 @@ def ppo(cfg: PPOConfig, resume: bool = False) -> dict:
 
 
 class PPOTrainer(Trainer):
-    """Set-up, step and metrics of PPO: each step samples rollouts, scores them, then runs its own updates."""
+    """Policy, prompts, step and metrics of PPO: each step samples rollouts, scores them, then updates on them."""
 
-    description, steps_own_optimizer, save_within = "ppo", True, "policy"
+    description, save_within = "ppo", "policy"
+    forward_methods = ("generate", "reference_log_probs")
+    cfg: PPOConfig
 
-    def __init__(self, cfg: PPOConfig, dist: Distributed, resume_from: Path | None):
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
+    def build(self) -> torch.nn.Module:
+        cfg, dist = self.cfg, self.dist
         self.reward = Reward(cfg.reward)
-        self.loaded, adapter_dir = load_policy_base(cfg, "PPO")
+        self.loaded, self.adapter_dir = load_policy_base(cfg, "PPO")
         self.prompts = load_prompts(cfg, self.loaded)
-        if dist.enabled and len(self.prompts) < cfg.batch_size * dist.world_size:
-            raise UserError(f"{cfg.data}: {len(self.prompts)} prompt{'s' if len(self.prompts) != 1 else ''}; {dist.world_size} "
-                            f"processes with --batch-size {cfg.batch_size} need at least {cfg.batch_size * dist.world_size}")
-        self.actors, policy = build_actors(self.loaded, cfg, dist, resume_from, adapter_dir)
-        self.trainable, self.total = count_parameters(self.actors.policy)  # FSDP's sharded parameters report their whole size
-        seed_processes(cfg.seed, dist)
-        optimizer = torch.optim.AdamW(self.actors.parameters(), lr=cfg.learning_rate)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # constant; kept for checkpoint symmetry
-        self.actors.model, self.optimizer = dist.prepare_optimizer(self.actors.model, optimizer)
-        self.model, self.tokenizer, self.is_adapter = self.actors.model, self.loaded.tokenizer, policy.is_adapter
-        self.cfg, self.dist, self.total_steps, self.learning_rate = cfg, dist, cfg.max_steps, cfg.learning_rate
-        self.save_extra, self.moments = _value_head_file, RunningMoments()
         global_batch = cfg.batch_size * dist.world_size
+        if dist.enabled and len(self.prompts) < global_batch:
+            raise UserError(f"{cfg.data}: {len(self.prompts)} prompt{'s' if len(self.prompts) != 1 else ''}; {dist.world_size} "
+                            f"processes with --batch-size {cfg.batch_size} need at least {global_batch}")
+        self.inner = build_actor_critic(self.loaded, cfg, self.adapter_dir)
+        self.tokenizer, self.is_adapter = self.loaded.tokenizer, self.inner.switch.is_adapter
+        self.total_steps, self.max_grad_norm = cfg.max_steps, cfg.max_grad_norm
+        self.save_extra, self.moments = _value_head_file, RunningMoments()
         # On several processes every step has full batches (each process must make as many updates); one process
         # keeps the short last batch of an epoch, as before.
         self.prompts_per_epoch = len(self.prompts) // global_batch if dist.enabled else math.ceil(len(self.prompts) / global_batch)
-        start = f"continuing {adapter_dir}" if adapter_dir and cfg.tune == "lora" else cfg.tune
-        note(f"ppo ({start}) on {self.loaded.kind} {Path(self.loaded.name).name}: {self.trainable:,} trainable of {self.total:,} "
-             f"parameters; {len(self.prompts)} prompts, {cfg.max_steps} steps of {global_batch} rollouts"
-             + (f", {dist.describe()}" if dist.enabled else ""))
+        return self.inner
+
+    def optimization(self) -> Optimization:
+        # torch's AdamW default weight decay, which PPO has always trained with; a constant learning rate
+        return Optimization(self.cfg.learning_rate, weight_decay=0.01, schedule=None)
+
+    def restore_extra(self, checkpoint: Path) -> None:
+        _load_value_head(self.inner.value_head, checkpoint)
+
+    def announce(self) -> None:
+        cfg, dist, loaded = self.cfg, self.dist, self.loaded
+        start = f"continuing {self.adapter_dir}" if self.adapter_dir and cfg.tune == "lora" else cfg.tune
+        note(f"ppo ({start}) on {loaded.kind} {Path(loaded.name).name}: {self.trainable_params:,} trainable of "
+             f"{self.total_params:,} parameters; {len(self.prompts)} prompts, {cfg.max_steps} steps of "
+             f"{cfg.batch_size * dist.world_size} rollouts" + (f", {dist.describe()}" if dist.enabled else ""))
+
+    @property
+    def actors(self) -> Actors:
+        return Actors(self.model, self.inner, self.inner.switch.frozen_copy, self.dist)
+
+    def optimizer_step(self) -> None:
+        """Nothing after the step: `ppo_step` updates the weights after every minibatch (`update_weights`)."""
 
     def initial_state(self) -> dict:
         return {"kl_coef": self.cfg.kl_coef, "running": [0, 0.0, 0.0], "history": []}
@@ -438,13 +444,13 @@ class PPOTrainer(Trainer):
         global_batch = cfg.batch_size * dist.world_size
         step_prompts = [self.prompts[i] for i in epoch_batches(len(self.prompts), global_batch, cfg.seed, epoch)[position]]
         batch_prompts = dist.shard(step_prompts)[0]
-        rollout = sample(self.actors.inner, loaded, batch_prompts, cfg)
+        rollout = sample(self.inner, loaded, batch_prompts, cfg)
         texts = loaded.tokenizer.batch_decode(rollout.response, skip_special_tokens=True)
         raw = np.asarray(self.reward(batch_prompts, [t.strip() for t in texts]), dtype=np.float64)
         every_raw = np.concatenate([np.asarray(part) for part in dist.gather_objects(raw)])  # rank order
         scores = _normalise(every_raw, cfg.reward_norm, self.moments).reshape(dist.world_size, -1)[dist.rank]
         stats = ppo_step(self.actors, rollout, torch.tensor(scores, dtype=torch.float32, device=loaded.device), cfg,
-                         controller.coef, self.optimizer, lambda loss: check_finite(loss, step, self.run_out, cfg.learning_rate, "PPO loss"))
+                         controller.coef, self.update_weights, lambda loss: check_finite(loss, step, self.run_out, cfg.learning_rate, "PPO loss"))
         controller.update(stats["kl"], len(step_prompts))
         (response_tokens,) = dist.sum(float(rollout.mask.sum()))
         state.update(kl_coef=controller.coef, running=[self.moments.count, self.moments.mean, self.moments.m2],
@@ -464,7 +470,8 @@ class PPOTrainer(Trainer):
             "reward_first": history[0]["reward"], "reward_last": history[-1]["reward"],
             "reward_mean_last_quarter": float(np.mean([h["reward"] for h in history[-max(1, len(history) // 4):]])),
             "kl_first": history[0]["kl"], "kl_last": history[-1]["kl"], "kl_coef_final": state["kl_coef"],
-            "trainable_params": self.trainable, "total_params": self.total, "trainable_share": self.trainable / self.total,
+            "trainable_params": self.trainable_params, "total_params": self.total_params,
+            "trainable_share": self.trainable_params / self.total_params,
             "peak_memory_bytes": peak_memory_bytes(self.loaded.device), "wall_time_s": state["train_seconds"],
         }
 

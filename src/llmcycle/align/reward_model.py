@@ -36,11 +36,8 @@ from ..evaluate.stats import Statistic, bootstrap_summary, mean_of_first
 from ..models import context_window, ensure_pad_token, load_tokenizer, locate, pick_device, resolve_dtype
 from ..train import distributed
 from ..train.distributed import Distributed, DistributedSettings
-from ..train.run import (
-    StepResult, Trainer, autocast_for, check_out_dir, make_optimizer, peak_memory_bytes, seed_processes, summary_table, train,
-)
+from ..train.run import Optimization, StepResult, Trainer, autocast_for, check_out_dir, peak_memory_bytes, summary_table, train
 from ..train.settings import DataSettings, ModelSettings, RunSettings
-from ..train.methods import count_parameters, prepare_trainable
 from ..train.sft_data import epoch_batches
 from .reward_sources import reward_inputs
 
@@ -211,31 +208,32 @@ def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
 
 
 class RewardTrainer(Trainer):
-    """Set-up, step and metrics of a Bradley-Terry reward model."""
+    """Backbone, pairs, step and metrics of a Bradley-Terry reward model."""
 
     description, max_grad_norm = "reward model", MAX_GRAD_NORM
+    cfg: RewardConfig
 
-    def __init__(self, cfg: RewardConfig, dist: Distributed, resume_from: Path | None):
-        torch.manual_seed(cfg.seed)  # the new head's initialisation
-        model, self.tokenizer = load_backbone(cfg)
-        self.cfg, self.dist, self.device = cfg, dist, next(model.parameters()).device
+    def build(self) -> torch.nn.Module:
+        cfg = self.cfg
+        model, self.tokenizer = load_backbone(cfg)  # the seed set by the skeleton initialises the new head
+        self.device = next(model.parameters()).device
         self.max_length = effective_max_length(cfg, model, self.tokenizer)
         self.train_pairs = load_usable_pairs(cfg, cfg.data, self.tokenizer, self.max_length)
         self.eval_pairs = load_usable_pairs(cfg, cfg.eval_data, self.tokenizer, self.max_length) if cfg.eval_data else []
         probe(model.eval(), self.tokenizer, self.train_pairs, self.max_length, cfg.model)
-        model = prepare_trainable(model, False, resume_from)
-        self.trainable, self.total = count_parameters(model)
-        model = dist.wrap(model)
-        seed_processes(cfg.seed, dist)
-        self.global_batch = cfg.batch_size * dist.world_size
+        self.global_batch = cfg.batch_size * self.dist.world_size
         self.per_epoch = math.ceil(len(self.train_pairs) / self.global_batch)
         self.total_steps = cfg.max_steps or self.per_epoch * cfg.epochs
-        optimizer, self.scheduler = make_optimizer(model, cfg.lr, self.total_steps, weight_decay=cfg.weight_decay,
-                                                   warmup_steps=cfg.warmup_steps)
-        self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
-        self.autocast, self.learning_rate = autocast_for(cfg.dtype, self.device), cfg.lr
-        note(f"reward model on {dist.unwrap(self.model).config.model_type} {Path(cfg.model).name}: {self.trainable:,} parameters; "
-             f"{len(self.train_pairs)} pairs, {self.total_steps} steps of {self.global_batch}, {self.device.type}"
+        self.autocast = autocast_for(cfg.dtype, self.device)
+        return model.train()
+
+    def optimization(self) -> Optimization:
+        return Optimization(self.cfg.lr, self.cfg.weight_decay, warmup_steps=self.cfg.warmup_steps)
+
+    def announce(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        note(f"reward model on {dist.unwrap(self.model).config.model_type} {Path(cfg.model).name}: {self.trainable_params:,} "
+             f"parameters; {len(self.train_pairs)} pairs, {self.total_steps} steps of {self.global_batch}, {self.device.type}"
              + (f", {dist.describe()}" if dist.enabled else ""))
 
     def initial_state(self) -> dict:
@@ -272,8 +270,8 @@ class RewardTrainer(Trainer):
             "pairwise_accuracy_on": "eval" if self.eval_pairs else "train", "eval_loss": final["loss"],
             "mean_margin": final["mean_margin"], "train_loss": state["last_loss"], "train_accuracy": state["last_accuracy"],
             "pairs": len(self.train_pairs), "eval_pairs": len(self.eval_pairs), "steps": state["step"],
-            "world_size": dist.world_size, "trainable_params": self.trainable, "total_params": self.total,
-            "trainable_share": self.trainable / self.total, "peak_memory_bytes": peak_memory_bytes(self.device),
+            "world_size": dist.world_size, "trainable_params": self.trainable_params, "total_params": self.total_params,
+            "trainable_share": self.trainable_params / self.total_params, "peak_memory_bytes": peak_memory_bytes(self.device),
             "wall_time_s": state["train_seconds"],
         }
 

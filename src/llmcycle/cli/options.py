@@ -6,14 +6,16 @@ Each verb's module in this package turns its flags into the objects below and ca
 from __future__ import annotations
 
 import functools
+import typing
 
 import click
 
 from .. import config as configs
 from ..errors import UserError
 from ..generate.settings import GenerationSettings
+from ..train.settings import Dtype
 
-DTYPE_CHOICES = click.Choice(["auto", "float32", "bfloat16", "float16"])
+DTYPE_CHOICES = click.Choice(typing.get_args(Dtype))
 CONFIG_FILE = click.option("--config", "config_file", type=click.Path(), help="YAML config (a saved DIR/config.yaml reproduces its run).")
 OVERRIDES = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Set any config field (repeatable).")
 RESUME = click.option("--resume", is_flag=True, help="Continue from the newest complete checkpoint in --out.")
@@ -133,8 +135,6 @@ def _field_help(classes, skip) -> tuple[dict, dict]:
 
 def _option_for(name: str, annotation, help_text: str):
     """One click option for a config field: a flag pair for bools, repeatable for lists, choices for Literals."""
-    import typing
-
     short = {"model": "-m", "data": "-d", "out": "-o"}
     flag = "--" + name.replace("_", "-")
     base = next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)

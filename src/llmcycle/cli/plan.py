@@ -6,16 +6,17 @@ Results go to stdout as a table and a one-line verdict, or, with `--json`, as on
 from __future__ import annotations
 
 import json
+import typing
 
 import click
 
 from ..console import out, print_table
 from ..config import field_docs
 from ..errors import UserError
-from ..train.settings import LoRASettings
+from ..train.settings import LoRASettings, PlannedMethod, PlannedSharding, Precision
 from ..plan.memory import (
-    LORA_TARGETS, METHODS, OPTIMIZERS, PRECISIONS, STRATEGIES, MemoryPlan, ModelShape, TrainingSetup, find_gpu,
-    human, parse_count, plan_memory, shape_from_model, shape_from_size, verdict,
+    MemoryPlan, ModelShape, Optimizer, PlannedLoraTargets, TrainingSetup, find_gpu, human, parse_count, plan_memory,
+    shape_from_model, shape_from_size, verdict,
 )
 from ..plan.compute import plan_compute
 
@@ -23,8 +24,9 @@ from ..plan.compute import plan_compute
 _LORA, _LORA_DOCS = LoRASettings(), field_docs(LoRASettings)  # the same LoRA fields as finetune, dpo and ppo
 
 
-def _choice(values) -> click.Choice:
-    return click.Choice(values, case_sensitive=False)
+def _choice(choices) -> click.Choice:
+    """The values of a Literal type, as a flag's choices."""
+    return click.Choice(typing.get_args(choices), case_sensitive=False)
 
 
 def _gpu_option(func):
@@ -43,17 +45,17 @@ def plan():
 @click.option("--hidden", type=int, default=None, help="With --params: hidden size.")
 @click.option("--heads", type=int, default=None, help="With --params: attention heads (default hidden / 128).")
 @click.option("--vocab", type=int, default=None, help="With --params: vocabulary size (default 32000).")
-@click.option("--method", type=_choice(METHODS), default="full", show_default=True)
-@click.option("--precision", type=_choice(PRECISIONS), default="mixed", show_default=True, help="mixed: 16-bit weights and gradients, fp32 master weights.")
-@click.option("--optimizer", type=_choice(OPTIMIZERS), default="adamw", show_default=True, help="sgd is without momentum.")
+@click.option("--method", type=_choice(PlannedMethod), default="full", show_default=True)
+@click.option("--precision", type=_choice(Precision), default="mixed", show_default=True, help="mixed: 16-bit weights and gradients, fp32 master weights.")
+@click.option("--optimizer", type=_choice(Optimizer), default="adamw", show_default=True, help="sgd is without momentum.")
 @click.option("--gpus", type=int, default=1, show_default=True)
-@click.option("--strategy", type=_choice(STRATEGIES), default="ddp", show_default=True, help="How model states are sharded over --gpus.")
+@click.option("--strategy", type=_choice(PlannedSharding), default="ddp", show_default=True, help="How model states are sharded over --gpus.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Sequences per GPU.")
 @click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per sequence.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Keep only each layer's input; recompute the rest.")
 @click.option("--flash-attention", is_flag=True, help="Attention scores are not stored (FlashAttention, SDPA).")
 @click.option("--lora-rank", type=int, default=_LORA.lora_rank, show_default=True, help=_LORA_DOCS["lora_rank"])
-@click.option("--lora-targets", type=_choice(LORA_TARGETS), default=_LORA.lora_targets, show_default=True,
+@click.option("--lora-targets", type=_choice(PlannedLoraTargets), default=_LORA.lora_targets, show_default=True,
               help="attention (every attention projection, as finetune adapts them) or all-linear.")
 @click.option("--num-virtual-tokens", type=int, default=20, show_default=True, help="Prompt and prefix tuning.")
 @click.option("--no-double-quant", is_flag=True, help="QLoRA without double quantisation of the constants.")

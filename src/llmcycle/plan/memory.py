@@ -53,18 +53,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
+from ..config import check_fields
 from ..errors import UserError
 from ..quantization import INT4_GROUP
+from ..train.settings import PlannedMethod, PlannedSharding, Precision
 
 GB = 1e9  # decimal gigabytes, as the ZeRO paper and GPU data sheets use
 PETAFLOP_S_DAY = 1e15 * 86400  # 8.64e19 FLOPs
 TOKENS_PER_PARAM = 20  # Chinchilla
-METHODS = ("full", "lora", "qlora", "prompt-tuning", "prefix-tuning")
-PRECISIONS = ("fp32", "mixed", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "adamw8bit", "sgd")
-STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp")
-LORA_TARGETS = ("attention", "all-linear")
+Optimizer = Literal["adamw", "adamw8bit", "sgd"]
+PlannedLoraTargets = Literal["attention", "all-linear"]
+"""The `--lora-targets` the planner counts (training also takes module names, which need the model itself)."""
 DEFAULT_VOCAB = 32000
 NF4_BITS = 4
 QUANT_BLOCK = 64  # values per NF4 block, each with one absmax constant
@@ -123,28 +124,22 @@ class ModelShape:
 class TrainingSetup:
     """How the model is trained: method, precision, optimizer, parallelism and batch."""
 
-    method: str = "full"
-    precision: str = "mixed"
-    optimizer: str = "adamw"
+    method: PlannedMethod = "full"
+    precision: Precision = "mixed"
+    optimizer: Optimizer = "adamw"
     gpus: int = 1
-    strategy: str = "ddp"
+    strategy: PlannedSharding = "ddp"
     batch_size: int = 8  # per GPU
     max_length: int = 512
     gradient_checkpointing: bool = False
     flash_attention: bool = False
     lora_rank: int = 8
-    lora_targets: str = "attention"
+    lora_targets: PlannedLoraTargets = "attention"
     num_virtual_tokens: int = 20
     double_quant: bool = True
 
     def validate(self) -> None:
-        for flag, value, allowed in (
-            ("method", self.method, METHODS), ("precision", self.precision, PRECISIONS),
-            ("optimizer", self.optimizer, OPTIMIZERS), ("strategy", self.strategy, STRATEGIES),
-            ("lora-targets", self.lora_targets, LORA_TARGETS),
-        ):
-            if value not in allowed:
-                raise UserError(f"unknown --{flag} '{value}'; use one of {', '.join(allowed)}")
+        check_fields(self)  # the Literal choices
         for flag in ("gpus", "batch_size", "max_length", "lora_rank", "num_virtual_tokens"):
             if getattr(self, flag) < 1:
                 raise UserError(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(self, flag)}")

@@ -78,7 +78,8 @@ def save(out: Path, step: int, model, tokenizer, is_adapter: bool, optimizer, sc
     if dist.is_main:
         save_extra(staging, model, full_state, extra, dist)
         torch.save(optimizer_state, staging / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        if scheduler is not None:  # PPO keeps its learning rate constant, with no scheduler
+            torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         torch.save({"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                     "per_process": rng_per_process}, staging / "rng.pt")
         random_state = random.getstate()
@@ -121,7 +122,8 @@ def load_training_state(folder: Path, optimizer, scheduler, dist: Distributed | 
     """
     dist = dist or Distributed()
     dist.load_optimizer_state(model, optimizer, torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
     rng = torch.load(folder / "rng.pt", weights_only=True)
     per_process = rng.get("per_process") or []
     torch.set_rng_state(per_process[dist.rank] if len(per_process) == dist.world_size else rng["torch"])

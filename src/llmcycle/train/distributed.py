@@ -24,6 +24,7 @@ import logging
 import os
 import sys
 import tempfile
+import typing
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -34,9 +35,7 @@ import torch
 from .. import config as configs
 from .. import console
 from ..errors import ReportedError, UserError
-
-STRATEGIES = ("ddp", "fsdp")
-DEEPSPEED_STAGES = {"zero2": 2, "zero3": 3}
+from .settings import DeepSpeedStage, Strategy
 
 
 @dataclass
@@ -45,6 +44,8 @@ class DistributedSettings:
 
     num_processes: int = 1
     """Training processes (one per GPU, or CPU processes over gloo); above 1 they are started with torchrun."""
+    # `strategy` and `deepspeed` are typed str, not their Literals, so that a ZeRO stage given to the wrong flag
+    # gets a hint from `validate_distributed` instead of a bare list of choices.
     strategy: str = "ddp"
     """ddp (each process holds the whole model) or fsdp (weights, gradients and optimizer states sharded)."""
     deepspeed: str | None = None
@@ -53,13 +54,13 @@ class DistributedSettings:
     def validate_distributed(self) -> None:
         if self.num_processes < 1:
             raise UserError(f"--num-processes must be at least 1 (got {self.num_processes})")
-        if self.strategy not in STRATEGIES:
+        if self.strategy not in typing.get_args(Strategy):
             hint = {"zero3": " (ZeRO-3 sharding is fsdp here)", "zero2": " (for ZeRO-2 give --deepspeed zero2)",
                     "zero1": " (for ZeRO-1/2 give --deepspeed zero2)"}.get(self.strategy, "")
-            raise UserError(f"unknown --strategy '{self.strategy}'; use ddp or fsdp{hint}")
+            raise UserError(f"unknown --strategy '{self.strategy}'; use {' or '.join(typing.get_args(Strategy))}{hint}")
         if self.deepspeed is not None:
-            if self.deepspeed not in DEEPSPEED_STAGES:
-                raise UserError(f"unknown --deepspeed '{self.deepspeed}'; use zero2 or zero3")
+            if self.deepspeed not in typing.get_args(DeepSpeedStage):
+                raise UserError(f"unknown --deepspeed '{self.deepspeed}'; use {' or '.join(typing.get_args(DeepSpeedStage))}")
             if self.strategy == "fsdp":
                 raise UserError("--deepspeed and --strategy fsdp are two ways to shard the same states; choose one")
             if getattr(self, "save_every", None):
@@ -415,7 +416,7 @@ def deepspeed_config(settings, micro_batch_size: int, grad_accum: int, max_grad_
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": max_grad_norm,
-        "zero_optimization": {"stage": DEEPSPEED_STAGES[settings.deepspeed], "overlap_comm": on_gpu},
+        "zero_optimization": {"stage": int(settings.deepspeed.removeprefix("zero")), "overlap_comm": on_gpu},
         "steps_per_print": 10**9,
     }
     if settings.deepspeed == "zero3":

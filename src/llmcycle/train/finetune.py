@@ -23,14 +23,10 @@ from ..errors import UserError
 from ..models import DECODER_ONLY, LoadedModel, chat_renderer, pick_device, resolve_dtype
 from . import distributed
 from .distributed import Distributed, DistributedSettings
-from .methods import ADAPTER_METHODS, DEFAULT_LR, apply_method, count_parameters, load_trainable, prepare_trainable
-from .run import (
-    StepResult, Trainer, autocast_for, check_out_dir, make_optimizer, peak_memory_bytes, seed_processes, summary_table, train,
-)
-from .settings import DataSettings, LoRASettings, ModelSettings, RunSettings
+from .methods import ADAPTER_METHODS, DEFAULT_LR, apply_method, enable_gradient_checkpointing, load_trainable
+from .run import Optimization, StepResult, Trainer, autocast_for, check_out_dir, peak_memory_bytes, summary_table, train
+from .settings import ComputeDtype, DataSettings, LoRASettings, LRSchedule, Method, ModelSettings, RunSettings
 from .sft_data import Tokenized, collate, collate_packed, completion_loss_sum, count_targets, epoch_batches, pack, tokenize
-
-Method = Literal["full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "freeze"]
 
 
 @dataclass
@@ -61,7 +57,7 @@ class FinetuneConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, Dis
     """Longest tokenised row; longer rows are cut (and counted)."""
     warmup_steps: int = at_least(0, 0)
     """Steps of linear learning-rate warm-up."""
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    lr_scheduler: LRSchedule = "linear"
     """linear, cosine or constant (after warm-up)."""
     weight_decay: float = at_least(0.0, 0)
     """AdamW weight decay."""
@@ -81,7 +77,7 @@ class FinetuneConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, Dis
     """QLoRA 4-bit type: nf4 or fp4."""
     double_quant: bool = True
     """QLoRA: quantise the quantisation constants too."""
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    compute_dtype: ComputeDtype = "bfloat16"
     """QLoRA: dtype of the matrix products on dequantised weights."""
     num_virtual_tokens: int = at_least(20, 1)
     """Prompt and prefix tuning: trained virtual tokens."""
@@ -227,39 +223,40 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
 
 
 class FinetuneTrainer(Trainer):
-    """Set-up, step and metrics of instruction fine-tuning."""
+    """Model, data, step and metrics of instruction fine-tuning."""
 
-    def __init__(self, cfg: FinetuneConfig, dist: Distributed, resume_from: Path | None):
+    cfg: FinetuneConfig
+
+    def build(self) -> torch.nn.Module:
+        cfg, dist = self.cfg, self.dist
         require_cuda_for_qlora(cfg)
-        torch.manual_seed(cfg.seed)
         loaded = load_for_training(cfg)
         if cfg.packing and loaded.kind != DECODER_ONLY:
             raise UserError("--packing is for decoder-only models; encoder-decoder rows are already short per side")
-        self.cfg, self.dist, self.loaded, self.tokenizer = cfg, dist, loaded, loaded.tokenizer
+        self.loaded, self.tokenizer = loaded, loaded.tokenizer
         self.train_rows = load_rows(cfg, loaded, cfg.data)
         self.eval_rows = load_rows(cfg, loaded, cfg.eval_data) if cfg.eval_data else []
-        model = prepare_trainable(apply_method(loaded.model, cfg, loaded.is_encoder_decoder, loaded.name), cfg.is_adapter,
-                                  resume_from, cfg.gradient_checkpointing)
-        self.trainable, self.total = count_parameters(model)
-        model = dist.wrap(model)
-        seed_processes(cfg.seed, dist)
-        self.batch_of, micro_per_epoch = micro_batches(self.train_rows, cfg, loaded.tokenizer.pad_token_id, loaded.is_encoder_decoder, dist)
-        self.micro_per_epoch = micro_per_epoch
-        self.total_steps = cfg.max_steps or math.ceil(micro_per_epoch * cfg.epochs / cfg.grad_accum)
-        optimizer, self.scheduler = make_optimizer(model, cfg.learning_rate, self.total_steps, weight_decay=cfg.weight_decay,
-                                                   schedule=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps)
-        self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
+        model = apply_method(loaded.model, cfg, loaded.is_encoder_decoder, loaded.name)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        self.batch_of, self.micro_per_epoch = micro_batches(self.train_rows, cfg, loaded.tokenizer.pad_token_id,
+                                                            loaded.is_encoder_decoder, dist)
+        self.total_steps = cfg.max_steps or math.ceil(self.micro_per_epoch * cfg.epochs / cfg.grad_accum)
         self.autocast = autocast_for(cfg.dtype, loaded.device, cfg.method != "qlora")
-        self.is_adapter, self.max_grad_norm, self.learning_rate = cfg.is_adapter, cfg.max_grad_norm, cfg.learning_rate
+        self.is_adapter, self.max_grad_norm = cfg.is_adapter, cfg.max_grad_norm
         self.description = f"{cfg.method} fine-tuning"
         self.size_keys = ("size_on_disk_bytes", "adapter_size_bytes") if cfg.is_adapter else ("size_on_disk_bytes",)
-        self._announce()
+        return model.train()
 
-    def _announce(self) -> None:
+    def optimization(self) -> Optimization:
+        cfg = self.cfg
+        return Optimization(cfg.learning_rate, cfg.weight_decay, cfg.lr_scheduler, cfg.warmup_steps)
+
+    def announce(self) -> None:
         cfg, loaded, dist = self.cfg, self.loaded, self.dist
         precision = "bf16 autocast" if loaded.device.type == "cuda" and cfg.dtype == "auto" else next(self.model.parameters()).dtype
-        note(f"{cfg.method} on {loaded.kind} {Path(loaded.name).name}: {self.trainable:,} trainable of {self.total:,} parameters; "
-             f"{len(self.train_rows)} rows, {self.total_steps} steps, {loaded.device.type}, {precision}")
+        note(f"{cfg.method} on {loaded.kind} {Path(loaded.name).name}: {self.trainable_params:,} trainable of "
+             f"{self.total_params:,} parameters; {len(self.train_rows)} rows, {self.total_steps} steps, {loaded.device.type}, {precision}")
         if dist.enabled:
             note(f"{dist.describe()}: global batch {cfg.batch_size * dist.world_size * cfg.grad_accum} = "
                  f"{cfg.batch_size} rows x {dist.world_size} processes x {cfg.grad_accum} accumulation")
@@ -292,7 +289,8 @@ class FinetuneTrainer(Trainer):
         cfg, seconds = self.cfg, max(state["train_seconds"], 1e-9)
         return {
             "method": cfg.method, "train_loss": state["last_loss"], "eval_loss": self.eval_loss() if self.eval_rows else None,
-            "trainable_params": self.trainable, "total_params": self.total, "trainable_share": self.trainable / self.total,
+            "trainable_params": self.trainable_params, "total_params": self.total_params,
+            "trainable_share": self.trainable_params / self.total_params,
             "steps": state["step"], "world_size": dist.world_size,
             "global_batch_size": cfg.batch_size * dist.world_size * cfg.grad_accum,
             "tokens_per_second": state["tokens"] / seconds, "completion_tokens_per_second": state["completion_tokens"] / seconds,

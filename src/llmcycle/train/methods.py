@@ -19,11 +19,10 @@ import torch
 
 from ..errors import UserError
 from ..models import load_base, locate, pick_device, resolve_dtype, unwrap_peft
-from . import checkpoints
+from .settings import LoRASettings, Method
 
-METHODS = ("full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "freeze")
-ADAPTER_METHODS = ("lora", "qlora", "prompt-tuning", "prefix-tuning")
-DEFAULT_LR = {"full": 5e-5, "freeze": 5e-5, "lora": 2e-4, "qlora": 2e-4, "prompt-tuning": 3e-2, "prefix-tuning": 1e-2}
+ADAPTER_METHODS: tuple[Method, ...] = ("lora", "qlora", "prompt-tuning", "prefix-tuning")
+DEFAULT_LR: dict[Method, float] = {"full": 5e-5, "freeze": 5e-5, "lora": 2e-4, "qlora": 2e-4, "prompt-tuning": 3e-2, "prefix-tuning": 1e-2}
 ATTENTION_SCOPE = re.compile(r"(attn|attention)", re.IGNORECASE)
 LINEAR_TYPES = ("Linear", "Conv1D")  # transformers' GPT-2 keeps its projections in Conv1D
 
@@ -67,13 +66,13 @@ def task_type(is_encoder_decoder: bool) -> str:
     return "SEQ_2_SEQ_LM" if is_encoder_decoder else "CAUSAL_LM"
 
 
-def lora_config(model, is_encoder_decoder: bool, rank: int, alpha: float, dropout: float, targets: str):
+def lora_config(model, is_encoder_decoder: bool, lora: LoRASettings, dropout: float = 0.0):
     """peft's LoraConfig for `model` (fine-tuning, DPO and PPO all build theirs here)."""
     import peft
 
     return peft.LoraConfig(
-        task_type=task_type(is_encoder_decoder), r=rank, lora_alpha=alpha, lora_dropout=dropout,
-        target_modules=lora_targets(model, targets),
+        task_type=task_type(is_encoder_decoder), r=lora.lora_rank, lora_alpha=lora.lora_alpha, lora_dropout=dropout,
+        target_modules=lora_targets(model, lora.lora_targets),
         fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in model.modules()),  # GPT-2 stores weights transposed
     )
 
@@ -89,7 +88,7 @@ def apply_method(model, cfg, is_encoder_decoder: bool, base_name: str):
         return model
     kind = task_type(is_encoder_decoder)
     if cfg.method in ("lora", "qlora"):
-        config = lora_config(model, is_encoder_decoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        config = lora_config(model, is_encoder_decoder, cfg, cfg.lora_dropout)
         if cfg.method == "qlora":
             model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.method == "prompt-tuning":
@@ -188,15 +187,6 @@ def load_training_base(base: str, dtype: str, trust_remote_code: bool, **model_k
     if "device_map" not in model_kwargs:  # a quantised (QLoRA) model is placed by its device_map
         loaded.model.to(device)
     return loaded
-
-
-def prepare_trainable(model, is_adapter: bool, resume_from, gradient_checkpointing: bool = False):
-    """Resumed weights loaded into the whole model (before any sharding), checkpointing switched on, train mode."""
-    if resume_from is not None:
-        checkpoints.load_weights(resume_from, model, is_adapter)
-    if gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    return model.train()
 
 
 def enable_gradient_checkpointing(model) -> None:

@@ -45,7 +45,7 @@ from ..models import CONTEXT_WINDOW_ATTRS, load_base, locate
 from . import distributed
 from .distributed import Distributed, DistributedSettings
 from .finetune import train_step
-from .run import StepResult, Trainer, check_out_dir, make_optimizer, peak_memory_bytes, seed_processes, summary_table, train
+from .run import Optimization, StepResult, Trainer, check_out_dir, peak_memory_bytes, summary_table, train
 from .scratch import ScratchSpec, build_model, corpus_texts, train_tokenizer
 from .settings import RunSettings
 from .sft_data import IGNORE, Tokenized, collate, epoch_batches
@@ -203,17 +203,13 @@ def sentinel_ids(tokenizer) -> list[int]:
     return ids
 
 
-def setup_model(cfg: PretrainConfig, texts: list[str], resume_from: Path | None):
-    """(model, tokenizer, is_encoder_decoder): from the checkpoint, the given model, or built new."""
-    if resume_from is not None or cfg.model:
-        if resume_from is not None:
-            base = str(resume_from / "model")
-        else:
-            source = locate(cfg.model)
-            if source.adapters:
-                raise UserError(f"{cfg.model} is an adapter; merge it first (llmcycle merge) or pre-train its base")
-            base = source.base
-        loaded = load_base(base, torch_dtype=torch.float32)
+def setup_model(cfg: PretrainConfig, texts: list[str]):
+    """(model, tokenizer, is_encoder_decoder): the given model, or one built new."""
+    if cfg.model:
+        source = locate(cfg.model)
+        if source.adapters:
+            raise UserError(f"{cfg.model} is an adapter; merge it first (llmcycle merge) or pre-train its base")
+        loaded = load_base(source.base, torch_dtype=torch.float32)
         model, tokenizer, is_seq2seq = loaded.model, loaded.tokenizer, loaded.is_encoder_decoder
         if is_seq2seq and not sentinel_ids(tokenizer):
             tokenizer.add_special_tokens({"additional_special_tokens": SENTINELS})
@@ -301,35 +297,40 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
 
 
 class PretrainTrainer(Trainer):
-    """Set-up, step and metrics of pre-training on a packed corpus."""
+    """Model, corpus, step and metrics of pre-training on a packed corpus."""
 
-    def __init__(self, cfg: PretrainConfig, dist: Distributed, resume_from: Path | None):
+    description = "pre-training"
+    cfg: PretrainConfig
+
+    def build(self) -> torch.nn.Module:
+        cfg, dist = self.cfg, self.dist
         texts = corpus_texts(cfg.corpus)
         if not texts:
             raise UserError(f"corpus {cfg.corpus} holds no text")
-        torch.manual_seed(cfg.seed)
-        model, self.tokenizer, self.is_seq2seq = setup_model(cfg, texts, resume_from)  # the same weights everywhere
+        model, self.tokenizer, self.is_seq2seq = setup_model(cfg, texts)
         if cfg.objective == "span-corruption" and not self.is_seq2seq:
             raise UserError(f"--objective span-corruption is for encoder-decoder models; this {model.config.model_type} "
                             "model is decoder-only (it takes text-infilling or mixed)")
         chunks, self.corpus_tokens = pack_corpus(texts, self.tokenizer, chunk_length(cfg, self.is_seq2seq))
         if not chunks:
             raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
-        self.cfg, self.dist, self.documents, self.chunks = cfg, dist, len(texts), len(chunks)
-        self.total_params, self.model_type = sum(p.numel() for p in model.parameters()), model.config.model_type
-        model = dist.wrap(model)
-        seed_processes(cfg.seed, dist)
+        self.documents, self.chunks, self.model_type = len(texts), len(chunks), model.config.model_type
         self.batch_of, self.per_epoch = make_batches(chunks, cfg, self.tokenizer, self.is_seq2seq, dist)
         self.total_steps = cfg.max_steps or self.per_epoch * cfg.epochs
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else self.total_steps // 20
-        optimizer, self.scheduler = make_optimizer(model, cfg.learning_rate, self.total_steps, weight_decay=cfg.weight_decay,
-                                                   warmup_steps=warmup)
-        self.model, self.optimizer = dist.prepare_optimizer(model, optimizer)
-        self.max_grad_norm, self.learning_rate, self.description = cfg.max_grad_norm, cfg.learning_rate, "pre-training"
+        self.max_grad_norm = cfg.max_grad_norm
         plain = "span corruption" if self.is_seq2seq else "next-token prediction"
         self.objective = {"text-infilling": "text infilling", "mixed": f"{plain} + text infilling"}.get(cfg.objective, plain)
-        note(f"{self.objective} on {self.model_type}, {self.total_params:,} parameters; {len(texts)} documents, "
-             f"{self.corpus_tokens:,} tokens in {len(chunks)} chunks; {self.total_steps} steps of {cfg.batch_size * dist.world_size}"
+        return model
+
+    def optimization(self) -> Optimization:
+        cfg = self.cfg
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else self.total_steps // 20
+        return Optimization(cfg.learning_rate, cfg.weight_decay, warmup_steps=warmup)
+
+    def announce(self) -> None:
+        cfg, dist = self.cfg, self.dist
+        note(f"{self.objective} on {self.model_type}, {self.total_params:,} parameters; {self.documents} documents, "
+             f"{self.corpus_tokens:,} tokens in {self.chunks} chunks; {self.total_steps} steps of {cfg.batch_size * dist.world_size}"
              + (f", {dist.describe()}" if dist.enabled else ""))
 
     def initial_state(self) -> dict:

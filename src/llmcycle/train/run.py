@@ -1,15 +1,18 @@
-"""The run skeleton every trainer shares: one loop for fine-tuning, pre-training, reward models, DPO and PPO.
+"""The run skeleton every trainer shares: one set-up and one loop for fine-tuning, pre-training, reward models,
+DPO and PPO.
 
-`train(cfg, resume, dist, setup)` owns what a run promises whatever it trains:
+`train(cfg, resume, dist, TrainerClass)` owns what a run promises whatever it trains:
 - the output-folder check (never overwrite another run; `--resume` only with the settings it was started with),
+- the set-up (`set_up`), in the one order exact resume and seeded runs rely on: seed, the trainer's `build`,
+  resumed weights, parameter counts, the distributed wrapper, per-process seeds, optimizer and schedule,
 - the run folder: `config.yaml` first, `log.jsonl` one line per logged step (trimmed on resume), tracking
   (`--report-to tensorboard|mlflow`), progress, timing,
 - the finite-loss check before the optimizer steps, naming the step and the last complete checkpoint,
 - checkpoint cadence and exact resume (weights, optimizer, scheduler, RNG, trainer state),
 - the final save (`model/` or `adapter/`, written under a temporary name) and `metrics.json`.
 
-A trainer supplies its set-up (`setup(cfg, dist, resume_from) -> Trainer`), its step and its metrics, and so
-reads top to bottom like litgpt's `finetune/lora.py`. The Hugging Face Trainer is not used for the reasons in
+A trainer supplies what differs (how to build its model and data, its step and its metrics), and so reads top
+to bottom like litgpt's `finetune/lora.py`. The Hugging Face Trainer is not used for the reasons in
 finetune.py's docstring; this file is what it would otherwise give us.
 """
 
@@ -24,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import config as configs
@@ -32,6 +36,8 @@ from ..errors import UserError
 from ..outputs import atomic_open, folder_bytes, write_json
 from . import checkpoints
 from .distributed import Distributed
+from .methods import count_parameters
+from .settings import LRSchedule
 from .tracking import open_trackers
 
 
@@ -45,27 +51,63 @@ class StepResult:
     """Counts made in this step, logged divided by its duration: {"tokens_per_second": tokens}."""
 
 
+@dataclass
+class Optimization:
+    """How a trainer's parameters are updated: AdamW over the trainable ones, and a learning-rate schedule."""
+
+    learning_rate: float
+    weight_decay: float = 0.0
+    schedule: LRSchedule | None = "linear"
+    """After warm-up; None keeps the learning rate constant with no scheduler (PPO)."""
+    warmup_steps: int = 0
+
+
 class Trainer:
-    """What a trainer supplies to the run skeleton. Subclasses set the attributes in their set-up."""
+    """What a trainer supplies to the run skeleton: `build` (its model and data), `optimization`, `step`, its
+    metrics and summary. The skeleton sets up everything else (`set_up`) and sets the attributes marked below."""
 
     description = "training"
     """Progress bar text, e.g. 'lora fine-tuning'."""
-    model: torch.nn.Module
     tokenizer = None
-    optimizer: torch.optim.Optimizer
-    scheduler = None
     total_steps: int = 0
     per_epoch: int | None = None
     """Steps (optimizer steps) per pass over the data, for the log's epoch column; None where it has no meaning."""
     is_adapter: bool = False
     max_grad_norm: float = 1.0
-    learning_rate: float = 0.0
-    steps_own_optimizer = False
-    """True where `step` runs its optimizer updates itself (PPO's several minibatch updates per step)."""
     save_within: str = ""
+    """The submodule of the built model that is saved, counted and resumed (PPO's policy in its actor-critic)."""
     save_extra = None
+    """fn(unwrapped model, full state dict or None) -> {file name: tensors} saved beside the weights."""
+    forward_methods: tuple[str, ...] = ()
+    """Methods besides `forward` that run the model, which FSDP gathers the weights around (PPO's `generate`)."""
     size_keys: tuple[str, ...] = ("size_on_disk_bytes",)
+
+    # Set by the skeleton:
+    model: torch.nn.Module
+    """The model as it trains: wrapped for DDP or FSDP, or DeepSpeed's engine."""
+    optimizer: torch.optim.Optimizer
+    scheduler = None
+    learning_rate: float = 0.0
+    trainable_params: int = 0
+    total_params: int = 0
     run_out: Path | None = None
+
+    def __init__(self, cfg, dist: Distributed):
+        self.cfg, self.dist = cfg, dist
+
+    def build(self) -> torch.nn.Module:
+        """Load or build the model and read the data (torch and numpy are seeded); set `total_steps`, `tokenizer`
+        and `is_adapter`. Returns the model to train, unwrapped, with only what trains requiring gradients."""
+        raise NotImplementedError
+
+    def optimization(self) -> Optimization:
+        raise NotImplementedError
+
+    def restore_extra(self, checkpoint: Path) -> None:
+        """On resume, read back what `save_extra` wrote into the checkpoint."""
+
+    def announce(self) -> None:
+        """A note once the run is set up (the parameter counts are known)."""
 
     def initial_state(self) -> dict:
         """The trainer's own counters, saved in every checkpoint and restored on resume."""
@@ -74,6 +116,16 @@ class Trainer:
     def step(self, step: int, state: dict) -> StepResult:
         """Forward and backward passes of optimizer step `step` (1-based); may update `state`."""
         raise NotImplementedError
+
+    def update_weights(self) -> None:
+        """Clip, apply and clear the gradients."""
+        self.dist.step(self.model, self.optimizer, self.max_grad_norm)
+
+    def optimizer_step(self) -> None:
+        """What follows a step's backward passes (once its loss is known to be finite): one update, one schedule step."""
+        self.update_weights()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def after_step(self, step: int, state: dict) -> dict:
         """Extra log fields computed after the optimizer step (periodic evaluation); a non-empty result is logged."""
@@ -94,13 +146,14 @@ class Trainer:
         """The table printed at the end."""
 
 
-def train(cfg, resume: bool, dist: Distributed, setup) -> dict:
+def train(cfg, resume: bool, dist: Distributed, trainer_class: type[Trainer]) -> dict:
     """Run one training job: check --out, set up the trainer, loop, save, write metrics.json."""
     out = Path(cfg.out)
     resume_from = check_out_dir(cfg, out, resume)
     dist.barrier()  # every process has looked at --out before the main one writes there
-    trainer = setup(cfg, dist, resume_from)
+    trainer = trainer_class(cfg, dist)
     trainer.run_out = out
+    set_up(trainer, resume_from)
     state = {"step": 0, "train_seconds": 0.0, "last_loss": None, **trainer.initial_state()}
     state = open_run_folder(cfg, out, state, resume_from, trainer.optimizer, trainer.scheduler, dist, trainer.model)
     try:
@@ -115,6 +168,26 @@ def train(cfg, resume: bool, dist: Distributed, setup) -> dict:
     return close_run_folder(out, metrics, weights_dir, dist, lambda m: trainer.summary(m, weights_dir), trainer.size_keys)
 
 
+def set_up(trainer: Trainer, resume_from: Path | None) -> None:
+    """Every trainer's set-up, in the order exact resume and seeded runs rely on."""
+    seed, dist = trainer.cfg.seed, trainer.dist
+    torch.manual_seed(seed)  # the same initial weights on every process
+    np.random.seed(seed)
+    model = trainer.build()
+    saved = getattr(model, trainer.save_within) if trainer.save_within else model
+    if resume_from is not None:  # into the whole model, before any sharding
+        checkpoints.load_weights(resume_from, saved, trainer.is_adapter)
+        trainer.restore_extra(resume_from)
+    trainer.trainable_params, trainer.total_params = count_parameters(saved)
+    model = dist.wrap(model, trainer.forward_methods)
+    seed_processes(seed, dist)
+    optimization = trainer.optimization()
+    optimizer, trainer.scheduler = make_optimizer(model, trainer.total_steps, optimization)
+    trainer.model, trainer.optimizer = dist.prepare_optimizer(model, optimizer)
+    trainer.learning_rate = optimization.learning_rate
+    trainer.announce()
+
+
 def _loop(cfg, trainer: Trainer, state: dict, out: Path, dist: Distributed) -> dict:
     log_every, save_every = getattr(cfg, "log_every", 1), getattr(cfg, "save_every", None)
     device = next(trainer.model.parameters()).device
@@ -124,9 +197,7 @@ def _loop(cfg, trainer: Trainer, state: dict, out: Path, dist: Distributed) -> d
             step, started = state["step"] + 1, time.perf_counter()
             result = trainer.step(step, state)
             check_finite(result.loss, step, out, trainer.learning_rate)
-            if not trainer.steps_own_optimizer:
-                dist.step(trainer.model, trainer.optimizer, trainer.max_grad_norm)
-                trainer.scheduler.step()
+            trainer.optimizer_step()
             seconds = time.perf_counter() - started
             state.update(step=step, last_loss=result.loss, train_seconds=state["train_seconds"] + seconds)
             record = _record(trainer, step, result, seconds, device)
@@ -149,8 +220,7 @@ def _record(trainer: Trainer, step: int, result: StepResult, seconds: float, dev
     if epoch is not None:
         record["epoch"] = epoch
     record.update(loss=result.loss, **result.record)
-    if trainer.scheduler is not None:
-        record["lr"] = trainer.scheduler.get_last_lr()[0]
+    record["lr"] = trainer.scheduler.get_last_lr()[0] if trainer.scheduler is not None else trainer.learning_rate
     record.update({name: count / seconds for name, count in result.per_second.items()})
     record["memory_bytes"] = peak_memory_bytes(device)
     return record
@@ -168,14 +238,17 @@ def check_finite(loss: float, step: int, out: Path | None, learning_rate: float,
 # ---------------------------------------------------------------- shared set-up
 
 
-def make_optimizer(model, learning_rate: float, total_steps: int, *, weight_decay: float = 0.0,
-                   schedule: str = "linear", warmup_steps: int = 0):
-    """AdamW over the trainable parameters, with a transformers learning-rate schedule."""
+def make_optimizer(model, total_steps: int, optimization: Optimization):
+    """AdamW over the trainable parameters, and a transformers learning-rate schedule (None without one)."""
     from transformers import get_scheduler
 
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay, foreach=_foreach(parameters))
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    optimizer = torch.optim.AdamW(parameters, lr=optimization.learning_rate, weight_decay=optimization.weight_decay,
+                                  foreach=_foreach(parameters))
+    if optimization.schedule is None:
+        return optimizer, None
+    scheduler = get_scheduler(optimization.schedule, optimizer, num_warmup_steps=optimization.warmup_steps,
+                              num_training_steps=total_steps)
     return optimizer, scheduler
 
 

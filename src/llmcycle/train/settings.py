@@ -1,4 +1,8 @@
-"""Config groups declared once and composed into each training verb's config (flags stay flat).
+"""The choices training offers, and the config groups composed into each training verb's config (flags stay flat).
+
+Each choice is one `Literal` type, read wherever it is offered: the generated flags (click.Choice from
+`typing.get_args`), the configs' checks, the trainers and `plan memory`. This module imports nothing heavy, so
+the CLI and the planner read it without torch.
 
     RunSettings          seed, checkpoints, tracking: every trainer
     ModelSettings        weights dtype, remote code: trainers that load a model
@@ -18,9 +22,25 @@ from typing import Literal
 
 from ..config import above, at_least
 
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Method = Literal["full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "freeze"]
+"""Fine-tuning methods (train/methods.py)."""
+PlannedMethod = Literal["full", "lora", "qlora", "prompt-tuning", "prefix-tuning"]
+"""The methods `plan memory` counts: every one but freeze, whose trained share depends on --trainable."""
+Strategy = Literal["ddp", "fsdp"]
+"""How several training processes hold the model: whole in each (DDP) or sharded (FSDP)."""
+DeepSpeedStage = Literal["zero2", "zero3"]
+"""DeepSpeed ZeRO stages a run can train with (--deepspeed)."""
+PlannedSharding = Literal["ddp", "zero1", "zero2", "zero3", "fsdp"]
+"""What `plan memory --strategy` shards: the ZeRO paper's stages, and FSDP's full sharding (the same as stage 3)."""
+LRSchedule = Literal["linear", "cosine", "constant"]
+"""Learning rate after warm-up (transformers' `get_scheduler` names)."""
+ComputeDtype = Literal["float32", "bfloat16", "float16"]
+"""A floating-point dtype by its torch name."""
+Dtype = Literal["auto", ComputeDtype]
+"""Weights dtype; auto is float32 weights, with bfloat16 autocast on a GPU."""
+Precision = Literal["fp32", "mixed", "bf16", "fp16"]
+"""What `plan memory` counts: fp32, mixed (16-bit weights and gradients, fp32 master weights), or pure 16-bit."""
 Tracker = Literal["tensorboard", "mlflow", "none"]
-LR_SCHEDULES = ("linear", "cosine", "constant")
 
 
 @dataclass
