@@ -125,9 +125,11 @@ def pair_outcome(metric: str, entry: dict | None) -> str:
 
 
 def change_text(entry: dict | None, digits: int = 3, unit: str = "rows") -> str:
-    """'paired change +0.050 [+0.020, +0.080] over 60 rows', or why there is none."""
-    if not entry or entry.get("absolute") is None:
+    """'paired change +0.050 [+0.020, +0.080] over the same 60 rows', or why there is none."""
+    if not entry:
         return "no paired test (the two were not scored on the same rows)"
+    if entry.get("absolute") is None:
+        return "no paired change (the metric was not measured on both)"
     low, high = entry.get("ci95") or (None, None)
     bounds = "[-]" if low is None or high is None else f"[{low:+.{digits}f}, {high:+.{digits}f}]"
     over = f" over the same {entry['n']} {unit}" if entry.get("n") else " over the same rows"
