@@ -39,10 +39,9 @@ from ..data import Example
 from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
 from ..models import LoadedModel
-from ..train import distributed
 from ..train.distributed import Distributed, DistributedSettings
-from ..train.run import Optimization, StepResult, Trainer, autocast_for, check_out_dir, peak_memory_bytes, summary_table, train
-from ..train.settings import DataSettings, LoRASettings, ModelSettings, RunSettings
+from ..train.run import Optimization, StepResult, Trainer, autocast_for, peak_memory_bytes, run_training, summary_table
+from ..train.settings import DataSettings, LoRASettings, ModelSettings, PolicyTuning, RunSettings
 from ..train.sft_data import Tokenized, collate, completion_token_losses, epoch_batches, tokenize
 from .policy import Policy, build_policy, load_policy_base
 
@@ -77,7 +76,7 @@ class DPOConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, Distribu
     """Peak learning rate, decaying linearly to 0 (default 5e-5 with LoRA, 5e-6 full)."""
     max_length: int = at_least(512, 2)
     """Longest tokenised row (decoder-only: prompt + completion; encoder-decoder: each side); longer ones are cut."""
-    tune: Literal["lora", "full"] = "lora"
+    tune: PolicyTuning = "lora"
     """lora (an adapter trains: a new one, or the adapter run's) or full (every weight; a frozen copy is the reference)."""
     def validate(self) -> None:
         check_fields(self, required=("model", "data", "out"))
@@ -218,8 +217,7 @@ def load_rows(cfg: DPOConfig, loaded: LoadedModel, source: str) -> list[Tokenize
 
 def dpo(cfg: DPOConfig, resume: bool = False) -> dict:
     """Run DPO; writes DIR/adapter or DIR/model, config.yaml, log.jsonl, metrics.json. Returns the metrics."""
-    cfg.validate()
-    return distributed.run(["align", "--method", "dpo"], cfg, resume, lambda c, r, d: train(c, r, d, DPOTrainer), check_out_dir)
+    return run_training(["align", "--method", "dpo"], cfg, resume, DPOTrainer)
 
 
 class DPOTrainer(Trainer):

@@ -32,10 +32,9 @@ from ..console import note
 from ..data import load_examples, load_template
 from ..errors import UserError
 from ..models import LoadedModel, chat_renderer
-from ..train import distributed
 from ..train.distributed import Distributed, DistributedSettings
-from ..train.run import Optimization, StepResult, Trainer, check_finite, check_out_dir, peak_memory_bytes, summary_table, train
-from ..train.settings import DataSettings, LoRASettings, ModelSettings, RunSettings
+from ..train.run import Optimization, StepResult, Trainer, check_finite, peak_memory_bytes, run_training, summary_table
+from ..train.settings import DataSettings, LoRASettings, ModelSettings, PolicyTuning, RunSettings
 from ..train.sft_data import accepts_logits_to_keep, epoch_batches
 from .policy import Policy, build_policy, load_policy_base
 from .reward_sources import Reward
@@ -57,7 +56,7 @@ class PPOConfig(LoRASettings, RunSettings, ModelSettings, DataSettings, Distribu
     """Run folder to write."""
     method: Literal["ppo"] = "ppo"
     """ppo."""
-    tune: Literal["lora", "full"] = "lora"
+    tune: PolicyTuning = "lora"
     """lora (an adapter trains: a new one, or the adapter run's) or full (every weight; a frozen copy is the reference)."""
     max_steps: int = at_least(20, 1)
     """PPO steps (each: one batch of rollouts, then ppo_epochs of updates)."""
@@ -383,8 +382,7 @@ def ppo_step(actors: Actors, rollout: Rollout, scores: torch.Tensor, cfg: PPOCon
 
 def ppo(cfg: PPOConfig, resume: bool = False) -> dict:
     """Run PPO; writes DIR/adapter or DIR/model, value_head.safetensors, config.yaml, log.jsonl, metrics.json."""
-    cfg.validate()
-    return distributed.run(["align", "--method", "ppo"], cfg, resume, lambda c, r, d: train(c, r, d, PPOTrainer), check_out_dir)
+    return run_training(["align", "--method", "ppo"], cfg, resume, PPOTrainer)
 
 
 class PPOTrainer(Trainer):

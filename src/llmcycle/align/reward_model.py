@@ -34,9 +34,8 @@ from ..data.preferences import Pair, load_pairs
 from ..errors import UserError
 from ..evaluate.stats import Statistic, bootstrap_summary, mean_of_first
 from ..models import context_window, ensure_pad_token, load_tokenizer, locate, pick_device, resolve_dtype
-from ..train import distributed
 from ..train.distributed import Distributed, DistributedSettings
-from ..train.run import Optimization, StepResult, Trainer, autocast_for, check_out_dir, peak_memory_bytes, summary_table, train
+from ..train.run import Optimization, StepResult, Trainer, autocast_for, peak_memory_bytes, run_training, summary_table
 from ..train.settings import DataSettings, ModelSettings, RunSettings
 from ..train.sft_data import epoch_batches
 from .reward_sources import reward_inputs
@@ -203,8 +202,7 @@ def train_reward(cfg: RewardConfig, resume: bool = False) -> dict:
     `pairwise_accuracy`, `eval_loss` and `mean_margin` are measured on the eval pairs, or on the training pairs
     when no eval data is given; `pairwise_accuracy_on` says which.
     """
-    cfg.validate()
-    return distributed.run(["reward"], cfg, resume, lambda c, r, d: train(c, r, d, RewardTrainer), check_out_dir)
+    return run_training(["reward"], cfg, resume, RewardTrainer)
 
 
 class RewardTrainer(Trainer):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import typing
+
 import click
 
 from .. import config as configs
 from ..errors import UserError
+from ..train.settings import AlignMethod
 from .options import given_flags, resolve_config, training_command
 
 
@@ -31,13 +34,13 @@ def reward(config_file, overrides, resume, **flags):
 
 
 @training_command(_align_configs, skip=("method",))
-@click.option("--method", type=click.Choice(["ppo", "dpo"]), required=True)
+@click.option("--method", type=click.Choice(typing.get_args(AlignMethod)), required=True)
 def align(method, config_file, overrides, resume, **flags):
     """Align with feedback: PPO against a reward with a KL penalty, or DPO on preference pairs."""
     from ..align.dpo import dpo
     from ..align.ppo import ppo
 
-    cls = dict(zip(("ppo", "dpo"), _align_configs()))[method]
+    cls = {config.method: config for config in _align_configs()}[method]
     for name in given_flags(flags):
         if name not in configs.field_types(cls):
             raise UserError(f"--{name.replace('_', '-')} does not apply to --method {method}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import click
 
 from ..data.synthetic import SyntheticConfig, write_synthetic
 from ..errors import UserError
+from ..train.settings import Architecture
 from .options import config_options, resolve_config, training_command
 
 
@@ -47,7 +49,7 @@ def synth(**flags):
 
 
 @click.command(name="init-model")
-@click.option("--arch", type=click.Choice(["t5", "bart", "gpt2", "llama"]), default="gpt2", show_default=True)
+@click.option("--arch", type=click.Choice(typing.get_args(Architecture)), default="gpt2", show_default=True)
 @click.option("--corpus", required=True, type=click.Path(), help="Text to train the tokenizer on: .txt (a document a line) or a data file.")
 @click.option("--out", "-o", required=True, help="Folder to write the model and tokenizer to.")
 @click.option("--layers", type=int, default=2, show_default=True)

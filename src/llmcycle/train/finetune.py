@@ -21,10 +21,9 @@ from ..console import note
 from ..data import load_examples, load_template
 from ..errors import UserError
 from ..models import DECODER_ONLY, LoadedModel, chat_renderer, pick_device, resolve_dtype
-from . import distributed
 from .distributed import Distributed, DistributedSettings
 from .methods import ADAPTER_METHODS, DEFAULT_LR, apply_method, enable_gradient_checkpointing, load_trainable
-from .run import Optimization, StepResult, Trainer, autocast_for, check_out_dir, peak_memory_bytes, summary_table, train
+from .run import Optimization, StepResult, Trainer, autocast_for, peak_memory_bytes, run_training, summary_table
 from .settings import ComputeDtype, DataSettings, LoRASettings, LRSchedule, Method, ModelSettings, RunSettings
 from .sft_data import Tokenized, collate, collate_packed, completion_loss_sum, count_targets, epoch_batches, pack, tokenize
 
@@ -218,8 +217,7 @@ def evaluate_loss(model, rows: list[Tokenized], cfg: FinetuneConfig, pad_id: int
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     """Run `cfg`; returns the metrics written to DIR/metrics.json. With num_processes > 1, starts the processes."""
-    cfg.validate()
-    return distributed.run(["finetune"], cfg, resume, lambda c, r, d: train(c, r, d, FinetuneTrainer), check_out_dir)
+    return run_training(["finetune"], cfg, resume, FinetuneTrainer)
 
 
 class FinetuneTrainer(Trainer):

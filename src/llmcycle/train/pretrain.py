@@ -42,12 +42,11 @@ from ..config import above, at_least, check_fields
 from ..console import note
 from ..errors import UserError
 from ..models import CONTEXT_WINDOW_ATTRS, load_base, locate
-from . import distributed
 from .distributed import Distributed, DistributedSettings
 from .finetune import train_step
-from .run import Optimization, StepResult, Trainer, check_out_dir, peak_memory_bytes, summary_table, train
-from .scratch import ScratchSpec, build_model, corpus_texts, train_tokenizer
-from .settings import RunSettings
+from .run import Optimization, StepResult, Trainer, peak_memory_bytes, run_training, summary_table
+from .scratch import ENCODER_DECODER, ScratchSpec, build_model, corpus_texts, train_tokenizer
+from .settings import Architecture, RunSettings
 from .sft_data import IGNORE, Tokenized, collate, epoch_batches
 
 SENTINELS = [f"<extra_id_{i}>" for i in range(100)]
@@ -65,7 +64,7 @@ class PretrainConfig(RunSettings, DistributedSettings):
     """Run folder to write."""
     model: str | None = None
     """Model to continue pre-training (folder, run folder or hub id); or build a new one with arch."""
-    arch: Literal["t5", "bart", "gpt2", "llama"] | None = None
+    arch: Architecture | None = None
     """Build a new model: t5, bart, gpt2 or llama, with a byte-level BPE tokenizer trained on the corpus."""
     layers: int = 4
     """New model: layers (encoder and decoder each, for t5 and bart)."""
@@ -114,9 +113,9 @@ class PretrainConfig(RunSettings, DistributedSettings):
             raise UserError("give either --model (continue pre-training it) or --arch (build a new model), not both or neither")
         if self.arch:
             self.spec().validate()
-            if self.arch in ("t5", "bart") and self.vocab_size < 400:
+            if self.arch in ENCODER_DECODER and self.vocab_size < 400:
                 raise UserError(f"--vocab-size must be at least 400 for {self.arch} (100 of it are sentinel tokens)")
-            if self.objective == "span-corruption" and self.arch not in ("t5", "bart"):
+            if self.objective == "span-corruption" and self.arch not in ENCODER_DECODER:
                 raise UserError(f"--objective span-corruption is for encoder-decoder models (t5, bart); {self.arch} takes text-infilling or mixed")
             if self.max_length > self.context:
                 raise UserError(f"--max-length {self.max_length} is longer than --context {self.context}")
@@ -216,7 +215,7 @@ def setup_model(cfg: PretrainConfig, texts: list[str]):
             model.resize_token_embeddings(len(tokenizer))
             note(f"the tokenizer had no sentinel tokens; added {len(SENTINELS)} (<extra_id_0> ...) and resized the embeddings")
     else:
-        is_seq2seq = cfg.arch in ("t5", "bart")
+        is_seq2seq = cfg.arch in ENCODER_DECODER
         sentinels = len(SENTINELS) if is_seq2seq else 0
         tokenizer = train_tokenizer(texts, cfg.vocab_size - sentinels, append_eos=is_seq2seq, same_word_tokens=True)
         if is_seq2seq:
@@ -292,8 +291,7 @@ def make_batches(chunks: list[list[int]], cfg: PretrainConfig, tokenizer, is_seq
 
 def pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     """Run `cfg`; returns the metrics written to DIR/metrics.json. With num_processes > 1, starts the processes."""
-    cfg.validate()
-    return distributed.run(["pretrain"], cfg, resume, lambda c, r, d: train(c, r, d, PretrainTrainer), check_out_dir)
+    return run_training(["pretrain"], cfg, resume, PretrainTrainer)
 
 
 class PretrainTrainer(Trainer):

@@ -34,7 +34,7 @@ from .. import config as configs
 from ..console import note, print_table, progress
 from ..errors import UserError
 from ..outputs import atomic_open, folder_bytes, write_json
-from . import checkpoints
+from . import checkpoints, distributed
 from .distributed import Distributed
 from .methods import count_parameters
 from .settings import LRSchedule
@@ -144,6 +144,13 @@ class Trainer:
 
     def summary(self, metrics: dict, weights_dir: Path) -> None:
         """The table printed at the end."""
+
+
+def run_training(command: list[str], cfg, resume: bool, trainer_class: type[Trainer]) -> dict:
+    """Check `cfg`, then train it with `trainer_class` in this process, or on the cfg.num_processes processes it
+    asks for (each runs `llmcycle COMMAND`). Returns the metrics written to DIR/metrics.json."""
+    cfg.validate()
+    return distributed.run(command, cfg, resume, lambda c, r, d: train(c, r, d, trainer_class), check_out_dir)
 
 
 def train(cfg, resume: bool, dist: Distributed, trainer_class: type[Trainer]) -> dict:

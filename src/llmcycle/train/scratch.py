@@ -8,6 +8,7 @@ size asked for, saved with `save_pretrained` so every other verb loads it like a
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +18,17 @@ import torch
 from ..data.io import read_rows
 from ..errors import UserError
 from ..outputs import publish, staging_beside
+from .settings import Architecture
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]
-ARCHITECTURES = ("t5", "bart", "gpt2", "llama")
+ENCODER_DECODER: tuple[Architecture, ...] = ("t5", "bart")
 
 
 @dataclass
 class ScratchSpec:
     """The size of a model built from a config."""
 
-    arch: str = "gpt2"
+    arch: Architecture = "gpt2"
     """t5, bart, gpt2 or llama."""
     layers: int = 2
     """Transformer blocks (encoder and decoder each, for t5 and bart)."""
@@ -44,8 +46,8 @@ class ScratchSpec:
     """Seed of the random initialisation."""
 
     def validate(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise UserError(f"unknown architecture '{self.arch}'; use one of {', '.join(ARCHITECTURES)}")
+        if self.arch not in typing.get_args(Architecture):
+            raise UserError(f"unknown architecture '{self.arch}'; use one of {', '.join(typing.get_args(Architecture))}")
         for name in ("layers", "hidden", "heads", "vocab_size", "context"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -132,7 +134,7 @@ def init_model(texts: list[str], out: str | Path, spec: ScratchSpec) -> Path:
     spec.validate()
     if not texts:
         raise UserError("the corpus holds no text to train a tokenizer on")
-    tokenizer = train_tokenizer(texts, spec.vocab_size, append_eos=spec.arch in ("t5", "bart"), same_word_tokens=True)
+    tokenizer = train_tokenizer(texts, spec.vocab_size, append_eos=spec.arch in ENCODER_DECODER, same_word_tokens=True)
     tokenizer.model_max_length = spec.context
     model = build_model(spec, tokenizer)
     out = Path(out)

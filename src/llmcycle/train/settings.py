@@ -41,6 +41,12 @@ Dtype = Literal["auto", ComputeDtype]
 Precision = Literal["fp32", "mixed", "bf16", "fp16"]
 """What `plan memory` counts: fp32, mixed (16-bit weights and gradients, fp32 master weights), or pure 16-bit."""
 Tracker = Literal["tensorboard", "mlflow", "none"]
+AlignMethod = Literal["ppo", "dpo"]
+"""`llmcycle align --method`: PPO against a reward, or DPO on preference pairs."""
+PolicyTuning = Literal["lora", "full"]
+"""What of an alignment policy trains: a LoRA adapter (a new one, or the adapter run's), or every weight."""
+Architecture = Literal["t5", "bart", "gpt2", "llama"]
+"""Models built new from a config (train/scratch.py); t5 and bart are encoder-decoder."""
 
 
 @dataclass
