@@ -5,6 +5,7 @@ Each verb's module in this package turns its flags into the objects below and ca
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import typing
 
@@ -172,6 +173,54 @@ def config_options(*classes, skip: tuple[str, ...] = ()):
         return func
 
     return decorate
+
+
+def settings_options(cls, **click_arguments) -> dict:
+    """A click option for every field of a settings dataclass, by field name in field order, for a verb that reads
+    no --config file (`serve`): the field's docstring is its help and its default is the flag's, shown in --help.
+
+    A bool is a plain switch, a list repeatable, a Literal a choice, and bounds declared with the field
+    (`config.at_least`, `above`) a range. `click_arguments[field]` adds to or replaces the click arguments: a
+    flag's own spelling (`param_decls`), a metavar, an environment variable.
+    """
+    docs = configs.field_docs(cls)
+    fields = {item.name: item for item in dataclasses.fields(cls)}
+    return {name: _settings_option(fields[name], annotation, docs.get(name), click_arguments.get(name, {}))
+            for name, annotation in configs.field_types(cls).items()}
+
+
+def _settings_option(item: dataclasses.Field, annotation, help_text: str | None, extra: dict):
+    arguments = {"default": _field_default(item), "show_default": True, "help": help_text}
+    if annotation is bool:
+        arguments["is_flag"] = True
+    elif typing.get_origin(annotation) is list:
+        arguments["multiple"] = True
+    else:
+        arguments["type"] = _click_type(annotation, item.metadata)
+    arguments.update(extra)
+    flags = arguments.pop("param_decls", ["--" + item.name.replace("_", "-"), *(["-m"] if item.name == "model" else [])])
+    return click.option(*flags, item.name, **arguments)
+
+
+def _field_default(item: dataclasses.Field):
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return None if item.default is dataclasses.MISSING else item.default
+
+
+def _click_type(annotation, bounds: typing.Mapping):
+    """click's type for `X` or `X | None` (X a Literal, int, float or str), with the field's bounds as a range."""
+    if typing.get_origin(annotation) is not typing.Literal:  # X | None -> X
+        annotation = next((arg for arg in typing.get_args(annotation) if arg is not type(None)), annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return click.Choice([str(choice) for choice in typing.get_args(annotation)])
+    if annotation not in (int, float):
+        return str
+    low, high = bounds.get("min", bounds.get("above")), bounds.get("max", bounds.get("below"))
+    if low is None and high is None:
+        return annotation
+    kind = click.IntRange if annotation is int else click.FloatRange
+    return kind(low, high, min_open="above" in bounds, max_open="below" in bounds)
 
 
 def resolve_config(cls, config_file, overrides, flags: dict, **fixed):

@@ -7,13 +7,13 @@ a positional model), so a vLLM command line mostly carries over.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from ..console import note, out, print_table
+from ..deploy.serve.config import ServerConfig
 from ..errors import UserError
-from .options import DTYPE_CHOICES, parse_adapters
+from .options import apply, parse_adapters, settings_options
 
 
 def parse_lora_modules(values, extra) -> list[tuple[str, str]]:
@@ -55,34 +55,30 @@ def print_banner(url: str, names: list[tuple[str, str]], api_key: str | None) ->
     out.print("Ctrl-C stops the server.", highlight=False)
 
 
+SERVER_FLAGS = settings_options(ServerConfig, adapters={"param_decls": ["--adapter"], "metavar": "NAME=DIR"},
+                                api_key={"envvar": "LLMCYCLE_API_KEY"})
+# vLLM's spellings, listed beside the flags they stand for; they set no field of their own
+LORA_MODULES = click.option("--lora-modules", multiple=True, metavar="NAME=DIR",
+                            help="vLLM's spelling of --adapter; several may follow one flag.")
+ENABLE_LORA = click.option("--enable-lora", is_flag=True, help="Accepted for vLLM command lines; adapters are always enabled.")
+
+
+def server_flags(func):
+    """A flag for every field of ServerConfig, with vLLM's spellings beside --adapter and --served-model-name."""
+    flags = dict(SERVER_FLAGS)
+    first = [flags.pop("model"), flags.pop("adapters"), LORA_MODULES, flags.pop("served_model_name"), ENABLE_LORA]
+    return apply([*first, *flags.values()], func)
+
+
 @click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("extra", nargs=-1, metavar="[MODEL]")
-@click.option("--model", "-m", default=None, help="Base model: folder, llmcycle run folder or hub id.")
-@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR", help="Serve a peft adapter under NAME (repeatable).")
-@click.option("--lora-modules", multiple=True, metavar="NAME=DIR", help="vLLM's spelling of --adapter; several may follow one flag.")
-@click.option("--served-model-name", default=None, help="Name of the base model in the API (default: its folder name).")
-@click.option("--enable-lora", is_flag=True, help="Accepted for vLLM command lines; adapters are always enabled.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--api-key", default=None, envvar="LLMCYCLE_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes.")
-@click.option("--dtype", type=DTYPE_CHOICES, default="auto", show_default=True)
-@click.option("--trust-remote-code", is_flag=True)
-@click.option("--max-num-seqs", type=click.IntRange(1), default=64, show_default=True, help="Sequences decoded together.")
-@click.option("--max-queued-requests", type=click.IntRange(0), default=1024, show_default=True, help="Waiting requests before 429.")
-@click.option("--request-timeout", type=click.FloatRange(0, min_open=True), default=None, help="Seconds a request may take.")
-@click.option("--max-model-len", type=click.IntRange(1), default=None, help="Context window (default: the model's).")
-@click.option("--max-request-bytes", type=click.IntRange(1), default=1 << 20, show_default=True, help="Largest request body (413 above).")
-@click.option("--allow-adapter-loading", is_flag=True, help="Enable /v1/load_lora_adapter and /v1/unload_lora_adapter.")
-@click.option("--engine", type=click.Choice(["llmcycle", "vllm"]), default="llmcycle", show_default=True,
-              help="vllm: start vLLM's own OpenAI server with the same base and LoRA adapters.")
-def serve(extra, model, adapters, lora_modules, enable_lora, engine, **kwargs):
+@server_flags
+def serve(extra, model, adapters, lora_modules, enable_lora, **flags):
     """Serve the model and its adapters with the OpenAI API (/v1/completions, /v1/chat/completions)."""
-    from ..deploy.serve.app import ServerConfig
-
     model, extra = split_positionals(model, lora_modules, extra)
     pairs = parse_adapters(adapters) + parse_lora_modules(lora_modules, extra)
-    config = ServerConfig(model=model, adapters=pairs, **kwargs)
-    if engine == "vllm":
+    config = ServerConfig(model=model, adapters=pairs, **flags)
+    if config.engine == "vllm":
         from ..deploy.serve.vllm import run_vllm
 
         run_vllm(config)  # does not return: vLLM's server takes over the process
@@ -100,15 +96,15 @@ def cpu_threads() -> None:
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
 
 
-def run(config) -> None:
-    from ..deploy.serve.app import RunningServer, bind
+def run(config: ServerConfig) -> None:
     from ..deploy.serve.models import check_servable
+    from ..deploy.serve.server import RunningServer, bind
 
     check_servable(config.model, config.adapters, config.trust_remote_code)
     cpu_threads()
     sock = bind(config.host, config.port)
     server = RunningServer(config, sock)
-    names = [(config.served_model_name or Path(config.model.rstrip("/")).name, "base model")]
+    names = [(config.base_name, "base model")]
     names += [(name, f"adapter {path}") for name, path in config.adapters]
     print_banner(server.url, names, config.api_key)
     server.on_ready = lambda: note(f"ready: {len(names)} served name(s) loaded")

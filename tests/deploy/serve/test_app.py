@@ -22,7 +22,9 @@ from serving import MAX_TOKENS, NAMES, PROMPTS, _health, cli_generate, free_port
 
 openai = pytest.importorskip("openai")
 
-from llmcycle.deploy.serve.app import RunningServer, ServerConfig, bind  # noqa: E402
+from llmcycle.deploy.serve.config import ServerConfig  # noqa: E402
+from llmcycle.deploy.serve.jobs import Finished, TextDelta  # noqa: E402
+from llmcycle.deploy.serve.server import RunningServer, bind  # noqa: E402
 
 
 def start(config: ServerConfig) -> RunningServer:
@@ -79,6 +81,7 @@ def peft_forward_greedy(base: Path, adapter: Path, prompt: str) -> str:
     return tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
 
 
+@pytest.mark.slow
 def test_model_cards(servers, setups):
     cards = {card.id: card for card in client(servers["llama"]).models.list().data}
     assert set(cards) == {"llama", *NAMES}
@@ -90,6 +93,7 @@ def test_model_cards(servers, setups):
         client(servers["llama"]).models.retrieve("nope")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_temperature_zero_equals_llmcycle_generate(arch, servers, setups, capsys, tmp_path):
     base, adapters = setups[arch]
@@ -109,6 +113,7 @@ def test_temperature_zero_equals_llmcycle_generate(arch, servers, setups, capsys
     assert len(set(served[arch])) > 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_stream_usage_stop_and_length(arch, servers, setups):
     server, prompt = servers[arch], PROMPTS[0]
@@ -132,6 +137,7 @@ def test_stream_usage_stop_and_length(arch, servers, setups):
     assert "".join(c.choices[0].text for c in streamed) == stopped.choices[0].text
 
 
+@pytest.mark.slow
 def test_chat_completions(servers):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "plan a trip"}]
     chat = client(servers["t5"]).chat.completions.create(model="lora2", messages=messages, max_tokens=8, temperature=0)
@@ -150,6 +156,7 @@ async def _gather(server, requests: list[dict]):
         return await asyncio.gather(*(aclient.completions.create(**request) for request in requests))
 
 
+@pytest.mark.slow
 def test_seeded_sampling_and_n(servers):
     server = servers["llama"]
     sample = dict(model="soft", prompt=PROMPTS[1], max_tokens=MAX_TOKENS, temperature=1.5, seed=7, n=3)
@@ -163,6 +170,7 @@ def test_seeded_sampling_and_n(servers):
     assert complete(server, **{**sample, "seed": 8}).choices[0].text != texts[0] or texts[0] == ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "t5"])
 def test_64_concurrent_requests_over_mixed_adapters(arch, servers):
     server = servers[arch]
@@ -202,6 +210,7 @@ def strict_server(setups):
     server.stop()
 
 
+@pytest.mark.slow
 def test_auth_and_unknown_model(strict_server):
     with pytest.raises(openai.AuthenticationError) as info:
         client(strict_server, key="wrong").models.list()
@@ -214,6 +223,7 @@ def test_auth_and_unknown_model(strict_server):
     assert info.value.body["param"] == "model" and "lora1" in info.value.body["message"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body,param", [
     (b"{not json", "body"),
     (json.dumps({"model": "lora1", "prompt": "hi", "temperature": 5}).encode(), "temperature"),
@@ -233,18 +243,21 @@ def test_bad_requests_get_400(strict_server, body, param):
     assert http(strict_server.url + "/health")[0] == 200
 
 
+@pytest.mark.slow
 def test_too_long_prompt_names_the_limit(strict_server):
     with pytest.raises(openai.BadRequestError) as info:
         client(strict_server, key="sekret").completions.create(model="lora1", prompt="word " * 200, max_tokens=4)
     assert "64 tokens" in info.value.body["message"] and info.value.body["code"] == "context_length_exceeded"
 
 
+@pytest.mark.slow
 def test_oversized_body_gets_413(strict_server):
     body = json.dumps({"model": "lora1", "prompt": "x" * 10_000}).encode()
     status, answer, _ = http(strict_server.url + "/v1/completions", body, {"Authorization": "Bearer sekret"})
     assert status == 413 and "4096" in answer["error"]["message"]
 
 
+@pytest.mark.slow
 def test_full_queue_gets_429_and_disconnect_frees_the_slot(setups):
     server = start(ServerConfig(str(setups["t5"][0]), served_model_name="t5", max_num_seqs=1, max_queued_requests=1))
     try:
@@ -276,6 +289,7 @@ async def _queue_and_disconnect(server):
         assert settled_metric(server, "vllm:num_requests_running", 0) == 0
 
 
+@pytest.mark.slow
 def test_load_and_unload_adapter(servers, setups):
     server = servers["t5"]
     path = str(setups["t5"][1]["lora2"])
@@ -288,6 +302,7 @@ def test_load_and_unload_adapter(servers, setups):
         complete(server, "late", PROMPTS[0])
 
 
+@pytest.mark.slow
 def test_request_timeout(setups):
     base, _ = setups["t5"]
     server = start(ServerConfig(str(base), served_model_name="t5", request_timeout=0.01, max_num_seqs=1))
@@ -300,6 +315,7 @@ def test_request_timeout(setups):
         server.stop()
 
 
+@pytest.mark.slow
 def test_cli_serves_and_stops_on_sigterm(setups):
     base, adapters = setups["llama"]
     port = free_port()
@@ -350,6 +366,7 @@ def test_cli_refuses_what_it_cannot_serve(setups, tmp_path, capsys):
     assert "adapter_config.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_prefix_tuning_adapter_shares_the_batch(setups, tmp_path):
     base, adapters = setups["llama"]
     prefix = prefix_adapter(base, tmp_path / "prefix", False)
@@ -375,6 +392,7 @@ def test_lora_modules_spellings():
     assert parse_lora_modules(('{"name": "c", "path": "/z"}',), ()) == [("c", "/z")]
 
 
+@pytest.mark.slow
 def test_503_while_loading(setups):
     import threading
 
@@ -394,6 +412,7 @@ def test_503_while_loading(setups):
         server.stop()
 
 
+@pytest.mark.slow
 def test_token_id_prompts_and_n_limit(servers, setups):
     from transformers import AutoTokenizer
 
@@ -405,6 +424,7 @@ def test_token_id_prompts_and_n_limit(servers, setups):
     assert info.value.body["param"] == "n"
 
 
+@pytest.mark.slow
 def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(servers, monkeypatch):
     engine = servers["t5"].state.engine
     original = engine._decode
@@ -424,7 +444,8 @@ def test_an_engine_failure_fails_its_requests_and_the_server_goes_on(servers, mo
 def test_continuous_batching_equals_generate_on_more_architectures(arch, request, tmp_path):
     """Absolute positions: GPT-2's learned ones (rows join mid-batch with their own position ids) and BART's decoder
     (new rows wait for an empty batch). Requests arrive at different steps, with different lengths and adapters."""
-    from llmcycle.deploy.serve.engine import Engine, Job
+    from llmcycle.deploy.serve.engine import Engine
+    from llmcycle.deploy.serve.jobs import Job
     from llmcycle.deploy.serve.metrics import Metrics
     from llmcycle.deploy.serve.models import load_served
     from llmcycle.deploy.serve.protocol import SamplingParams
@@ -444,8 +465,8 @@ def test_continuous_batching_equals_generate_on_more_architectures(arch, request
             sink = _collector(texts, (name, prompt))
             ids = served.loaded.tokenizer(prompt)["input_ids"]
             engine.submit([Job(name or arch, served.adapter_for(name) if name else None, ids, SamplingParams(max_tokens=tokens, temperature=0), sink)])
-        engine._step()
-        widest = max(widest, len(engine.rows))
+        engine.step()
+        widest = max(widest, engine.stats().running_rows)
         if len(texts) == len(plan):
             break
     assert widest > 3, "requests should have been decoded together"
@@ -462,9 +483,9 @@ def _collector(texts: dict, key):
     pieces = []
 
     def sink(event):
-        if event[0] == "text":
-            pieces.append(event[2])
-        elif event[0] == "finish":
+        if isinstance(event, TextDelta):
+            pieces.append(event.text)
+        elif isinstance(event, Finished):
             texts[key] = "".join(pieces)
     return sink
 
@@ -487,6 +508,7 @@ def test_partial_stop_sequences_are_held_back():
     assert tracker.text == "ab ##x"
 
 
+@pytest.mark.slow
 def test_run_folders_serve_as_generate_reads_them(setups, tmp_path, capsys):
     """A quantised run folder with its adapter (as the quickstart writes): served under its name, as generate reads it."""
     base, adapters = setups["llama"]
@@ -503,6 +525,7 @@ def test_run_folders_serve_as_generate_reads_them(setups, tmp_path, capsys):
         server.stop()
 
 
+@pytest.mark.slow
 def test_a_client_gone_from_a_json_answer_frees_its_row(servers):
     with pytest.raises(openai.APITimeoutError):  # T5's decoder has no length limit: this runs until the client goes
         client(servers["t5"]).with_options(timeout=1.5).completions.create(
@@ -510,6 +533,7 @@ def test_a_client_gone_from_a_json_answer_frees_its_row(servers):
     assert settled_metric(servers["t5"], "vllm:num_requests_running", 0) == 0
 
 
+@pytest.mark.slow
 def test_no_queue_still_serves_what_fits(setups):
     server = start(ServerConfig(str(setups["t5"][0]), served_model_name="t5", max_queued_requests=0))
     try:

@@ -13,7 +13,8 @@ openai = pytest.importorskip("openai")
 if not shutil.which("chromium"):
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 
-from llmcycle.deploy.serve.app import RunningServer, ServerConfig, bind  # noqa: E402
+from llmcycle.deploy.serve.config import ServerConfig  # noqa: E402
+from llmcycle.deploy.serve.server import RunningServer, bind  # noqa: E402
 from serving import make_adapters  # noqa: E402
 
 PROMPT = "Summarize: Amy and Ben. #Person1#: can we book a table today? Summary:"
@@ -37,6 +38,7 @@ def api_text(server, model: str) -> str:
     return client.completions.create(model=model, prompt=PROMPT, max_tokens=12, temperature=0).choices[0].text
 
 
+@pytest.mark.slow
 def test_two_models_side_by_side_in_chromium(server):
     expected = {name: api_text(server, name) for name in ("lora1", "lora2")}
     assert expected["lora1"] != expected["lora2"], "the adapters should answer differently, or the page test proves little"

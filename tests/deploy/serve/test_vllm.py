@@ -17,7 +17,7 @@ from serving import MAX_TOKENS, PROMPTS, _health, cli_generate, free_port, setup
 
 openai = pytest.importorskip("openai")
 
-from llmcycle.deploy.serve.app import ServerConfig  # noqa: E402
+from llmcycle.deploy.serve.config import ServerConfig  # noqa: E402
 
 VLLM_PYTHON = Path(os.environ.get("PEERS_HOME", "/tmp/llmcycle-peers")) / "vllm-cpu" / "bin" / "python"
 
@@ -69,6 +69,7 @@ def vllm_sized_llama(tmp_path: Path) -> Path:
     return base
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason="vLLM's CPU build is not installed (/work/shared/peers/venv-vllm-cpu.sh)")
 def test_vllm_hand_off_serves_the_same_greedy_answers(tmp_path, capsys):
     """vLLM-CPU serving a Llama and a LoRA adapter, started by `llmcycle serve --engine vllm`, answers as

@@ -11,7 +11,6 @@ read the same way, as the key/value prefix peft puts in every layer's cache; eac
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 
 from ...errors import UserError
 from ...models import ENCODER_DECODER, LoadedModel, attach_adapter, load_model, locate, model_kind
+from .config import served_name
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed-adapter batch
 LORA_TYPES = ("LORA",)
@@ -87,14 +87,14 @@ def read_adapter_config(name: str, path: str) -> dict:
 
 @dataclass
 class ServedModels:
-    """The loaded base and adapters, by served name; `lock` guards changes made while serving."""
+    """The loaded base and adapters, by served name. While serving, only the engine thread changes them, between
+    two decoding steps (Engine.add_adapter and remove_adapter)."""
 
     loaded: LoadedModel
     base_name: str
     base_adapter: str | None  # a run folder given as --model serves its own adapter under the base name
     adapters: dict[str, Adapter] = field(default_factory=dict)
     created: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def names(self) -> list[str]:
@@ -200,7 +200,7 @@ def check_servable(spec: str, adapters: list[tuple[str, str]], trust_remote_code
     return source
 
 
-def load_served(spec: str, adapters: list[tuple[str, str]], *, served_name: str | None = None,
+def load_served(spec: str, adapters: list[tuple[str, str]], *, served_model_name: str | None = None,
                 dtype: str = "auto", trust_remote_code: bool = False) -> ServedModels:
     """Load the base of `spec` and every adapter (a run folder's own adapter is served under the base name)."""
     import time
@@ -208,7 +208,7 @@ def load_served(spec: str, adapters: list[tuple[str, str]], *, served_name: str 
     source = check_servable(spec, adapters, trust_remote_code)
     loaded = load_model(source.base, dtype=dtype, trust_remote_code=trust_remote_code)
     loaded.name = spec
-    base_name = served_name or Path(spec.rstrip("/")).name or spec
+    base_name = served_name(spec, served_model_name)
     own = source.adapters[0][0] if source.adapters else None
     served = ServedModels(loaded, base_name, own, created=int(time.time()))
     for name, path in [*source.adapters, *adapters]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from ...console import note
 from ...errors import UserError
 from ...models import DECODER_ONLY, locate
+from .config import ServerConfig
 from .models import adapter_config, adapter_folder, base_kind
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
@@ -33,7 +34,7 @@ def _adapter_rank(name: str, path: str) -> int:
     return max(ranks)
 
 
-def vllm_command(config, python: str) -> list[str]:
+def vllm_command(config: ServerConfig, python: str) -> list[str]:
     """vLLM's command line for a ServerConfig, after checking vLLM can serve it."""
     source = locate(config.model)
     if source.adapters:
@@ -41,8 +42,7 @@ def vllm_command(config, python: str) -> list[str]:
                         "adapter with --adapter NAME=DIR")
     if base_kind(source.base, config.trust_remote_code) != DECODER_ONLY:
         raise UserError("--engine vllm: vLLM does not serve encoder-decoder models (T5, BART); drop --engine vllm")
-    name = config.served_model_name or Path(config.model.rstrip("/")).name
-    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source.base, "--served-model-name", name,
+    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", source.base, "--served-model-name", config.base_name,
                "--host", config.host, "--port", str(config.port), "--max-num-seqs", str(config.max_num_seqs)]
     if config.adapters:
         rank = max(_adapter_rank(n, p) for n, p in config.adapters)
@@ -76,7 +76,7 @@ def vllm_python() -> str:
     return sys.executable
 
 
-def run_vllm(config) -> None:
+def run_vllm(config: ServerConfig) -> None:
     """Replace this process with vLLM's server, so Ctrl-C and SIGTERM reach it directly."""
     python = vllm_python()
     command = vllm_command(config, python)

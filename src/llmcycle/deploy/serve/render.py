@@ -1,0 +1,88 @@
+"""A request's events as OpenAI's answer: one JSON body, or server-sent events (`data: {chunk}`, then
+`data: [DONE]`), in the shapes of the completions and chat completions APIs."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+
+from .bridge import Submitted
+from .jobs import TextDelta
+from .protocol import APIError, ParsedRequest
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def envelope(parsed: ParsedRequest, chunk: bool) -> dict:
+    """The fields every body or chunk of one answer starts with (a new id and time per answer)."""
+    kind = ("chat.completion.chunk" if chunk else "chat.completion") if parsed.chat else "text_completion"
+    request_id = f"{'chatcmpl' if parsed.chat else 'cmpl'}-{uuid.uuid4().hex}"
+    return {"id": request_id, "object": kind, "created": int(time.time()), "model": parsed.model}
+
+
+def choice_body(parsed: ParsedRequest, index: int, text: str | None, finish: str | None, chunk: bool) -> dict:
+    if not parsed.chat:
+        return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+    if chunk:
+        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+
+
+def sse(data: dict | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def choice_count(parsed: ParsedRequest) -> int:
+    return len(parsed.prompts) * parsed.params.n
+
+
+async def answer_json(request: Request, submitted: Submitted) -> dict:
+    """The whole answer once every choice finished."""
+    parsed, answer = submitted.parsed, submitted.answer
+    count = choice_count(parsed)
+    texts, reasons = [""] * count, [None] * count
+    try:
+        while answer.remaining:
+            index, event = await answer.next(request)
+            if isinstance(event, TextDelta):
+                texts[index] += event.text
+            else:
+                reasons[index] = event.reason
+    finally:
+        submitted.release()
+    body = envelope(parsed, chunk=False)
+    body["choices"] = [choice_body(parsed, i, texts[i], reasons[i], False) for i in range(count)]
+    body["usage"] = usage(submitted.prompt_tokens, answer.completion_tokens)
+    return body
+
+
+async def answer_stream(submitted: Submitted) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per piece of text, a finishing chunk per choice, usage if asked, [DONE]."""
+    parsed, answer = submitted.parsed, submitted.answer
+    head = envelope(parsed, chunk=True)
+    extra = {"usage": None} if parsed.include_usage else {}
+    try:
+        if parsed.chat:
+            for index in range(choice_count(parsed)):
+                role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                yield sse({**head, "choices": [role], **extra})
+        while answer.remaining:
+            try:
+                index, event = await answer.next(None)
+            except APIError as error:
+                yield sse(error.body())
+                break
+            text, finish = (event.text, None) if isinstance(event, TextDelta) else (None, event.reason)
+            yield sse({**head, "choices": [choice_body(parsed, index, text, finish, True)], **extra})
+        if parsed.include_usage and not answer.remaining:
+            yield sse({**head, "choices": [], "usage": usage(submitted.prompt_tokens, answer.completion_tokens)})
+        yield sse("[DONE]")
+    finally:
+        submitted.release()

@@ -1,0 +1,90 @@
+"""Next tokens from the running batch's logits, each row by its own request's settings.
+
+A row's scores go through the logits processors `generate()` builds from the model's generation config for the
+request's settings (so temperature 0 gives `llmcycle generate`'s tokens); when sampling, the token is drawn with a
+torch.Generator of the row's own, seeded from the request, so a seeded answer does not depend on what else is in
+the batch. A further per-row step (a penalty, a grammar) is one more processor in a row's list; whatever a client
+may ask of the scores (log-probabilities) is read where `next_tokens` has them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ...generate.settings import GenerationSettings
+from ...models import LoadedModel, unwrap_peft
+from .jobs import Job
+
+
+@dataclass
+class RowSampling:
+    """How one row picks its tokens: logits processors (shared by a job's choices; empty for plain argmax) and,
+    when sampling, a generator of its own."""
+
+    processors: list
+    generator: torch.Generator | None
+
+
+class Sampler:
+    """Builds each row's RowSampling and picks the next token of every row."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.device = loaded.device
+        self.greedy_plain: bool | None = None  # whether greedy decoding needs no logits processors
+
+    def for_job(self, job: Job, device: torch.device) -> list[RowSampling]:
+        """One RowSampling per choice of `job`; generators live on `device`, where the logits are."""
+        processors = self._processors(job)
+        return [RowSampling(processors, self._generator(job, choice, device)) for choice in range(job.params.n)]
+
+    @torch.inference_mode()
+    def next_tokens(self, rows: list, logits: torch.Tensor) -> list[int]:
+        """One token per row (each with `.sampling` and `.history`, the ids its processors see) from (rows, vocab)."""
+        if all(row.sampling.generator is None and not row.sampling.processors for row in rows):
+            return logits.argmax(dim=-1).tolist()
+        tokens = []
+        for row, scores in zip(rows, logits):
+            processors, generator = row.sampling.processors, row.sampling.generator
+            history = torch.tensor([row.history], dtype=torch.long, device=scores.device)
+            scores = processors(history, scores.unsqueeze(0)) if processors else scores.unsqueeze(0)
+            if generator is None:
+                tokens.append(int(scores.argmax(dim=-1)))
+            else:
+                probs = torch.softmax(scores, dim=-1)
+                tokens.append(int(torch.multinomial(probs, 1, generator=generator)))
+        return tokens
+
+    @staticmethod
+    def _generator(job: Job, choice: int, device: torch.device) -> torch.Generator | None:
+        if job.params.greedy:
+            return None
+        seed = job.params.seed if job.params.seed is not None else random.getrandbits(63)
+        return torch.Generator(device=device).manual_seed((seed + choice) % (1 << 64))
+
+    def _processors(self, job: Job):
+        """The logits processors and warpers `generate()` would use for these settings and this model.
+
+        Under greedy decoding most models have none; that answer is kept, since building the list costs a copy of
+        the generation config per request."""
+        if job.params.greedy and self.greedy_plain:
+            return []
+        processors = self._build_processors(job)
+        if job.params.greedy and self.greedy_plain is None:
+            self.greedy_plain = len(processors) == 0
+        return processors
+
+    def _build_processors(self, job: Job):
+        params = job.params
+        settings = GenerationSettings(max_new_tokens=params.max_tokens or 1, do_sample=not params.greedy,
+                                      temperature=params.temperature or 1.0, top_k=params.top_k, top_p=params.top_p)
+        config = settings.to_transformers(self.loaded)
+        prompt_length = 1 if self.loaded.is_encoder_decoder else len(job.prompt_ids)
+        config.max_length = prompt_length + config.max_new_tokens
+        model = unwrap_peft(self.loaded.model)
+        encoder_ids = torch.tensor([job.prompt_ids]) if self.loaded.is_encoder_decoder else None
+        return model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length,
+                                           encoder_input_ids=encoder_ids, device=str(self.device))
