@@ -11,6 +11,7 @@ read the same way, as the key/value prefix peft puts in every layer's cache; eac
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,8 +204,6 @@ def check_servable(spec: str, adapters: list[tuple[str, str]], trust_remote_code
 def load_served(spec: str, adapters: list[tuple[str, str]], *, served_model_name: str | None = None,
                 dtype: str = "auto", trust_remote_code: bool = False) -> ServedModels:
     """Load the base of `spec` and every adapter (a run folder's own adapter is served under the base name)."""
-    import time
-
     source = check_servable(spec, adapters, trust_remote_code)
     loaded = load_model(source.base, dtype=dtype, trust_remote_code=trust_remote_code)
     loaded.name = spec

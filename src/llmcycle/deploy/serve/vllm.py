@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from ...console import note
@@ -63,8 +64,6 @@ def vllm_command(config: ServerConfig, python: str) -> list[str]:
 
 
 def vllm_python() -> str:
-    import sys
-
     side = os.environ.get("LLMCYCLE_VLLM_PYTHON")
     if side:
         if not Path(side).is_file():
