@@ -19,7 +19,7 @@ import click
 from ..console import err
 from ..errors import ReportedError, UserError
 from ..quantization import NOISY_LOGGERS
-from . import align, deploy, generate, lifecycle, plan, rag, serve, train
+from . import align, deploy, generate, label, lifecycle, plan, rag, serve, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -31,7 +31,7 @@ def cli():
     """
 
 
-for _stage in (generate, train, align, deploy, serve, lifecycle, plan, rag):
+for _stage in (generate, train, align, label, deploy, serve, lifecycle, plan, rag):
     for _command in _stage.COMMANDS:
         cli.add_command(_command)
 

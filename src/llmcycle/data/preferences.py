@@ -4,7 +4,9 @@
     {"prompt": ..., "responses": [a, b, c], "ranking": [2, 1, 3]}     # 1 = best: b > a > c
 
 A ranking of k responses gives every pair (better, worse): k(k-1)/2 pairs when there are no ties; tied
-responses form no pair. Unusable rows name file, line and field, as everywhere.
+responses form no pair. Unusable rows name file, line and field, as everywhere. A labeler's row (`llmcycle label`
+writes `labeler` and `flags` beside the ranking) that ties every response, or flags its prompt unusable, states no
+preference: it gives no pair and is counted, not an error.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ class _Unusable(Exception):
 def load_pairs(source: str, *, split: str | None = None, skip_bad_rows: bool = False) -> list[Pair]:
     rows, bad = read_rows(source, split)
     pairs: list[Pair] = []
-    for row in rows:
+    stated = [row for row in rows if not _no_preference(row.values)]
+    abstained = len(rows) - len(stated)
+    for row in stated:
         try:
             pairs.extend(row_pairs(row))
         except _Unusable as exc:
@@ -43,7 +47,19 @@ def load_pairs(source: str, *, split: str | None = None, skip_bad_rows: bool = F
         raise UserError(f"{source}: no usable preference pairs")
     if bad:
         note(f"skipped {len(bad)} unusable rows in {source} (first: {bad[0].message()})")
+    if abstained:
+        note(f"{abstained} labelers' rows in {source} give no pair (every response tied, or the prompt flagged unusable)")
     return pairs
+
+
+def _no_preference(values: dict) -> bool:
+    """A labeler's row that says no response is better: every one tied, or the prompt flagged unusable."""
+    flags, ranking = values.get("flags"), values.get("ranking")
+    if not isinstance(values.get("labeler"), str):
+        return False
+    if isinstance(flags, dict) and flags.get("unusable") is True:
+        return True
+    return isinstance(ranking, list) and len(ranking) > 1 and all(rank == ranking[0] for rank in ranking)
 
 
 def _text(values: dict, name: str) -> str:
