@@ -51,7 +51,8 @@ def free_port() -> int:
 
 
 def http(url: str, body: object | None = None, token: str | None = None, raw: bytes | None = None) -> tuple[int, object]:
-    """(status, parsed JSON or None) of a GET, or a POST of `body` as JSON (or `raw` bytes)."""
+    """(status, parsed JSON, the text when it is not JSON, or None when empty) of a GET, or a POST of `body` as JSON
+    (or `raw` bytes)."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     headers = {"Content-Type": "application/json"} if data is not None else {}
     if token:
@@ -62,7 +63,10 @@ def http(url: str, body: object | None = None, token: str | None = None, raw: by
             status, payload = response.status, response.read()
     except urllib.error.HTTPError as exc:
         status, payload = exc.code, exc.read()
-    return status, (json.loads(payload) if payload else None)
+    try:
+        return status, (json.loads(payload) if payload else None)
+    except ValueError:
+        return status, payload.decode()
 
 
 def rank_best_first(item: dict) -> list[int]:
