@@ -81,6 +81,8 @@ def test_a_prompt_without_k_distinct_completions_is_skipped_and_named(gpt2_dir, 
     assert [item.where for item in items] == [f"{prompts} line 1", f"{prompts} line 3"]
     assert f"skipped 1 prompts without 3 distinct non-empty completions after {completions.RESAMPLE_ROUNDS} resamples: " \
            f"{prompts} line 2" in " ".join(capsys.readouterr().err.split())
+    header = json.loads(items_path(tmp_path / "r.jsonl").read_text().splitlines()[0])
+    assert header["skipped"] == [f"{prompts} line 2"]  # said again when a restart reuses the items
 
 
 @pytest.mark.parametrize("row, k, message", [

@@ -151,18 +151,21 @@ def reuse_items(path: Path, request: GenerationRequest) -> list[Item] | None:
         raise UserError(f"{path} holds completions made with other settings ({', '.join(changed)} differ); give another "
                         "--out, or delete it and the rankings file to start over")
     note(f"reusing the {len(records)} items sampled before ({path})")
+    _note_skipped(header.get("skipped", []), request.k)
     return [make_item(r["prompt"], r["responses"], r["sources"], r["where"]) for r in records]
 
 
-def save_items(path: Path, request: GenerationRequest, items: list[Item]) -> None:
-    records = [{"request": request.fingerprint()}]
+def save_items(path: Path, request: GenerationRequest, items: list[Item], skipped: list[str]) -> None:
+    """The request and the prompts skipped on the first line, then one item a line."""
+    records = [{"request": request.fingerprint(), "skipped": skipped}]
     records += [{"item": i.id, "prompt": i.prompt, "responses": list(i.responses), "sources": list(i.sources), "where": i.where}
                 for i in items]
     write_jsonl(path, records)
 
 
-def sample_items(loaded, examples: list, request: GenerationRequest) -> list[Item]:
-    """K distinct, non-empty completions per example, from the request's sources; prompts that fail are skipped."""
+def sample_items(loaded, examples: list, request: GenerationRequest) -> tuple[list[Item], list[str]]:
+    """K distinct, non-empty completions per example, from the request's sources; returns the items and where the
+    prompts that failed (skipped) are."""
     sources = request.sources
     slot_source = [sources[slot % len(sources)] for slot in range(request.k)]
     texts: list[list[str | None]] = [[None] * request.k for _ in examples]
@@ -179,10 +182,14 @@ def sample_items(loaded, examples: list, request: GenerationRequest) -> list[Ite
             failed.append(example.where)
         else:
             items.append(make_item(example.prompt, completions, slot_source, example.where))
+    _note_skipped(failed, request.k)
+    return _unique(items), failed
+
+
+def _note_skipped(failed: list[str], k: int) -> None:
     if failed:
-        note(f"skipped {len(failed)} prompts without {request.k} distinct non-empty completions after "
+        note(f"skipped {len(failed)} prompts without {k} distinct non-empty completions after "
              f"{RESAMPLE_ROUNDS} resamples: {', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}")
-    return _unique(items)
 
 
 def _slots_to_fill(texts: list[list[str | None]]) -> list[tuple[int, int]]:
@@ -233,9 +240,10 @@ def generated_items(request: GenerationRequest, model, data, out: str | Path) ->
     examples = data.load(loaded, request.settings.seed).examples
     check_fits(loaded, token_lengths(loaded, [e.prompt for e in examples]), [e.where for e in examples],
                request.settings.max_new_tokens)
-    items = sample_items(loaded, examples, request)
+    note(f"sampling {request.k} completions for each of {len(examples)} prompts from {', '.join(request.sources)}")
+    items, skipped = sample_items(loaded, examples, request)
     if not items:
         raise UserError(f"{data.data}: no prompt got {request.k} distinct non-empty completions; raise --temperature "
                         "or --max-new-tokens, or lower --k")
-    save_items(kept, request, items)
+    save_items(kept, request, items, skipped)
     return items
