@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from llmcycle.label.app import LabelServer, bind
+from llmcycle.deploy.serve.server import bind
+from llmcycle.label.app import LabelServer
 from llmcycle.label.completions import read_completions
 from llmcycle.label.queue import ANONYMOUS, Labeler, Queues
 from llmcycle.label.store import RankingStore

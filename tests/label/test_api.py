@@ -8,9 +8,16 @@ import threading
 from collections import Counter
 
 import pytest
-
 from conftest import run_cli
-from labeling import http, in_process_server, rank_best_first, read_rows, write_completions, write_labelers
+from labeling import (
+    http,
+    in_process_server,
+    rank_best_first,
+    read_rows,
+    write_completions,
+    write_labelers,
+)
+
 from llmcycle.data.preferences import load_pairs
 
 pytestmark = pytest.mark.slow
@@ -152,3 +159,20 @@ def test_eight_labelers_submitting_at_once(tmp_path):
     rows = read_rows(tmp_path / "r.jsonl")
     assert len(rows) == 12 * 4 == sum(len(items) for items in served.values())
     assert sorted((row["labeler"], row["item"]) for row in rows) == sorted((name, item) for name, items in served.items() for item in items)
+
+
+def test_a_failing_write_is_a_500_not_an_acknowledgement_and_the_server_carries_on(tmp_path, monkeypatch, capsys):
+    server, store = in_process_server(write_completions(tmp_path / "c.jsonl", 2), tmp_path / "r.jsonl")
+    try:
+        item = http(server.url + "/api/next")[1]
+        body = {"item": item["item"], "ranking": [1, 2, 3]}
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "append", lambda row: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+            status, answer = http(server.url + "/api/rank", body)
+        assert status == 500 and "not saved" in answer["error"]["message"]
+        assert http(server.url + "/api/next")[1]["item"] == item["item"]  # still to do
+        assert http(server.url + "/api/rank", body)[0] == 200
+    finally:
+        server.stop()
+        store.close()
+    assert [row["item"] for row in read_rows(tmp_path / "r.jsonl")] == [item["item"]]

@@ -7,14 +7,20 @@ import json
 
 import pytest
 import torch
-
 from conftest import run_cli, write_jsonl
 from labeling import write_completions
+
 from llmcycle.data.options import DataOptions
 from llmcycle.errors import UserError
 from llmcycle.generate.settings import GenerationSettings
 from llmcycle.label import completions
-from llmcycle.label.completions import GenerationRequest, file_sha256, generated_items, items_path, read_completions
+from llmcycle.label.completions import (
+    GenerationRequest,
+    file_sha256,
+    generated_items,
+    items_path,
+    read_completions,
+)
 from llmcycle.label.session import LabelRequest, check_request, prepare
 from llmcycle.models import ModelOptions
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from labeling import free_port, http, kill, rank_best_first, read_rows, start_process, write_completions
+from labeling import (
+    free_port,
+    http,
+    kill,
+    rank_best_first,
+    read_rows,
+    start_process,
+    write_completions,
+)
 
 pytestmark = pytest.mark.slow
 ITEMS = 12

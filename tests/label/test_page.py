@@ -8,7 +8,6 @@ import re
 import shutil
 
 import pytest
-
 from labeling import HOSTILE, in_process_server, read_rows, write_completions
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

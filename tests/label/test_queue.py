@@ -8,7 +8,16 @@ import pytest
 
 from llmcycle.errors import UserError
 from llmcycle.label.completions import make_item
-from llmcycle.label.queue import BadSubmission, Labeler, Queues, assign, check_flags, check_ranking, read_labelers, shown_order
+from llmcycle.label.queue import (
+    BadSubmission,
+    Labeler,
+    Queues,
+    assign,
+    check_flags,
+    check_ranking,
+    read_labelers,
+    shown_order,
+)
 from llmcycle.label.store import RankingStore
 
 
@@ -54,7 +63,7 @@ def test_overlap_sends_each_item_to_that_many_distinct_labelers_evenly():
     queues = assign(items(20), labelers, overlap=3)
     per_item = Counter(item.id for queue in queues.values() for item in queue)
     assert set(per_item.values()) == {3}
-    assert all(len(set(item.id for item in queue)) == len(queue) == 12 for queue in queues.values())
+    assert all(len({item.id for item in queue}) == len(queue) == 12 for queue in queues.values())
     with pytest.raises(UserError, match="--overlap 6 needs between 1 and 5"):
         assign(items(2), labelers, overlap=6)
 

@@ -6,9 +6,14 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_cli, write_jsonl
-from llmcycle.label.agreement import coincidences, kendall_tau_b, ordinal_alpha, pair_agreements
+
+from llmcycle.label.agreement import (
+    coincidences,
+    kendall_tau_b,
+    ordinal_alpha,
+    pair_agreements,
+)
 from llmcycle.label.stats import label_stats
 
 

@@ -49,9 +49,8 @@ def test_a_bad_line_before_the_last_is_an_error_naming_it(tmp_path):
 
 def test_a_second_writer_of_the_same_file_is_refused(tmp_path):
     path = tmp_path / "rankings.jsonl"
-    with RankingStore(path):
-        with pytest.raises(UserError, match="in use by another llmcycle label"):
-            RankingStore(path).open()
+    with RankingStore(path), pytest.raises(UserError, match="in use by another llmcycle label"):
+        RankingStore(path).open()
     RankingStore(path).open().close()  # free again once the first one closed
 
 

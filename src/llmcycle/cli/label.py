@@ -13,6 +13,7 @@ import click
 from ..errors import UserError
 from .options import DTYPE_CHOICES, apply, data_spec, parse_adapters
 
+
 def sampling_options(func):
     """The generation flags that matter for sampling K completions (always sampled, seeded)."""
     return apply([

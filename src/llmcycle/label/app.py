@@ -31,7 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import UserError
+from ..deploy.serve.server import QuietServer
 from .queue import BadSubmission, Labeler, Queues
 
 PAGE = Path(__file__).with_name("page.html")
@@ -39,15 +39,22 @@ MAX_BODY_BYTES = 64 * 1024
 """A ranking is a few hundred bytes; anything far larger is refused before it is parsed."""
 
 
-def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body = {"error": {"message": message, **({"field": field} if field else {})}}
-    return JSONResponse(body, status_code=status, headers=headers)
+class APIError(Exception):
+    """A request that cannot be served, answered as {"error": {"message", "field"?}} with its status."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.field, self.headers = status, field, headers
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": str(self), **({"field": self.field} if self.field else {})}}
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 def page_response() -> HTMLResponse:
     """The page, with a policy that runs only its own inline script (by hash) and loads nothing from elsewhere."""
     html = PAGE.read_text(encoding="utf-8")
-    script = re.search(r"<script>(.*?)</script>", html, re.S).group(1)
+    script = re.search(r"<script>(.*?)</script>", html, re.DOTALL).group(1)
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
     policy = (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; connect-src 'self'; "
               "img-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -59,12 +66,6 @@ def create_app(queues: Queues) -> FastAPI:
     app = FastAPI(title="llmcycle label", docs_url=None, redoc_url=None, openapi_url=None)
     add_error_handlers(app)
 
-    def labeler_of(request: Request) -> Labeler | JSONResponse:
-        labeler = queues.authenticate(request.headers.get("authorization"))
-        if labeler is None:
-            return error(401, "missing or unknown token: send 'Authorization: Bearer TOKEN'", headers={"WWW-Authenticate": "Bearer"})
-        return labeler
-
     @app.get("/")
     async def page():
         return page_response()
@@ -73,100 +74,91 @@ def create_app(queues: Queues) -> FastAPI:
     async def health():
         return {"status": "ok"}
 
+    add_api_routes(app, queues)
+    return app
+
+
+def add_api_routes(app: FastAPI, queues: Queues) -> None:
+    def labeler_of(request: Request) -> Labeler:
+        labeler = queues.authenticate(request.headers.get("authorization"))
+        if labeler is None:
+            raise APIError(401, "missing or unknown token: send 'Authorization: Bearer TOKEN'", headers={"WWW-Authenticate": "Bearer"})
+        return labeler
+
     @app.get("/api/next")
     async def next_item(request: Request):
-        labeler = labeler_of(request)
-        if isinstance(labeler, JSONResponse):
-            return labeler
-        item = queues.next_item(labeler)
+        item = queues.next_item(labeler_of(request))
         return JSONResponse(item, headers={"Cache-Control": "no-store"}) if item else Response(status_code=204)
 
     @app.get("/api/progress")
     async def progress(request: Request):
         labeler = labeler_of(request)
-        return labeler if isinstance(labeler, JSONResponse) else {**queues.progress(labeler), "labeler": labeler.name}
+        return {**queues.progress(labeler), "labeler": labeler.name}
 
     @app.post("/api/rank")
     async def rank(request: Request):
         labeler = labeler_of(request)
-        if isinstance(labeler, JSONResponse):
-            return labeler
         body = await read_json(request)
-        if isinstance(body, JSONResponse):
-            return body
         try:
             row, new = await run_in_threadpool(queues.submit, labeler, body)  # the append waits for fsync
         except BadSubmission as exc:
-            return error(400, str(exc), exc.field)
+            raise APIError(400, str(exc), exc.field) from exc
         return {"ok": True, "item": row["item"], "duplicate": not new, **queues.progress(labeler)}
-
-    return app
 
 
 async def read_json(request: Request) -> object:
-    """The request's JSON body, or the 400/413 answer saying what is wrong with it."""
+    """The request's JSON body; APIError 413 when it is too large, 400 when it is not JSON."""
     size = 0
     chunks = []
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            return error(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
+            raise APIError(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as exc:
-        return error(400, f"body: not valid JSON ({exc})", "body")
+        raise APIError(400, f"body: not valid JSON ({exc})", "body") from exc
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return exc.response()
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return error(exc.status_code, str(exc.detail))
+        return APIError(exc.status_code, str(exc.detail)).response()
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         # A bug, or a full disk: the request fails (its row is not acknowledged), the server keeps serving.
         traceback.print_exception(exc, file=sys.stderr)
-        return error(500, f"internal error: {type(exc).__name__}; the row was not saved, submit again")
+        return APIError(500, f"internal error: {type(exc).__name__}; the row was not saved, submit again").response()
 
 
 # ---------------------------------------------------------------- the server
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (SO_REUSEADDR, so a restart after a kill binds the same port at once)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port or --host") from exc
-    sock.listen(128)
-    return sock
-
-
 class LabelServer:
-    """uvicorn serving the page on a bound socket, in this thread (`run`, stopped by Ctrl-C) or another (`start`)."""
+    """uvicorn serving the page on a bound socket (`bind`, as `llmcycle serve` binds), in this thread (`run`, which
+    returns on Ctrl-C or SIGTERM) or another (`start`)."""
 
     def __init__(self, queues: Queues, sock: socket.socket):
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         config = uvicorn.Config(create_app(queues), log_level="warning", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        self.server = QuietServer(config, on_exit=lambda: None)  # nothing to drain: every row is on disk when answered
         self.thread: threading.Thread | None = None
 
     def run(self) -> None:
         try:
             self.server.run(sockets=[self.sock])
-        except KeyboardInterrupt:
-            pass  # uvicorn raises Ctrl-C again after its clean shutdown; stopping is what it asked for
         finally:
             self.sock.close()
 
-    def start(self, timeout: float = 30) -> "LabelServer":
+    def start(self, timeout: float = 30) -> LabelServer:
         self.thread = threading.Thread(target=self.run, name="llmcycle-label-http", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + timeout

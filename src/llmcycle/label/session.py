@@ -11,11 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..console import note, out
+from ..deploy.serve.server import bind
 from ..errors import UserError
 from ..generate.settings import GenerationSettings
 from ..outputs import check_writable
-from .app import LabelServer, bind
-from .completions import MAX_K, GenerationRequest, Item, file_sha256, generated_items, read_completions
+from .app import LabelServer
+from .completions import (
+    MAX_K,
+    GenerationRequest,
+    Item,
+    file_sha256,
+    generated_items,
+    read_completions,
+)
 from .queue import ANONYMOUS, Labeler, Queues, read_labelers
 from .store import RankingStore
 

@@ -41,7 +41,7 @@ class RankingStore:
 
     # ---- opening ----
 
-    def open(self) -> "RankingStore":
+    def open(self) -> RankingStore:
         """Create or read the file, cut a torn final line, and take the file's lock."""
         created = not self.path.exists()
         try:
@@ -124,7 +124,7 @@ class RankingStore:
             os.close(self._fd)  # closing releases the flock
             self._fd = None
 
-    def __enter__(self) -> "RankingStore":
+    def __enter__(self) -> RankingStore:
         return self.open()
 
     def __exit__(self, *exc) -> None:
