@@ -38,6 +38,7 @@ def _log(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_ppo_continues_the_lora_run_against_itself_and_detoxifies(rude_sft, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -42,6 +42,7 @@ def run_ppo(policy, prompts, out, **fields):
     return metrics, [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "t5"])
 def test_ppo_raises_the_reward_and_reports_the_kl(arch, yes_no, tmp_path):
     policies, prompts = yes_no
@@ -54,6 +55,7 @@ def test_ppo_raises_the_reward_and_reports_the_kl(arch, yes_no, tmp_path):
     assert metrics["kl_last"] > 0.2  # it moved away from the reference to get there
 
 
+@pytest.mark.slow
 def test_a_large_kl_coefficient_keeps_the_policy_near_the_reference(yes_no, tmp_path):
     policies, prompts = yes_no
     _, free = run_ppo(policies["gpt2"], prompts, tmp_path / "free", max_steps=10)

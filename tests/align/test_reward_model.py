@@ -71,6 +71,7 @@ def run(model, data, out, **fields):
     return train_reward(RewardConfig(model=str(model), data=str(data), out=str(out), **fields))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["bert", "gpt2"])
 def test_learns_separable_preferences_and_scores_them_the_same_way_after_loading(backbone, backbones, data, tmp_path):
     out = tmp_path / "rm"

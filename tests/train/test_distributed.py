@@ -58,6 +58,7 @@ def resumed_copy(run: Path, step: int, target: Path) -> Path:
 FINETUNE = ["--method", "lora", "--lr", "3e-2", "--lora-dropout", "0", "--max-steps", "4"]
 
 
+@pytest.mark.slow
 def test_ddp_matches_one_process_on_the_same_global_batch(quiet, rows, tmp_path):
     """2 processes x batch 2 x accumulation 2 take the steps of 1 process x batch 8."""
     one, two = tmp_path / "one", tmp_path / "two"
@@ -73,6 +74,7 @@ def test_ddp_matches_one_process_on_the_same_global_batch(quiet, rows, tmp_path)
         torch.testing.assert_close(weights(two / "adapter")[name], tensor, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_resumed_run_equals_an_uninterrupted_one(strategy, quiet, rows, tmp_path):
     whole = tmp_path / "whole"
@@ -85,6 +87,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one(strategy, quiet, rows, tmp_pa
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_fsdp_full_fine_tuning_writes_a_plain_transformers_model(quiet, rows, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
@@ -104,6 +107,7 @@ def test_fsdp_full_fine_tuning_writes_a_plain_transformers_model(quiet, rows, tm
                                    atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_fsdp_prompt_tuning_saves_the_trained_virtual_tokens(quiet, rows, tmp_path):
     """peft computes the prompt embeddings it saves from the live module, which FSDP holds in shards."""
     flags = ["-m", quiet["gpt2"], "-d", rows, "--method", "prompt-tuning", "--num-virtual-tokens", "4", "--max-steps", "2"]
@@ -115,6 +119,7 @@ def test_fsdp_prompt_tuning_saves_the_trained_virtual_tokens(quiet, rows, tmp_pa
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_reward_and_dpo_on_two_processes_match_one(quiet, pairs, tmp_path):
     reward_flags = ["-m", quiet["gpt2"], "-d", pairs, "--max-steps", "2", "--lr", "1e-3"]
     assert run_cli("reward", *reward_flags, "-o", tmp_path / "r1", "--batch-size", "8") == 0
@@ -131,6 +136,7 @@ def test_reward_and_dpo_on_two_processes_match_one(quiet, pairs, tmp_path):
     assert evals[1] == pytest.approx(evals[0], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_ppo_on_two_fsdp_processes_writes_the_run_and_resumes_exactly(quiet, rows, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForSeq2SeqLM
@@ -149,6 +155,7 @@ def test_ppo_on_two_fsdp_processes_writes_the_run_and_resumes_exactly(quiet, row
         assert all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_pretraining_on_two_fsdp_processes_matches_one(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"{r['prompt']} {r['completion']}\n" for r in dialogue_rows(40)))
@@ -160,6 +167,7 @@ def test_pretraining_on_two_fsdp_processes_matches_one(tmp_path):
     assert (tmp_path / "two/model/tokenizer.json").is_file()
 
 
+@pytest.mark.slow
 def test_an_outside_torchrun_launch_is_recognised_and_resumes(quiet, rows, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "llmcycle",
@@ -179,6 +187,7 @@ def test_an_outside_torchrun_launch_is_recognised_and_resumes(quiet, rows, tmp_p
     assert all(torch.equal(uninterrupted[k], v) for k, v in weights(out / "adapter").items())
 
 
+@pytest.mark.slow
 def test_a_worker_error_is_one_line_and_exit_2_with_nothing_written(quiet, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine", "completion": "fine"}, {"prompt": 3, "completion": "x"}])
     out = tmp_path / "run"
@@ -216,6 +225,7 @@ def test_deepspeed_missing_is_a_clear_error(quiet, rows, tmp_path, capsys):
     assert "--deepspeed needs the deepspeed package: pip install deepspeed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_deepspeed_zero3_takes_the_steps_ddp_takes(quiet, rows, tmp_path):
     """Runs where the deepspeed package is installed (pip install llmcycle[deepspeed]); CPU works too."""
     pytest.importorskip("deepspeed")

@@ -44,6 +44,7 @@ def losses(out: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["t5", "gpt2"])
 @pytest.mark.parametrize("method", ["full", "lora", "prompt-tuning", "prefix-tuning", "freeze"])
 def test_each_method_trains_what_it_should(arch, method, quiet_models, train_file, tmp_path):
@@ -162,6 +163,7 @@ def test_two_seeded_runs_are_equal_and_config_yaml_reproduces_the_run(quiet_mode
         assert all(torch.equal(a[k], v) for k, v in weights(tmp_path / other / "adapter").items())
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(quiet_models, train_file, tmp_path):
     args = ["-m", "llmcycle.cli", "finetune", "-m", str(quiet_models["gpt2"]), "-d", str(train_file), "--method", "lora",
             "--lr", "0.01", "--batch-size", "2", "--max-steps", "300", "--save-every", "5", "--lora-dropout", "0.1"]
@@ -238,6 +240,7 @@ def test_packing_is_best_fit_decreasing():
     assert sorted(len(r.input_ids) for r in rows) == sorted(n for p in packed for n in p.lengths)
 
 
+@pytest.mark.slow
 def test_packed_training_runs(quiet_models, train_file, tmp_path):
     metrics = run(quiet_models["llama"], train_file, tmp_path / "p", "lora", packing=True, max_length=256)
     assert metrics["steps"] == 12 and losses(tmp_path / "p")[-1] < losses(tmp_path / "p")[0]

@@ -126,6 +126,7 @@ def test_mixed_objective_draws_each_per_chunk_with_its_papers_density(t5_run):
     assert make(chunk, np.random.default_rng(5)) == make(chunk, np.random.default_rng(5))
 
 
+@pytest.mark.slow
 def test_decoder_only_text_infilling_rows_are_the_noisy_chunk_then_the_chunk_with_loss_on_the_chunk(corpus_file, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,12 +152,14 @@ def test_decoder_only_text_infilling_rows_are_the_noisy_chunk_then_the_chunk_wit
     assert kinds == {"next-token", "infilling"}
 
 
+@pytest.mark.slow
 def test_tiny_t5_learns_by_text_infilling(corpus_file, tmp_path):
     metrics = pretrain(PretrainConfig(corpus=str(corpus_file), out=str(tmp_path / "t5"), arch="t5", objective="text-infilling",
                                       max_steps=20, **TINY))
     assert metrics["objective"] == "text infilling" and metrics["final_loss"] < metrics["first_loss"] - 0.5
 
 
+@pytest.mark.slow
 def test_tiny_t5_learns_and_its_folder_loads_in_plain_transformers_and_llmcycle(t5_run):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -189,6 +192,7 @@ def test_tiny_t5_learns_and_its_folder_loads_in_plain_transformers_and_llmcycle(
     assert tokenizer.decode(tokenizer(dialogue).input_ids, skip_special_tokens=True).strip() == dialogue
 
 
+@pytest.mark.slow
 def test_tiny_gpt2_learns_by_next_token_prediction(corpus_file, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -211,6 +215,7 @@ def test_continuing_a_model_without_sentinels_adds_them(t5_dir, gpt2_dir, corpus
     assert metrics["objective"] == "next-token prediction" and np.isfinite(metrics["final_loss"])
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_with_the_same_weights(t5_run, tmp_path):
     """The t5 run, with its final model removed, resumed from its step-10 checkpoint, ends where it ended."""
     from safetensors.torch import load_file
