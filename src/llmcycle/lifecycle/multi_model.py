@@ -236,11 +236,11 @@ def serve_instructions(run: Run, port: int) -> tuple[str, str]:
     first = adapters[0][0].replace("+", "-") if adapters else base
     prompt = _example_prompt(run)
     block = (run.recipe.generation or {}).get("no_repeat_ngram_size")
-    caveat = (f"# the report decoded with no_repeat_ngram_size {block}; the OpenAI API has no such field, so a reply "
-              "may repeat itself where the report's outputs did not\n") if block else ""
-    snippet = (caveat + "from openai import OpenAI\n"
+    # the report's n-gram block travels as vLLM's extensions do, an extra body field, so the reply equals the report's
+    extra = f", extra_body={{'no_repeat_ngram_size': {block}}}" if block else ""
+    snippet = ("from openai import OpenAI\n"
                f"client = OpenAI(base_url='http://127.0.0.1:{port}/v1', api_key='none')\n"
-               f"reply = client.completions.create(model={first!r}, prompt={prompt!r}, max_tokens=64, temperature=0)\n"
+               f"reply = client.completions.create(model={first!r}, prompt={prompt!r}, max_tokens=64, temperature=0{extra})\n"
                "print(reply.choices[0].text)")
     return command, snippet
 

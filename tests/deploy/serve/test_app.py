@@ -232,7 +232,12 @@ def test_auth_and_unknown_model(strict_server):
     (json.dumps({"model": "lora1", "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}).encode(), "stop"),
     (json.dumps({"model": "lora1", "prompt": 3}).encode(), "prompt"),
     (json.dumps({"model": "lora1", "prompt": "hi", "stream": "yes"}).encode(), "stream"),
-    (json.dumps({"model": "lora1", "prompt": "hi", "presence_penalty": 0.5}).encode(), "presence_penalty"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "presence_penalty": 2.5}).encode(), "presence_penalty"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "repetition_penalty": 0}).encode(), "repetition_penalty"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "logit_bias": {"x": 1}}).encode(), "logit_bias"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "logit_bias": {"9999999": 1}}).encode(), "logit_bias"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "max_tokens": 2, "min_tokens": 3}).encode(), "min_tokens"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "max_tokens": 0}).encode(), "max_tokens"),
     (json.dumps({"model": "lora1", "prompt": "word " * 200}).encode(), "prompt"),
     (json.dumps({"model": "lora1", "prompt": "hi", "max_tokens": 500}).encode(), "max_tokens"),
 ])

@@ -140,6 +140,7 @@ class Engine:
         self._run_commands()
         self._drop_rows()
         self._admit()
+        self._drop_rows()  # rows done at their first token (EOS, max_tokens 1) must not decode again
         if self.rows:
             self._decode()
             self._drop_rows()
@@ -276,7 +277,8 @@ class Engine:
         params = row.job.params
         eos = token in self.eos and not params.ignore_eos
         at_limit = params.max_tokens is not None and row.generated >= params.max_tokens
-        delta, stopped = row.tracker.push(None if eos else token, final=eos or at_limit)
+        delta, stopped = row.tracker.push(None if eos else token, final=eos or at_limit,
+                                          stops=row.generated >= params.min_tokens)
         if delta and not row.job.cancelled:
             row.job.sink(TextDelta(row.choice, delta))
         if eos or stopped:

@@ -93,6 +93,15 @@ def settle_max_tokens(window: int | None, served: ServedModels, parsed: ParsedRe
         params.max_tokens = min(DEFAULT_COMPLETION_TOKENS, room) if not parsed.chat else room
     if window is not None and reserve and longest + params.max_tokens > window:
         raise context_error(window, longest - virtual, params.max_tokens, reserve, "max_tokens")
+    if params.min_tokens > params.max_tokens:
+        raise bad("min_tokens", f"'min_tokens' ({params.min_tokens}) must be at most max_tokens ({params.max_tokens})")
+
+
+def check_logit_bias(served: ServedModels, parsed: ParsedRequest) -> None:
+    vocab = served.loaded.model.get_input_embeddings().num_embeddings
+    outside = [token for token in parsed.params.logit_bias if token >= vocab]
+    if outside:
+        raise bad("logit_bias", f"'logit_bias' names token id {outside[0]}, outside the vocabulary (0 to {vocab - 1})")
 
 
 def submit(state: ServerState, parsed: ParsedRequest) -> Submitted:
@@ -100,6 +109,7 @@ def submit(state: ServerState, parsed: ParsedRequest) -> Submitted:
     served, engine = state.ready()
     adapter = lookup(served, parsed.model)
     ids = prompt_ids(served, parsed)
+    check_logit_bias(served, parsed)
     settle_max_tokens(state.window, served, parsed, ids, adapter.virtual_tokens if adapter is not None else 0)
     n = parsed.params.n
     if state.mailbox is None:

@@ -15,10 +15,8 @@ MAX_STOP = 4
 MAX_N = 128
 ROLES = ("system", "user", "assistant", "tool", "developer")
 UNSUPPORTED = {  # fields whose non-default values this server cannot honour
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "suffix": (None, ""),
-    "best_of": (None, 1), "tools": (None, []), "response_format": (None, {"type": "text"}), "logit_bias": (None, {}),
-    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "repetition_penalty": (None, 1),
-    "use_beam_search": (None, False), "min_tokens": (None, 0),
+    "suffix": (None, ""), "best_of": (None, 1), "tools": (None, []), "response_format": (None, {"type": "text"}),
+    "use_beam_search": (None, False), "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
 }
 
 
@@ -56,10 +54,24 @@ class SamplingParams:
     n: int = 1
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from a token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per time a token was generated
+    repetition_penalty: float = 1.0  # vLLM's extension, as transformers applies it (prompt and output)
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    min_tokens: int = 0  # no EOS or stop sequence before this many tokens
+    no_repeat_ngram_size: int = 0  # vLLM-style extra field: transformers' n-gram block (0 = none)
+    logprobs: int | None = None  # top log-probabilities per token (None: no log-probabilities at all)
+    echo: bool = False  # completions: the prompt (and its log-probabilities) before the completion
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def penalised(self) -> bool:
+        """Whether any penalty, bias or limit changes the scores (so greedy is more than an argmax)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1 or self.logit_bias
+                    or self.min_tokens or self.no_repeat_ngram_size)
 
 
 @dataclass
@@ -118,12 +130,38 @@ def _stop(data: dict) -> list[str]:
     return stops
 
 
+def _logit_bias(data: dict) -> dict[int, float]:
+    bias = data.get("logit_bias")
+    if bias is None:
+        return {}
+    if not isinstance(bias, dict):
+        raise bad("logit_bias", "'logit_bias' must map token ids (as strings) to numbers from -100 to 100")
+    checked = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isdigit()):
+            raise bad("logit_bias", f"'logit_bias' keys must be token ids such as \"50256\", got {json.dumps(key)}")
+        checked[int(key)] = float(_number({"logit_bias": value}, "logit_bias", 0, -100, 100))
+    return checked
+
+
+def _penalties(data: dict) -> dict:
+    """The penalty and limit fields of SamplingParams, checked (vLLM's ranges)."""
+    return dict(
+        presence_penalty=float(_number(data, "presence_penalty", 0.0, -2, 2)),
+        frequency_penalty=float(_number(data, "frequency_penalty", 0.0, -2, 2)),
+        repetition_penalty=float(_number(data, "repetition_penalty", 1.0, 0, math.inf, low_open=True)),
+        logit_bias=_logit_bias(data),
+        min_tokens=_number(data, "min_tokens", 0, 0, 1 << 30, integer=True),
+        no_repeat_ngram_size=_number(data, "no_repeat_ngram_size", 0, 0, 1 << 30, integer=True),
+    )
+
+
 def sampling_params(data: dict, max_n: int) -> SamplingParams:
     max_tokens = data.get("max_completion_tokens", data.get("max_tokens"))
     name = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
     top_k = _number(data, "top_k", 0, -1, 1 << 30, integer=True)
     return SamplingParams(
-        max_tokens=_number({name: max_tokens}, name, None, 1, 1 << 30, integer=True),
+        max_tokens=_number({name: max_tokens}, name, None, 0, 1 << 30, integer=True),
         temperature=float(_number(data, "temperature", 1.0, 0, 2)),
         top_p=float(_number(data, "top_p", 1.0, 0, 1, low_open=True)),
         top_k=max(top_k, 0),
@@ -131,6 +169,7 @@ def sampling_params(data: dict, max_n: int) -> SamplingParams:
         n=_number(data, "n", 1, 1, max_n, integer=True),
         stop=_stop(data),
         ignore_eos=_flag(data, "ignore_eos"),
+        **_penalties(data),
     )
 
 
@@ -146,7 +185,10 @@ def _common(data: dict, max_n: int) -> tuple[str, SamplingParams, bool, bool]:
     if options is not None and not isinstance(options, dict):
         raise bad("stream_options", "'stream_options' must be an object such as {\"include_usage\": true}")
     include_usage = _flag(options or {}, "include_usage")
-    return model, sampling_params(data, max_n), stream, include_usage
+    params = sampling_params(data, max_n)
+    if params.max_tokens == 0 and not params.echo:
+        raise bad("max_tokens", "'max_tokens' may be 0 only with 'echo' (to score a prompt); otherwise at least 1")
+    return model, params, stream, include_usage
 
 
 def _is_ids(value) -> bool:

@@ -13,7 +13,9 @@ import random
 from dataclasses import dataclass
 
 import torch
+from transformers import MinNewTokensLengthLogitsProcessor
 
+from ...generate.penalties import OpenAIPenalties
 from ...generate.settings import GenerationSettings
 from ...models import LoadedModel, unwrap_peft
 from .jobs import Job
@@ -35,6 +37,8 @@ class Sampler:
         self.loaded = loaded
         self.device = loaded.device
         self.greedy_plain: bool | None = None  # whether greedy decoding needs no logits processors
+        eos = loaded.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
 
     def for_job(self, job: Job, device: torch.device) -> list[RowSampling]:
         """One RowSampling per choice of `job`; generators live on `device`, where the logits are."""
@@ -70,21 +74,31 @@ class Sampler:
 
         Under greedy decoding most models have none; that answer is kept, since building the list costs a copy of
         the generation config per request."""
-        if job.params.greedy and self.greedy_plain:
+        plain = job.params.greedy and not job.params.penalised
+        if plain and self.greedy_plain:
             return []
         processors = self._build_processors(job)
-        if job.params.greedy and self.greedy_plain is None:
+        if plain and self.greedy_plain is None:
             self.greedy_plain = len(processors) == 0
         return processors
 
     def _build_processors(self, job: Job):
         params = job.params
         settings = GenerationSettings(max_new_tokens=params.max_tokens or 1, do_sample=not params.greedy,
-                                      temperature=params.temperature or 1.0, top_k=params.top_k, top_p=params.top_p)
+                                      temperature=params.temperature or 1.0, top_k=params.top_k, top_p=params.top_p,
+                                      repetition_penalty=params.repetition_penalty,
+                                      no_repeat_ngram_size=params.no_repeat_ngram_size)
         config = settings.to_transformers(self.loaded)
         prompt_length = 1 if self.loaded.is_encoder_decoder else len(job.prompt_ids)
         config.max_length = prompt_length + config.max_new_tokens
         model = unwrap_peft(self.loaded.model)
         encoder_ids = torch.tensor([job.prompt_ids]) if self.loaded.is_encoder_decoder else None
-        return model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length,
-                                           encoder_input_ids=encoder_ids, device=str(self.device))
+        processors = model._get_logits_processor(generation_config=config, input_ids_seq_length=prompt_length,
+                                                 encoder_input_ids=encoder_ids, device=str(self.device))
+        penalties = OpenAIPenalties(prompt_length, params.presence_penalty, params.frequency_penalty, params.logit_bias)
+        if penalties.active:  # first, so temperature and top-k/top-p see the penalised scores, as in vLLM
+            processors.insert(0, penalties)
+        if params.min_tokens and not params.ignore_eos and self.eos:  # generate() would need its own EOS tensor set
+            eos = torch.tensor(sorted(self.eos), device=self.device)
+            processors.insert(0, MinNewTokensLengthLogitsProcessor(prompt_length, params.min_tokens, eos, device=str(self.device)))
+        return processors

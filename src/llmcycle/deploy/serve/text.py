@@ -22,14 +22,20 @@ class TextTracker:
     tokens: list[int] = field(default_factory=list)
     sent: str = ""
     text: str = ""
+    stops_from: int = 0  # a stop sequence counts only if it ends past this many characters (min_tokens)
 
-    def push(self, token: int | None, final: bool) -> tuple[str, bool]:
-        """Add `token` (None adds nothing, e.g. for EOS) and return (text to send now, stopped by a stop sequence)."""
+    def push(self, token: int | None, final: bool, stops: bool = True) -> tuple[str, bool]:
+        """Add `token` (None adds nothing, e.g. for EOS) and return (text to send now, stopped by a stop sequence).
+
+        With `stops` false (before min_tokens), stop sequences in the text so far never end it."""
         if token is not None:
             self.tokens.append(token)
         raw = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not stops:
+            self.stops_from = len(raw)
         stopped = False
-        cut = min((index for index in (raw.find(s) for s in self.stop) if index >= 0), default=-1)
+        found = (raw.find(s, max(0, self.stops_from - len(s) + 1)) for s in self.stop) if stops else ()
+        cut = min((index for index in found if index >= 0), default=-1)
         if cut >= 0:
             raw, stopped = raw[:cut], True
         final = final or stopped

@@ -1,0 +1,121 @@
+"""Penalties, limits, log-probabilities and echo, through the engine offline (stepped on the test's thread): each
+setting changes the tokens the way its definition says, on a prompt built to trigger it."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from serving import PROMPTS
+
+from conftest import run_cli, write_jsonl
+from llmcycle.deploy.serve.engine import Engine
+from llmcycle.deploy.serve.jobs import Finished, Job, TextDelta
+from llmcycle.deploy.serve.models import load_served
+from llmcycle.deploy.serve.protocol import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(llama_dir):
+    return Engine(load_served(str(llama_dir), []), max_num_seqs=8)
+
+
+@dataclass
+class Outcome:
+    """What one choice of a job produced."""
+
+    text: str = ""
+    reason: str | None = None
+    completion_tokens: int = 0
+    entries: list = field(default_factory=list)  # log-probability entries, in order
+
+
+def decode(engine: Engine, prompt=PROMPTS[1], **settings) -> Outcome:
+    """Greedy decoding of one prompt (text or token ids) with these SamplingParams fields."""
+    settings = {"max_tokens": 24, "temperature": 0, **settings}
+    ids = engine.served.loaded.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else prompt
+    events: list = []
+    engine.submit([Job(engine.served.base_name, None, ids, SamplingParams(**settings), events.append)])
+    while engine.has_work():
+        engine.step()
+    outcome = Outcome()
+    for event in events:
+        if isinstance(event, TextDelta):
+            outcome.text += event.text
+            outcome.entries += list(getattr(event, "logprobs", ()))
+        elif isinstance(event, Finished):
+            outcome.reason, outcome.completion_tokens = event.reason, event.completion_tokens
+    return outcome
+
+
+def generated_ids(engine: Engine, **settings) -> list[int]:
+    """The token ids behind a greedy answer, read back from the engine's last row history."""
+    recorded: list = []
+    original = engine._finish
+
+    def record(row, reason):
+        recorded.append(row.history[len(row.job.prompt_ids):] if not engine.served.loaded.is_encoder_decoder else row.history[1:])
+        original(row, reason)
+
+    engine._finish = record
+    try:
+        decode(engine, **settings)
+    finally:
+        engine._finish = original
+    return recorded[0]
+
+
+def test_a_strong_negative_logit_bias_removes_the_greedy_token(engine):
+    plain = generated_ids(engine, max_tokens=4)
+    biased = generated_ids(engine, max_tokens=4, logit_bias={plain[0]: -100.0})
+    assert biased[0] != plain[0] and plain[0] not in biased
+
+
+def test_frequency_and_presence_penalties_lower_repeats(engine):
+    plain = Counter(generated_ids(engine, max_tokens=30))
+    frequency = Counter(generated_ids(engine, max_tokens=30, frequency_penalty=2.0))
+    presence = Counter(generated_ids(engine, max_tokens=30, presence_penalty=2.0))
+    assert max(plain.values()) > max(frequency.values())  # the prompt loops on a tiny random model
+    assert len(presence) > len(plain) and max(presence.values()) < max(plain.values())
+
+
+def test_repetition_penalty_is_what_transformers_applies(engine):
+    loaded = engine.served.loaded
+    ids = loaded.tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected = loaded.model.generate(ids, max_new_tokens=12, do_sample=False, repetition_penalty=1.8,
+                                         min_new_tokens=12)[0, ids.shape[1]:].tolist()
+    assert generated_ids(engine, max_tokens=12, repetition_penalty=1.8, ignore_eos=True) == expected
+    assert expected != generated_ids(engine, max_tokens=12, ignore_eos=True)
+
+
+def test_min_tokens_holds_back_an_early_eos(engine):
+    eos = loaded_eos(engine)
+    early = decode(engine, logit_bias={eos: 100.0})
+    assert early.reason == "stop" and early.completion_tokens == 1
+    held = decode(engine, logit_bias={eos: 100.0}, min_tokens=5)
+    assert held.reason == "stop" and held.completion_tokens == 6 and held.text
+
+
+def test_min_tokens_ignores_a_stop_sequence_before_it(engine):
+    plain = decode(engine, max_tokens=12)
+    stop = plain.text.split()[0]
+    assert decode(engine, max_tokens=12, stop=[stop]).completion_tokens < 12
+    late = decode(engine, max_tokens=12, stop=[stop], min_tokens=12)
+    assert late.reason == "length" and late.text == plain.text
+
+
+def loaded_eos(engine: Engine) -> int:
+    return min(engine.sampler.eos)
+
+
+def test_the_ngram_block_equals_llmcycle_generate(engine, llama_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": PROMPTS[2]}])  # a repeated phrase, which the block counts
+    capsys.readouterr()
+    assert run_cli("generate", "--model", llama_dir, "--data", data, "--max-new-tokens", 24, "--no-repeat-ngram-size", 2) == 0
+    expected = json.loads(capsys.readouterr().out.splitlines()[0])["prediction"]
+    blocked = decode(engine, PROMPTS[2], no_repeat_ngram_size=2)
+    assert blocked.text == expected and blocked.text != decode(engine, PROMPTS[2]).text
