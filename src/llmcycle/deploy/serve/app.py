@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ...errors import UserError
 from .bridge import ClientGone
 from .engine import Engine
+from .guided import attach, parse_guide, template_has_tools, tools_render
 from .handling import chat_render, check_key, lookup, read_body, respond
 from .models import ServedModels
 from .protocol import APIError, bad, parse_chat, parse_completion, parse_json
@@ -91,14 +92,19 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
         check_key(request, state.config.api_key)
         data = parse_json(await read_body(request, limit))
         state.ready()
-        return await respond(state, request, parse_completion(data, max_n=state.config.max_num_seqs))
+        parsed = parse_completion(data, max_n=state.config.max_num_seqs)
+        return await respond(state, request, attach(parsed, parse_guide(data, chat=False)))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         check_key(request, state.config.api_key)
         data = parse_json(await read_body(request, limit))
         served, _ = state.ready()
-        return await respond(state, request, parse_chat(data, chat_render(state, served), max_n=state.config.max_num_seqs))
+        tokenizer = served.loaded.tokenizer
+        guide = parse_guide(data, chat=True, tool_template=template_has_tools(tokenizer))
+        render = tools_render(tokenizer, guide.tools_in_prompt) if guide and guide.tools_in_prompt else chat_render(state, served)
+        parsed = parse_chat(data, render, max_n=state.config.max_num_seqs)
+        return await respond(state, request, attach(parsed, guide))
 
 
 def add_adapter_routes(app: FastAPI, state: ServerState) -> None:

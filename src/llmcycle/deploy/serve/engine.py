@@ -276,12 +276,13 @@ class Engine:
         """Send the row's new text; finish it on EOS, a stop sequence or max_tokens."""
         params = row.job.params
         eos = token in self.eos and not params.ignore_eos
+        matched = row.sampling.matcher is not None and row.sampling.matcher.finished  # the grammar allows no more
         at_limit = params.max_tokens is not None and row.generated >= params.max_tokens
-        delta, stopped = row.tracker.push(None if eos else token, final=eos or at_limit,
+        delta, stopped = row.tracker.push(None if eos else token, final=eos or at_limit or matched,
                                           stops=row.generated >= params.min_tokens)
         if delta and not row.job.cancelled:
             row.job.sink(TextDelta(row.choice, delta))
-        if eos or stopped:
+        if eos or stopped or matched:
             self._finish(row, "stop")
         elif at_limit:
             self._finish(row, "length")

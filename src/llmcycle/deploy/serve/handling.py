@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ...models import chat_renderer
 from .bridge import Answer, Mailbox, Submitted
 from .engine import QueueFull
+from .guided import check_guide
 from .jobs import Job
 from .models import Adapter, ServedModels
 from .protocol import APIError, ParsedRequest, bad, context_error
@@ -108,6 +109,7 @@ def submit(state: ServerState, parsed: ParsedRequest) -> Submitted:
     """Check the request against the served model and queue one job per prompt (429 when the queue is full)."""
     served, engine = state.ready()
     adapter = lookup(served, parsed.model)
+    check_guide(parsed.guide, engine.sampler.grammars())
     ids = prompt_ids(served, parsed)
     check_logit_bias(served, parsed)
     settle_max_tokens(state.window, served, parsed, ids, adapter.virtual_tokens if adapter is not None else 0)

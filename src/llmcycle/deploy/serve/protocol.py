@@ -10,12 +10,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ...generate.structured import Constraint
+
+if TYPE_CHECKING:
+    from .guided import Guide
 
 MAX_STOP = 4
 MAX_N = 128
 ROLES = ("system", "user", "assistant", "tool", "developer")
 UNSUPPORTED = {  # fields whose non-default values this server cannot honour
-    "suffix": (None, ""), "best_of": (None, 1), "tools": (None, []), "response_format": (None, {"type": "text"}),
+    "suffix": (None, ""), "best_of": (None, 1),
     "use_beam_search": (None, False), "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
 }
 
@@ -54,6 +60,7 @@ class SamplingParams:
     n: int = 1
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says
+    constraint: Constraint | None = None  # structured outputs: what every choice must match (guided.py)
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from a token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per time a token was generated
     repetition_penalty: float = 1.0  # vLLM's extension, as transformers applies it (prompt and output)
@@ -84,6 +91,7 @@ class ParsedRequest:
     stream: bool = False
     include_usage: bool = False
     chat: bool = False
+    guide: Guide | None = None  # structured outputs or a tool call (guided.py)
 
 
 def parse_json(body: bytes) -> dict:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 
 from .bridge import Submitted
+from .guided import tool_replies, tool_stream
 from .jobs import TextDelta
 from .protocol import APIError, ParsedRequest
 
@@ -59,6 +60,7 @@ async def answer_json(request: Request, submitted: Submitted) -> dict:
         submitted.release()
     body = envelope(parsed, chunk=False)
     body["choices"] = [choice_body(parsed, i, texts[i], reasons[i], False) for i in range(count)]
+    tool_replies(parsed, body["choices"], texts, reasons)
     body["usage"] = usage(submitted.prompt_tokens, answer.completion_tokens)
     return body
 
@@ -68,6 +70,7 @@ async def answer_stream(submitted: Submitted) -> AsyncIterator[str]:
     parsed, answer = submitted.parsed, submitted.answer
     head = envelope(parsed, chunk=True)
     extra = {"usage": None} if parsed.include_usage else {}
+    held = tool_stream(parsed)
     try:
         if parsed.chat:
             for index in range(choice_count(parsed)):
@@ -79,6 +82,10 @@ async def answer_stream(submitted: Submitted) -> AsyncIterator[str]:
             except APIError as error:
                 yield sse(error.body())
                 break
+            if held is not None:  # a tool call is sent whole, once its choice finished
+                for choice in held.push(index, event):
+                    yield sse({**head, "choices": [choice], **extra})
+                continue
             text, finish = (event.text, None) if isinstance(event, TextDelta) else (None, event.reason)
             yield sse({**head, "choices": [choice_body(parsed, index, text, finish, True)], **extra})
         if parsed.include_usage and not answer.remaining:

@@ -10,6 +10,7 @@ may ask of the scores (log-probabilities) is read where `next_tokens` has them.
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ from transformers import MinNewTokensLengthLogitsProcessor
 
 from ...generate.penalties import OpenAIPenalties
 from ...generate.settings import GenerationSettings
+from ...generate.structured import Grammars, RowMatcher
 from ...models import LoadedModel, unwrap_peft
 from .jobs import Job
 
@@ -28,6 +30,7 @@ class RowSampling:
 
     processors: list
     generator: torch.Generator | None
+    matcher: RowMatcher | None = None  # the row's place in its grammar (structured outputs)
 
 
 class Sampler:
@@ -37,30 +40,63 @@ class Sampler:
         self.loaded = loaded
         self.device = loaded.device
         self.greedy_plain: bool | None = None  # whether greedy decoding needs no logits processors
+        self._grammars: Grammars | None = None
+        self._grammars_made = threading.Lock()  # asked for by the HTTP thread (checks) and the engine's
         eos = loaded.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
 
     def for_job(self, job: Job, device: torch.device) -> list[RowSampling]:
         """One RowSampling per choice of `job`; generators live on `device`, where the logits are."""
         processors = self._processors(job)
-        return [RowSampling(processors, self._generator(job, choice, device)) for choice in range(job.params.n)]
+        constraint = job.params.constraint
+        return [RowSampling(processors, self._generator(job, choice, device),
+                            self.grammars().matcher(constraint) if constraint is not None else None)
+                for choice in range(job.params.n)]
 
     @torch.inference_mode()
     def next_tokens(self, rows: list, logits: torch.Tensor) -> list[int]:
         """One token per row (each with `.sampling` and `.history`, the ids its processors see) from (rows, vocab)."""
-        if all(row.sampling.generator is None and not row.sampling.processors for row in rows):
+        if all(row.sampling.generator is None and not row.sampling.processors and row.sampling.matcher is None
+               for row in rows):
             return logits.argmax(dim=-1).tolist()
         tokens = []
         for row, scores in zip(rows, logits):
             processors, generator = row.sampling.processors, row.sampling.generator
             history = torch.tensor([row.history], dtype=torch.long, device=scores.device)
-            scores = processors(history, scores.unsqueeze(0)) if processors else scores.unsqueeze(0)
+            scores = self._scores(row, history, scores.unsqueeze(0))
             if generator is None:
                 tokens.append(int(scores.argmax(dim=-1)))
             else:
                 probs = torch.softmax(scores, dim=-1)
                 tokens.append(int(torch.multinomial(probs, 1, generator=generator)))
+            if row.sampling.matcher is not None:
+                row.sampling.matcher.accept(tokens[-1])
         return tokens
+
+    def grammars(self) -> Grammars:
+        """The model's vocabulary for structured outputs, made on first use; its width is the logits' (which may
+        exceed the tokenizer's)."""
+        with self._grammars_made:
+            if self._grammars is None:
+                head = unwrap_peft(self.loaded.model).get_output_embeddings()
+                width = head.weight.shape[0] if head is not None else self.loaded.model.config.vocab_size
+                self._grammars = Grammars(self.loaded.tokenizer, width)
+            return self._grammars
+
+    @staticmethod
+    def _scores(row, history: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """A row's (1, vocab) scores through its grammar's mask, then its processors.
+
+        The mask comes first, as vLLM applies it: top-k and top-p then choose among allowed tokens only, where
+        cutting first could leave none. Should a processor take the last allowed token away (min_tokens holding
+        back the EOS that alone ends a grammar), the masked scores stand."""
+        processors, matcher = row.sampling.processors, row.sampling.matcher
+        if matcher is not None:
+            scores = matcher.mask(scores.clone())  # the logits are the whole batch's: mask a copy
+        processed = processors(history, scores) if processors else scores
+        if matcher is not None and not torch.isfinite(processed).any():
+            return scores
+        return processed
 
     @staticmethod
     def _generator(job: Job, choice: int, device: torch.device) -> torch.Generator | None:
