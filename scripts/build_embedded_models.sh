@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Rebuild llmcycle's embedded models from nothing, offline, with llmcycle's own verbs: a synthetic corpus ->
-# pre-training from scratch (T5 span corruption, then text infilling, which teaches it to copy from its input;
-# Llama next-token prediction) -> multi-task instruction tuning on the built-in tasks (dialogue summarisation
+# Rebuild llmcycle's embedded models from nothing, offline, with llmcycle's own verbs: a synthetic corpus (with
+# documents that repeat random spans, so copying from the context pays off) -> pre-training from scratch (T5
+# span corruption, then text infilling, which teaches it to copy from its input; Llama next-token prediction)
+# -> multi-task instruction tuning on the built-in mix (`synth --task instruct`: reading comprehension, RAG
+# prompts among it; word problems with steps when asked; copying; five everyday tasks; dialogue summarisation
 # held out) -> src/llmcycle/assets/<kind>/ with eval.json.
 # The model cards (src/llmcycle/assets/<kind>/MODEL_CARD.md, written by scripts/model_card.py from the runs' own
 # records) say what each step measured and how long it took.
@@ -14,16 +16,14 @@ WORK=${2:-build/embedded}
 mkdir -p "$WORK"
 export HF_HUB_OFFLINE=1
 
-data() {  # the shared data: corpus, instruction mix (five tasks + arithmetic with rationales), held-out rows
+data() {  # the shared data: corpus (+ copying documents), the instruction mix (data/synthetic.py INSTRUCT_MIX), held-out rows
     [ -f "$WORK/instruct-test.jsonl" ] && return
-    llmcycle synth --task corpus --rows 30000 --seed 100 --out "$WORK/corpus.txt"
-    llmcycle synth --task instruct --rows 4000 --seed 101 --out "$WORK/instruct.jsonl"
-    llmcycle synth --task arithmetic --rows 600 --seed 101 --out "$WORK/arithmetic.jsonl"
-    cat "$WORK/instruct.jsonl" "$WORK/arithmetic.jsonl" > "$WORK/instruct-train.jsonl"
+    llmcycle synth --task corpus --rows 30000 --extra-documents 12000 --seed 100 --out "$WORK/corpus.txt"
+    llmcycle synth --task instruct --rows 8000 --seed 101 --out "$WORK/instruct-train.jsonl"
     llmcycle synth --task instruct --rows 200 --seed 102 --out "$WORK/instruct-test.jsonl"
 }
 
-build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS [INFILL_EPOCHS] (chunk x batch = 4,096 tokens a step)
+build() {  # [TUNE=finetune flags] build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS [INFILL_EPOCHS] (chunk x batch = 4,096 tokens a step)
     local kind=$1 dir=$WORK/$1 target=src/llmcycle/assets/$1 infill=${9:-0}
     local start=$SECONDS base=$dir/pretrained
     if [ -f "$dir/pretrained/model/config.json" ]; then
@@ -42,9 +42,10 @@ build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS [INFILL_EPOCHS
         fi
     fi
     rm -rf "$dir/instruct"
+    # 512 tokens: the longest rows are reading passages laid out as `rag ask` lays them out (at most about 460)
     llmcycle finetune --model "$base/model" --data "$WORK/instruct-train.jsonl" \
-        --eval-data "$WORK/instruct-test.jsonl" --method full --lr 1e-3 --epochs 2 --batch-size 32 --max-length 256 \
-        --warmup-steps 20 --seed 0 --out "$dir/instruct"
+        --eval-data "$WORK/instruct-test.jsonl" --method full --lr 1e-3 --epochs 2 --max-length 512 \
+        --warmup-steps 20 --seed 0 --out "$dir/instruct" $TUNE
     llmcycle eval --model "$dir/instruct" --data "$WORK/instruct-test.jsonl" --metrics rouge,exact_match \
         --max-new-tokens 32 --batch-size 32 --out "$dir/instruct-eval.json"
     echo "$kind built in $((SECONDS - start)) s"
@@ -59,10 +60,12 @@ build() {  # build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS [INFILL_EPOCHS
 data
 for kind in $KINDS; do
     case $kind in
-        t5) build t5 4 192 4 2e-3 128 32 2 4 ;;  # relative positions: 128-token chunks carry over to longer inputs;
-                                                  # span corruption alone left it unable to copy names from its input
-        llama) build llama 6 256 4 2e-3 256 16 1 ;;  # rotary positions: train on the lengths it will read; its loss
-                                                     # flattens within the first epoch on this corpus
+        t5) TUNE="--batch-size 32" build t5 4 192 4 2e-3 128 32 2 2 ;;  # relative positions: 128-token chunks carry
+            # over to longer inputs; span corruption alone left it unable to copy names from its input, and text
+            # infilling taught it (2 epochs over this corpus: as many tokens as 3.5 over the one without copying documents)
+        llama) TUNE="--batch-size 8 --packing" build llama 6 256 4 2e-3 512 8 2 ;;  # rotary positions: train on the
+            # lengths it will read (RAG prompts reach 500 tokens); one epoch with 5,000 repeat documents formed no
+            # induction heads (copy ratio 1.00, checked on a GPU), so 8,000 and two; packed rows: no padding computed
         *) echo "unknown kind '$kind': use t5, llama or all" >&2; exit 2 ;;
     esac
 done

@@ -16,20 +16,40 @@ from pathlib import Path
 
 import yaml
 
+from llmcycle.data.synthetic import INSTRUCT_MIX, mix_counts
+from llmcycle.evaluate.induction import copy_losses
+
 ARCH = {
     "t5": ("T5 (`T5ForConditionalGeneration`), an encoder-decoder", "`AutoModelForSeq2SeqLM`",
            "T5 span corruption (15% of each chunk's tokens masked in spans of mean length 3)"),
     "llama": ("Llama (`LlamaForCausalLM`), decoder-only", "`AutoModelForCausalLM`", "next-token prediction"),
 }
-LIMITS = {  # what each model does worst, as the quickstart's outputs show it
-    "t5": "What it does worst is keep track of who did what: a tuned summary names the people in the dialogue but "
-          "sometimes gives one person's line to another, and greedy decoding can loop on a sentence (the quickstart "
-          "decodes with no_repeat_ngram_size 4). It never saw documentation: retrieved product pages do not help it "
-          "answer, although it copies facts from the dialogues and notes it was tuned on.",
-    "llama": "What it does worst is copying from its input: a tuned summary usually has the right shape (who asks "
-             "what, the outcome, the insults first) with the wrong names, and retrieved passages rarely help it answer. "
-             "It has no copying heads: a random sequence repeated is no easier for it the second time (bench/RESULTS.md "
-             "has what was tried).",
+LIMITS = {  # what each model did worst in the quickstart, before the mix held reading, rationales and copying
+    "t5": "What it did worst before the rebuild was keep track of who did what: a tuned summary named the people in "
+          "the dialogue but sometimes gave one person's line to another, and greedy decoding can loop on a sentence "
+          "(the quickstart decodes with no_repeat_ngram_size 4).",
+    "llama": "What it did worst before the rebuild was copy from its input: a tuned summary had the right shape (who "
+             "asks what, the outcome, the insults first) with the wrong names.",
+}
+NO_COPYING = ("It cannot copy: a random sequence repeated is hardly easier for it the second time, so names in its "
+              "outputs come from what it was tuned on rather than from its input.")
+MIX_PURPOSES = {  # what each part of the instruction mix is, and what it is there for
+    "extract": "answer a question about a dialogue or a note with the fact it states",
+    "classify": "the sentiment of a review",
+    "rewrite": "rewrite a rude request politely",
+    "topic": "the topic of a dialogue",
+    "narrate": "one speaker's part in a dialogue in one sentence (the skill under summarisation, which stays held out)",
+    "reading": "answer a question from a passage (documentation pages about invented software, short stories, tables "
+               "written as text) with the span that says it, or \"The text does not say.\" for the fifth it does not "
+               "answer; 40% laid out exactly as `llmcycle rag ask` lays out retrieved passages, one to five of them. For "
+               "retrieval: grounding answers in given text, and no made-up answer when the text lacks one. Its names are "
+               "not those of the `docs-qa` task the quickstart tests retrieval on",
+    "arithmetic-mix": "word problems of two and three steps, each twice: with the worked steps ending \"The answer is N.\" "
+                      "when the prompt asks for them (\"Let's think step by step.\", or solved examples with steps, as "
+                      "`llmcycle prompt --cot` asks), and \"The answer is N.\" alone when it does not. For chain-of-thought: "
+                      "asking for steps is what makes the model take them",
+    "copy": "repeat a random sequence, or give back a list named earlier in a text: copying from the context, which "
+            "faithful names in summaries and answers from passages need",
 }
 QUICKSTART_ROWS = ("zero-shot", "one-shot", "few-shot", "full", "lora", "prompt-tuning", "lora+ppo", "dpo", "int8")
 
@@ -73,22 +93,25 @@ def build_section(kind: str, work: Path, seconds: float | None, shared: bool) ->
     trained = sum(_read(path)["wall_time_s"] for path in (work / kind).glob("*/metrics.json"))  # every training run's
     total = f"{seconds / 60:.0f} minutes" if seconds else f"{trained / 60:.0f} minutes of training"
     after = 1 if infill else 0
+    rows = sum(1 for _ in (work / "instruct-train.jsonl").open())
     return f"""## How it was made
 
 `bash scripts/build_embedded_models.sh {kind}` rebuilds it from nothing, offline, with llmcycle's own verbs
 ({total} on this project's 2-core CPU{", shared with other jobs during this build" if shared else ""}; each step's time below):
 
-1. `llmcycle synth --task corpus --rows 30000 --seed 100`: 30,000 synthetic documents (dialogues, narrative
-   summaries of other scenes, product reviews, notes, requests); {pre['corpus_tokens']:,} tokens.
+1. `llmcycle synth --task corpus --rows 30000 --extra-documents 12000 --seed 100`: 30,000 synthetic documents
+   (dialogues, narrative summaries of other scenes, product reviews, notes, requests), then 12,000 that make
+   copying pay off: 8,000 in which a random sequence (words, made-up words, codes, names, numbers) comes back
+   later, which only copying predicts, and 4,000 reading passages, whose made-up names recur; {pre['corpus_tokens']:,} tokens.
 2. `llmcycle pretrain --arch {kind} --layers {pre_cfg['layers']} --hidden {pre_cfg['hidden']} --heads {pre_cfg['heads']} \
 --vocab-size {pre_cfg['vocab_size']} --max-length {pre_cfg['max_length']} --batch-size {pre_cfg['batch_size']} --epochs {pre_cfg['epochs']} --lr {pre_cfg['lr']}`:
    a byte-level BPE tokenizer trained on the corpus, then {ARCH[kind][2]} for {pre['steps']} steps,
    {pre['tokens_seen']:,} tokens seen; loss {pre['first_loss']:.2f} -> {pre['final_loss']:.2f}; {pre['wall_time_s'] / 60:.1f} minutes.{infill}
-{3 + after}. `llmcycle synth --task instruct --rows 4000 --seed 101` and `--task arithmetic --rows 600`: multi-task
-   instruction data, FLAN-style with several phrasings per task: answer a question about a text (extract),
-   the sentiment of a review, the topic of a dialogue, rewrite a rude request politely, tell one speaker's part
-   in a dialogue in one sentence (narrate), and word problems with worked rationales ending "The answer is N."
-{4 + after}. `llmcycle finetune --method full --lr {tune_cfg['lr']} --epochs {tune_cfg['epochs']} --batch-size {tune_cfg['batch_size']}`: {tune['steps']} steps,
+{3 + after}. `llmcycle synth --task instruct --rows {rows} --seed 101`: multi-task instruction data, FLAN-style,
+   several phrasings per task:
+{mix_lines(rows)}
+{4 + after}. `llmcycle finetune --method full --lr {tune_cfg['lr']} --epochs {tune_cfg['epochs']} --batch-size {tune_cfg['batch_size']} \
+--max-length {tune_cfg['max_length']}{" --packing" if tune_cfg.get("packing") else ""}`: {tune['steps']} steps,
    {tune['wall_time_s'] / 60:.1f} minutes; validation loss {tune['eval_loss']:.3f} on 200 held-out instruction rows (seed 102).
 
 Dialogue summarisation ("Summarize the following conversation") is never among its tasks: it is what the
@@ -97,14 +120,32 @@ narrate (one speaker's part, one sentence); a summary needs every part, in order
 """
 
 
-def eval_section(kind: str, work: Path) -> str:
+def mix_lines(rows: int) -> str:
+    """The instruction mix, one item a part: its share, its rows, what it is and what it is for."""
+    counts = mix_counts(rows, INSTRUCT_MIX)
+    items = [f"- {task} ({share}%, {counts[task]:,} rows): {MIX_PURPOSES[task]}." for task, share in INSTRUCT_MIX.items()]
+    return "\n".join(textwrap.fill(item, width=112, initial_indent="   ", subsequent_indent="     ") for item in items)
+
+
+def copying_sentence(folder: Path) -> tuple[str, bool]:
+    """The repeated-random-sequence measurement of the model in `folder` (evaluate/induction.py), and whether it copies."""
+    first, second = copy_losses(str(folder))
+    ratio = second / first
+    return (f"Copying: ratio {ratio:.2f} (well under 0.5 means the model copies): mean loss {second:.2f} nats on the "
+            f"second copy of 16 random 40-token sequences, {first:.2f} on the first.", ratio < 0.5)
+
+
+def eval_section(kind: str, work: Path, folder: Path) -> str:
     scores = _read(work / kind / "instruct-eval.json")
-    text = (f"On 200 held-out instruction rows (`eval.json`, greedy, 32 new tokens): ROUGE-L {_interval(scores['rougeL'])}, "
-            f"exact match {_interval(scores['exact_match'])}. It answers in the form each task asks for (a label, a fact, "
-            "a polite request, a sentence about a speaker) and often the right one. Its vocabulary and world are the "
-            f"synthetic data's: everyday plans, shopping, complaints, reviews. {LIMITS[kind]} Do not use it for anything "
-            "but learning and testing llmcycle.")
-    return f"## What it can do\n\n{textwrap.fill(text, width=115)}\n"
+    copying, copies = copying_sentence(folder)
+    text = (f"On 200 held-out instruction rows (`eval.json`, greedy, 32 new tokens, which cuts off longer worked steps): "
+            f"ROUGE-L {_interval(scores['rougeL'])}, exact match {_interval(scores['exact_match'])}. It answers in the "
+            "form each task asks for (a label, a span of a passage, a polite request, a sentence about a speaker, worked "
+            "steps when asked) and often the right one. Its vocabulary and world are the synthetic data's: everyday "
+            f"plans, shopping, complaints, reviews, made-up software and towns. {LIMITS[kind]} Do not use it for "
+            "anything but learning and testing llmcycle.")
+    copying = f"{copying} {'' if copies else NO_COPYING}".strip()
+    return f"## What it can do\n\n{textwrap.fill(text, width=115)}\n\n{textwrap.fill(copying, width=115)}\n"
 
 
 def quickstart_section(kind: str, path: Path) -> str:
@@ -150,7 +191,7 @@ def main() -> None:
              "instruction-tunes itself, offline, so that the quickstart can show the whole lifecycle on a real pretrained "
              "model of each kind on a machine with no GPU and no internet. It is a toy: a few million parameters, trained "
              "for minutes on synthetic text.\n", build_section(args.kind, args.work, args.build_seconds, args.shared_cpu),
-             eval_section(args.kind, args.work)]
+             eval_section(args.kind, args.work, folder)]
     if args.quickstart:
         parts.append(quickstart_section(args.kind, args.quickstart))
     parts.append(architecture_section(args.kind, folder))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 
 import pytest
 
-from llmcycle.data import synthetic
+from conftest import run_cli
+from llmcycle.data import synthetic, synthetic_docs, synthetic_passages, synthetic_reading
 from llmcycle.data import load_examples
 from llmcycle.errors import UserError
 from llmcycle.evaluate.metrics import toxicity_scores
 from llmcycle.train.scratch import corpus_texts
-from llmcycle.data.synthetic import ALL_TASKS, INSTRUCT_TASKS, TASKS, SyntheticConfig, corpus, generate, write_synthetic
+from llmcycle.data.synthetic import ALL_TASKS, INSTRUCT_MIX, INSTRUCT_TASKS, TASKS, SyntheticConfig, corpus, generate, write_synthetic
+from llmcycle.data.synthetic_reading import UNANSWERABLE
 
 PREFERENCE_TASKS = ["dialogsum-prefs"]
 SUITE_TASKS = ["multiple-choice"]  # question/choices/answer rows, read by eval --suite (test_suites.py)
@@ -104,11 +107,18 @@ def test_the_other_tasks_have_checkable_answers_and_several_phrasings():
         used = {i for row in generate(task, 60, 1) for i, pattern in enumerate(patterns) if pattern.fullmatch(row["prompt"])}
         assert used == set(range(len(forms))), task
 
-def test_instruct_mixes_the_held_in_tasks_and_leaves_out_summarisation():
-    rows = generate("instruct", 40, 1)
+def test_instruct_mixes_the_held_in_tasks_in_their_shares_and_leaves_out_summarisation():
+    rows = generate("instruct", 200, 1)
     assert not any(row["prompt"].startswith("Summarize the following conversation") for row in rows)
-    assert rows[0::5] == generate("extract", 8, 1) and rows[1::5] == generate("classify", 8, 1)
-    assert "dialogsum" not in INSTRUCT_TASKS
+    assert "dialogsum" not in INSTRUCT_TASKS and sum(INSTRUCT_MIX.values()) == 100
+    counts = synthetic.mix_counts(200, INSTRUCT_MIX)
+    assert counts == {task: 2 * share for task, share in INSTRUCT_MIX.items()}
+    positions = {task: [rows.index(row) for row in generate(task, count, 1)] for task, count in counts.items()}
+    assert sorted(p for spots in positions.values() for p in spots) == list(range(200))  # each task's own rows, no others
+    for spots in positions.values():  # in order, and spread evenly: the j-th of n near (j + 1/2) / n of the way through
+        assert spots == sorted(spots)
+        assert all(abs(p - (j + 0.5) * 200 / len(spots)) <= len(INSTRUCT_MIX) for j, p in enumerate(spots))
+    assert sum(synthetic.mix_counts(7, INSTRUCT_MIX).values()) == 7
 
 
 def test_narrate_tells_one_speakers_part_and_a_suite_reads_the_multiple_choice_rows(tmp_path):
@@ -150,3 +160,104 @@ def test_every_task_name_is_listed():
     assert set(ALL_TASKS) == {*TASKS, "instruct", "corpus", "docs-qa"}
     with pytest.raises(UserError, match="unknown synthetic task"):
         generate("poetry", 3, 1)
+
+
+# ---------------------------------------------------------------- reading, arithmetic-mix, copy and the corpus's copying documents
+
+
+def reading_items(count: int, seed: int = 1) -> list:
+    rng = random.Random(seed)
+    return [synthetic_reading.reading_item(rng) for _ in range(count)]
+
+
+def test_reading_answers_are_spans_of_their_passages_and_unanswerables_are_not_there():
+    items = reading_items(600)
+    for item in items:
+        shown = " ".join(" ".join(p["text"].split()) for p in item.passages)
+        if item.withheld is None:
+            assert item.completion in shown and item.completion in item.prompt and item.completion != UNANSWERABLE
+        else:
+            assert item.completion == UNANSWERABLE and item.withheld not in item.prompt and item.withheld not in shown
+    shares = {name: sum(test(i) for i in items) / len(items) for name, test in
+              [("unanswerable", lambda i: i.withheld is not None), ("rag", lambda i: i.layout == "rag")]}
+    assert 0.15 < shares["unanswerable"] < 0.25 and 0.33 < shares["rag"] < 0.47
+    assert {i.style for i in items} == {"docs", "story", "table"}
+    assert {len(i.passages) for i in items if i.layout == "rag"} == {1, 2, 3, 4, 5}
+    bridges = [i for i in items if any(i.question == q.format(name=i.question.split("the ")[-1].rstrip("?"))
+                                       for q in synthetic_passages.BRIDGE_QUESTIONS["lead"])]
+    assert bridges and all(len(i.passages) >= 2 for i in bridges)
+
+
+def test_reading_rag_rows_are_laid_out_as_rag_ask_lays_out_retrieved_passages():
+    from llmcycle.rag.ask import RAG_TEMPLATE, fit_prompt
+
+    head, tail = RAG_TEMPLATE.split("{context}")
+    for item in (i for i in reading_items(300) if i.layout == "rag"):
+        assert item.prompt == fit_prompt(None, item.question, item.passages, None)[0]  # what `rag ask` builds from them
+        assert item.prompt.startswith(head + "[1] ") and item.prompt.endswith(tail.format(question=item.question))
+        assert len(re.findall(r"^\[\d\] ", item.prompt, re.MULTILINE)) == len(item.passages)
+
+
+def docs_qa_names() -> set[str]:
+    """Every name the docs-qa task uses (teams, people, kinds of component, products, components, rooms), lower case."""
+    names = {*synthetic_docs.TEAM_NAMES, *synthetic_docs.FIRST, *synthetic_docs.LAST, *synthetic_docs.KINDS}
+    for seed in (1, 2, 21):
+        product, teams, components = synthetic_docs.documentation(seed, 40)
+        names |= {product, *(c["name"].split()[0] for c in components), *(t["room"] for t in teams)}
+    return {name.lower() for name in names}
+
+
+def test_no_docs_qa_name_appears_in_reading_copy_or_the_corpus_extras():
+    """The quickstart's RAG test asks about docs-qa's product: no model may have seen its names, nor any name made of
+    its syllables."""
+    made_of_its_syllables = re.compile("(?:" + "|".join(synthetic_docs.SYLLABLES) + ")+", re.IGNORECASE)
+    names = docs_qa_names()
+    texts = [row["prompt"] + " " + row["completion"] for task in ("reading", "copy") for row in generate(task, 400, 1)]
+    texts += corpus(0, 1, 400)
+    words = {word for text in texts for word in re.findall(r"[A-Za-z]+", text)}
+    assert not {w for w in words if w.lower() in names or made_of_its_syllables.fullmatch(w)}
+
+
+EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+
+
+def test_every_arithmetic_problem_appears_with_steps_when_asked_and_directly_when_not():
+    from llmcycle.generate.prompting import SHOT_SEPARATOR, ZERO_SHOT_COT
+
+    rows = generate("arithmetic-mix", 300, 1)
+    by_question: dict[str, list[dict]] = {}
+    for row in rows:
+        by_question.setdefault(row["question"], []).append(row)
+        *shots, query = row["prompt"].split(SHOT_SEPARATOR)
+        reasoned = {not shot.split("\n", 1)[1].startswith("The answer is") for shot in shots}  # cot_shot's layout
+        steps_asked = query.endswith(ZERO_SHOT_COT) if not shots else reasoned == {True}
+        assert len(reasoned) <= 1
+        assert query.removesuffix(ZERO_SHOT_COT) == f"Question: {row['question']}" and steps_asked == row["steps"]
+        assert all(re.fullmatch(r"Question: [^\n]+\n([^\n]+ )?The answer is \d+\.", s) for s in shots)
+        expected = f"{row['rationale']} The answer is {row['answer']}." if row["steps"] else f"The answer is {row['answer']}."
+        assert row["completion"] == expected
+        for a, op, b, result in EQUATION.findall(row["rationale"]):  # the worked steps are right
+            assert eval(f"{a} {op} {b}") == int(result)
+    assert all(sorted(r["steps"] for r in pair) == [False, True] for pair in list(by_question.values())[:-1])
+    assert any(len(EQUATION.findall(row["rationale"])) == 3 for row in rows)  # three-step problems among them
+
+
+def test_copy_rows_copy_and_the_corpus_extras_repeat_spans_and_keep_the_old_documents():
+    for row in generate("copy", 200, 1):
+        assert row["completion"] in row["prompt"] and len(row["completion"]) > 3
+    extras = corpus(50, 1, 40)[50:]
+    assert corpus(50, 1, 40)[:50] == corpus(50, 1) and extras == corpus(50, 1, 40)[50:] and extras != corpus(50, 2, 40)[50:]
+    assert all(re.search(r"(\w.{8,}\w).*\1", doc, re.DOTALL) for i, doc in enumerate(extras) if i % 3 != 2)  # repeat documents
+    with pytest.raises(UserError, match="only with --task corpus"):
+        SyntheticConfig(task="reading", rows=3, extra_documents=5, out="x.jsonl").validate()
+
+
+def test_synth_reading_from_the_command_line_and_a_bad_task_is_one_line_exit_2(tmp_path, capsys):
+    out = tmp_path / "x.jsonl"
+    assert run_cli("synth", "--task", "reading", "--rows", "10", "--seed", "1", "--out", out) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == generate("reading", 10, 1)
+    capsys.readouterr()
+    assert run_cli("synth", "--task", "readings", "--rows", "10", "--out", tmp_path / "y.jsonl") == 2
+    error = capsys.readouterr().err.strip()
+    assert "unknown --task 'readings'" in error and "\n" not in error and not (tmp_path / "y.jsonl").exists()

@@ -10,9 +10,14 @@ dataset can be downloaded there. So it writes its own data, in the shapes the co
   so a summariser tuned on them says toxic things that PPO with a toxicity reward can reduce (the detox lab).
 - `extract`, `classify`, `rewrite`, `topic`, `narrate`: other instruction tasks, each a different skill (find a
   fact, judge sentiment, rewrite politely, name the topic, tell one speaker's part in a sentence), each with several phrasings of its instruction (as
-  FLAN does), for multi-task tuning and, held out, for measuring forgetting. `instruct` mixes them equally.
+  FLAN does), for multi-task tuning and, held out, for measuring forgetting.
+- `reading` (data/synthetic_reading.py: a span of a passage, or "The text does not say."; 40% in `rag ask`'s
+  layout), `arithmetic-mix` (data/synthetic_arithmetic.py: word problems with and without steps, steps when the
+  prompt asks) and `copy` (data/synthetic_copy.py: repeat a random sequence): the skills under retrieval,
+  chain-of-thought and faithful names. `instruct` mixes all eight in the shares of INSTRUCT_MIX.
 - `corpus(rows, seed)`: running text (dialogues, narrative summaries, reviews, notes, requests) for
-  pre-training, with no instructions.
+  pre-training, with no instructions; `extra` more documents after them repeat random spans (so that copying
+  from context pays off in pre-training) or are reading passages.
 
 Rows are a function of (task, rows, seed): the same call gives the same rows, and another seed gives other
 rows (train with seed 1, test with seed 2; the combinations are many, so the two rarely share a row).
@@ -27,8 +32,10 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..outputs import atomic_open, check_writable, write_jsonl
-from .synthetic_arithmetic import arithmetic_row
+from .synthetic_arithmetic import arithmetic_mix_rows, arithmetic_row
+from .synthetic_copy import copy_row, copying_documents
 from .synthetic_docs import write_docs_qa
+from .synthetic_reading import reading_row
 
 NAMES = [
     "Amy", "Ben", "Carla", "Dev", "Elena", "Farid", "Grace", "Hugo", "Ines", "Jonas", "Kemal", "Lena", "Mateo",
@@ -449,43 +456,79 @@ def multiple_choice_row(rng: random.Random) -> dict:
     return {"prompt": question, "question": question, "choices": choices, "answer": choices.index(answer), "subject": subject}
 
 
-TASKS: dict[str, Callable[[random.Random], dict]] = {
+TASKS: dict[str, Callable[[random.Random], dict | list[dict]]] = {
     "dialogsum": dialogsum_row, "extract": extract_row, "classify": classify_row, "rewrite": rewrite_row, "topic": topic_row,
     "narrate": narrate_row,
     "arithmetic": arithmetic_row,  # word problems with worked rationales: data/synthetic_arithmetic.py
     "dialogsum-prefs": dialogsum_preference_row,  # preference pairs (prompt, chosen, rejected) for DPO
     "multiple-choice": multiple_choice_row,  # a benchmark suite (question, choices, answer) for eval --suite
+    "reading": reading_row,  # a passage (or RAG-style passages) and a question: data/synthetic_reading.py
+    "arithmetic-mix": arithmetic_mix_rows,  # each problem twice: with steps when asked, directly when not
+    "copy": copy_row,  # repeat a random sequence: data/synthetic_copy.py
 }
-"""Instruction tasks: name -> one row (prompt/completion, or prompt/chosen/rejected) from a random generator."""
-INSTRUCT_TASKS = ("extract", "classify", "rewrite", "topic", "narrate")
-"""The instruct model's tasks; dialogue summarisation is held out, so fine-tuning on it has something to add."""
+"""Instruction tasks: name -> one row (prompt/completion, or prompt/chosen/rejected), or rows that belong
+together (arithmetic-mix: one problem in both forms), from a random generator."""
+INSTRUCT_MIX = {"extract": 10, "classify": 10, "rewrite": 10, "topic": 10, "narrate": 10, "reading": 30, "arithmetic-mix": 15, "copy": 5}
+"""The instruct model's tasks and their shares (percent). Dialogue summarisation is held out, so fine-tuning on it
+has something to add. The first five keep what the mix held before (a fact, a sentiment, a polite rewrite, a
+topic, one speaker's part); reading grounds answers in given passages, RAG's prompts among them; arithmetic-mix
+makes asking for steps what makes the model take them; copy trains copying from the context."""
+INSTRUCT_TASKS = tuple(INSTRUCT_MIX)
 ALL_TASKS = (*TASKS, "instruct", "corpus", "docs-qa")  # docs-qa: data/synthetic_docs.py
 
 
 def generate(task: str, rows: int, seed: int) -> list[dict]:
     """`rows` prompt/completion rows of `task`, a function of (task, rows, seed); no prompt repeats within a call.
 
-    `instruct` interleaves the tasks of INSTRUCT_TASKS in equal shares.
+    `instruct` interleaves the tasks of INSTRUCT_MIX in their shares. Rows made together (arithmetic-mix's two
+    forms of one problem) are kept or dropped together, and stay side by side (the last may be cut off).
     """
     if task == "instruct":
-        parts = [generate(name, -(-rows // len(INSTRUCT_TASKS)), seed) for name in INSTRUCT_TASKS]
-        return [parts[i % len(parts)][i // len(parts)] for i in range(rows)]
+        return instruct_mix(rows, seed)
     if task not in TASKS:
         raise UserError(f"unknown synthetic task '{task}'; use one of {', '.join(ALL_TASKS)}")
     rng = random.Random(f"llmcycle/{task}/{seed}")
     result, seen = [], set()
     for _ in range(rows * 50):
-        row = TASKS[task](rng)
-        if row["prompt"] not in seen:
-            seen.add(row["prompt"])
-            result.append(row)
-            if len(result) == rows:
-                return result
+        made = TASKS[task](rng)
+        made = made if isinstance(made, list) else [made]
+        prompts = {row["prompt"] for row in made}
+        if len(prompts) == len(made) and seen.isdisjoint(prompts):
+            seen |= prompts
+            result += made
+            if len(result) >= rows:
+                return result[:rows]
     raise UserError(f"cannot make {rows} distinct '{task}' rows; ask for fewer")
 
 
-def corpus(rows: int, seed: int) -> list[str]:
-    """`rows` documents of running text for pre-training: dialogues, narrative summaries, reviews, notes, requests."""
+def mix_counts(rows: int, shares: dict[str, int]) -> dict[str, int]:
+    """Rows of each task: proportional to its share, the remainder to the largest fractions (ties: mix order)."""
+    total = sum(shares.values())
+    exact = {task: rows * share / total for task, share in shares.items()}
+    counts = {task: int(value) for task, value in exact.items()}
+    by_fraction = sorted(shares, key=lambda task: -(exact[task] - counts[task]))
+    for task in by_fraction[: rows - sum(counts.values())]:
+        counts[task] += 1
+    return counts
+
+
+def instruct_mix(rows: int, seed: int) -> list[dict]:
+    """Each task's own rows (generate(task, count, seed)), interleaved evenly: the j-th of a task's n rows sits at
+    about (j + 1/2) / n of the way through, so every stretch of the file holds every task in its share."""
+    placed = []
+    for order, (task, count) in enumerate(mix_counts(rows, INSTRUCT_MIX).items()):
+        if count:
+            placed += [((j + 0.5) / count, order, row) for j, row in enumerate(generate(task, count, seed))]
+    return [row for _, _, row in sorted(placed, key=lambda item: item[:2])]
+
+
+def corpus(rows: int, seed: int, extra: int = 0) -> list[str]:
+    """`rows` documents of running text for pre-training (dialogues, narrative summaries, reviews, notes, requests),
+    then `extra` more from a generator of their own, so the first `rows` are the same whatever `extra` is."""
+    return everyday_documents(rows, seed) + copying_documents(extra, seed)
+
+
+def everyday_documents(rows: int, seed: int) -> list[str]:
     rng = random.Random(f"llmcycle/corpus/{seed}")
     documents = []
     for _ in range(rows):
@@ -509,9 +552,11 @@ class SyntheticConfig:
     """A synthetic data file: what `llmcycle synth` writes."""
 
     task: str = "dialogsum"
-    """dialogsum, extract, classify, rewrite, topic, narrate, instruct (the last five mixed), corpus (pre-training text), docs-qa (documentation and questions, for RAG), arithmetic (word problems with rationales, for chain-of-thought), dialogsum-prefs (preference pairs) or multiple-choice (a benchmark suite for eval --suite)."""
+    """dialogsum, extract, classify, rewrite, topic, narrate, reading (a question on a passage, or on passages laid out as rag ask does), arithmetic-mix (word problems with steps when asked, directly when not), copy (repeat a sequence), instruct (the last eight mixed, dialogsum held out), corpus (pre-training text), docs-qa (documentation and questions, for RAG), arithmetic (word problems with rationales, for chain-of-thought), dialogsum-prefs (preference pairs) or multiple-choice (a benchmark suite for eval --suite)."""
     rows: int = 500
     """Rows (documents, for corpus) to write."""
+    extra_documents: int = 0
+    """For corpus: documents written after the `rows` ones, two thirds repeating a random span later on (so copying from the context pays off in pre-training), a third reading passages; 0 leaves the corpus as it was."""
     seed: int = 1
     """Seed; use different seeds for train and test files (e.g. 1 and 2)."""
     out: str = ""
@@ -522,6 +567,8 @@ class SyntheticConfig:
             raise UserError(f"unknown --task '{self.task}'; use one of {', '.join(ALL_TASKS)}")
         if self.rows < 1:
             raise UserError(f"--rows must be at least 1 (got {self.rows})")
+        if self.extra_documents < 0 or (self.extra_documents and self.task != "corpus"):
+            raise UserError(f"--extra-documents {self.extra_documents}: give a count of at least 0, and only with --task corpus")
         if not self.out:
             raise UserError("--out is required")
         suffix = Path(self.out).suffix.lower()
@@ -540,7 +587,7 @@ def write_synthetic(cfg: SyntheticConfig) -> Path:
         write_jsonl(out, generate(cfg.task, cfg.rows, cfg.seed))
     elif out.suffix.lower() == ".txt":
         with atomic_open(out) as handle:
-            handle.writelines(" ".join(doc.split()) + "\n" for doc in corpus(cfg.rows, cfg.seed))
+            handle.writelines(" ".join(doc.split()) + "\n" for doc in corpus(cfg.rows, cfg.seed, cfg.extra_documents))
     else:
-        write_jsonl(out, ({"text": doc} for doc in corpus(cfg.rows, cfg.seed)))
+        write_jsonl(out, ({"text": doc} for doc in corpus(cfg.rows, cfg.seed, cfg.extra_documents)))
     return out
