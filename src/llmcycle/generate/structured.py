@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import torch
 
+MAX_COMPILED = 256  # compiled constraints kept per model
 JSON_DEFAULTS = {"whitespace_flexible": False}
 """No optional whitespace in generated JSON: `{"a":1}`, never `{ "a": 1 }`."""
 
@@ -42,7 +43,8 @@ def json_object() -> Constraint:
 def json_schema(schema: dict | bool, kind: str = "json_schema") -> Constraint:
     if not isinstance(schema, (dict, bool)):
         raise ConstraintError("the JSON schema must be an object")
-    return Constraint(kind, _grammar_from_schema(json.dumps(schema, sort_keys=True)))
+    # keys unsorted: properties are generated in the schema's order, as OpenAI and vLLM generate them
+    return Constraint(kind, _grammar_from_schema(json.dumps(schema)))
 
 
 def regex(pattern: str) -> Constraint:
@@ -95,6 +97,7 @@ class Grammars:
         self.vocab_size = vocab_size  # the model's logits may be wider than the tokenizer's vocabulary
         self.tokenizer = llguidance.hf.from_tokenizer(_without_prefix_space(tokenizer), n_vocab=vocab_size)
         self._checked: dict[str, str] = {}
+        self._compiled: dict = {}  # grammar -> llguidance.LLMatcher at its start, copied for each row
 
     def check(self, constraint: Constraint) -> None:
         """Raise ConstraintError naming what the engine cannot enforce (an unimplemented schema keyword, ...)."""
@@ -106,18 +109,24 @@ class Grammars:
             raise ConstraintError(f"{constraint.kind} cannot be enforced: {error}")
 
     def matcher(self, constraint: Constraint) -> RowMatcher:
+        """A fresh matcher for one row: a copy of the constraint's compiled matcher, compiled once."""
         self.check(constraint)
-        return RowMatcher(self, constraint)
+        compiled = self._compiled.get(constraint.grammar)
+        if compiled is None:
+            if len(self._compiled) >= MAX_COMPILED:  # many one-off schemas: start over rather than grow
+                self._compiled.clear()
+            compiled = self._compiled[constraint.grammar] = _llguidance().LLMatcher(self.tokenizer, constraint.grammar, log_level=0)
+        return RowMatcher(self, compiled.deep_copy())
 
 
 class RowMatcher:
     """One row's place in its grammar: masks the next token's scores, follows the tokens chosen."""
 
-    def __init__(self, grammars: Grammars, constraint: Constraint):
+    def __init__(self, grammars: Grammars, matcher):
         import llguidance.torch
 
         self._torch = llguidance.torch
-        self.matcher = _llguidance().LLMatcher(grammars.tokenizer, constraint.grammar, log_level=0)
+        self.matcher = matcher  # an llguidance.LLMatcher of the row's own
         self.bitmask = llguidance.torch.allocate_token_bitmask(1, grammars.vocab_size)
 
     def mask(self, scores: torch.Tensor) -> torch.Tensor:

@@ -127,6 +127,7 @@ def test_json_schema_and_json_mode_share_a_batch_with_free_rows(llama_server, te
     for choice in schema_chat.choices:
         assert choice.finish_reason == "stop"
         assert_valid_json(choice.message.content, SCHEMA)
+        assert list(json.loads(choice.message.content)) == list(SCHEMA["properties"])  # in the schema's order
     assert schema_completion.choices[0].finish_reason == "stop"
     assert_valid_json(schema_completion.choices[0].text, SCHEMA)
     if json_mode.choices[0].finish_reason == "stop":  # JSON mode bounds nothing: a tiny model may write on
