@@ -119,3 +119,33 @@ def test_the_ngram_block_equals_llmcycle_generate(engine, llama_dir, tmp_path, c
     expected = json.loads(capsys.readouterr().out.splitlines()[0])["prediction"]
     blocked = decode(engine, PROMPTS[2], no_repeat_ngram_size=2)
     assert blocked.text == expected and blocked.text != decode(engine, PROMPTS[2]).text
+
+
+def test_logprobs_are_raw_one_per_counted_token_eos_included(engine):
+    eos = loaded_eos(engine)
+    outcome = decode(engine, logit_bias={eos: 100.0}, min_tokens=3, logprobs=2)
+    assert outcome.completion_tokens == len(outcome.entries) == 4
+    tokenizer = engine.served.loaded.tokenizer
+    assert outcome.entries[-1].token == tokenizer.convert_ids_to_tokens(eos)
+    assert all(len(item.top) == 2 and item.top[0][1] >= item.top[1][1] for item in outcome.entries)
+    # raw: the bias and the EOS block change the choice, not the log-probabilities, so EOS is not the top token
+    assert outcome.entries[-1].logprob < outcome.entries[-1].top[0][1]
+
+
+def test_generated_logprobs_equal_the_echoed_scores_of_the_same_tokens(engine):
+    prompt = engine.served.loaded.tokenizer(PROMPTS[0])["input_ids"]
+    generated = generated_ids(engine, prompt=prompt, max_tokens=8)
+    live = decode(engine, prompt, max_tokens=8, logprobs=3)
+    scored = decode(engine, prompt + generated, max_tokens=0, echo=True, logprobs=3)
+    assert scored.completion_tokens == 0 and scored.reason == "length"
+    assert len(scored.entries) == len(prompt) + len(generated) and scored.entries[0].logprob is None
+    assert scored.entries[0].top is None and all(len(item.top) == 3 for item in scored.entries[1:])
+    echoed = scored.entries[len(prompt):]
+    assert [item.token for item in echoed] == [item.token for item in live.entries]
+    assert [item.logprob for item in echoed] == pytest.approx([item.logprob for item in live.entries], abs=1e-4)
+
+
+def test_echo_sends_the_prompt_first(engine):
+    plain = decode(engine, max_tokens=6)
+    echoed = decode(engine, max_tokens=6, echo=True)
+    assert echoed.text == PROMPTS[1] + plain.text and echoed.completion_tokens == 6

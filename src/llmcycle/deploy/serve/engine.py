@@ -22,11 +22,12 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .jobs import Finished, Job, TextDelta
+from .logprobs import entry, prompt_entries, raw_logprobs
 from .metrics import Metrics
 from .models import Adapter, ServedModels, add_adapter, remove_adapter
 from .protocol import APIError
@@ -51,6 +52,7 @@ class Row:
     sampling: RowSampling
     generated: int = 0
     finished: str | None = None
+    pending: list = field(default_factory=list)  # log-probability entries not yet sent with a delta
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,24 @@ class Engine:
                 tracker = TextTracker(self.served.loaded.tokenizer, job.params.stop)
                 rows.append(Row(job, choice, list(histories[number]), lengths[number], tracker, sampling))
         self.rows += rows
+        self._echo(rows)
         self._take_tokens(rows, logits)
+
+    def _echo(self, rows: list[Row]) -> None:
+        """Send the prompt first to rows whose job echoes it, with its log-probabilities when asked for."""
+        tokenizer = self.served.loaded.tokenizer
+        entries: dict[int, tuple] = {}
+        for row in rows:
+            job = row.job
+            if not job.params.echo or job.cancelled:
+                continue
+            if id(job) not in entries:
+                scores = job.prompt_scores
+                entries[id(job)] = () if scores is None else tuple(
+                    prompt_entries(tokenizer, scores, job.prompt_ids, job.params.logprobs))
+                job.prompt_scores = None  # (prompt, vocab) floats: not kept past the answer's first event
+            text = job.echo if job.echo is not None else tokenizer.decode(job.prompt_ids)
+            job.sink(TextDelta(row.choice, text, entries[id(job)]))
 
     # ---- decoding ----
 
@@ -262,8 +281,15 @@ class Engine:
 
     def _take_tokens(self, rows: list[Row], logits: torch.Tensor) -> None:
         now = time.monotonic()
-        for row, token in zip(rows, self.sampler.next_tokens(rows, logits)):
+        wanted = [index for index, row in enumerate(rows) if row.job.params.logprobs is not None]
+        logprobs = dict(zip(wanted, raw_logprobs(logits[wanted]))) if wanted else {}  # before processors change logits
+        for index, (row, token) in enumerate(zip(rows, self.sampler.next_tokens(rows, logits))):
             job = row.job
+            if job.params.max_tokens == 0:  # echo alone: the prompt is scored, nothing generated
+                self._finish(row, "length")
+                continue
+            if index in logprobs:
+                row.pending.append(entry(self.served.loaded.tokenizer, logprobs[index], row.history, token, job.params.logprobs))
             if job.first_token is None:
                 job.first_token = now
                 self.metrics.observe("vllm:time_to_first_token_seconds", now - job.arrival)
@@ -280,8 +306,10 @@ class Engine:
         at_limit = params.max_tokens is not None and row.generated >= params.max_tokens
         delta, stopped = row.tracker.push(None if eos else token, final=eos or at_limit or matched,
                                           stops=row.generated >= params.min_tokens)
-        if delta and not row.job.cancelled:
-            row.job.sink(TextDelta(row.choice, delta))
+        finishing = eos or stopped or at_limit or matched
+        if (delta or (finishing and row.pending)) and not row.job.cancelled:
+            row.job.sink(TextDelta(row.choice, delta, tuple(row.pending)))
+            row.pending.clear()
         if eos or stopped or matched:
             self._finish(row, "stop")
         elif at_limit:

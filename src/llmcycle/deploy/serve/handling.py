@@ -105,6 +105,17 @@ def check_logit_bias(served: ServedModels, parsed: ParsedRequest) -> None:
         raise bad("logit_bias", f"'logit_bias' names token id {outside[0]}, outside the vocabulary (0 to {vocab - 1})")
 
 
+def check_echo(served: ServedModels, parsed: ParsedRequest) -> None:
+    if parsed.params.echo and parsed.params.logprobs is not None and served.loaded.is_encoder_decoder:
+        raise bad("echo", "'echo' with 'logprobs' needs a decoder-only model: an encoder-decoder model reads its prompt "
+                          "with the encoder and gives it no log-probabilities")
+
+
+def echo_text(served: ServedModels, prompt, tokens: list[int]) -> str:
+    """The prompt as sent back by `echo`: its text, or token ids decoded (special tokens kept, as they were sent)."""
+    return prompt if isinstance(prompt, str) else served.loaded.tokenizer.decode(tokens)
+
+
 def submit(state: ServerState, parsed: ParsedRequest) -> Submitted:
     """Check the request against the served model and queue one job per prompt (429 when the queue is full)."""
     served, engine = state.ready()
@@ -112,13 +123,15 @@ def submit(state: ServerState, parsed: ParsedRequest) -> Submitted:
     check_guide(parsed.guide, engine.sampler.grammars())
     ids = prompt_ids(served, parsed)
     check_logit_bias(served, parsed)
+    check_echo(served, parsed)
     settle_max_tokens(state.window, served, parsed, ids, adapter.virtual_tokens if adapter is not None else 0)
     n = parsed.params.n
     if state.mailbox is None:
         state.mailbox = Mailbox(asyncio.get_running_loop())
     answer = Answer(len(ids) * n, state.mailbox)
-    jobs = [Job(parsed.model, adapter, tokens, parsed.params, answer.sink(index * n), timeout=state.config.request_timeout)
-            for index, tokens in enumerate(ids)]
+    jobs = [Job(parsed.model, adapter, tokens, parsed.params, answer.sink(index * n), timeout=state.config.request_timeout,
+                echo=echo_text(served, prompt, tokens) if parsed.params.echo else None)
+            for index, (prompt, tokens) in enumerate(zip(parsed.prompts, ids))]
     try:
         engine.submit(jobs)
     except QueueFull:

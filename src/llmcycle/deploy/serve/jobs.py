@@ -21,6 +21,7 @@ class TextDelta:
 
     choice: int
     text: str
+    logprobs: tuple = ()  # TokenLogprob entries (logprobs.py) of the tokens since the last delta, when asked for
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ class Job:
     cancelled: bool = False  # its client went away: its rows leave at the next step, silently
     open_rows: int = 0
     failed: bool = False
+    echo: str | None = None  # the prompt's text sent back by `echo` (None: its ids decoded)
+    prompt_scores: object = None  # (prompt tokens - 1, vocab) log-probabilities, kept at prefill for echo + logprobs
 
     def expired(self, now: float) -> bool:
         return self.timeout is not None and now - self.arrival > self.timeout

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 MAX_STOP = 4
 MAX_N = 128
 ROLES = ("system", "user", "assistant", "tool", "developer")
+MAX_LOGPROBS = 20  # the most top log-probabilities one token may ask for (vLLM's default --max-logprobs)
 UNSUPPORTED = {  # fields whose non-default values this server cannot honour
-    "suffix": (None, ""), "best_of": (None, 1),
-    "use_beam_search": (None, False), "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
+    "suffix": (None, ""), "best_of": (None, 1), "use_beam_search": (None, False),
 }
 
 
@@ -181,7 +181,22 @@ def sampling_params(data: dict, max_n: int) -> SamplingParams:
     )
 
 
-def _common(data: dict, max_n: int) -> tuple[str, SamplingParams, bool, bool]:
+def _completion_logprobs(data: dict) -> int | None:
+    """Completions' `logprobs`: how many top log-probabilities each token carries (None: no log-probabilities)."""
+    return _number(data, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
+
+
+def _chat_logprobs(data: dict) -> int | None:
+    """Chat's `logprobs: true` with `top_logprobs: N`."""
+    top = _number(data, "top_logprobs", None, 0, MAX_LOGPROBS, integer=True)
+    if not _flag(data, "logprobs"):
+        if top is not None:
+            raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+        return None
+    return top or 0
+
+
+def _common(data: dict, max_n: int, chat: bool) -> tuple[str, SamplingParams, bool, bool]:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model", "'model' is required: one of the names listed by GET /v1/models")
@@ -194,6 +209,10 @@ def _common(data: dict, max_n: int) -> tuple[str, SamplingParams, bool, bool]:
         raise bad("stream_options", "'stream_options' must be an object such as {\"include_usage\": true}")
     include_usage = _flag(options or {}, "include_usage")
     params = sampling_params(data, max_n)
+    params.logprobs = _chat_logprobs(data) if chat else _completion_logprobs(data)
+    params.echo = not chat and _flag(data, "echo")
+    if chat and data.get("echo") not in (None, False):
+        raise bad("echo", "'echo' is a completions field; chat answers hold only the reply")
     if params.max_tokens == 0 and not params.echo:
         raise bad("max_tokens", "'max_tokens' may be 0 only with 'echo' (to score a prompt); otherwise at least 1")
     return model, params, stream, include_usage
@@ -204,7 +223,7 @@ def _is_ids(value) -> bool:
 
 
 def parse_completion(data: dict, max_n: int = MAX_N) -> ParsedRequest:
-    model, params, stream, include_usage = _common(data, max_n)
+    model, params, stream, include_usage = _common(data, max_n, chat=False)
     prompt = data.get("prompt")
     if isinstance(prompt, str) or _is_ids(prompt):
         prompts = [prompt]
@@ -240,7 +259,7 @@ def parse_messages(messages) -> list[dict]:
 
 def parse_chat(data: dict, render, max_n: int = MAX_N) -> ParsedRequest:
     """`render(messages)` turns the checked messages into the prompt text (the chat template)."""
-    model, params, stream, include_usage = _common(data, max_n)
+    model, params, stream, include_usage = _common(data, max_n, chat=True)
     prompt = render(parse_messages(data.get("messages")))
     return ParsedRequest(model, [prompt], params, stream, include_usage, chat=True)
 

@@ -13,6 +13,7 @@ from fastapi import Request
 from .bridge import Submitted
 from .guided import tool_replies, tool_stream
 from .jobs import TextDelta
+from .logprobs import chat_json, completion_json
 from .protocol import APIError, ParsedRequest
 
 
@@ -28,12 +29,21 @@ def envelope(parsed: ParsedRequest, chunk: bool) -> dict:
     return {"id": request_id, "object": kind, "created": int(time.time()), "model": parsed.model}
 
 
-def choice_body(parsed: ParsedRequest, index: int, text: str | None, finish: str | None, chunk: bool) -> dict:
+def choice_body(parsed: ParsedRequest, index: int, text: str | None, finish: str | None, chunk: bool,
+                logprobs: dict | None = None) -> dict:
     if not parsed.chat:
-        return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+        return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
     if chunk:
-        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
+        return {"index": index, "delta": {"content": text} if text else {}, "logprobs": logprobs, "finish_reason": finish}
+    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish}
+
+
+def logprobs_body(parsed: ParsedRequest, entries: list, offset: int) -> dict | None:
+    """A choice's (or chunk's) log-probabilities in the API's shape, None when not asked for; completions' text
+    offsets count from `offset`."""
+    if parsed.params.logprobs is None:
+        return None
+    return chat_json(entries) if parsed.chat else completion_json(entries, offset)
 
 
 def sse(data: dict | str) -> str:
@@ -48,18 +58,20 @@ async def answer_json(request: Request, submitted: Submitted) -> dict:
     """The whole answer once every choice finished."""
     parsed, answer = submitted.parsed, submitted.answer
     count = choice_count(parsed)
-    texts, reasons = [""] * count, [None] * count
+    texts, reasons, entries = [""] * count, [None] * count, [[] for _ in range(count)]
     try:
         while answer.remaining:
             index, event = await answer.next(request)
             if isinstance(event, TextDelta):
                 texts[index] += event.text
+                entries[index] += event.logprobs
             else:
                 reasons[index] = event.reason
     finally:
         submitted.release()
     body = envelope(parsed, chunk=False)
-    body["choices"] = [choice_body(parsed, i, texts[i], reasons[i], False) for i in range(count)]
+    body["choices"] = [choice_body(parsed, i, texts[i], reasons[i], False, logprobs_body(parsed, entries[i], 0))
+                       for i in range(count)]
     tool_replies(parsed, body["choices"], texts, reasons)
     body["usage"] = usage(submitted.prompt_tokens, answer.completion_tokens)
     return body
@@ -71,6 +83,7 @@ async def answer_stream(submitted: Submitted) -> AsyncIterator[str]:
     head = envelope(parsed, chunk=True)
     extra = {"usage": None} if parsed.include_usage else {}
     held = tool_stream(parsed)
+    offsets = [0] * choice_count(parsed)  # completions' text offset reached by each choice
     try:
         if parsed.chat:
             for index in range(choice_count(parsed)):
@@ -87,7 +100,9 @@ async def answer_stream(submitted: Submitted) -> AsyncIterator[str]:
                     yield sse({**head, "choices": [choice], **extra})
                 continue
             text, finish = (event.text, None) if isinstance(event, TextDelta) else (None, event.reason)
-            yield sse({**head, "choices": [choice_body(parsed, index, text, finish, True)], **extra})
+            logprobs = logprobs_body(parsed, list(event.logprobs), offsets[index]) if text is not None else None
+            offsets[index] += sum(len(item.token) for item in event.logprobs) if text is not None else 0
+            yield sse({**head, "choices": [choice_body(parsed, index, text, finish, True, logprobs)], **extra})
         if parsed.include_usage and not answer.remaining:
             yield sse({**head, "choices": [], "usage": usage(submitted.prompt_tokens, answer.completion_tokens)})
         yield sse("[DONE]")

@@ -13,6 +13,7 @@ import torch
 from ...models import cache_argument
 from .batch import BatchState, merge, pad_sequences, select
 from .jobs import Job
+from .logprobs import raw_logprobs
 from .models import BASE_ROW, Adapter, ServedModels
 
 Prefilled = tuple[torch.Tensor, BatchState, list[list[int]], list[int]]  # logits (jobs, vocab), state, histories, lengths
@@ -153,6 +154,7 @@ class ModelRunner:
         kwargs[self.cache_kwarg] = cache = DynamicCache()
         out = self.loaded.model(**inputs, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         lengths = mask.sum(-1).tolist()
+        keep_prompt_scores(jobs, out.logits)
         return out.logits[:, -1].float(), BatchState(cache, mask), [list(job.prompt_ids) for job in jobs], lengths
 
     @torch.inference_mode()
@@ -172,6 +174,7 @@ class ModelRunner:
         kwargs = self._adapter_kwargs([job.adapter])
         kwargs[self.cache_kwarg] = cache
         out = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        keep_prompt_scores([job], out.logits)
         return out.logits[:, -1].float(), BatchState(cache, mask), [list(job.prompt_ids)], [length]
 
     def _decoder_start(self) -> int:
@@ -180,3 +183,13 @@ class ModelRunner:
         if start is None:
             start = getattr(model.config, "decoder_start_token_id", None)
         return start if start is not None else self.loaded.tokenizer.pad_token_id
+
+
+def keep_prompt_scores(jobs: list[Job], logits: torch.Tensor) -> None:
+    """For jobs that echo their prompt with log-probabilities, keep the log-softmax at the prompt's positions.
+
+    logits: (jobs, padded length, vocab), each row's prompt at its end (left padding, virtual tokens first)."""
+    for row, job in enumerate(jobs):
+        if job.params.echo and job.params.logprobs is not None:
+            length = len(job.prompt_ids)
+            job.prompt_scores = raw_logprobs(logits[row, logits.shape[1] - length:-1])  # position i predicts token i + 1
