@@ -157,8 +157,8 @@ def _without_prefix_space(tokenizer):
     llguidance tokenizes the text a grammar forces to find the tokens that spell it; a tokenizer that puts a space
     before every text (the embedded models' does, as SentencePiece does) would make it ask for a space first.
     """
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:

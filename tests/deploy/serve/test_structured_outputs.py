@@ -12,13 +12,12 @@ import re
 import jsonschema
 import pytest
 
+from llmcycle.deploy.serve.config import ServerConfig
 from llmcycle.deploy.serve.guided import attach, parse_guide
 from llmcycle.deploy.serve.protocol import APIError, parse_completion
+from llmcycle.deploy.serve.server import RunningServer, bind
 
 openai = pytest.importorskip("openai")
-
-from llmcycle.deploy.serve.config import ServerConfig  # noqa: E402
-from llmcycle.deploy.serve.server import RunningServer, bind  # noqa: E402
 
 SCHEMA = {
     "type": "object",
@@ -55,6 +54,8 @@ def test_the_fields_parse_into_one_constraint():
     for extra, param in [({"guided_regex": "a", "structured_outputs": {"choice": ["b"]}}, "guided_regex"),
                          ({"response_format": {"type": "xml"}}, "response_format"),
                          ({"structured_outputs": {"json": "{not json"}}, "structured_outputs.json"),
+                         ({"structured_outputs": {}}, "structured_outputs"),
+                         ({"guided_grammar": "root ::= ("}, "guided_grammar"),
                          ({"tools": [WEATHER]}, "tools")]:
         with pytest.raises(APIError) as caught:
             parse_guide({**base, **extra}, chat=False)
@@ -108,7 +109,7 @@ def assert_valid_json(text: str, schema: dict | None) -> None:
 async def mixed_batch(server: RunningServer, temperature: float) -> tuple[list, list]:
     """JSON mode and a schema (chat and completions) sent together with unconstrained requests."""
     ask = client(server, openai.AsyncOpenAI)
-    common = dict(model="llama", max_tokens=MAX_TOKENS, temperature=temperature, seed=3)
+    common = {"model": "llama", "max_tokens": MAX_TOKENS, "temperature": temperature, "seed": 3}
     schema_format = {"type": "json_schema", "json_schema": {"name": "product", "schema": SCHEMA, "strict": True}}
     constrained = [
         ask.chat.completions.create(messages=MESSAGES, response_format=schema_format, n=2, **common),
@@ -189,13 +190,13 @@ def test_a_streamed_tool_call_comes_in_openais_delta_shape(llama_server):
 def test_what_cannot_be_enforced_is_a_400_and_serving_goes_on(llama_server):
     ask = client(llama_server)
     refused = [
-        (dict(messages=MESSAGES, tools=[WEATHER], tool_choice="auto"), "tool_choice", "trained"),
-        (dict(messages=MESSAGES, tools=[WEATHER]), "tool_choice", "trained"),
-        (dict(messages=MESSAGES, tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "nope"}}), "tool_choice", "nope"),
-        (dict(messages=MESSAGES, response_format={"type": "json_schema", "json_schema": {
-            "name": "x", "schema": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}}}), "response_format", "not"),
-        (dict(messages=MESSAGES, extra_body={"guided_regex": "((", "guided_choice": ["a"]}), "guided_regex", "guided_choice"),
-        (dict(messages=MESSAGES, extra_body={"structured_outputs": {"regex": "(("}}), "structured_outputs.regex", "regex"),
+        ({"messages": MESSAGES, "tools": [WEATHER], "tool_choice": "auto"}, "tool_choice", "trained"),
+        ({"messages": MESSAGES, "tools": [WEATHER]}, "tool_choice", "trained"),
+        ({"messages": MESSAGES, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "nope"),
+        ({"messages": MESSAGES, "response_format": {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}}}}, "response_format", "not"),
+        ({"messages": MESSAGES, "extra_body": {"guided_regex": "((", "guided_choice": ["a"]}}, "guided_regex", "guided_choice"),
+        ({"messages": MESSAGES, "extra_body": {"structured_outputs": {"regex": "(("}}}, "structured_outputs.regex", "regex"),
     ]
     for kwargs, param, words in refused:
         with pytest.raises(openai.BadRequestError) as caught:

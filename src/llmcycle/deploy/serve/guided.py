@@ -85,15 +85,25 @@ def _format_builders(data: dict) -> list[tuple]:
     response_format = _response_format(data.get("response_format"))
     if response_format is not None:
         builders.append(("response_format", lambda: Guide(response_format(), "response_format")))
-    options = data.get("structured_outputs")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise bad("structured_outputs", "'structured_outputs' must be an object with one of " + ", ".join(KINDS))
-        builders += [(f"structured_outputs.{kind}", _builder(kind, options[kind], f"structured_outputs.{kind}"))
-                     for kind in KINDS if options.get(kind) is not None]
-        if options.get("json_object"):
-            builders.append(("structured_outputs.json_object", lambda: Guide(structured.json_object(), "structured_outputs.json_object")))
+    if data.get("structured_outputs") is not None:
+        builders += _structured_outputs(data["structured_outputs"])
     builders += [(name, _builder(kind, data[name], name)) for name, kind in LEGACY.items() if data.get(name) is not None]
+    return builders
+
+
+def _structured_outputs(options) -> list[tuple]:
+    """vLLM's `structured_outputs`: one of choice, regex, json, grammar (or json_object: true)."""
+    needs = "'structured_outputs' must be an object with one of " + ", ".join(KINDS)
+    if not isinstance(options, dict):
+        raise bad("structured_outputs", needs)
+    if options.get("structural_tag") is not None:
+        raise bad("structured_outputs.structural_tag", "'structured_outputs.structural_tag' is not supported by this server")
+    builders = [(f"structured_outputs.{kind}", _builder(kind, options[kind], f"structured_outputs.{kind}"))
+                for kind in KINDS if options.get(kind) is not None]
+    if options.get("json_object"):
+        builders.append(("structured_outputs.json_object", lambda: Guide(structured.json_object(), "structured_outputs.json_object")))
+    if not builders:
+        raise bad("structured_outputs", needs)
     return builders
 
 
