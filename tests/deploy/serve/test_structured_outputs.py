@@ -219,3 +219,19 @@ def test_t5_follows_a_schema(t5_dir):
     for choice in answer.choices:
         assert choice.finish_reason == "stop"
         assert_valid_json(choice.text, SCHEMA)
+
+
+def test_a_template_that_renders_tools_gets_them_and_auto(llama_dir):
+    from transformers import AutoTokenizer
+
+    from llmcycle.deploy.serve.guided import template_has_tools, tools_render
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    assert not template_has_tools(tokenizer)
+    tokenizer.chat_template = ("{% if tools %}Tools: {{ tools | map(attribute='function.name') | join(', ') }}\n{% endif %}"
+                               "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
+    assert template_has_tools(tokenizer)
+    guide = parse_guide({"model": "m", "messages": MESSAGES, "tools": [WEATHER, TIME]}, chat=True, tool_template=True)
+    assert guide.constraint is None and guide.tool is None  # "auto": the model decides, its reply is text
+    prompt = tools_render(tokenizer, guide.tools_in_prompt)(MESSAGES)
+    assert prompt.startswith("Tools: get_weather, get_time\n") and prompt.endswith("assistant:")
