@@ -103,6 +103,7 @@ def test_learns_separable_preferences_and_scores_them_the_same_way_after_loading
     assert (reward_model(prompts, chosen) > reward_model(prompts, [r["rejected"] for r in rows])).mean() > 0.8
 
 
+@pytest.mark.slow
 def test_minilm_through_the_cli(data, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", preference_rows(8))
     out = tmp_path / "rm"

@@ -139,6 +139,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
     assert "Traceback" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_runs_as_a_process(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "llmcycle.cli", "eval", "--predictions", str(tmp_path / "missing.jsonl")],

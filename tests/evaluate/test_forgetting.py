@@ -119,6 +119,7 @@ def test_samples_forgetting_pairs_two_samples_files_by_id(tmp_path):
     assert result["significant"] == (result["acc"]["change"]["ci95"][1] < 0)
 
 
+@pytest.mark.slow
 def test_a_recipe_probe_may_be_a_suite_and_tuned_variants_get_the_paired_forgetting_test(tmp_path):
     """baseline, a full fine-tune and eval on a tiny T5, with a suite probe: the variant's forgetting is tested."""
     from conftest import build, dialogue_rows

@@ -172,6 +172,7 @@ def test_mmlu_csv_with_a_bad_answer_letter_names_file_and_line(tmp_path):
         read_suite(str(tmp_path / "mmlu"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(peer_python() is None, reason="lm-eval side venv absent (bash /work/shared/peers/venv-lm-eval.sh)")
 def test_same_picks_as_lm_eval_harness(gpt2_dir, t5_dir, tmp_path):
     """lm-eval's HFLM on the same model folders (decoder-only and encoder-decoder) and a local JSON task, one shot
@@ -240,6 +241,7 @@ def test_suite_flags_need_their_partners(gpt2_dir, suite, tmp_path, capsys):
     assert "9 shots asked for, but only 5 solved items" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(peer_python() is None, reason="lm-eval side venv absent (bash /work/shared/peers/venv-lm-eval.sh)")
 def test_engine_lm_eval_runs_a_task_yaml_and_agrees_with_the_native_engine(gpt2_dir, tmp_path):
     """`evaluate(engine="lm-eval")` run inside lm-eval's venv (llmcycle from src/) on a task YAML over our suite."""

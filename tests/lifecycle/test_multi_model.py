@@ -45,6 +45,7 @@ def test_bad_models_are_one_line_errors(models, message):
         model_data({"models": models, "data": {}, "stages": STAGES}, "r.yaml")
 
 
+@pytest.mark.slow
 def test_two_models_run_side_by_side_in_processes(tmp_path, capsys):
     t5, llama = build("t5", tmp_path / "t5"), build("llama", tmp_path / "llama")
     rows = [{"prompt": f"Say {i}.", "completion": f"{i} {i}."} for i in range(6)]
@@ -66,6 +67,7 @@ def test_two_models_run_side_by_side_in_processes(tmp_path, capsys):
     assert "t5 and llama side by side" in html and f"llmcycle serve --model {t5}" in html
 
 
+@pytest.mark.slow
 def test_a_failing_model_stops_the_run_with_its_error(tmp_path, capsys):
     t5 = build("t5", tmp_path / "t5")
     data = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "a", "completion": "b"}] * 4)

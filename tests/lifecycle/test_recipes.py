@@ -145,6 +145,7 @@ def test_missing_data_and_unknown_field(tmp_path, capsys):
     assert "unknown field 'colour'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_recipe_runs_with_a_tiny_model(recipe, tiny_t5, local_data, tmp_path, capsys):
     assert run_cli("run", recipe, "--dry-run") == 0

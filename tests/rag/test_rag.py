@@ -232,6 +232,7 @@ def test_bad_indexes_and_qa_rows(index, docs_qa, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_qdrant_local_mode_returns_what_faiss_returns(index, docs_qa, tmp_path):
     pytest.importorskip("qdrant_client")
     from llmcycle.rag.retrieve import RagIndex
@@ -269,6 +270,7 @@ def copy_rows(seeds: range, rng) -> tuple[list[dict], list[str]]:
     return rows, texts
 
 
+@pytest.mark.slow
 def test_retrieval_lifts_a_tiny_reader_above_closed_book(tmp_path):
     """A tiny T5 learns to copy the team name out of its context on products 10-19; on product 2, whose facts it
     never saw, it can only guess without retrieval (6 teams), and copies with it."""
@@ -333,6 +335,7 @@ def test_prompts_keep_the_top_chunks_that_fit_the_context_window(index, tmp_path
         assert [s["chunk"] for s in record["sources"]] == [RagIndex.open(index).chunks[h.row]["id"] for h in hits[: len(record["sources"])]]
 
 
+@pytest.mark.slow
 def test_rag_stage_adds_a_variant_with_retrieval(t5_dir, tmp_path):
     from llmcycle.lifecycle.core import Recipe, Run, Step, Variant
     from llmcycle.lifecycle.stages.rag import run_rag

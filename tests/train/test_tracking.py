@@ -37,6 +37,7 @@ def test_unknown_tracker_is_a_one_line_error(gpt2_dir, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_mlflow_run_has_the_loss_curve_and_the_config(gpt2_dir, tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
