@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 from conftest import run_cli
 from labeling import (
+    free_port,
     http,
     in_process_server,
     rank_best_first,
@@ -176,3 +177,24 @@ def test_a_failing_write_is_a_500_not_an_acknowledgement_and_the_server_carries_
         server.stop()
         store.close()
     assert [row["item"] for row in read_rows(tmp_path / "r.jsonl")] == [item["item"]]
+
+
+def test_until_done_the_page_stops_once_every_queue_is_ranked(tmp_path):
+    from llmcycle.label.session import LabelRequest, run_label
+
+    port, finished = free_port(), threading.Event()
+    request = LabelRequest(str(tmp_path / "r.jsonl"), completions=str(write_completions(tmp_path / "c.jsonl", 2)), port=port)
+    worker = threading.Thread(target=lambda: (run_label(request, until_done=True), finished.set()), daemon=True)
+    worker.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if http(url + "/health")[0] == 200:
+                break
+        except OSError:
+            threading.Event().wait(0.05)
+    ranked_all(url, None)
+    assert finished.wait(30), "the page should stop by itself once everything is ranked"
+    worker.join(timeout=10)
+    run_label(request, until_done=True)  # already complete: returns at once, without serving
+    assert len(read_rows(tmp_path / "r.jsonl")) == 2

@@ -75,6 +75,16 @@ def test_completions_spread_over_base_and_adapters(gpt2_dir, tmp_path):
     assert all(len(set(item.responses)) == 4 for item in items)
 
 
+def test_an_adapter_run_samples_with_its_own_adapter_on(gpt2_dir, tmp_path):
+    adapter = lora_adapter(gpt2_dir, tmp_path / "lora")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", PROMPTS[:2])
+    request = request_for(adapter, prompts, k=2)
+    items = generated_items(request, ModelOptions(str(adapter)), DataOptions(str(prompts)), tmp_path / "r.jsonl")
+    base = generated_items(request_for(gpt2_dir, prompts, k=2), ModelOptions(str(gpt2_dir)), DataOptions(str(prompts)), tmp_path / "b.jsonl")
+    assert [item.sources for item in items] == [(str(adapter),) * 2] * 2
+    assert [item.responses for item in items] != [item.responses for item in base]  # the adapter wrote them
+
+
 def test_a_prompt_without_k_distinct_completions_is_skipped_and_named(gpt2_dir, tmp_path, monkeypatch, capsys):
     from llmcycle.generate import engine
 

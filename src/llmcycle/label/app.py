@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -35,6 +36,8 @@ from ..deploy.serve.server import QuietServer
 from .queue import BadSubmission, Labeler, Queues
 
 PAGE = Path(__file__).with_name("page.html")
+STOP_GRACE_S = 1.0
+"""With a stop condition (every queue ranked), how long the server stays up after it holds."""
 MAX_BODY_BYTES = 64 * 1024
 """A ranking is a few hundred bytes; anything far larger is refused before it is parsed."""
 
@@ -144,8 +147,8 @@ class LabelServer:
     """uvicorn serving the page on a bound socket (`bind`, as `llmcycle serve` binds), in this thread (`run`, which
     returns on Ctrl-C or SIGTERM) or another (`start`)."""
 
-    def __init__(self, queues: Queues, sock: socket.socket):
-        self.sock = sock
+    def __init__(self, queues: Queues, sock: socket.socket, stop_when: Callable[[], bool] | None = None):
+        self.sock, self.stop_when = sock, stop_when
         host, port = sock.getsockname()[:2]
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         config = uvicorn.Config(create_app(queues), log_level="warning", timeout_graceful_shutdown=5)
@@ -153,10 +156,19 @@ class LabelServer:
         self.thread: threading.Thread | None = None
 
     def run(self) -> None:
+        if self.stop_when is not None:
+            threading.Thread(target=self._stop_when_done, name="llmcycle-label-watch", daemon=True).start()
         try:
             self.server.run(sockets=[self.sock])
         finally:
             self.sock.close()
+
+    def _stop_when_done(self) -> None:
+        while not self.server.should_exit:
+            if self.stop_when():
+                time.sleep(STOP_GRACE_S)  # the last answer reaches the page before the server goes
+                self.server.should_exit = True
+            time.sleep(0.2)
 
     def start(self, timeout: float = 30) -> LabelServer:
         self.thread = threading.Thread(target=self.run, name="llmcycle-label-http", daemon=True)

@@ -173,7 +173,7 @@ def sample_items(loaded, examples: list, request: GenerationRequest) -> tuple[li
         wanted = _slots_to_fill(texts)
         if not wanted:
             break
-        _fill(loaded, examples, texts, wanted, slot_source, request.settings, round_)
+        _fill(loaded, examples, texts, wanted, slot_source, request, round_)
     else:
         _slots_to_fill(texts)  # the last round's samples are checked too; what still fails stays None
     items, failed = [], []
@@ -206,15 +206,16 @@ def _slots_to_fill(texts: list[list[str | None]]) -> list[tuple[int, int]]:
     return wanted
 
 
-def _fill(loaded, examples, texts, wanted, slot_source, settings: GenerationSettings, round_: int) -> None:
+def _fill(loaded, examples, texts, wanted, slot_source, request: GenerationRequest, round_: int) -> None:
     """Sample the wanted slots, grouped by source (one engine call each), with this round's seed."""
     from ..generate.engine import generate
     from ..models import use_adapter
 
+    settings = request.settings
     round_settings = GenerationSettings(**{**asdict(settings), "do_sample": True, "seed": settings.seed + round_})
     for source in dict.fromkeys(slot_source[slot] for _, slot in wanted):
         slots = [(example, slot) for example, slot in wanted if slot_source[slot] == source]
-        if loaded.adapters:
+        if request.adapters:  # spread over base and named adapters; a run folder's own adapter stays on
             use_adapter(loaded, source)
         outputs = generate(loaded, [examples[e].prompt for e, _ in slots], round_settings, description=f"sampling ({source})")
         for (example, slot), text in zip(slots, outputs):

@@ -152,6 +152,10 @@ class Queues:
                 return {"item": item.id, "prompt": item.prompt, "responses": [item.responses[i] for i in order]}
         return None
 
+    def all_done(self) -> bool:
+        """Every labeler has ranked every item of their queue."""
+        return all(self.store.done(item.id, name) for name, queue in self.queues.items() for item in queue)
+
     def progress(self, labeler: Labeler) -> dict:
         queue = self.queues[labeler.name]
         done = sum(self.store.done(item.id, labeler.name) for item in queue)

@@ -121,8 +121,9 @@ def prepare(request: LabelRequest, labelers: list[Labeler]) -> tuple[Queues, Ran
     return queues, store
 
 
-def run_label(request: LabelRequest) -> None:
-    """Serve the labeling page until Ctrl-C; every acknowledged ranking is a row of `request.out`."""
+def run_label(request: LabelRequest, until_done: bool = False) -> None:
+    """Serve the labeling page until Ctrl-C (or, `until_done`, until every queue is ranked: the feedback stage's
+    human rounds); every acknowledged ranking is a row of `request.out`."""
     labelers = check_request(request)
     sock = bind(request.host, request.port)  # a port in use fails before the completions are sampled
     try:
@@ -130,13 +131,17 @@ def run_label(request: LabelRequest) -> None:
     except BaseException:
         sock.close()
         raise
-    server = LabelServer(queues, sock)
-    print_banner(server.url, queues, labelers, request.out)
     try:
-        server.run()
+        if not (until_done and queues.all_done()):
+            server = LabelServer(queues, sock, stop_when=queues.all_done if until_done else None)
+            print_banner(server.url, queues, labelers, request.out)
+            server.run()
     finally:
         store.close()
+        sock.close()
     note(f"stopped; {len(store.rows)} rows in {request.out}")
+    if until_done and not queues.all_done():
+        raise UserError(f"the page stopped before every prompt was ranked; start again to continue ({request.out} is kept)")
 
 
 def print_banner(url: str, queues: Queues, labelers: list[Labeler], path: str) -> None:

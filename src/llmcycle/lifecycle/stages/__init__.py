@@ -43,11 +43,12 @@ from .align import ALIGN
 from .baseline import BASELINE
 from .deploy import DEPLOY
 from .eval import EVAL
+from .feedback import FEEDBACK
 from .finetune import FINETUNE
 from .rag import RAG
 from .report import REPORT
 
 __all__ = ["APART", "BASE", "STAGES", "TUNED", "Stage", "register"]
 
-for _stage in (BASELINE, FINETUNE, EVAL, ALIGN, DEPLOY, RAG, REPORT):
+for _stage in (BASELINE, FINETUNE, EVAL, ALIGN, FEEDBACK, DEPLOY, RAG, REPORT):
     register(_stage)
