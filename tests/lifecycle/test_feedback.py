@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -100,3 +104,47 @@ def test_a_rankings_file_per_round_is_accepted(tmp_path, capsys):
         (tmp_path / f"ranked-{number}.jsonl").write_text(json.dumps({"prompt": "p", "responses": ["a", "b"], "ranking": [1, 2]}) + "\n")
     assert run_cli("run", recipe(tmp_path, "some-model", {"rounds": 2, "labeler": "ranked-{round}.jsonl"}), "--dry-run") == 0
     assert "feedback" in capsys.readouterr().out
+
+
+def rank_through_the_api(port: int, stop: threading.Event) -> None:
+    """A labeler at the page's API: ranks every item it is given ("yes" first) until the stage stops the page."""
+    url = f"http://127.0.0.1:{port}"
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url + "/api/next", timeout=5) as response:
+                item = json.loads(response.read()) if response.status == 200 else None
+        except OSError:
+            time.sleep(0.2)  # not up yet, or gone
+            continue
+        if item is None:
+            time.sleep(0.2)
+            continue
+        ranking = [1 if "yes" in text else 2 for text in item["responses"]]
+        ranking = ranking if len(set(ranking)) > 1 else list(range(1, len(ranking) + 1))
+        body = json.dumps({"item": item["item"], "ranking": ranking}).encode()
+        urllib.request.urlopen(urllib.request.Request(url + "/api/rank", data=body, method="POST"), timeout=5).close()
+
+
+@pytest.mark.slow
+def test_a_human_round_waits_for_the_page_and_a_rerun_keeps_it(yes_no_policy, tmp_path, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    feedback = {**SIMULATED, "rounds": 1, "labeler": "human", "port": port, "prompts_per_round": 6,
+                "ppo": {**SIMULATED["ppo"], "max_steps": 2}, "reward": {**SIMULATED["reward"], "max_steps": 2}}
+    stop = threading.Event()
+    labeler = threading.Thread(target=rank_through_the_api, args=(port, stop), daemon=True)
+    labeler.start()
+    try:
+        assert run_cli("run", recipe(tmp_path, yes_no_policy, feedback), "--out", tmp_path / "run") == 0
+    finally:
+        stop.set()
+        labeler.join(timeout=10)
+    rankings = tmp_path / "run/stages/01-feedback/round-1/rankings.jsonl"
+    rows = [json.loads(line) for line in rankings.read_text().splitlines()]
+    assert rows and all(row["labeler"] == "anonymous" for row in rows)
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["feedback-round-1"]["cost"] | {"labeler": "human", "rankings": len(rows)} == metrics["feedback-round-1"]["cost"]
+    (tmp_path / "run/stages/01-feedback/stage.json").unlink()  # the stage runs again: the complete round is kept
+    assert run_cli("run", recipe(tmp_path, yes_no_policy, feedback), "--out", tmp_path / "run") == 0
+    assert [json.loads(line) for line in rankings.read_text().splitlines()] == rows

@@ -49,7 +49,18 @@ from ...label.session import LabelRequest, is_loopback, run_label
 from ...label.simulated import DEFAULT_RULE, SIMULATED, check_rule, simulated_rows
 from ...models import ModelOptions
 from ...outputs import write_json, write_jsonl
-from ..core import SMOKE_ROWS, SMOKE_STEPS, Run, Stage, Step, Variant, check_data_spec, score, start_afresh, training_cost
+from ..core import (
+    SMOKE_ROWS,
+    SMOKE_STEPS,
+    Run,
+    Stage,
+    Step,
+    Variant,
+    check_data_spec,
+    score,
+    start_afresh,
+    training_cost,
+)
 from ..paired import paired_entry
 from ..report import change_text, held, interval, mean, pair_outcome
 
@@ -192,7 +203,7 @@ def split_rankings(rankings: Path, folder: Path, held_out: float) -> tuple[Path,
     None for the held-out file when it would be empty or hold no preference pair."""
     rows = [row.values for row in read_rows(str(rankings))[0]]
     items = list(dict.fromkeys(str(row.get("item", row.get("prompt"))) for row in rows))
-    kept_back = set(items[len(items) - int(round(len(items) * held_out)):]) if len(items) > 1 and held_out else set()
+    kept_back = set(items[len(items) - round(len(items) * held_out):]) if len(items) > 1 and held_out else set()
     train, held = folder / "rm-train.jsonl", folder / "rm-held-out.jsonl"
     write_jsonl(train, [row for row in rows if str(row.get("item", row.get("prompt"))) not in kept_back])
     write_jsonl(held, [row for row in rows if str(row.get("item", row.get("prompt"))) in kept_back])
@@ -312,8 +323,8 @@ def feedback_section(metrics: dict, variants: list) -> str:
     if not rounds:
         return ""
     first = rounds[0][1]
-    rows = [f"<tr><td>start</td><td>-</td><td>-</td><td>{interval(first.get('reward_start'))}</td>"
-            f"<td>{interval(first.get('toxicity_start'), 4)}</td><td>0</td></tr>"]
+    rows = [(f"<tr><td>start</td><td>-</td><td>-</td><td>{interval(first.get('reward_start'))}</td>"
+             f"<td>{interval(first.get('toxicity_start'), 4)}</td><td>0</td></tr>")]
     for name, entry in rounds:
         cost = entry.get("cost", {})
         rows.append(f"<tr><td>{html.escape(name)}</td><td>{cost.get('rankings', '-')}</td>"
@@ -330,14 +341,16 @@ def feedback_findings(metrics: dict, variants: list) -> list:
     rounds = _rounds(metrics, variants)
     if not rounds or "reward_gain" not in rounds[-1][1]:
         return []
-    name, last = rounds[-1]
+    last = rounds[-1][1]
     gain = last["reward_gain"]
     result = pair_outcome("reward", gain)
     opening = {"better": "Rounds of feedback raise the policy's reward", "worse": "Rounds of feedback lower the policy's reward"}.get(
         result, "This run does not show rounds of feedback raising the policy's reward")
     steps = " -> ".join(f"{html.escape(n)} {mean(entry, 'reward'):.4f}" for n, entry in rounds)
-    return [(held(result), f"{opening} ({len(rounds)} rounds, labeler {html.escape(str(last.get('cost', {}).get('labeler')))}): "
-                           f"start {mean(last, 'reward_start'):.4f} -> {steps}, {change_text(gain, 4)}.")]
+    labeler = html.escape(str(last.get("cost", {}).get("labeler")))
+    sentence = (f"{opening} ({len(rounds)} rounds, labeler {labeler}): start {mean(last, 'reward_start'):.4f} -> {steps}, "
+                f"{change_text(gain, 4)}.")
+    return [(held(result), sentence)]
 
 
 FEEDBACK = Stage(NAME, check_feedback, run_feedback, serves_adapters=True, findings=feedback_findings, section=feedback_section)
