@@ -55,6 +55,8 @@ def test_one_labeler_ranks_every_item_and_the_rows_feed_reward(anonymous, gpt2_d
     assert run_cli("reward", "--model", gpt2_dir, "--data", out, "--out", tmp_path / "rm", "--max-steps", "1",
                    "--batch-size", "4", "--max-length", "64") == 0
     assert json.loads((tmp_path / "rm/metrics.json").read_text())["pairs"] == 8
+    assert run_cli("align", "--method", "dpo", "--model", gpt2_dir, "--data", out, "--out", tmp_path / "dpo",
+                   "--max-steps", "1", "--batch-size", "2") == 0
 
 
 def test_a_repeat_is_answered_but_written_once(anonymous):
