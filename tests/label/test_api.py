@@ -82,6 +82,7 @@ def test_a_repeat_is_answered_but_written_once(anonymous):
     ([1, 2, 3], "body", "JSON object"),
     (b"{not json", "body", "not valid JSON"),
     (b"\xff\xfe", "body", "not valid JSON"),
+    (b"[" * 60_000, "body", "not valid JSON"),
     (b"[" * 100_000, "body", "larger than"),
 ])
 def test_a_bad_body_is_a_400_naming_the_field_and_the_server_carries_on(anonymous, body, field, message):

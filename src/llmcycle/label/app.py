@@ -120,8 +120,8 @@ async def read_json(request: Request) -> object:
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"body: not valid JSON ({exc})", "body") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser goes
+        raise APIError(400, f"body: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})", "body") from exc
 
 
 def add_error_handlers(app: FastAPI) -> None:
