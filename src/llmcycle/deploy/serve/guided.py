@@ -15,33 +15,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 
 from ...generate import structured
 from ...generate.structured import Constraint, ConstraintError, Grammars
 from .jobs import TextDelta
-from .protocol import bad
+from .protocol import Guide, ToolReply, bad
 
 KINDS = ("choice", "regex", "json", "grammar")
 LEGACY = {f"guided_{kind}": kind for kind in KINDS}  # vLLM's older spellings
 COMPACT = (",", ":")
-
-
-@dataclass(frozen=True)
-class ToolReply:
-    """The reply is a call of function `name`; None: of whichever tool the generated {"name", "arguments"} names."""
-
-    name: str | None
-
-
-@dataclass(frozen=True)
-class Guide:
-    """What a request's reply must match (`param`: the field that asked, named in errors) and how it is answered."""
-
-    constraint: Constraint | None
-    param: str | None
-    tool: ToolReply | None = None
-    tools_in_prompt: list | None = None  # tools the chat template renders into the prompt
 
 
 def template_has_tools(tokenizer) -> bool:

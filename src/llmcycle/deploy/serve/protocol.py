@@ -10,12 +10,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from ...generate.structured import Constraint
-
-if TYPE_CHECKING:
-    from .guided import Guide
 
 MAX_STOP = 4
 MAX_N = 128
@@ -46,6 +42,23 @@ class APIError(Exception):
 
 def bad(param: str, message: str, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+@dataclass(frozen=True)
+class ToolReply:
+    """The reply is a call of function `name`; None: of whichever tool the generated {"name", "arguments"} names."""
+
+    name: str | None
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What a request's reply must match (`param`: the field that asked, named in errors) and how it is answered."""
+
+    constraint: Constraint | None
+    param: str | None
+    tool: ToolReply | None = None
+    tools_in_prompt: list | None = None  # tools the chat template renders into the prompt
 
 
 @dataclass

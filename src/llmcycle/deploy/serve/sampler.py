@@ -61,7 +61,7 @@ class Sampler:
             return logits.argmax(dim=-1).tolist()
         tokens = []
         for row, scores in zip(rows, logits):
-            processors, generator = row.sampling.processors, row.sampling.generator
+            generator = row.sampling.generator
             history = torch.tensor([row.history], dtype=torch.long, device=scores.device)
             scores = self._scores(row, history, scores.unsqueeze(0))
             if generator is None:
