@@ -212,8 +212,9 @@ def test_quickstart_shortened_on_both_embedded_models(tmp_path, capsys):
                      f"--adapter lora-ppo={out / kind}/stages/06-align-lora-ppo/run/adapter", f"--adapter dpo={out / kind}/stages/07-align-dpo/run/adapter"):
             assert part in printed and part in html, part
         assert "from openai import OpenAI" in printed
-    # each model decodes with its own n-gram block (the recipe's per-model generation), and the snippet says so
-    assert "the report decoded with no_repeat_ngram_size 4;" in printed and "the report decoded with no_repeat_ngram_size 10;" in printed
+    # each model decodes with its own n-gram block (the recipe's per-model generation), and the snippet asks the
+    # server for the same block, so the served reply equals the report's
+    assert "extra_body={'no_repeat_ngram_size': 4}" in printed and "extra_body={'no_repeat_ngram_size': 10}" in printed
     assert "t5: what each step bought" in printed and "llama: what each step bought" in printed
     assert html.count("data:image/png;base64,") >= 10
 
