@@ -100,7 +100,7 @@ def build_section(kind: str, work: Path, seconds: float | None, shared: bool) ->
 ({total} on this project's 2-core CPU{", shared with other jobs during this build" if shared else ""}; each step's time below):
 
 1. `llmcycle synth --task corpus --rows 30000 --extra-documents 12000 --seed 100`: 30,000 synthetic documents
-   (dialogues, narrative summaries of other scenes, product reviews, notes, requests), then 12,000 that make
+   (dialogues, narrative summaries of other scenes, product reviews, notes, requests), then 12,000 meant to make
    copying pay off: 8,000 in which a random sequence (words, made-up words, codes, names, numbers) comes back
    later, which only copying predicts, and 4,000 reading passages, whose made-up names recur; {pre['corpus_tokens']:,} tokens.
 2. `llmcycle pretrain --arch {kind} --layers {pre_cfg['layers']} --hidden {pre_cfg['hidden']} --heads {pre_cfg['heads']} \

@@ -16,8 +16,8 @@ dataset can be downloaded there. So it writes its own data, in the shapes the co
   prompt asks) and `copy` (data/synthetic_copy.py: repeat a random sequence): the skills under retrieval,
   chain-of-thought and faithful names. `instruct` mixes all eight in the shares of INSTRUCT_MIX.
 - `corpus(rows, seed)`: running text (dialogues, narrative summaries, reviews, notes, requests) for
-  pre-training, with no instructions; `extra` more documents after them repeat random spans (so that copying
-  from context pays off in pre-training) or are reading passages.
+  pre-training, with no instructions; `extra` more documents after them repeat random spans (meant to make
+  copying from the context pay off in pre-training) or are reading passages.
 
 Rows are a function of (task, rows, seed): the same call gives the same rows, and another seed gives other
 rows (train with seed 1, test with seed 2; the combinations are many, so the two rarely share a row).
@@ -556,7 +556,7 @@ class SyntheticConfig:
     rows: int = 500
     """Rows (documents, for corpus) to write."""
     extra_documents: int = 0
-    """For corpus: documents written after the `rows` ones, two thirds repeating a random span later on (so copying from the context pays off in pre-training), a third reading passages; 0 leaves the corpus as it was."""
+    """For corpus: documents written after the `rows` ones, two thirds repeating a random span later on (meant to make copying from the context pay off in pre-training), a third reading passages; 0 leaves the corpus as it was."""
     seed: int = 1
     """Seed; use different seeds for train and test files (e.g. 1 and 2)."""
     out: str = ""

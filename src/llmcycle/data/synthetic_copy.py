@@ -12,6 +12,12 @@ anyway, and the embedded Llama came out of pre-training unable to copy at all. S
   second occurrence can only be predicted by copying the first.
 - `copy_row(rng)`, the `copy` instruction task: "Repeat the following: <sequence>" -> the sequence, in several
   phrasings, and lists named in a text asked for again after other text.
+
+Measured (evaluate/induction.py's copy ratio, 1.00 = no copying): at the embedded Llama's scale (6 layers,
+hidden 256) these documents are not enough. With 5,000 repeats among 40,000 documents, one epoch left it at
+1.00; with 8,000 among 42,000 it stayed at 1.00 through 4.2 epochs (2,275 steps of 4,096 tokens). Induction
+heads form after a plateau that, on varied text, outlasts a CPU budget; the fine-tuning tasks that copy
+(`copy`, `reading`, `extract`) teach copying from the prompt directly.
 """
 
 from __future__ import annotations
@@ -101,8 +107,6 @@ def copy_row(rng: random.Random) -> dict:
 
 
 def copying_documents(count: int, seed: int) -> list[str]:
-    """Documents for the end of the pre-training corpus: two repeat documents, then a reading passage, and so on.
-    Mostly repeats: one epoch over the corpus with one in eight documents a repeat left the embedded Llama (6
-    layers, 488 steps of 4,096 tokens) unable to copy, so copying has to pay off in many more of its steps."""
+    """Documents for the end of the pre-training corpus: two repeat documents, then a reading passage, and so on."""
     rng = random.Random(f"llmcycle/corpus-extra/{seed}")
     return [reading_document(rng) if i % 3 == 2 else repeat_document(rng) for i in range(count)]
