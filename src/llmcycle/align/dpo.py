@@ -43,7 +43,7 @@ from ..train.distributed import Distributed, DistributedSettings
 from ..train.run import Optimization, StepResult, Trainer, autocast_for, peak_memory_bytes, run_training, summary_table
 from ..train.settings import DataSettings, LoRASettings, ModelSettings, PolicyTuning, RunSettings
 from ..train.sft_data import Tokenized, collate, completion_token_losses, epoch_batches, tokenize
-from .policy import Policy, build_policy, load_policy_base
+from .policy import Policy, announce, build_policy, load_policy_base
 
 MAX_GRAD_NORM = 1.0
 """Gradient clipping, as trl's DPOConfig does by default."""
@@ -244,11 +244,7 @@ class DPOTrainer(Trainer):
         return Optimization(self.cfg.learning_rate)
 
     def announce(self) -> None:
-        cfg, loaded, dist = self.cfg, self.loaded, self.dist
-        start = f"continuing {self.adapter_dir}" if self.adapter_dir and cfg.tune == "lora" else cfg.tune
-        note(f"dpo ({start}) on {loaded.kind} {Path(loaded.name).name}: {self.trainable_params:,} trainable of "
-             f"{self.total_params:,} parameters; {len(self.train_rows)} pairs, {self.total_steps} steps of {self.global_batch}, "
-             f"beta {cfg.beta:g}" + (f", {dist.describe()}" if dist.enabled else ""))
+        announce("dpo", self, f"{len(self.train_rows)} pairs, {self.total_steps} steps of {self.global_batch}, beta {self.cfg.beta:g}")
 
     def initial_state(self) -> dict:
         return {"history": []}

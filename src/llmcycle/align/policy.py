@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..console import note
 from ..errors import UserError
 from ..models import LoadedModel, locate
 from ..train.methods import load_training_base, lora_config
@@ -131,3 +132,11 @@ def _continued_adapter(model: torch.nn.Module, adapter_dir: str) -> torch.nn.Mod
 
 def _peft_type(adapter_dir: str) -> str:
     return json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["peft_type"]
+
+
+def announce(method: str, trainer, work: str) -> None:
+    """DPO's and PPO's start-up line: what the policy starts from, the model, what trains, and the work ahead."""
+    cfg, loaded, dist = trainer.cfg, trainer.loaded, trainer.dist
+    start = f"continuing {trainer.adapter_dir}" if trainer.adapter_dir and cfg.tune == "lora" else cfg.tune
+    note(f"{method} ({start}) on {loaded.kind} {Path(loaded.name).name}: {trainer.trainable_params:,} trainable of "
+         f"{trainer.total_params:,} parameters; {work}" + (f", {dist.describe()}" if dist.enabled else ""))

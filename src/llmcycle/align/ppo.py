@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from ..config import above, at_least, check_fields
-from ..console import note
 from ..data import load_examples, load_template
 from ..errors import UserError
 from ..models import LoadedModel, chat_renderer
@@ -36,7 +35,7 @@ from ..train.distributed import Distributed, DistributedSettings
 from ..train.run import Optimization, StepResult, Trainer, check_finite, peak_memory_bytes, run_training, summary_table
 from ..train.settings import DataSettings, LoRASettings, ModelSettings, PolicyTuning, RunSettings
 from ..train.sft_data import accepts_logits_to_keep, epoch_batches
-from .policy import Policy, build_policy, load_policy_base
+from .policy import Policy, announce, build_policy, load_policy_base
 from .reward_sources import Reward
 
 VALUE_HEAD = "value_head.safetensors"
@@ -418,11 +417,8 @@ class PPOTrainer(Trainer):
         _load_value_head(self.inner.value_head, checkpoint)
 
     def announce(self) -> None:
-        cfg, dist, loaded = self.cfg, self.dist, self.loaded
-        start = f"continuing {self.adapter_dir}" if self.adapter_dir and cfg.tune == "lora" else cfg.tune
-        note(f"ppo ({start}) on {loaded.kind} {Path(loaded.name).name}: {self.trainable_params:,} trainable of "
-             f"{self.total_params:,} parameters; {len(self.prompts)} prompts, {cfg.max_steps} steps of "
-             f"{cfg.batch_size * dist.world_size} rollouts" + (f", {dist.describe()}" if dist.enabled else ""))
+        rollouts = self.cfg.batch_size * self.dist.world_size
+        announce("ppo", self, f"{len(self.prompts)} prompts, {self.cfg.max_steps} steps of {rollouts} rollouts")
 
     @property
     def actors(self) -> Actors:
