@@ -92,3 +92,16 @@ def _health(port: int) -> int | None:
         return http(f"http://127.0.0.1:{port}/health")[0]
     except OSError:
         return None
+
+
+def start(config):
+    """A server for `config` on a free loopback port, ready to answer; stopped again if it fails to get ready."""
+    from llmcycle.deploy.serve.server import RunningServer, bind
+
+    server = RunningServer(config, bind("127.0.0.1", 0)).start()
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server

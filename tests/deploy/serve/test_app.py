@@ -11,30 +11,19 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import run_cli, write_jsonl
-from serving import MAX_TOKENS, NAMES, PROMPTS, _health, cli_generate, free_port, http, make_adapters, setups  # noqa: F401  (setups: fixture)
+from serving import MAX_TOKENS, NAMES, PROMPTS, _health, cli_generate, free_port, http, make_adapters, setups, start  # noqa: F401  (setups: fixture)
 
 openai = pytest.importorskip("openai")
 
 from llmcycle.deploy.serve.config import ServerConfig  # noqa: E402
 from llmcycle.deploy.serve.jobs import Finished, TextDelta  # noqa: E402
 from llmcycle.deploy.serve.server import RunningServer, bind  # noqa: E402
-
-
-def start(config: ServerConfig) -> RunningServer:
-    server = RunningServer(config, bind("127.0.0.1", 0)).start()
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import pytest
 from llmcycle.deploy.serve.config import ServerConfig
 from llmcycle.deploy.serve.guided import attach, parse_guide
 from llmcycle.deploy.serve.protocol import APIError, parse_completion
-from llmcycle.deploy.serve.server import RunningServer, bind
+from llmcycle.deploy.serve.server import RunningServer
+from serving import start
 
 openai = pytest.importorskip("openai")
 
@@ -78,19 +79,13 @@ def test_tool_choices_parse():
         assert caught.value.param == "tool_choice", choice
 
 
-def start(model_dir, name: str) -> RunningServer:
-    server = RunningServer(ServerConfig(str(model_dir), [], served_model_name=name, max_num_seqs=16), bind("127.0.0.1", 0)).start()
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+def start_model(model_dir, name: str):
+    return start(ServerConfig(str(model_dir), [], served_model_name=name, max_num_seqs=16))
 
 
 @pytest.fixture(scope="module")
 def llama_server(llama_dir):
-    server = start(llama_dir, "llama")
+    server = start_model(llama_dir, "llama")
     yield server
     server.stop()
 
@@ -210,7 +205,7 @@ def test_what_cannot_be_enforced_is_a_400_and_serving_goes_on(llama_server):
 
 @pytest.mark.slow
 def test_t5_follows_a_schema(t5_dir):
-    server = start(t5_dir, "t5")
+    server = start_model(t5_dir, "t5")
     try:
         answer = client(server).completions.create(model="t5", prompt="A product as JSON:", max_tokens=MAX_TOKENS, n=2,
                                                    temperature=1, seed=1, extra_body={"guided_json": SCHEMA})
