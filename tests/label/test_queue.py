@@ -51,7 +51,8 @@ def test_a_bad_ranking_names_the_field(ranking, message):
 def test_flags_are_checked():
     assert check_flags(None, 2) == {"unsafe": [False, False], "unusable": False}
     assert check_flags({"unsafe": [True, False], "unusable": True}, 2) == {"unsafe": [True, False], "unusable": True}
-    for flags, field in [([], "flags"), ({"unsafe": [True]}, "flags.unsafe"), ({"unsafe": [1, 0]}, "flags.unsafe"),
+    assert check_flags({"unsafe": [1]}, 2) == {"unsafe": [False, True], "unusable": False}  # positions, as shown
+    for flags, field in [([], "flags"), ({"unsafe": [True]}, "flags.unsafe"), ({"unsafe": [2]}, "flags.unsafe"), ({"unsafe": [0, 0]}, "flags.unsafe"),
                          ({"unusable": "yes"}, "flags.unusable"), ({"toxic": True}, "flags.toxic")]:
         with pytest.raises(BadSubmission) as caught:
             check_flags(flags, 2)

@@ -101,7 +101,8 @@ def check_ranking(ranking: object, k: int) -> list[int]:
 
 
 def check_flags(flags: object, k: int) -> dict:
-    """`{"unsafe": [K booleans, in the order shown], "unusable": bool (the prompt)}`, both optional."""
+    """`{"unsafe": [K booleans, in the order shown], "unusable": bool (the prompt)}`, both optional; `unsafe` may
+    also list the positions (0-based, in the order shown) of the responses flagged."""
     if flags is None:
         flags = {}
     if not isinstance(flags, dict):
@@ -109,9 +110,7 @@ def check_flags(flags: object, k: int) -> dict:
     unknown = sorted(set(flags) - {"unsafe", "unusable"})
     if unknown:
         raise BadSubmission(f"flags.{unknown[0]}", "unknown flag; the flags are 'unsafe' and 'unusable'")
-    unsafe = flags.get("unsafe", [False] * k)
-    if not isinstance(unsafe, list) or len(unsafe) != k or not all(isinstance(u, bool) for u in unsafe):
-        raise BadSubmission("flags.unsafe", f"must be a list of {k} true/false values, one per response in the order shown")
+    unsafe = _unsafe_marks(flags.get("unsafe", []), k)
     unusable = flags.get("unusable", False)
     if not isinstance(unusable, bool):
         raise BadSubmission("flags.unusable", "must be true or false")
@@ -192,3 +191,13 @@ class Queues:
             "seconds": round(time.monotonic() - served, 3) if served is not None else None,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+
+def _unsafe_marks(unsafe: object, k: int) -> list[bool]:
+    """K booleans from K booleans, or from the 0-based positions of the flagged responses."""
+    if isinstance(unsafe, list) and len(unsafe) == k and all(isinstance(u, bool) for u in unsafe):
+        return unsafe
+    if isinstance(unsafe, list) and all(type(u) is int and 0 <= u < k for u in unsafe) and len(set(unsafe)) == len(unsafe):
+        return [position in unsafe for position in range(k)]
+    raise BadSubmission("flags.unsafe", f"must be {k} true/false values, one per response in the order shown, or the "
+                                        f"positions (0 to {k - 1}) of the responses flagged")
