@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from llmcycle.deploy.serve.server import bind
+from llmcycle.deploy.serve.listening import bind
 from llmcycle.label.app import LabelServer
 from llmcycle.label.completions import read_completions
 from llmcycle.label.queue import ANONYMOUS, Labeler, Queues

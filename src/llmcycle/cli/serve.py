@@ -98,7 +98,8 @@ def cpu_threads() -> None:
 
 def run(config: ServerConfig) -> None:
     from ..deploy.serve.models import check_servable
-    from ..deploy.serve.server import RunningServer, bind
+    from ..deploy.serve.listening import bind
+    from ..deploy.serve.server import RunningServer
 
     check_servable(config.model, config.adapters, config.trust_remote_code)
     cpu_threads()

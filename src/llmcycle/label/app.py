@@ -32,7 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..deploy.serve.server import QuietServer
+from ..deploy.serve.listening import QuietServer
 from .queue import BadSubmission, Labeler, Queues
 
 PAGE = Path(__file__).with_name("page.html")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..console import note, out
-from ..deploy.serve.server import bind
+from ..deploy.serve.listening import bind
 from ..errors import UserError
 from ..generate.settings import GenerationSettings
 from ..outputs import check_writable

@@ -96,7 +96,8 @@ def _health(port: int) -> int | None:
 
 def start(config):
     """A server for `config` on a free loopback port, ready to answer; stopped again if it fails to get ready."""
-    from llmcycle.deploy.serve.server import RunningServer, bind
+    from llmcycle.deploy.serve.listening import bind
+    from llmcycle.deploy.serve.server import RunningServer
 
     server = RunningServer(config, bind("127.0.0.1", 0)).start()
     try:

@@ -22,7 +22,8 @@ openai = pytest.importorskip("openai")
 
 from llmcycle.deploy.serve.config import ServerConfig  # noqa: E402
 from llmcycle.deploy.serve.jobs import Finished, TextDelta  # noqa: E402
-from llmcycle.deploy.serve.server import RunningServer, bind  # noqa: E402
+from llmcycle.deploy.serve.listening import bind  # noqa: E402
+from llmcycle.deploy.serve.server import RunningServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import run_cli, write_jsonl
 from llmcycle.deploy.serve.config import ServerConfig
-from llmcycle.deploy.serve.server import RunningServer, bind
+from llmcycle.deploy.serve.listening import bind
+from llmcycle.deploy.serve.server import RunningServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 from suite_throughput import peer_python, task_config  # noqa: E402

@@ -8,7 +8,8 @@ import torch
 from serving import PROMPTS
 
 from llmcycle.deploy.serve.config import ServerConfig
-from llmcycle.deploy.serve.server import RunningServer, bind
+from llmcycle.deploy.serve.listening import bind
+from llmcycle.deploy.serve.server import RunningServer
 from llmcycle.evaluate.metrics import reference_nll
 from llmcycle.models import load_model
 

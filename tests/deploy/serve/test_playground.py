@@ -14,7 +14,8 @@ if not shutil.which("chromium"):
     pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 
 from llmcycle.deploy.serve.config import ServerConfig  # noqa: E402
-from llmcycle.deploy.serve.server import RunningServer, bind  # noqa: E402
+from llmcycle.deploy.serve.listening import bind  # noqa: E402
+from llmcycle.deploy.serve.server import RunningServer  # noqa: E402
 from serving import make_adapters  # noqa: E402
 
 PROMPT = "Summarize: Amy and Ben. #Person1#: can we book a table today? Summary:"

@@ -2,7 +2,8 @@
 
 Laid out by concern, as vLLM's entrypoints are; a module imports only those listed below it:
 
-    server.py    the process: bound socket, uvicorn, signals, RunningServer
+    server.py    the process: RunningServer (the app, its state and uvicorn on a thread)
+    listening.py a bound socket and uvicorn stopping on SIGINT/SIGTERM (shared with llmcycle label)
     vllm.py      --engine vllm: the hand-off to vLLM's own server
     app.py       the FastAPI app and its routes
     handling.py  one request: body, API key, model lookup, token checks, jobs queued with the engine

@@ -3,45 +3,17 @@ stop on SIGINT or SIGTERM (requests in flight answered, exit status 0)."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import socket
 import threading
 import time
 
 import uvicorn
 
-from ...errors import UserError
 from .app import create_app
 from .config import ServerConfig
+from .listening import QuietServer
 from .metrics import Metrics
 from .state import ServerState, load_state
-
-
-class QuietServer(uvicorn.Server):
-    """uvicorn's server, stopping on SIGINT or SIGTERM with exit status 0 (uvicorn re-raises the signal after its
-    shutdown, which would end the process with the signal's status instead). `on_exit()` runs first, so requests
-    in flight are answered before uvicorn waits for their connections to close."""
-
-    def __init__(self, config: uvicorn.Config, on_exit):
-        super().__init__(config)
-        self.on_exit = on_exit
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def handle_exit(self, sig, frame):
-        self.on_exit()
-        super().handle_exit(sig, frame)
 
 
 class RunningServer:
@@ -104,17 +76,3 @@ class RunningServer:
         if self.state.engine is not None:
             self.state.engine.stop()
         self.sock.close()
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port or --host") from exc
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
