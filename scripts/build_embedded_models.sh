@@ -7,6 +7,9 @@
 # held out) -> src/llmcycle/assets/<kind>/ with eval.json.
 # The model cards (src/llmcycle/assets/<kind>/MODEL_CARD.md, written by scripts/model_card.py from the runs' own
 # records) say what each step measured and how long it took.
+# The weights shipped now were built by this script as it stood at commit 5da97cc (five everyday tasks plus
+# arithmetic with rationales, no reading comprehension, no copying); this mix has not been built yet (issue 22):
+# running it replaces them, and their model cards with them.
 # Usage: bash scripts/build_embedded_models.sh [t5|llama|all] [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
