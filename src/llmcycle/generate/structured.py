@@ -104,6 +104,8 @@ class Grammars:
         error = self._checked.get(constraint.grammar)
         if error is None:
             error = _one_line(_llguidance().LLMatcher.validate_grammar(constraint.grammar, self.tokenizer) or "")
+            if len(self._checked) >= MAX_COMPILED:  # bounded like the compiled matchers below
+                self._checked.clear()
             self._checked[constraint.grammar] = error
         if error:
             raise ConstraintError(f"{constraint.kind} cannot be enforced: {error}")
