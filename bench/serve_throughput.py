@@ -13,7 +13,12 @@ Reported: requests/s, output tokens/s, p50/p95 latency and time to first token (
 its first token arrives with the last), and the ratios of llmcycle to the others. Greedy texts of llmcycle and
 the naive server are compared request by request.
 
-Run: `python bench/serve_throughput.py [--requests 128 --clients 1,4,16 --max-tokens 16 --servers llmcycle,naive,vllm]`.
+With `--schema-share 0.5` (the default), each client count runs again with half the requests under a JSON schema
+(vLLM's `structured_outputs` extra field), every finished one checked to validate, and the constrained run's rate
+is reported as a ratio of the unconstrained one.
+
+Run: `python bench/serve_throughput.py [--requests 128 --clients 1,4,16 --max-tokens 16 --servers llmcycle,naive,vllm
+--schema-share 0.5]`.
 """
 
 from __future__ import annotations
@@ -173,8 +178,16 @@ async def post(port: int, body: dict):
     return reader, writer
 
 
-async def one_request(port: int, model: str, prompt: str, max_tokens: int, stream: bool) -> dict:
+SCHEMA = {"type": "object", "properties": {"topic": {"type": "string", "maxLength": 40},
+                                         "mood": {"enum": ["calm", "worried", "happy"]},
+                                         "people": {"type": "array", "items": {"type": "integer"}, "maxItems": 4}},
+          "required": ["topic", "mood", "people"], "additionalProperties": False}
+
+
+async def one_request(port: int, model: str, prompt: str, max_tokens: int, stream: bool, schema: bool = False) -> dict:
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    if schema:  # vLLM's extra body field for structured outputs in completions
+        body["structured_outputs"] = {"json": SCHEMA}
     if stream:
         body.update(stream=True, stream_options={"include_usage": True})
     start = time.perf_counter()
@@ -199,14 +212,18 @@ async def one_request(port: int, model: str, prompt: str, max_tokens: int, strea
     return {"latency": end - start, "ttft": (first or end) - start, "tokens": tokens, "text": text.strip()}
 
 
-async def load(port: int, requests: list[tuple[str, str]], clients: int, max_tokens: int, stream: bool) -> tuple[list[dict], float]:
+async def load(port: int, requests: list[tuple[str, str]], clients: int, max_tokens: int, stream: bool,
+               schema_share: float = 0.0) -> tuple[list[dict], float]:
+    """Send `requests` from `clients` concurrent clients; `schema_share` of them (spread evenly, both models alike)
+    under a JSON schema."""
     queue = list(enumerate(requests))
     results: list[dict | None] = [None] * len(requests)
 
     async def worker():
         while queue:
             index, (model, prompt) = queue.pop(0)
-            results[index] = await one_request(port, model, prompt, max_tokens, stream)
+            schema = int((index // 2 + 1) * schema_share) > int(index // 2 * schema_share)
+            results[index] = await one_request(port, model, prompt, max_tokens, stream, schema)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -225,6 +242,22 @@ def summarize(results: list[dict], seconds: float) -> dict:
             "p50_ttft_s": pct(ttfts, 0.5), "p95_ttft_s": pct(ttfts, 0.95)}
 
 
+def check_schema(kind: str, texts: list[str], share: float) -> None:
+    """Every schema row that finished within max_tokens parses and validates; say how many finished."""
+    import jsonschema
+
+    rows = [text for index, text in enumerate(texts) if int((index // 2 + 1) * share) > int(index // 2 * share)]
+    parsed = []
+    for text in rows:
+        try:
+            parsed.append(json.loads(text))
+        except ValueError:
+            continue  # cut by max_tokens
+    for value in parsed:
+        jsonschema.validate(value, SCHEMA)
+    print(f"{kind}: {len(parsed)}/{len(rows)} JSON-schema rows complete within max_tokens, every one valid", file=sys.stderr)
+
+
 def run_server(kind: str, base: Path, adapter: Path, work: list[tuple[str, str]], args) -> dict | None:
     port = free_port()
     command = server_command(kind, base, adapter, port)
@@ -241,11 +274,16 @@ def run_server(kind: str, base: Path, adapter: Path, work: list[tuple[str, str]]
             return None
         asyncio.run(load(port, work[:4], 2, args.max_tokens, kind != "naive"))  # warm-up
         found = {}
+        shares = [0.0] + ([args.schema_share] if args.schema_share and kind != "naive" else [])
         for clients in args.clients:
-            results, seconds = asyncio.run(load(port, work, clients, args.max_tokens, kind != "naive"))
-            found[clients] = {**summarize(results, seconds), "texts": [r["text"] for r in results]}
-            print(f"{kind} x{clients}: {found[clients]['requests_per_s']:.1f} req/s, "
-                  f"{found[clients]['output_tokens_per_s']:.0f} tok/s", file=sys.stderr)
+            for share in shares:
+                results, seconds = asyncio.run(load(port, work, clients, args.max_tokens, kind != "naive", share))
+                key = clients if not share else f"{clients} ({share:.0%} JSON schema)"
+                found[key] = {**summarize(results, seconds), "texts": [r["text"] for r in results]}
+                print(f"{kind} x{key}: {found[key]['requests_per_s']:.1f} req/s, "
+                      f"{found[key]['output_tokens_per_s']:.0f} tok/s", file=sys.stderr)
+                if share:
+                    check_schema(kind, [r["text"] for r in results], share)
         return found
     finally:
         process.terminate()
@@ -268,6 +306,13 @@ def report(found: dict, args) -> None:
     print_table(f"{args.requests} requests, max_tokens {args.max_tokens}, temperature 0, half base / half LoRA",
                 ["server", "clients", "requests/s", "output tok/s", "p50 ms", "p95 ms", "p50 TTFT ms", "p95 TTFT ms"], rows)
     ours = found.get("llmcycle", {})
+    for kind, per_clients in found.items():
+        for clients in args.clients:
+            key = f"{clients} ({args.schema_share:.0%} JSON schema)"
+            if key in per_clients and clients in per_clients:
+                ratio = per_clients[key]["output_tokens_per_s"] / per_clients[clients]["output_tokens_per_s"]
+                print(f"{kind} at {clients} clients: {args.schema_share:.0%} of rows under a JSON schema run at {ratio:.2f}x "
+                      "the unconstrained output tokens/s")
     for other in ("naive", "vllm"):
         for clients in args.clients:
             if clients in ours and clients in found.get(other, {}):
@@ -291,6 +336,8 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--servers", default="llmcycle,naive,vllm")
+    parser.add_argument("--schema-share", type=float, default=0.5,
+                        help="Also run each client count with this share of requests under a JSON schema (0: never).")
     parser.add_argument("--json", default=None, help="Also write the figures here.")
     args = parser.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]

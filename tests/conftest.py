@@ -97,3 +97,59 @@ def run_cli(*args: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def peft_forward_greedy(base: Path, adapter: Path, prompt: str, max_tokens: int) -> str:
+    """Greedy decoding with peft's own forward (the virtual tokens put before the whole sequence on every call, no
+    cache): the reference for decoder-only prompt and prefix tuning, where peft 0.21's `generate` under transformers 5
+    puts the virtual tokens into the cache again at every step (it looks for `past_key_values`, which transformers
+    renamed)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    start = ids.shape[1]
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            token = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
+            if token.item() == tokenizer.eos_token_id:
+                break
+            ids = torch.cat([ids, token.view(1, 1)], dim=1)
+    return tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
+
+
+def prefix_adapter(base: Path, out: Path, seq2seq: bool) -> Path:
+    """A prefix-tuning adapter with random (non-zero) prefixes."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    config = peft.PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
+    model = peft.get_peft_model(auto.from_pretrained(base), config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "prompt_encoder" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))
+    model.save_pretrained(out)
+    return out
+
+
+def lora_adapter(base, out):
+    """A LoRA adapter with random (non-zero) weights, so it writes differently from its base."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                                peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    model.save_pretrained(out)
+    return out

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from conftest import run_cli, write_jsonl
+from conftest import lora_adapter, run_cli, write_jsonl
 from labeling import write_completions
 
 from llmcycle.data.options import DataOptions
@@ -30,22 +29,6 @@ SETTINGS = GenerationSettings(max_new_tokens=8, do_sample=True, top_p=0.95, seed
 
 def request_for(model_dir, prompts, k=3, adapters=()) -> GenerationRequest:
     return GenerationRequest(str(model_dir), tuple(adapters), str(prompts), file_sha256(str(prompts)), k, SETTINGS)
-
-
-def lora_adapter(base, out):
-    """A LoRA adapter with random (non-zero) weights, so it writes differently from its base."""
-    import peft
-    from transformers import AutoModelForCausalLM
-
-    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                                peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    model.save_pretrained(out)
-    return out
 
 
 def test_k_distinct_completions_per_prompt_seeded_and_kept_for_a_restart(gpt2_dir, tmp_path, monkeypatch):

@@ -1,11 +1,14 @@
-"""Batched generation that returns what one-by-one generation would.
+"""`generate(loaded, prompts, settings)`: what every verb calls to complete prompts.
 
-Prompts are sorted by token length (longest first, so an out-of-memory batch shows up at once) and cut into
-batches, which keeps padding small; results come back in input order. Under greedy decoding the outputs are
-those of generating each prompt alone: padding is masked, and decoder-only prompts are left-padded so every
-row continues from its own last token. The one caveat is float rounding: a batch runs matrix products of
-another shape, so where the two best next tokens score within ~1e-4 of each other (a near-tie) the argmax
-can differ. In float64 the outputs are identical (bench/RESULTS.md).
+Greedy decoding and sampling go through the serving engine (offline.py: continuous batching, the same sampler and
+logits processors as `llmcycle serve`), so every verb decodes as the server does. Under greedy decoding the outputs
+are those of generating each prompt alone: padding is masked and every row continues from its own last token. The
+one caveat is float rounding: a batch runs matrix products of another shape, so where the two best next tokens
+score within ~1e-4 of each other (a near-tie) the argmax can differ. In float64 the outputs are identical
+(bench/RESULTS.md).
+
+Beam search, which the server does not offer, keeps a separate path: static batches over transformers'
+`model.generate`, prompts sorted by length (longest first, so an out-of-memory batch shows up at once).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from ..console import progress
 from ..errors import UserError
 from ..models import LoadedModel
 from .settings import GenerationSettings
-
 
 
 def token_lengths(loaded: LoadedModel, prompts: list[str]) -> list[int]:
@@ -37,12 +39,22 @@ def check_fits(loaded: LoadedModel, lengths: list[int], wheres: list[str], max_n
             raise UserError(f"{where}: the prompt needs {need}, more than the model's context window of {window}")
 
 
-@torch.inference_mode()
 def generate(loaded: LoadedModel, prompts: list[str], settings: GenerationSettings, description: str = "generating") -> list[str]:
     """Complete every prompt; returns the completions (without the prompt) in input order."""
     settings.validate()
     if not prompts:
         return []
+    if settings.num_beams > 1:
+        return beam_search(loaded, prompts, settings, description)
+    from .offline import run_engine  # the serving engine: imported only by verbs that generate
+
+    ids = loaded.tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    return run_engine(loaded, ids, settings, description)
+
+
+@torch.inference_mode()
+def beam_search(loaded: LoadedModel, prompts: list[str], settings: GenerationSettings, description: str = "generating") -> list[str]:
+    """Beam search through transformers' `generate`, in static batches of prompts of similar length."""
     lengths = token_lengths(loaded, prompts)
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     generation_config = settings.to_transformers(loaded)
@@ -74,7 +86,8 @@ def _generate_batch(loaded: LoadedModel, prompts: list[str], generation_config) 
 
 
 def _soft_prompt(loaded: LoadedModel):
-    """The active adapter's config when it is a decoder-only prompt-learning adapter, else None.
+    """The active adapter's config when it is a decoder-only prompt-learning adapter, else None (beam search only:
+    greedy decoding and sampling run such adapters in the serving engine).
 
     peft's own `generate` for these (0.21 under transformers 5) puts the virtual tokens into the cache again at every
     step, since it looks for `past_key_values` where transformers now passes `cache`: the first new token is already
@@ -85,8 +98,8 @@ def _soft_prompt(loaded: LoadedModel):
     if loaded.is_encoder_decoder or config is None or not getattr(config, "is_prompt_learning", False):
         return None
     if config.peft_type.value == "PREFIX_TUNING":
-        raise UserError("generating with a prefix-tuning adapter on a decoder-only model is not supported here (peft's "
-                        "generate mishandles its cache under transformers 5); serve it with `llmcycle serve`, which does")
+        raise UserError("beam search with a prefix-tuning adapter on a decoder-only model is not supported (peft's "
+                        "generate mishandles its cache under transformers 5); decode greedily or sample (--num-beams 1)")
     return config
 
 

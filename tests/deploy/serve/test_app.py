@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, write_jsonl
+from conftest import peft_forward_greedy, prefix_adapter, run_cli, write_jsonl
 from serving import MAX_TOKENS, NAMES, PROMPTS, _health, cli_generate, free_port, http, make_adapters, setups, start  # noqa: F401  (setups: fixture)
 
 openai = pytest.importorskip("openai")
@@ -50,26 +50,6 @@ def complete(server, model: str, prompt, **kwargs):
     return client(server).completions.create(model=model, prompt=prompt, **kwargs)
 
 
-def peft_forward_greedy(base: Path, adapter: Path, prompt: str) -> str:
-    """Greedy decoding with peft's own forward (the virtual tokens put before the whole sequence on every call, no
-    cache): the reference for decoder-only prompt tuning, where peft 0.21's `generate` under transformers 5 puts the
-    virtual tokens into the cache again at every step (it looks for `past_key_values`, which transformers renamed)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
-    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    start = ids.shape[1]
-    with torch.no_grad():
-        for _ in range(MAX_TOKENS):
-            token = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax()
-            if token.item() == tokenizer.eos_token_id:
-                break
-            ids = torch.cat([ids, token.view(1, 1)], dim=1)
-    return tokenizer.decode(ids[0, start:], skip_special_tokens=True).strip()
-
-
 @pytest.mark.slow
 def test_model_cards(servers, setups):
     cards = {card.id: card for card in client(servers["llama"]).models.list().data}
@@ -93,7 +73,7 @@ def test_temperature_zero_equals_llmcycle_generate(arch, servers, setups, capsys
         served[name] = [choice.text for choice in sorted(answer.choices, key=lambda c: c.index)]
         adapter = None if name == arch else (name, adapters[name])
         if arch == "llama" and name == "soft":
-            expected = [peft_forward_greedy(base, adapters[name], prompt) for prompt in PROMPTS]
+            expected = [peft_forward_greedy(base, adapters[name], prompt, MAX_TOKENS) for prompt in PROMPTS]
         else:
             expected = cli_generate(capsys, base, prompts_file, adapter)
         assert served[name] == expected, name
@@ -335,22 +315,6 @@ def test_cli_serves_and_stops_on_sigterm(setups):
     assert f"http://127.0.0.1:{port}" in output and "from openai import OpenAI" in output
 
 
-def prefix_adapter(base: Path, out: Path, seq2seq: bool) -> Path:
-    """A prefix-tuning adapter with random (non-zero) prefixes."""
-    import peft
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
-    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    config = peft.PrefixTuningConfig(num_virtual_tokens=3, task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
-    model = peft.get_peft_model(auto.from_pretrained(base), config)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "prompt_encoder" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(2)))
-    model.save_pretrained(out)
-    return out
-
-
 def test_cli_refuses_what_it_cannot_serve(setups, tmp_path, capsys):
     t5_base, _ = setups["t5"]
     prefix = prefix_adapter(t5_base, tmp_path / "prefix", True)
@@ -373,7 +337,7 @@ def test_prefix_tuning_adapter_shares_the_batch(setups, tmp_path):
         server.stop()
     assert card["adapter_type"] == "prefix_tuning"
     served = [answer.choices[0].text for answer in answers[: len(PROMPTS)]]
-    assert served == [peft_forward_greedy(base, prefix, p) for p in PROMPTS]  # peft's forward, as for prompt tuning
+    assert served == [peft_forward_greedy(base, prefix, p, MAX_TOKENS) for p in PROMPTS]  # peft's forward, as for prompt tuning
     assert served != [answer.choices[0].text for answer in answers[len(PROMPTS):]]
 
 

@@ -247,7 +247,7 @@ class Engine:
         for number, job in enumerate(jobs):
             job.open_rows = job.params.n
             for choice, sampling in enumerate(self.sampler.for_job(job, logits.device)):
-                tracker = TextTracker(self.served.loaded.tokenizer, job.params.stop)
+                tracker = TextTracker(self.served.loaded.tokenizer, job.params.stop, streaming=job.streaming)
                 rows.append(Row(job, choice, list(histories[number]), lengths[number], tracker, sampling))
         self.rows += rows
         self._echo(rows)

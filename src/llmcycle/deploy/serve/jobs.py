@@ -59,6 +59,7 @@ class Job:
     open_rows: int = 0
     failed: bool = False
     echo: str | None = None  # the prompt's text sent back by `echo` (None: its ids decoded)
+    streaming: bool = True  # False: its text is wanted only whole (offline runs), one TextDelta per choice at the end
     prompt_scores: object = None  # (prompt tokens - 1, vocab) log-probabilities, kept at prefill for echo + logprobs
 
     def expired(self, now: float) -> bool:

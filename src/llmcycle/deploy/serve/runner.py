@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ...models import cache_argument
+from ...models import cache_argument, unwrap_peft
 from .batch import BatchState, merge, pad_sequences, select
 from .jobs import Job
 from .logprobs import raw_logprobs
@@ -31,8 +31,9 @@ class ModelRunner:
         self.joins_anytime = not self.loaded.is_encoder_decoder or hasattr(config, "relative_attention_num_buckets")
         self.state: BatchState | None = None
         self.row_adapters: list[str] | None = None  # per-row LoRA names of the forward in progress
-        self.hooked: set[int] = set()
+        self.hooked: dict[int, object] = {}  # id(LoRA layer) -> its hook's handle
         self.hooks_current = False  # LoRA layers are looked for again after adapters change
+        self.keeps_logits: bool | None = None  # whether the model's forward takes logits_to_keep
 
     # ---- the batch ----
 
@@ -73,6 +74,15 @@ class ModelRunner:
     def clear(self) -> None:
         self.state = None
 
+    def close(self) -> None:
+        """Drop the batch and take the hooks off the LoRA layers: the model runs as before this runner (an offline
+        run hands the model back to its verb, which may train it next)."""
+        self.state, self.row_adapters = None, None
+        for handle in self.hooked.values():
+            handle.remove()
+        self.hooked.clear()
+        self.hooks_current = False
+
     def adapters_changed(self) -> None:
         """Adapters were loaded or removed: look for LoRA layers to hook again before the next forward."""
         self.hooks_current = False
@@ -100,8 +110,7 @@ class ModelRunner:
         self.hooks_current = True
         for module in self.loaded.model.modules():
             if isinstance(module, LoraLayer) and id(module) not in self.hooked:
-                module.register_forward_pre_hook(self._row_names_hook, with_kwargs=True)
-                self.hooked.add(id(module))
+                self.hooked[id(module)] = module.register_forward_pre_hook(self._row_names_hook, with_kwargs=True)
 
     def _row_names_hook(self, module, args, kwargs):
         if self.row_adapters is not None:
@@ -152,6 +161,7 @@ class ModelRunner:
             return out.logits[:, -1].float(), state, [[start]] * len(jobs), [1] * len(jobs)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
         kwargs[self.cache_kwarg] = cache = DynamicCache()
+        kwargs.update(self._last_logits_only(jobs))
         out = self.loaded.model(**inputs, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         lengths = mask.sum(-1).tolist()
         keep_prompt_scores(jobs, out.logits)
@@ -173,9 +183,23 @@ class ModelRunner:
         positions = torch.arange(virtual, length, device=self.device).unsqueeze(0)
         kwargs = self._adapter_kwargs([job.adapter])
         kwargs[self.cache_kwarg] = cache
+        kwargs.update(self._last_logits_only([job]))
         out = self.loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         keep_prompt_scores([job], out.logits)
         return out.logits[:, -1].float(), BatchState(cache, mask), [list(job.prompt_ids)], [length]
+
+    def _last_logits_only(self, jobs: list[Job]) -> dict:
+        """`logits_to_keep=1` where the model takes it and no job scores its prompt: the output layer then runs on
+        each row's last position only, as `model.generate` runs it (on a small model, the output layer over every
+        prompt position costs as much as the rest of the prefill)."""
+        if self.keeps_logits is None:
+            import inspect
+
+            forward = unwrap_peft(self.loaded.model).forward
+            self.keeps_logits = "logits_to_keep" in inspect.signature(forward).parameters
+        if not self.keeps_logits or any(job.params.echo and job.params.logprobs is not None for job in jobs):
+            return {}
+        return {"logits_to_keep": 1}
 
     def _decoder_start(self) -> int:
         model = self.loaded.model

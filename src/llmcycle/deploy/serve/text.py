@@ -23,6 +23,7 @@ class TextTracker:
     sent: str = ""
     text: str = ""
     stops_from: int = 0  # a stop sequence counts only if it ends past this many characters (min_tokens)
+    streaming: bool = True  # False: the text is wanted whole, at the end (offline runs), so nothing is decoded before
 
     def push(self, token: int | None, final: bool, stops: bool = True) -> tuple[str, bool]:
         """Add `token` (None adds nothing, e.g. for EOS) and return (text to send now, stopped by a stop sequence).
@@ -30,6 +31,8 @@ class TextTracker:
         With `stops` false (before min_tokens), stop sequences in the text so far never end it."""
         if token is not None:
             self.tokens.append(token)
+        if not (final or self.streaming or self.stop):
+            return "", False
         raw = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         if not stops:
             self.stops_from = len(raw)
