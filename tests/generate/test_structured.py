@@ -32,7 +32,7 @@ def sample(grammars, tokenizer, constraint, seed: int, steps: int = 120) -> tupl
     for _ in range(steps):
         scores = torch.randn(1, grammars.vocab_size, generator=generator) * 2
         scores[0, tokenizer.eos_token_id] += 4  # so rows end soon where the grammar allows it
-        matcher.mask(scores)
+        scores = matcher.mask(scores)
         token = int(torch.multinomial(torch.softmax(scores, -1), 1, generator=generator))
         if token == tokenizer.eos_token_id:
             assert matcher.complete

@@ -20,6 +20,7 @@ from functools import lru_cache
 import torch
 
 MAX_COMPILED = 256  # compiled constraints kept per model
+PARALLEL_ROWS = 16  # from this many constrained rows on, their masks are filled by llguidance's thread pool
 JSON_DEFAULTS = {"whitespace_flexible": False}
 """No optional whitespace in generated JSON: `{"a":1}`, never `{ "a": 1 }`."""
 
@@ -80,6 +81,7 @@ def _grammar_from_schema(schema_json: str) -> str:
 
 def _llguidance():
     import llguidance
+    import llguidance.torch  # noqa: F401  (the bitmask helpers, as llguidance.torch)
 
     return llguidance
 
@@ -98,6 +100,23 @@ class Grammars:
         self.tokenizer = llguidance.hf.from_tokenizer(_without_prefix_space(tokenizer), n_vocab=vocab_size)
         self._checked: dict[str, str] = {}
         self._compiled: dict = {}  # grammar -> llguidance.LLMatcher at its start, copied for each row
+        self._executor = None  # llguidance's thread pool, made on first use
+
+    def mask(self, matchers: list[RowMatcher], scores: torch.Tensor) -> torch.Tensor:
+        """`scores` (rows, vocab), row i under matchers[i], with every token that would break its grammar at -inf
+        (a copy). The rows' masks are filled in parallel by llguidance's thread pool, as vLLM fills them, and
+        applied in one call."""
+        llguidance = _llguidance()
+        bitmask = llguidance.torch.allocate_token_bitmask(len(matchers), self.vocab_size)
+        if len(matchers) < PARALLEL_ROWS:  # handing a few rows to the pool costs more than it saves
+            for index, row in enumerate(matchers):
+                llguidance.torch.fill_next_token_bitmask(row.matcher, bitmask, index)
+        else:
+            if self._executor is None:
+                self._executor = llguidance.LLExecutor()
+            llguidance.torch.fill_next_token_bitmask_par(self._executor, [(m.matcher, i) for i, m in enumerate(matchers)], bitmask)
+        allowed = unpack_bitmask(bitmask.to(scores.device), scores.shape[-1])
+        return scores.masked_fill(~allowed, float("-inf"))
 
     def check(self, constraint: Constraint) -> None:
         """Raise ConstraintError naming what the engine cannot enforce (an unimplemented schema keyword, ...)."""
@@ -121,22 +140,31 @@ class Grammars:
         return RowMatcher(self, compiled.deep_copy())
 
 
+BIT_SHIFTS: dict = {}  # device -> (32,) shifts, made once
+
+
+def unpack_bitmask(bitmask: torch.Tensor, width: int) -> torch.Tensor:
+    """(rows, words) int32 bitmask, bit j of word i allowing token 32 i + j -> (rows, width) booleans.
+
+    Unpacked with plain tensor ops: llguidance's own `apply_token_bitmask_inplace` on a CPU runs a torch.compile'd
+    kernel whose first call compiles for seconds, in the middle of a server's first constrained request."""
+    shifts = BIT_SHIFTS.get(bitmask.device)
+    if shifts is None:
+        shifts = BIT_SHIFTS[bitmask.device] = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # (rows, words, 32)
+    return bits.view(bitmask.shape[0], -1)[:, :width].bool()
+
+
 class RowMatcher:
     """One row's place in its grammar: masks the next token's scores, follows the tokens chosen."""
 
     def __init__(self, grammars: Grammars, matcher):
-        import llguidance.torch
-
-        self._torch = llguidance.torch
+        self.grammars = grammars
         self.matcher = matcher  # an llguidance.LLMatcher of the row's own
-        self.bitmask = llguidance.torch.allocate_token_bitmask(1, grammars.vocab_size)
 
     def mask(self, scores: torch.Tensor) -> torch.Tensor:
-        """(1, vocab) scores with every token that would break the grammar at -inf (in place, on the CPU)."""
-        self._torch.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
-        cpu = scores if scores.device.type == "cpu" else scores.cpu()
-        self._torch.apply_token_bitmask_inplace(cpu, self.bitmask)
-        return cpu if cpu is scores else scores.copy_(cpu)
+        """(1, vocab) scores with every token that would break the grammar at -inf (a copy)."""
+        return self.grammars.mask([self], scores)
 
     def accept(self, token: int) -> None:
         if not self.matcher.consume_token(token):

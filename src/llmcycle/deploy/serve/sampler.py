@@ -55,23 +55,34 @@ class Sampler:
 
     @torch.inference_mode()
     def next_tokens(self, rows: list, logits: torch.Tensor) -> list[int]:
-        """One token per row (each with `.sampling` and `.history`, the ids its processors see) from (rows, vocab)."""
-        if all(row.sampling.generator is None and not row.sampling.processors and row.sampling.matcher is None
-               for row in rows):
-            return logits.argmax(dim=-1).tolist()
-        tokens = []
-        for row, scores in zip(rows, logits):
-            generator = row.sampling.generator
-            history = torch.tensor([row.history], dtype=torch.long, device=scores.device)
-            scores = self._scores(row, history, scores.unsqueeze(0))
-            if generator is None:
-                tokens.append(int(scores.argmax(dim=-1)))
-            else:
-                probs = torch.softmax(scores, dim=-1)
-                tokens.append(int(torch.multinomial(probs, 1, generator=generator)))
-            if row.sampling.matcher is not None:
-                row.sampling.matcher.accept(tokens[-1])
+        """One token per row (each with `.sampling` and `.history`, the ids its processors see) from (rows, vocab).
+
+        Rows under a grammar are masked together; greedy rows with no processors then take an argmax over the batch,
+        and only rows that sample or have processors are handled one by one."""
+        masked = self._grammar_masked(rows, logits)
+        tokens = masked.argmax(dim=-1).tolist()
+        for index, row in enumerate(rows):
+            sampling = row.sampling
+            if sampling.processors or sampling.generator is not None:
+                history = torch.tensor([row.history], dtype=torch.long, device=logits.device)
+                scores = self._scores(row, history, masked[index : index + 1])
+                if sampling.generator is None:
+                    tokens[index] = int(scores.argmax(dim=-1))
+                else:
+                    probs = torch.softmax(scores, dim=-1)
+                    tokens[index] = int(torch.multinomial(probs, 1, generator=sampling.generator))
+            if sampling.matcher is not None:
+                sampling.matcher.accept(tokens[index])
         return tokens
+
+    def _grammar_masked(self, rows: list, logits: torch.Tensor) -> torch.Tensor:
+        """The logits with each constrained row's disallowed tokens at -inf (a copy where any row is constrained)."""
+        constrained = [index for index, row in enumerate(rows) if row.sampling.matcher is not None]
+        if not constrained:
+            return logits
+        masked = logits.clone()  # the logits are the whole batch's, read again for log-probabilities
+        masked[constrained] = self.grammars().mask([rows[i].sampling.matcher for i in constrained], logits[constrained])
+        return masked
 
     def grammars(self) -> Grammars:
         """The model's vocabulary for structured outputs, made on first use; its width is the logits' (which may
@@ -84,18 +95,16 @@ class Sampler:
             return self._grammars
 
     @staticmethod
-    def _scores(row, history: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """A row's (1, vocab) scores through its grammar's mask, then its processors.
+    def _scores(row, history: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """A row's (1, vocab) scores, already through its grammar's mask, through its processors.
 
         The mask comes first, as vLLM applies it: top-k and top-p then choose among allowed tokens only, where
         cutting first could leave none. Should a processor take the last allowed token away (min_tokens holding
         back the EOS that alone ends a grammar), the masked scores stand."""
-        processors, matcher = row.sampling.processors, row.sampling.matcher
-        if matcher is not None:
-            scores = matcher.mask(scores.clone())  # the logits are the whole batch's: mask a copy
-        processed = processors(history, scores) if processors else scores
-        if matcher is not None and not torch.isfinite(processed).any():
-            return scores
+        processors = row.sampling.processors
+        processed = processors(history, masked.clone()) if processors else masked
+        if row.sampling.matcher is not None and not torch.isfinite(processed).any():
+            return masked
         return processed
 
     @staticmethod

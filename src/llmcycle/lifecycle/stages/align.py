@@ -4,7 +4,8 @@
 - align: {name: lora+ppo, from: lora, reward: [toxicity], max_steps: 20}    # the LoRA adapter keeps training
 - align: {name: dpo, method: dpo, from: lora, data: prefs.jsonl, beta: 0.1}  # DPO on preference rows
 ```
-Its other options are `llmcycle align`'s (PPOConfig or DPOConfig). An adapter variant keeps training its adapter,
+PPO samples from the recipe's training prompts, or from `data` (a file or a synth spec; only its prompts are read),
+so a run can give PPO prompts where the behaviour it should unlearn shows. Its other options are `llmcycle align`'s (PPOConfig or DPOConfig). An adapter variant keeps training its adapter,
 against itself as it was; without `from`, the recipe's model is aligned.
 """
 
@@ -49,9 +50,9 @@ def check_align(options: dict, where: str, names: set, source: str) -> None:
     if start is not None and start not in names:
         raise UserError(f"{where} (align): 'from: {start}' names no earlier variant ({', '.join(sorted(names))})")
     cls, fields_ = align_config(options, where)
-    if cls is DPOConfig:
-        if "data" not in options:
-            raise UserError(f"{where} (align): method dpo needs data: preference rows (prompt, chosen, rejected)")
+    if cls is DPOConfig and "data" not in options:
+        raise UserError(f"{where} (align): method dpo needs data: preference rows (prompt, chosen, rejected)")
+    if "data" in options:
         check_data_spec(options["data"], source or where, f"{where} (align)")
     cls(**fields_, model="m", data="d", out="o").validate()
 
@@ -66,7 +67,8 @@ def run_align(run: Run, step: Step, folder: Path) -> None:
         if run.smoke:
             cfg.max_steps, cfg.batch_size, cfg.save_every = SMOKE_STEPS, 4, None
     else:
-        cfg, train = cls(**fields_, model=source, data=run.train, out=str(folder / "run"), template=run.recipe.template), ppo
+        prompts = run.data_file(f"{step.folder}-prompts", step.options["data"]) if "data" in step.options else run.train
+        cfg, train = cls(**fields_, model=source, data=prompts, out=str(folder / "run"), template=run.recipe.template), ppo
         if run.smoke:
             cfg.max_steps, cfg.batch_size, cfg.mini_batch_size, cfg.save_every = SMOKE_STEPS, 4, 2, None
     start_afresh(folder / "run")
