@@ -119,6 +119,7 @@ def test_an_interrupted_run_continues_from_the_first_incomplete_stage(tiny_t5, l
     ([{"finetune": {"name": "a", "data": "x.jsonl"}}], "'data' comes from the recipe"),
     ([{"align": {"from": "nothing", "reward": ["toxicity"]}}], "'from: nothing' names no earlier variant"),
     ([{"align": {"method": "dpo", "beta": 0.1}}], "method dpo needs data"),
+    ([{"align": {"reward": ["toxicity"], "data": {"task": "nothing"}}}], "unknown task 'nothing'"),  # PPO's prompts
     ([{"align": {"method": "sft"}}], "method must be ppo or dpo"),
     ([{"eval": {"verbose": True}}], "takes no options"),
     ([{"finetune": {"name": "a"}}, {"finetune": {"name": "a"}}], "variant name 'a' is used twice"),
