@@ -45,7 +45,9 @@ build() {  # [TUNE=finetune flags] build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH
         fi
     fi
     python -c 'import sys; from llmcycle.evaluate.induction import copy_ratio
-print(f"{sys.argv[1]}: copy ratio {copy_ratio(sys.argv[1]):.2f} (well under 0.5: it copies from its context)")' "$base/model"
+ratio = copy_ratio(sys.argv[1])
+verdict = "it copies from its context" if ratio < 0.5 else "it does not copy from its context; one that does is well under 0.5"
+print(f"{sys.argv[1]}: copy ratio {ratio:.2f} ({verdict})")' "$base/model"
     rm -rf "$dir/instruct"
     # 512 tokens: the longest rows are reading passages laid out as `rag ask` lays them out (at most about 460)
     llmcycle finetune --model "$base/model" --data "$WORK/instruct-train.jsonl" \
