@@ -104,8 +104,8 @@ class Grammars:
 
     def mask(self, matchers: list[RowMatcher], scores: torch.Tensor) -> torch.Tensor:
         """`scores` (rows, vocab), row i under matchers[i], with every token that would break its grammar at -inf
-        (a copy). The rows' masks are filled in parallel by llguidance's thread pool, as vLLM fills them, and
-        applied in one call."""
+        (a copy). From PARALLEL_ROWS rows on, llguidance's thread pool fills the rows' masks in parallel, as vLLM
+        fills them; below that, in turn (the hand-off to the pool costs more than a few masks). One call applies them."""
         llguidance = _llguidance()
         bitmask = llguidance.torch.allocate_token_bitmask(len(matchers), self.vocab_size)
         if len(matchers) < PARALLEL_ROWS:  # handing a few rows to the pool costs more than it saves

@@ -5,8 +5,9 @@
 - align: {name: dpo, method: dpo, from: lora, data: prefs.jsonl, beta: 0.1}  # DPO on preference rows
 ```
 PPO samples from the recipe's training prompts, or from `data` (a file or a synth spec; only its prompts are read),
-so a run can give PPO prompts where the behaviour it should unlearn shows. Its other options are `llmcycle align`'s (PPOConfig or DPOConfig). An adapter variant keeps training its adapter,
-against itself as it was; without `from`, the recipe's model is aligned.
+so a run can give PPO prompts where the behaviour it should unlearn shows. Its other options are `llmcycle align`'s
+(PPOConfig or DPOConfig). An adapter variant keeps training its adapter, against itself as it was; without `from`,
+the recipe's model is aligned.
 """
 
 from __future__ import annotations
