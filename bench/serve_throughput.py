@@ -255,7 +255,8 @@ def check_schema(kind: str, texts: list[str], share: float) -> None:
             continue  # cut by max_tokens
     for value in parsed:
         jsonschema.validate(value, SCHEMA)
-    print(f"{kind}: {len(parsed)}/{len(rows)} JSON-schema rows complete within max_tokens, every one valid; "
+    checked = "every one validates" if parsed else "so none could be checked"
+    print(f"{kind}: {len(parsed)}/{len(rows)} JSON-schema rows complete within max_tokens, {checked}; "
           f"the first: {rows[0]!r}", file=sys.stderr)
 
 
