@@ -19,12 +19,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import torch
-
 from ..console import progress
 from ..deploy.serve.engine import Engine
 from ..deploy.serve.jobs import Event, Failed, Finished, Job, TextDelta
-from ..deploy.serve.models import LORA_TYPES, PREFIX_TYPES, Adapter, ServedModels
+from ..deploy.serve.models import (
+    LORA_TYPES,
+    PREFIX_TYPES,
+    Adapter,
+    ServedModels,
+    prompt_of,
+)
 from ..deploy.serve.protocol import SamplingParams
 from ..errors import UserError
 from ..models import LoadedModel
@@ -64,18 +68,15 @@ def served_as_loaded(loaded: LoadedModel) -> ServedModels:
     return ServedModels(loaded, loaded.name, name, adapters={name: adapter})
 
 
-@torch.no_grad()
 def _prompt_adapter(loaded: LoadedModel, adapter: Adapter) -> Adapter:
     """The virtual tokens (or per-layer key/value prefix) of the model's active prompt-learning adapter."""
-    prompts = loaded.model.get_prompt(batch_size=1)
     if adapter.peft_type in PREFIX_TYPES:
         if loaded.is_encoder_decoder:
             raise UserError("generating with a prefix-tuning adapter on an encoder-decoder model is not supported; "
                             "merge it first (llmcycle merge) or use LoRA or prompt tuning")
-        adapter.prefix = [(layer.keys.detach().clone(), layer.values.detach().clone()) for layer in prompts.layers]
+        adapter.prefix = prompt_of(loaded.model, prefix=True)
     else:
-        virtual = loaded.model.peft_config[adapter.name].num_virtual_tokens
-        adapter.prompt = prompts[0, :virtual].detach().clone()  # encoder-decoder models put only this before the input
+        adapter.prompt = prompt_of(loaded.model, prefix=False)
     return adapter
 
 

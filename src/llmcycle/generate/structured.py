@@ -81,7 +81,7 @@ def _grammar_from_schema(schema_json: str) -> str:
 
 def _llguidance():
     import llguidance
-    import llguidance.torch  # noqa: F401  (the bitmask helpers, as llguidance.torch)
+    import llguidance.torch  # makes llguidance.torch (the bitmask helpers) an attribute
 
     return llguidance
 
@@ -140,17 +140,12 @@ class Grammars:
         return RowMatcher(self, compiled.deep_copy())
 
 
-BIT_SHIFTS: dict = {}  # device -> (32,) shifts, made once
-
-
 def unpack_bitmask(bitmask: torch.Tensor, width: int) -> torch.Tensor:
     """(rows, words) int32 bitmask, bit j of word i allowing token 32 i + j -> (rows, width) booleans.
 
     Unpacked with plain tensor ops: llguidance's own `apply_token_bitmask_inplace` on a CPU runs a torch.compile'd
     kernel whose first call compiles for seconds, in the middle of a server's first constrained request."""
-    shifts = BIT_SHIFTS.get(bitmask.device)
-    if shifts is None:
-        shifts = BIT_SHIFTS[bitmask.device] = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    shifts = torch.arange(32, dtype=torch.int32, device=bitmask.device)
     bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # (rows, words, 32)
     return bits.view(bitmask.shape[0], -1)[:, :width].bool()
 

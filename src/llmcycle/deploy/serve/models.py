@@ -131,13 +131,19 @@ def read_prompt(loaded: LoadedModel, path: str, prefix: bool):
 
     try:
         wrapper = PeftModel.from_pretrained(loaded.model, str(adapter_folder(path)), adapter_name="reader")
-        with torch.no_grad():
-            prompts = wrapper.get_prompt(batch_size=1)
+        return prompt_of(wrapper, prefix)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"cannot load prompt adapter {path}: {' '.join(str(exc).split())[:300]}") from exc
+
+
+@torch.no_grad()
+def prompt_of(wrapper, prefix: bool):
+    """The virtual-token embeddings (tokens, hidden) of a peft prompt-learning wrapper's active adapter, or for
+    prefix tuning its per-layer (keys, values) prefix."""
+    prompts = wrapper.get_prompt(batch_size=1)
     if prefix:  # a transformers cache holding the prefix
         return [(layer.keys.detach().clone(), layer.values.detach().clone()) for layer in prompts.layers]
-    virtual = wrapper.peft_config["reader"].num_virtual_tokens
+    virtual = wrapper.active_peft_config.num_virtual_tokens
     return prompts[0, :virtual].detach().clone()  # encoder-decoder models put only the first part before the input
 
 
