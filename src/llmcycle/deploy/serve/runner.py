@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ...models import cache_argument, unwrap_peft
-from .batch import BatchState, merge, pad_sequences, select
+from .batch import BatchState, GrowingCache, merge, pad_sequences, select
 from .jobs import Job
 from .logprobs import raw_logprobs
 from .models import BASE_ROW, Adapter, ServedModels
@@ -155,12 +155,12 @@ class ModelRunner:
         if self.loaded.is_encoder_decoder:
             start = self._decoder_start()
             decoder_ids = torch.full((len(jobs), 1), start, dtype=torch.long, device=self.device)
-            kwargs[self.cache_kwarg] = cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            kwargs[self.cache_kwarg] = cache = EncoderDecoderCache(GrowingCache(), DynamicCache())
             out = self.loaded.model(**inputs, attention_mask=mask, decoder_input_ids=decoder_ids, use_cache=True, **kwargs)
             state = BatchState(cache, torch.ones_like(decoder_ids), out.encoder_last_hidden_state, mask)
             return out.logits[:, -1].float(), state, [[start]] * len(jobs), [1] * len(jobs)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its first real token
-        kwargs[self.cache_kwarg] = cache = DynamicCache()
+        kwargs[self.cache_kwarg] = cache = GrowingCache()
         kwargs.update(self._last_logits_only(jobs))
         out = self.loaded.model(**inputs, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
         lengths = mask.sum(-1).tolist()
@@ -171,9 +171,7 @@ class ModelRunner:
     def _prefill_prefixed(self, job: Job) -> Prefilled:
         """A prefix-tuning prompt: the cache starts as the adapter's per-layer key/value prefix, and positions count
         the virtual tokens (as peft's forward has them)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
+        cache = GrowingCache()
         for layer, (keys, values) in enumerate(job.adapter.prefix):
             cache.update(keys.clone(), values.clone(), layer)
         ids = torch.tensor([job.prompt_ids], dtype=torch.long, device=self.device)
