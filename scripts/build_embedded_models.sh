@@ -27,14 +27,14 @@ data() {  # the shared data: corpus (+ copying documents), the instruction mix (
     llmcycle synth --task instruct --rows 200 --seed 102 --out "$WORK/instruct-test.jsonl"
 }
 
-build() {  # [TUNE=finetune flags] build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS [INFILL_EPOCHS] (chunk x batch = 4,096 tokens a step)
+build() {  # [PRETRAIN=pretrain flags] [TUNE=finetune flags] build KIND LAYERS HIDDEN HEADS LR CHUNK BATCH EPOCHS [INFILL_EPOCHS] (chunk x batch = 4,096 tokens a step)
     local kind=$1 dir=$WORK/$1 target=src/llmcycle/assets/$1 infill=${9:-0}
     local start=$SECONDS base=$dir/pretrained
     if [ -f "$dir/pretrained/model/config.json" ]; then
         echo "reusing $dir/pretrained (delete it to pre-train again)"
     else
         llmcycle pretrain --corpus "$WORK/corpus.txt" --arch "$kind" --layers "$2" --hidden "$3" --heads "$4" \
-            --vocab-size 4000 --max-length "$6" --batch-size "$7" --epochs "$8" --lr "$5" --seed 0 --out "$dir/pretrained"
+            --vocab-size 4000 --max-length "$6" --batch-size "$7" --epochs "$8" --lr "$5" --seed 0 --out "$dir/pretrained" ${PRETRAIN:-}
     fi
     if [ "$infill" -gt 0 ]; then  # continued pre-training on BART's text infilling: the decoder writes each chunk back
         base=$dir/infilled
@@ -71,9 +71,10 @@ for kind in $KINDS; do
         t5) TUNE="--batch-size 32" build t5 4 192 4 2e-3 128 32 2 2 ;;  # relative positions: 128-token chunks carry
             # over to longer inputs; span corruption alone left it unable to copy names from its input, and text
             # infilling taught it (2 epochs over this corpus: as many tokens as 3.5 over the one without copying documents)
-        llama) TUNE="--batch-size 8 --packing" build llama 6 256 4 2e-3 512 8 1 ;;  # rotary positions: train on the
-            # lengths it will read (RAG prompts reach 500 tokens); packed rows: no padding computed. More epochs do not
-            # make it copy: on this corpus its copy ratio stayed at 1.00 through 4.2 epochs (checked on a GPU)
+        llama) PRETRAIN="--copy-warmup-steps 300" TUNE="--batch-size 8 --packing" build llama 6 256 4 2e-3 512 8 1 ;;
+            # rotary positions: train on the lengths it will read (RAG prompts reach 500 tokens); packed rows: no
+            # padding computed. Next-token prediction alone never made it copy (its copy ratio stayed at 1.00 through
+            # 4.2 epochs of this corpus, checked on a GPU); the copying warm-up (train/copy_warmup.py) forms the heads
         *) echo "unknown kind '$kind': use t5, llama or all" >&2; exit 2 ;;
     esac
 done

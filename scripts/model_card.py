@@ -104,8 +104,8 @@ def build_section(kind: str, work: Path, seconds: float | None, shared: bool) ->
    copying pay off: 8,000 in which a random sequence (words, made-up words, codes, names, numbers) comes back
    later, which only copying predicts, and 4,000 reading passages, whose made-up names recur; {pre['corpus_tokens']:,} tokens.
 2. `llmcycle pretrain --arch {kind} --layers {pre_cfg['layers']} --hidden {pre_cfg['hidden']} --heads {pre_cfg['heads']} \
---vocab-size {pre_cfg['vocab_size']} --max-length {pre_cfg['max_length']} --batch-size {pre_cfg['batch_size']} --epochs {pre_cfg['epochs']} --lr {pre_cfg['lr']}`:
-   a byte-level BPE tokenizer trained on the corpus, then {ARCH[kind][2]} for {pre['steps']} steps,
+--vocab-size {pre_cfg['vocab_size']} --max-length {pre_cfg['max_length']} --batch-size {pre_cfg['batch_size']} --epochs {pre_cfg['epochs']} --lr {pre_cfg['lr']}{warmup_flag(pre_cfg)}`:
+   a byte-level BPE tokenizer trained on the corpus, {warmup_text(pre)}then {ARCH[kind][2]} for {pre['steps']} steps,
    {pre['tokens_seen']:,} tokens seen; loss {pre['first_loss']:.2f} -> {pre['final_loss']:.2f}; {pre['wall_time_s'] / 60:.1f} minutes.{infill}
 {3 + after}. `llmcycle synth --task instruct --rows {rows} --seed 101`: multi-task instruction data, FLAN-style,
    several phrasings per task:
@@ -118,6 +118,20 @@ Dialogue summarisation ("Summarize the following conversation") is never among i
 quickstart fine-tunes it for, so that fine-tuning has something to add. The closest skill it was taught is
 narrate (one speaker's part, one sentence); a summary needs every part, in order, with the insults first.
 """
+
+
+def warmup_flag(cfg: dict) -> str:
+    return f" --copy-warmup-steps {cfg['copy_warmup_steps']}" if cfg.get("copy_warmup_steps") else ""
+
+
+def warmup_text(metrics: dict) -> str:
+    """The copying warm-up's line (train/copy_warmup.py), from the pre-training run's record; '' without one."""
+    warm = metrics.get("copy_warmup")
+    if not warm:
+        return ""
+    return (f"the copying warm-up ({warm['steps']} steps on random sequences each repeated, with targets for where a\n"
+            f"   previous-token head and an induction head attend; copy ratio {warm['copy_ratio_before']:.2f} -> "
+            f"{warm['copy_ratio_after']:.2f}; {warm['seconds'] / 60:.1f} minutes),\n   ")
 
 
 def mix_lines(rows: int) -> str:

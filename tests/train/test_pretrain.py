@@ -203,6 +203,27 @@ def test_tiny_gpt2_learns_by_next_token_prediction(corpus_file, tmp_path):
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2" / "model").config.n_positions == 128
 
 
+@pytest.mark.slow
+def test_copying_warm_up_forms_a_previous_token_head_and_is_recorded(corpus_file, tmp_path):
+    """The warm-up's head targets are met (its previous-token head forms first, within tens of steps), and
+    metrics.json and the summary carry its record; the model then pre-trains as usual and loads in transformers."""
+    from transformers import AutoModelForCausalLM
+
+    metrics = pretrain(PretrainConfig(corpus=str(corpus_file), out=str(tmp_path / "llama"), arch="llama", max_steps=2,
+                                      copy_warmup_steps=50, lr=1e-2, **TINY))
+    warm = metrics["copy_warmup"]
+    assert warm["steps"] == 50 and warm["final_losses"]["previous_head"] < 0.5  # from ln(position) at the start
+    assert 0 < warm["copy_ratio_after"] and 0 < warm["copy_ratio_before"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "llama" / "model").config.rope_parameters["rope_theta"] == 1e6
+
+
+def test_induction_targets_point_after_the_previous_occurrence():
+    from llmcycle.train.copy_warmup import induction_targets
+
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7, 5]])
+    assert induction_targets(ids).tolist() == [[-1, -1, -1, 1, 2, 3, 4]]
+
+
 def test_continuing_a_model_without_sentinels_adds_them(t5_dir, gpt2_dir, corpus_file, tmp_path):
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -248,6 +269,8 @@ def test_a_resumed_run_ends_with_the_same_weights(t5_run, tmp_path):
     ({"arch": "gpt2", "max_length": 256}, "longer than --context"),
     ({"arch": "rnn"}, "unknown --arch 'rnn'; use one of t5, bart, gpt2, llama"),
     ({"batch_size": 0}, "--batch-size"),
+    ({"copy_warmup_steps": 5}, "--copy-warmup-steps is for decoder-only models"),
+    ({"copy_warmup_steps": -1}, "--copy-warmup-steps"),
 ])
 def test_bad_input_is_a_one_line_error_and_writes_nothing(changes, message, corpus_file, tmp_path):
     (tmp_path / "empty.txt").write_text("\n  \n")

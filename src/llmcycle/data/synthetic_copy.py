@@ -16,8 +16,9 @@ anyway, and the embedded Llama came out of pre-training unable to copy at all. S
 Measured (evaluate/induction.py's copy ratio, 1.00 = no copying): at the embedded Llama's scale (6 layers,
 hidden 256) these documents are not enough. With 5,000 repeats among 40,000 documents, one epoch left it at
 1.00; with 8,000 among 42,000 it stayed at 1.00 through 4.2 epochs (2,275 steps of 4,096 tokens). Induction
-heads form after a plateau that, on varied text, outlasts a CPU budget; the fine-tuning tasks that copy
-(`copy`, `reading`, `extract`) teach copying from the prompt directly.
+heads form after a plateau that, on varied text, outlasts a CPU budget. The build now forms them first
+(`pretrain --copy-warmup-steps`, train/copy_warmup.py); these documents make copying pay off afterwards, and the
+fine-tuning tasks that copy (`copy`, `reading`, `extract`) teach copying from the prompt directly.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ one (continued pre-training) or one built from a config with a tokenizer trained
   inputs as an uninterrupted one.
 - Decoder-only (GPT-2, Llama, ...): next-token prediction; or, with objective text-infilling, each row is the
   noisy chunk, EOS, then the chunk itself, with the loss on the chunk only (mixed: half the chunks so, half plain
-  next-token prediction). Reproducing a sequence seen a moment earlier is the task of the attention heads that
-  copy from a prompt (induction heads). Next-token prediction on this project's small corpus never formed them in
-  the embedded Llama (on a random sequence repeated twice, the second copy's loss was no lower than the first's),
-  and neither did one epoch of this objective (bench/RESULTS.md): offered for longer runs, not shown to work at
-  that size. Chunks are then (max_length - 2) / 2 tokens, so that a row fits max_length.
+  next-token prediction). Chunks are then (max_length - 2) / 2 tokens, so that a row fits max_length.
+  Copying from the context is the task of induction heads. Next-token prediction on this project's small corpus
+  never formed them in the embedded Llama (on a random sequence repeated twice, the second copy's loss was no
+  lower than the first's), and neither did one epoch of text infilling (bench/RESULTS.md). `copy_warmup_steps`
+  runs copy_warmup.py's warm-up first, which forms them by supervising two heads.
 The corpus is tokenised once and packed into chunks of max_length tokens, documents separated by EOS (as T5
 and GPT-2 were trained), so batches are full and nothing is padded. The loop is finetune.py's: AdamW, warm-up
 then linear decay, clipping, checkpoints that resume exactly, log.jsonl and metrics.json.
@@ -42,6 +42,7 @@ from ..config import above, at_least, check_fields
 from ..console import note
 from ..errors import UserError
 from ..models import CONTEXT_WINDOW_ATTRS, load_base, locate
+from .copy_warmup import copy_warmup
 from .distributed import Distributed, DistributedSettings
 from .finetune import train_step
 from .run import Optimization, StepResult, Trainer, peak_memory_bytes, run_training, summary_table
@@ -104,6 +105,9 @@ class PretrainConfig(RunSettings, DistributedSettings):
     papers' values)."""
     mean_span_length: float = at_least(3.0, 1)
     """Mean length of a masked span."""
+    copy_warmup_steps: int = at_least(0, 0)
+    """Decoder-only: steps of the copying warm-up before pre-training (copy_warmup.py: repeated random sequences,
+    with targets for where two heads attend, so that the model copies from its context); 0 skips it."""
     log_every: int = at_least(1, 1)
     """Write a log.jsonl line every N steps."""
 
@@ -117,6 +121,8 @@ class PretrainConfig(RunSettings, DistributedSettings):
                 raise UserError(f"--vocab-size must be at least 400 for {self.arch} (100 of it are sentinel tokens)")
             if self.objective == "span-corruption" and self.arch not in ENCODER_DECODER:
                 raise UserError(f"--objective span-corruption is for encoder-decoder models (t5, bart); {self.arch} takes text-infilling or mixed")
+            if self.copy_warmup_steps and self.arch in ENCODER_DECODER:
+                raise UserError(f"--copy-warmup-steps is for decoder-only models (gpt2, llama), not {self.arch}")
             if self.max_length > self.context:
                 raise UserError(f"--max-length {self.max_length} is longer than --context {self.context}")
         self.validate_distributed()
@@ -309,6 +315,9 @@ class PretrainTrainer(Trainer):
         if cfg.objective == "span-corruption" and not self.is_seq2seq:
             raise UserError(f"--objective span-corruption is for encoder-decoder models; this {model.config.model_type} "
                             "model is decoder-only (it takes text-infilling or mixed)")
+        self.warmup = None
+        if cfg.copy_warmup_steps and not self.resuming:  # a resumed run's weights hold the warm-up already
+            self.warmup = copy_warmup(model, self.tokenizer, cfg.copy_warmup_steps, cfg.learning_rate, cfg.seed)
         chunks, self.corpus_tokens = pack_corpus(texts, self.tokenizer, chunk_length(cfg, self.is_seq2seq))
         if not chunks:
             raise UserError(f"corpus {cfg.corpus} has fewer than 2 tokens")
@@ -350,12 +359,15 @@ class PretrainTrainer(Trainer):
             "tokens_seen": state["tokens"], "tokens_per_second": state["tokens"] / max(state["train_seconds"], 1e-9),
             "wall_time_s": state["train_seconds"], "total_params": self.total_params, "corpus_documents": self.documents,
             "corpus_tokens": self.corpus_tokens, "peak_memory_bytes": peak_memory_bytes(next(self.model.parameters()).device),
+            **({"copy_warmup": self.warmup} if self.warmup else {}),
         }
 
     def summary(self, metrics: dict, weights_dir: Path) -> None:
         summary_table("pre-training", [
             ("objective", f"{metrics['objective']} ({metrics['model_type']})"),
             ("parameters", f"{metrics['total_params']:,}"),
+            *([("copying warm-up", f"{warm['steps']} steps, copy ratio {warm['copy_ratio_before']:.2f} -> "
+                                   f"{warm['copy_ratio_after']:.2f}")] if (warm := metrics.get("copy_warmup")) else []),
             ("loss", f"{metrics['first_loss']:.4f} -> {metrics['final_loss']:.4f} (mean of the last steps)"),
             ("steps (epochs)", f"{metrics['steps']} ({metrics['epochs']:g})"),
             ("tokens seen", f"{metrics['tokens_seen']:,}"),

@@ -91,6 +91,8 @@ class Trainer:
     trainable_params: int = 0
     total_params: int = 0
     run_out: Path | None = None
+    resuming: bool = False
+    """Whether `build`'s model will be overwritten by a checkpoint's weights."""
 
     def __init__(self, cfg, dist: Distributed):
         self.cfg, self.dist = cfg, dist
@@ -180,6 +182,7 @@ def set_up(trainer: Trainer, resume_from: Path | None) -> None:
     seed, dist = trainer.cfg.seed, trainer.dist
     torch.manual_seed(seed)  # the same initial weights on every process
     np.random.seed(seed)
+    trainer.resuming = resume_from is not None
     model = trainer.build()
     saved = getattr(model, trainer.save_within) if trainer.save_within else model
     if resume_from is not None:  # into the whole model, before any sharding

@@ -124,7 +124,10 @@ def build_model(spec: ScratchSpec, tokenizer):
     config = tf.LlamaConfig(
         vocab_size=vocab, hidden_size=spec.hidden, intermediate_size=spec.hidden * 3, num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads, num_key_value_heads=max(1, spec.heads // 2),
-        max_position_embeddings=spec.context, attention_dropout=spec.dropout, **ids,
+        max_position_embeddings=spec.context, attention_dropout=spec.dropout,
+        # slowly turning rotary dimensions let a head match content at any distance, which copying needs (Qwen2's
+        # base; Llama 3 uses 5e5, Llama 2 1e4); the copying warm-up (copy_warmup.py) was measured with it
+        rope_theta=1e6, **ids,
     )
     return tf.LlamaForCausalLM(config)
 
