@@ -12,8 +12,10 @@ PROMPTS = ["Summarize: Amy and Ben. #Person1#: can we book a table today? Summar
            "Give a short sentence describing the following product review: great shoes", "Carla"]
 
 
+@pytest.mark.parametrize("prefill_tokens", [2048, 24], ids=["one-prefill", "prefills-of-24-positions"])
 @pytest.mark.parametrize("arch", ["t5", "llama"])
-def test_greedy_equals_transformers_generate_one_prompt_at_a_time(arch, request):
+def test_greedy_equals_transformers_generate_one_prompt_at_a_time(arch, prefill_tokens, request, monkeypatch):
+    monkeypatch.setattr("llmcycle.deploy.serve.runner.PREFILL_TOKENS", prefill_tokens)
     loaded = load_model(str(request.getfixturevalue(f"{arch}_dir")))
     settings = GenerationSettings(max_new_tokens=12, batch_size=3)
     expected = []

@@ -16,6 +16,9 @@ from .jobs import Job
 from .logprobs import raw_logprobs
 from .models import BASE_ROW, Adapter, ServedModels
 
+PREFILL_TOKENS = 2048
+"""Padded prompt positions in one prefill forward. Larger ones run the activations of every layer out of the CPU's
+caches: elementwise work (GELU, norms) then costs more per token than in a one-prompt loop (bench/RESULTS.md)."""
 Prefilled = tuple[torch.Tensor, BatchState, list[list[int]], list[int]]  # logits (jobs, vocab), state, histories, lengths
 
 
@@ -135,10 +138,11 @@ class ModelRunner:
         return {"inputs_embeds": padded}, mask
 
     def _prefill_all(self, jobs: list[Job]) -> Prefilled:
-        """Prompts without a prefix in one padded forward; each prefix-tuning prompt alone, as its cache starts
-        from its adapter's prefix. `jobs` holds the prefixed ones last."""
+        """Prompts without a prefix in padded forwards of up to PREFILL_TOKENS tokens; each prefix-tuning prompt
+        alone, as its cache starts from its adapter's prefix. `jobs` holds the prefixed ones last."""
         plain = [job for job in jobs if not job.has_prefix]
-        parts = ([self._prefill(plain)] if plain else []) + [self._prefill_prefixed(job) for job in jobs[len(plain):]]
+        parts = [self._prefill(group) for group in token_groups(plain, PREFILL_TOKENS)]
+        parts += [self._prefill_prefixed(job) for job in jobs[len(plain):]]
         if len(parts) == 1:
             return parts[0]
         logits = torch.cat([part[0] for part in parts])
@@ -205,6 +209,28 @@ class ModelRunner:
         if start is None:
             start = getattr(model.config, "decoder_start_token_id", None)
         return start if start is not None else self.loaded.tokenizer.pad_token_id
+
+
+def prompt_length(job: Job) -> int:
+    """Positions of the job's prompt in a prefill: its ids and a prompt-tuning adapter's virtual tokens."""
+    prompt = job.adapter.prompt if job.adapter is not None else None
+    return len(job.prompt_ids) + (len(prompt) if prompt is not None else 0)
+
+
+def token_groups(jobs: list[Job], budget: int) -> list[list[Job]]:
+    """The jobs in order, cut into groups whose padded prompts (rows x longest) hold at most `budget` positions
+    (a longer prompt is a group alone)."""
+    groups: list[list[Job]] = []
+    longest = 0
+    for job in jobs:
+        length = prompt_length(job)
+        if groups and (len(groups[-1]) + 1) * max(longest, length) <= budget:
+            groups[-1].append(job)
+            longest = max(longest, length)
+        else:
+            groups.append([job])
+            longest = length
+    return groups
 
 
 def keep_prompt_scores(jobs: list[Job], logits: torch.Tensor) -> None:
