@@ -129,8 +129,8 @@ def warmup_text(metrics: dict) -> str:
     warm = metrics.get("copy_warmup")
     if not warm:
         return ""
-    return (f"the copying warm-up ({warm['steps']} steps on random sequences each repeated, with targets for where a\n"
-            f"   previous-token head and an induction head attend; copy ratio {warm['copy_ratio_before']:.2f} -> "
+    return (f"\n   the copying warm-up ({warm['steps']} steps on random sequences each repeated, with targets for where a "
+            f"previous-token\n   head and an induction head attend; copy ratio {warm['copy_ratio_before']:.2f} -> "
             f"{warm['copy_ratio_after']:.2f}; {warm['seconds'] / 60:.1f} minutes),\n   ")
 
 
