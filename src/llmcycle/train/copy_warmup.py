@@ -14,7 +14,7 @@ four cross-entropy terms that say what the two heads should do:
 - what they write: layer 0's attention output, read through the model's own final norm and output layer,
   predicts the previous token; layer 1's predicts the next token (the one its induction head attends to). Read
   by the model's own output layer, what the induction head writes is what the model predicts: with separate
-  read-outs instead, thrown away afterwards, the heads formed no copying in 400 steps (the copy ratio stayed 1.00).
+  read-outs instead, thrown away afterwards, the copy ratio was still 1.00 after 400 steps.
 The heads are ordinary attention heads: the model saved after pre-training is a plain transformers model.
 Measured on a 6-layer, 256-wide Llama (rope_theta 1e6): the attention targets are met after about 160 steps, and
 the copy ratio falls with them (bench/RESULTS.md has the run).
