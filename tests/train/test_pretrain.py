@@ -291,3 +291,20 @@ def test_refuses_a_used_folder_and_a_resume_without_checkpoints(corpus_file, tmp
     with pytest.raises(UserError, match="no complete checkpoint"):
         pretrain(cfg, resume=True)
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_copying_warm_up_runs_on_gpt2_and_restores_its_attention(corpus_file, tmp_path):
+    """Another decoder-only family: its attention modules, its final norm (ln_f) and its attention implementation,
+    switched to eager for the warm-up and back afterwards."""
+    from llmcycle.train.copy_warmup import attention_modules, copy_warmup, final_norm
+    from llmcycle.train.scratch import ScratchSpec, build_model, corpus_texts, train_tokenizer
+
+    tokenizer = train_tokenizer(corpus_texts(str(corpus_file)), 500, append_eos=False)
+    model = build_model(ScratchSpec(arch="gpt2", layers=2, hidden=64, heads=4, vocab_size=500, context=128, dropout=0.0), tokenizer)
+    before = model.config._attn_implementation
+    assert len(attention_modules(model)) == 2 and final_norm(model) is model.transformer.ln_f
+    record = copy_warmup(model, tokenizer, steps=3, lr=1e-3, seed=0)
+    assert record["steps"] == 3 and set(record["final_losses"]) == {"lm", "previous_head", "induction", "previous_read", "copy_read"}
+    assert all(np.isfinite(value) for value in record["final_losses"].values())
+    assert model.config._attn_implementation == before

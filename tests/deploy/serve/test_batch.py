@@ -1,4 +1,5 @@
-"""The running batch's cache: GrowingLayer holds what transformers' DynamicLayer holds, written in place."""
+"""The running batch: GrowingLayer holds what transformers' DynamicLayer holds, written in place; prefills are cut
+into groups of at most PREFILL_TOKENS padded positions (runner.token_groups)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from llmcycle.deploy.serve.batch import BatchState, GrowingCache, GrowingLayer, merge, select
+from llmcycle.deploy.serve.runner import token_groups
 
 
 def states(rows: int, positions: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,3 +43,18 @@ def test_merged_and_selected_rows_keep_their_keys():
     assert torch.equal(layer.keys[0, :, 3:], parts[0][1][0][0]) and torch.equal(layer.values[1], parts[1][1][1][0])
     kept = select(merged, [0])  # the short row alone: the padding columns go
     assert torch.equal(kept.cache.layers[0].keys[0], parts[0][1][0][0]) and kept.mask.tolist() == [[1, 1, 1, 1]]
+
+
+class _Job:
+    def __init__(self, length: int, virtual: int = 0):
+        self.prompt_ids = [0] * length
+        self.adapter = type("Adapter", (), {"prompt": torch.zeros(virtual, 4) if virtual else None})() if virtual else None
+
+
+def test_prefill_groups_keep_order_and_count_padding_and_virtual_tokens():
+    jobs = [_Job(30), _Job(20), _Job(10), _Job(10, virtual=12), _Job(5), _Job(50)]
+    groups = token_groups(jobs, 40)
+    # 1 and 2 fit (2 x 20); 3's 12 virtual tokens make it 22 long, so 4 no longer fits beside it (2 x 22 > 40)
+    assert [[jobs.index(job) for job in group] for group in groups] == [[0], [1, 2], [3], [4], [5]]
+    assert [job for group in groups for job in group] == jobs  # the engine's row index relies on the order
+    assert token_groups(jobs, 10**6) == [jobs]
