@@ -30,9 +30,10 @@ LIMITS = {  # what each model did worst in the quickstart, before the mix held r
           "(the quickstart decodes with no_repeat_ngram_size 4).",
     "llama": "Before this build (copying warm-up, reading passages, rationales) it could not copy from its input: a "
              "tuned summary had the right shape with the wrong names (names_in_source 0.04 after the quickstart's full "
-             "fine-tuning, 0.97 with this build). What it did worst in the quickstart of 2026-12-04 was reading documentation it had retrieved: asked about a page in llmcycle's RAG "
-             "layout, it mostly answered \"The text does not say.\" even when the page held the answer, and asking "
-             "it to reason step by step did not make its arithmetic measurably better.",
+             "fine-tuning, 0.97 with this build). What it did worst in the quickstart of 2026-12-04 was reading "
+             "documentation it had retrieved: asked about a page in llmcycle's RAG layout, it mostly answered \"The "
+             "text does not say.\" even when the page held the answer, and asking it to reason step by step did not "
+             "make its arithmetic measurably better.",
 }
 NO_COPYING = ("It cannot copy: a random sequence repeated is hardly easier for it the second time, so names in its "
               "outputs come from what it was tuned on rather than from its input.")

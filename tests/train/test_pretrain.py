@@ -308,3 +308,19 @@ def test_copying_warm_up_runs_on_gpt2_and_restores_its_attention(corpus_file, tm
     assert record["steps"] == 3 and set(record["final_losses"]) == {"lm", "previous_head", "induction", "previous_read", "copy_read"}
     assert all(np.isfinite(value) for value in record["final_losses"].values())
     assert model.config._attn_implementation == before
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_copying_warm_up_record_without_running_it_again(corpus_file, tmp_path):
+    from llmcycle import config as configs
+
+    out = tmp_path / "llama"
+    first = pretrain(PretrainConfig(corpus=str(corpus_file), out=str(out), arch="llama", max_steps=4, save_every=2,
+                                    copy_warmup_steps=3, **TINY))
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    cfg = configs.from_dict(PretrainConfig, configs.read_yaml(out / "config.yaml"), "config.yaml")
+    cfg.out = str(out)
+    resumed = pretrain(cfg, resume=True)
+    # the record holds the warm-up's wall time: run again, it would differ
+    assert resumed["copy_warmup"] == first["copy_warmup"] and resumed["steps"] == 4

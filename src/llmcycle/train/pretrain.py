@@ -341,7 +341,7 @@ class PretrainTrainer(Trainer):
              + (f", {dist.describe()}" if dist.enabled else ""))
 
     def initial_state(self) -> dict:
-        return {"tokens": 0, "first_loss": None, "recent_losses": []}
+        return {"tokens": 0, "first_loss": None, "recent_losses": [], "copy_warmup": self.warmup}  # kept on resume
 
     def step(self, step: int, state: dict) -> StepResult:
         batch, weight, tokens = self.batch_of(step - 1)
@@ -359,7 +359,7 @@ class PretrainTrainer(Trainer):
             "tokens_seen": state["tokens"], "tokens_per_second": state["tokens"] / max(state["train_seconds"], 1e-9),
             "wall_time_s": state["train_seconds"], "total_params": self.total_params, "corpus_documents": self.documents,
             "corpus_tokens": self.corpus_tokens, "peak_memory_bytes": peak_memory_bytes(next(self.model.parameters()).device),
-            **({"copy_warmup": self.warmup} if self.warmup else {}),
+            **({"copy_warmup": state["copy_warmup"]} if state.get("copy_warmup") else {}),
         }
 
     def summary(self, metrics: dict, weights_dir: Path) -> None:
