@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Rebuild llmcycle's embedded models from nothing, offline, with llmcycle's own verbs: a synthetic corpus (with
 # documents that repeat random spans, meant to make copying pay off) -> pre-training from scratch (T5
-# span corruption, then text infilling, which teaches it to copy from its input; Llama next-token prediction)
+# span corruption, then text infilling, which teaches it to copy from its input; Llama: the copying warm-up,
+# then next-token prediction)
 # -> multi-task instruction tuning on the built-in mix (`synth --task instruct`: reading comprehension, RAG
 # prompts among it; word problems with steps when asked; copying; five everyday tasks; dialogue summarisation
 # held out) -> src/llmcycle/assets/<kind>/ with eval.json.
 # The model cards (src/llmcycle/assets/<kind>/MODEL_CARD.md, written by scripts/model_card.py from the runs' own
 # records) say what each step measured and how long it took.
-# The weights shipped now were built by this script as it stood at commit 5da97cc (five everyday tasks plus
-# arithmetic with rationales, no reading comprehension, no copying). This mix was built once for the Llama (issue 22)
-# and not shipped: its copy ratio stayed at 1.00 and no quickstart lesson improved (bench/RESULTS.md). Running it
-# replaces the shipped weights, and their model cards with them.
+# The Llama shipped now was built by this script as it stands (commit e7a11b8, 28 minutes). The T5 shipped now was
+# built by it as it stood at commit 5da97cc (five everyday tasks plus arithmetic with rationales, no reading
+# comprehension, no copying rows); it has not been rebuilt on this mix yet. Running the script replaces the shipped
+# weights, and their model cards with them.
 # Usage: bash scripts/build_embedded_models.sh [t5|llama|all] [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
