@@ -32,14 +32,14 @@ def repeated_sequences(token_ids: np.ndarray, sequences: int, length: int, seed:
     return torch.as_tensor(np.concatenate([drawn, drawn], axis=1), dtype=torch.long)
 
 
-def token_losses(loaded, ids: torch.Tensor) -> torch.Tensor:
+def token_losses(model, tokenizer, ids: torch.Tensor) -> torch.Tensor:
     """(sequences, 2 * length) loss of each token of `ids` given the tokens before it; position 0's is NaN for a
     decoder-only model, which has nothing to predict it from."""
-    model, device = loaded.model, loaded.device
+    device = next(model.parameters()).device
     ids = ids.to(device)
     with torch.no_grad():
-        if loaded.is_encoder_decoder:
-            source = torch.full((len(ids), 1), loaded.tokenizer.eos_token_id, device=device)
+        if model.config.is_encoder_decoder:
+            source = torch.full((len(ids), 1), tokenizer.eos_token_id, device=device)
             logits = model(input_ids=source, labels=ids).logits.float()  # (sequences, 2 * length, vocab)
             return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none").cpu()
         logits = model(input_ids=ids).logits.float()[:, :-1]  # predicts positions 1..end
@@ -47,13 +47,18 @@ def token_losses(loaded, ids: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.full((len(ids), 1), float("nan")), losses], dim=1)
 
 
+def model_copy_losses(model, tokenizer, sequences: int = 16, length: int = 40, seed: int = 0) -> tuple[float, float]:
+    """copy_losses of a model in memory (in whatever train/eval mode it is in)."""
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    ids = repeated_sequences(ordinary_token_ids(tokenizer, vocab_size), sequences, length, seed)
+    losses = token_losses(model, tokenizer, ids)
+    return losses[:, 1:length].mean().item(), losses[:, length + 1 :].mean().item()
+
+
 def copy_losses(model_dir: str, sequences: int = 16, length: int = 40, seed: int = 0) -> tuple[float, float]:
     """(mean loss on the first copy, on the second), in nats a token, the first token of each copy left out."""
     loaded = load_model(str(model_dir), dtype="float32")
-    vocab_size = loaded.model.get_output_embeddings().weight.shape[0]
-    ids = repeated_sequences(ordinary_token_ids(loaded.tokenizer, vocab_size), sequences, length, seed)
-    losses = token_losses(loaded, ids)
-    return losses[:, 1:length].mean().item(), losses[:, length + 1 :].mean().item()
+    return model_copy_losses(loaded.model, loaded.tokenizer, sequences, length, seed)
 
 
 def copy_ratio(model_dir: str, sequences: int = 16, length: int = 40, seed: int = 0) -> float:

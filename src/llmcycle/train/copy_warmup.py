@@ -33,8 +33,8 @@ import torch
 
 from ..console import note, progress
 from ..errors import UserError
-from ..evaluate.induction import ordinary_token_ids
-from ..models import CONTEXT_WINDOW_ATTRS
+from ..evaluate.induction import model_copy_losses, ordinary_token_ids
+from ..models import context_window
 
 ROW_TOKENS = 256  # or the model's context window, if shorter
 STEP_TOKENS = 4096
@@ -90,11 +90,9 @@ def copy_warmup(model, tokenizer, steps: int, lr: float, seed: int) -> dict:
     hooks = [modules[layer].register_forward_hook(_keep_output(outputs, layer)) for layer in (PREVIOUS_LAYER, INDUCTION_LAYER)]
     implementation = model.config._attn_implementation
     model.set_attn_implementation("eager")  # attention probabilities are returned by the eager path only
-    before = copy_ratio_of(model, token_ids, seed)
+    before = copy_ratio_of(model, tokenizer, seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    window = next((value for attr in CONTEXT_WINDOW_ATTRS if isinstance(value := getattr(model.config, attr, None), int)
-                   and value > 0), ROW_TOKENS)
-    length = min(ROW_TOKENS, window)
+    length = min(ROW_TOKENS, context_window(model.config, tokenizer) or ROW_TOKENS)
     rows = STEP_TOKENS // length
     start, losses = time.perf_counter(), {}
     model.train()
@@ -121,7 +119,7 @@ def copy_warmup(model, tokenizer, steps: int, lr: float, seed: int) -> dict:
         for hook in hooks:
             hook.remove()
         model.set_attn_implementation(implementation)
-    after = copy_ratio_of(model, token_ids, seed)
+    after = copy_ratio_of(model, tokenizer, seed)
     seconds = time.perf_counter() - start
     note(f"copying warm-up: {steps} steps in {seconds:.0f} s; copy ratio {before:.2f} -> {after:.2f}"
          + ("" if after < 0.5 else " (not copying yet: more steps, or a higher --lr)"))
@@ -163,15 +161,10 @@ def _head_losses(attentions, outputs: dict, readout, ids: torch.Tensor) -> dict[
     return losses
 
 
-@torch.no_grad()
-def copy_ratio_of(model, token_ids: np.ndarray, seed: int, sequences: int = 16, length: int = 40) -> float:
-    """evaluate/induction.py's copy ratio of a decoder-only model in memory."""
-    from ..evaluate.induction import repeated_sequences
-
+def copy_ratio_of(model, tokenizer, seed: int) -> float:
+    """evaluate/induction.py's copy ratio of a model in memory, measured in eval mode."""
     was_training = model.training
     model.eval()
-    ids = repeated_sequences(token_ids, sequences, length, seed).to(next(model.parameters()).device)
-    logits = model(input_ids=ids).logits.float()[:, :-1]
-    losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    first, second = model_copy_losses(model, tokenizer, seed=seed)
     model.train(was_training)
-    return (losses[:, length:].mean() / losses[:, : length - 1].mean()).item()
+    return second / first

@@ -41,7 +41,7 @@ import torch
 from ..config import above, at_least, check_fields
 from ..console import note
 from ..errors import UserError
-from ..models import CONTEXT_WINDOW_ATTRS, load_base, locate
+from ..models import context_window, load_base, locate
 from .copy_warmup import copy_warmup
 from .distributed import Distributed, DistributedSettings
 from .finetune import train_step
@@ -232,7 +232,7 @@ def setup_model(cfg: PretrainConfig, texts: list[str]):
         tokenizer.add_special_tokens({"mask_token": "<mask>"})
         model.resize_token_embeddings(len(tokenizer))
         note("the tokenizer had no mask token; added <mask> for text infilling and resized the embeddings")
-    window = next((value for attr in CONTEXT_WINDOW_ATTRS if isinstance(value := getattr(model.config, attr, None), int) and value > 0), None)
+    window = context_window(model.config, None)  # the model's own window, not its tokenizer's
     if window is not None and cfg.max_length > window:
         raise UserError(f"--max-length {cfg.max_length} is longer than the model's context window ({window})")
     return model.float().train(), tokenizer, is_seq2seq
