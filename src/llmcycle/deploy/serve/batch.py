@@ -22,35 +22,34 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 
+class _Grown:
+    """GrowingLayer's `keys` or `values`: read, the used part of a buffer with room after it; assigned, a copy of
+    the tensor into a new buffer. Each keeps its own length: between the two assignments of a select they differ."""
+
+    def __set_name__(self, owner, name: str):
+        self.buffer, self.used = f"_{name}", f"_{name}_used"
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        buffer = getattr(layer, self.buffer, None)
+        return None if buffer is None else buffer[..., : getattr(layer, self.used), :]
+
+    def __set__(self, layer, tensor: torch.Tensor | None) -> None:
+        buffer, used = _with_room(tensor, layer.ROOM)
+        setattr(layer, self.buffer, buffer)
+        setattr(layer, self.used, used)
+
+
 class GrowingLayer(DynamicLayer):
     """A DynamicLayer whose keys and values are views of buffers with ROOM free positions after them.
 
     Assigning `keys` or `values` (as batch.py's merge and select do, and transformers' own cache methods) copies
-    the tensor into a new buffer; `update` writes the new positions in place and grows the buffers when full.
-    Keys and values keep their own lengths: between the two assignments of a select they differ."""
+    the tensor into a new buffer; `update` writes the new positions in place and grows the buffers when full."""
 
     ROOM = 64
-
-    def __init__(self, **kwargs):
-        self._keys = self._values = None
-        self._key_length = self._value_length = 0
-        super().__init__(**kwargs)
-
-    @property
-    def keys(self):
-        return None if self._keys is None else self._keys[..., : self._key_length, :]
-
-    @keys.setter
-    def keys(self, tensor):
-        self._keys, self._key_length = _with_room(tensor, self.ROOM)
-
-    @property
-    def values(self):
-        return None if self._values is None else self._values[..., : self._value_length, :]
-
-    @values.setter
-    def values(self, tensor):
-        self._values, self._value_length = _with_room(tensor, self.ROOM)
+    keys = _Grown()
+    values = _Grown()
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -60,13 +59,13 @@ class GrowingLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        start, end = self._key_length, self._key_length + key_states.shape[-2]
+        start, end = self._keys_used, self._keys_used + key_states.shape[-2]
         if end > self._keys.shape[-2]:
             self._keys = _grown(self._keys, start, end + self.ROOM)
             self._values = _grown(self._values, start, end + self.ROOM)
         self._keys[..., start:end, :] = key_states
         self._values[..., start:end, :] = value_states
-        self._key_length = self._value_length = end
+        self._keys_used = self._values_used = end
         return self.keys, self.values
 
 
