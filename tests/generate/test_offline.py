@@ -13,7 +13,7 @@ PROMPTS = ["Summarize: Amy and Ben. #Person1#: can we book a table today? Summar
 
 
 @pytest.mark.parametrize("prefill_tokens", [2048, 24], ids=["one-prefill", "prefills-of-24-positions"])
-@pytest.mark.parametrize("arch", ["t5", "llama"])
+@pytest.mark.parametrize("arch", ["t5", "llama", "gpt2"])  # t5 and gpt2: the engine runs their GELU fused
 def test_greedy_equals_transformers_generate_one_prompt_at_a_time(arch, prefill_tokens, request, monkeypatch):
     monkeypatch.setattr("llmcycle.deploy.serve.runner.PREFILL_TOKENS", prefill_tokens)
     loaded = load_model(str(request.getfixturevalue(f"{arch}_dir")))

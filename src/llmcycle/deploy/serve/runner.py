@@ -12,6 +12,7 @@ import torch
 
 from ...models import cache_argument, unwrap_peft
 from .batch import BatchState, GrowingCache, merge, pad_sequences, select
+from .fused import fuse_activations
 from .jobs import Job
 from .logprobs import raw_logprobs
 from .models import BASE_ROW, Adapter, ServedModels
@@ -38,6 +39,7 @@ class ModelRunner:
         self.hooked: dict[int, object] = {}  # id(LoRA layer) -> its hook's handle
         self.hooks_current = False  # LoRA layers are looked for again after adapters change
         self.keeps_logits: bool | None = None  # whether the model's forward takes logits_to_keep
+        self.unfuse = fuse_activations(self.loaded.model)  # one-kernel GELU while this runner runs (fused.py)
 
     # ---- the batch ----
 
@@ -79,9 +81,10 @@ class ModelRunner:
         self.state = None
 
     def close(self) -> None:
-        """Drop the batch and take the hooks off the LoRA layers: the model runs as before this runner (an offline
-        run hands the model back to its verb, which may train it next)."""
+        """Drop the batch, take the hooks off the LoRA layers and put the model's own activations back: the model
+        runs as before this runner (an offline run hands the model back to its verb, which may train it next)."""
         self.state, self.row_adapters = None, None
+        self.unfuse()
         for handle in self.hooked.values():
             handle.remove()
         self.hooked.clear()
