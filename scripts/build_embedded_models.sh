@@ -24,7 +24,7 @@ export HF_HUB_OFFLINE=1
 data() {  # the shared data: corpus (+ copying documents), the instruction mix (data/synthetic.py INSTRUCT_MIX), held-out rows
     [ -f "$WORK/instruct-test.jsonl" ] && return
     llmcycle synth --task corpus --rows 30000 --extra-documents 12000 --seed 100 --out "$WORK/corpus.txt"
-    llmcycle synth --task instruct --rows 8000 --seed 101 --out "$WORK/instruct-train.jsonl"
+    llmcycle synth --task instruct --rows 10000 --seed 101 --out "$WORK/instruct-train.jsonl"
     llmcycle synth --task instruct --rows 200 --seed 102 --out "$WORK/instruct-test.jsonl"
 }
 

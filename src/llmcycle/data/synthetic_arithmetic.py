@@ -12,6 +12,13 @@ with their rationales before it), answered with the steps then "The answer is N.
 both, a model reasons when asked to, which is what lets chain-of-thought prompting pay off (Chung et al., 2022).
 Rows carry `question`, `answer`, `rationale` and `steps` (whether the prompt asks for them) beside prompt and
 completion.
+
+Written for models of a few million parameters, which the embedded ones are. Each step of a rationale repeats the
+question's own words before its number ("Amy gets 7 more: 9 + 7 = 16"), so a model that copies from its context
+(an induction head: the token after the last occurrence of the current one) gets every operand right; with the
+rationale in other words ("After getting 7 more"), the embedded Llama wrote wrong operands in most steps. The numbers
+are small (operands up to 12 in sums, products within 5 x 5), so each step is one of a few hundred facts that
+tuning can teach; with operands up to 30, facts a tuned model got right were rare, and steps did not help it.
 """
 
 from __future__ import annotations
@@ -27,84 +34,90 @@ CONTAINERS = [("box", "boxes"), ("bag", "bags"), ("jar", "jars"), ("basket", "ba
 
 def _add_then_give(rng: random.Random) -> tuple[str, str, int]:
     name, friend, thing = *rng.sample(NAMES, 2), rng.choice(THINGS)
-    start, bought = rng.randint(2, 20), rng.randint(2, 20)
+    start, bought = rng.randint(2, 9), rng.randint(2, 9)
     given = rng.randint(1, start + bought - 1)
     question = (f"{name} has {start} {thing}. {name} gets {bought} more and then gives {given} to {friend}. "
                 f"How many {thing} does {name} have now?")
     middle = start + bought
-    rationale = (f"{name} starts with {start} {thing}. After getting {bought} more, {name} has {start} + {bought} = {middle}. "
-                 f"After giving {given} away, {name} has {middle} - {given} = {middle - given}.")
+    rationale = (f"{name} has {start} {thing} and gets {bought} more: {start} + {bought} = {middle}. "
+                 f"{name} gives {given} to {friend}: {middle} - {given} = {middle - given}.")
     return question, rationale, middle - given
 
 
 def _groups(rng: random.Random) -> tuple[str, str, int]:
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
     one, many = rng.choice(CONTAINERS)
-    count, each, extra = rng.randint(2, 9), rng.randint(2, 12), rng.randint(0, 9)
+    count, each, extra = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
     question = (f"{name} buys {count} {many} of {thing} with {each} {thing} in each {one}, and finds {extra} more. "
                 f"How many {thing} does {name} have?")
     product = count * each
-    rationale = f"{count} {many} with {each} each make {count} * {each} = {product} {thing}. With {extra} more, that is {product} + {extra} = {product + extra}."
+    rationale = (f"{name} buys {count} {many} of {thing} with {each} {thing} in each {one}: {count} * {each} = {product}. "
+                 f"{name} finds {extra} more: {product} + {extra} = {product + extra}.")
     return question, rationale, product + extra
 
 
 def _share(rng: random.Random) -> tuple[str, str, int]:
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
-    friends, each, kept = rng.randint(2, 6), rng.randint(2, 10), rng.randint(1, 9)
+    friends, each, kept = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
     total = friends * each + kept
     question = (f"{name} has {total} {thing} and gives {each} to each of {friends} friends. "
                 f"How many {thing} does {name} keep?")
     given = friends * each
-    rationale = f"{name} gives away {friends} * {each} = {given} {thing}. {name} keeps {total} - {given} = {kept}."
+    rationale = (f"{name} gives {each} to each of {friends} friends: {friends} * {each} = {given}. "
+                 f"{name} has {total} {thing}: {total} - {given} = {kept}.")
     return question, rationale, kept
 
 
 def _difference(rng: random.Random) -> tuple[str, str, int]:
     first, second = rng.sample(NAMES, 2)
     thing = rng.choice(THINGS)
-    a, more = rng.randint(3, 30), rng.randint(1, 15)
+    a, more = rng.randint(2, 12), rng.randint(1, 9)
     question = f"{first} has {a} {thing}. {second} has {more} more than {first}. How many {thing} do they have together?"
     b = a + more
-    rationale = f"{second} has {a} + {more} = {b} {thing}. Together they have {a} + {b} = {a + b}."
+    rationale = (f"{first} has {a} {thing}. {second} has {more} more than {first}: {a} + {more} = {b}. "
+                 f"Together they have {a} + {b} = {a + b}.")
     return question, rationale, a + b
 
 
 def _buy_and_change(rng: random.Random) -> tuple[str, str, int]:
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
-    count, price, extra = rng.randint(2, 9), rng.randint(2, 9), rng.randint(3, 20)
+    count, price, extra = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
     cost = count * price
     total = cost + extra
-    paid = (total // 10 + 1 + rng.randint(0, 3)) * 10
+    paid = (total // 10 + 1 + rng.randint(0, 1)) * 10
     question = (f"{name} buys {count} {thing} at {price} coins each and a bag for {extra} coins, and pays with {paid} coins. "
                 f"How many coins does {name} get back?")
-    rationale = (f"The {thing} cost {count} * {price} = {cost} coins. With the bag, that is {cost} + {extra} = {total} coins. "
-                 f"The change is {paid} - {total} = {paid - total}.")
+    rationale = (f"{name} buys {count} {thing} at {price} coins each: {count} * {price} = {cost}. "
+                 f"And a bag for {extra} coins: {cost} + {extra} = {total}. "
+                 f"{name} pays with {paid} coins: {paid} - {total} = {paid - total}.")
     return question, rationale, paid - total
 
 
 def _collect_keep_share(rng: random.Random) -> tuple[str, str, int]:
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
-    friends, each, kept = rng.randint(2, 6), rng.randint(2, 9), rng.randint(1, 9)
+    friends, each, kept = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
     total = friends * each + kept
     start = rng.randint(1, total - 1)
     found = total - start
     question = (f"{name} has {start} {thing} and finds {found} more. {name} keeps {kept} and shares the rest equally "
                 f"among {friends} friends. How many {thing} does each friend get?")
     rest = total - kept
-    rationale = (f"{name} has {start} + {found} = {total} {thing}. After keeping {kept}, {total} - {kept} = {rest} are left. "
-                 f"Each friend gets {rest} / {friends} = {each}.")
+    rationale = (f"{name} has {start} {thing} and finds {found} more: {start} + {found} = {total}. "
+                 f"{name} keeps {kept}: {total} - {kept} = {rest}. "
+                 f"The rest is shared among {friends} friends: {rest} / {friends} = {each}.")
     return question, rationale, each
 
 
 def _save_spend_gift(rng: random.Random) -> tuple[str, str, int]:
     name = rng.choice(NAMES)
-    weekly, weeks, gift = rng.randint(2, 12), rng.randint(2, 9), rng.randint(1, 20)
+    weekly, weeks, gift = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
     saved = weekly * weeks
     spent = rng.randint(1, saved - 1)
     question = (f"{name} saves {weekly} coins a week for {weeks} weeks, spends {spent} coins on a book and then gets "
                 f"{gift} coins as a gift. How many coins does {name} have now?")
-    rationale = (f"{name} saves {weekly} * {weeks} = {saved} coins. After the book, {saved} - {spent} = {saved - spent} are left. "
-                 f"With the gift, {name} has {saved - spent} + {gift} = {saved - spent + gift}.")
+    rationale = (f"{name} saves {weekly} coins a week for {weeks} weeks: {weekly} * {weeks} = {saved}. "
+                 f"{name} spends {spent} coins on a book: {saved} - {spent} = {saved - spent}. "
+                 f"{name} then gets {gift} coins as a gift: {saved - spent} + {gift} = {saved - spent + gift}.")
     return question, rationale, saved - spent + gift
 
 
