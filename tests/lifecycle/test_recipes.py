@@ -125,6 +125,7 @@ def test_an_interrupted_run_continues_from_the_first_incomplete_stage(tiny_t5, l
     ([{"finetune": {"name": "a"}}, {"finetune": {"name": "a"}}], "variant name 'a' is used twice"),
     ([{"baseline": {"cot": {"shots": 3}}}], "cot is {data:"),
     ([{"baseline": {"cot": {"data": {"task": "arithmetic"}, "shots": -1}}}], "cot.shots must be a whole number of at least 0"),
+    ([{"baseline": {"cot": {"data": {"task": "arithmetic"}, "self_consistency": "five"}}}], "cot.self_consistency must be a whole number of at least 0"),
     ([{"rag": {"docs": "docs/", "finetune": {"lr": 1.0e-3}}}], "finetune trains on the docs task's questions"),
     ([{"rag": {"docs": {"task": "docs-qa"}, "variants": "zero-shot"}}], "'variants' must be a list"),
     ([{"rag": {"docs": {"task": "docs-qa"}, "questions": {"task": "nothing"}}}], "unknown task 'nothing'"),

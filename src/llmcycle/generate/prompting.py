@@ -331,10 +331,10 @@ def _cot_records(loaded, queries, prompts, solved, settings: GenerationSettings,
     """Generate `paths` completions per prompt (sampled, seeded per path, when more than one) and extract answers."""
     if paths == 1:
         outputs = [[text] for text in generate(loaded, prompts, settings, description=mode)]
-    else:
-        runs = [generate(loaded, prompts, replace(settings, do_sample=True, seed=settings.seed + k), description=f"{mode} path {k + 1}/{paths}")
-                for k in range(paths)]
-        outputs = [list(texts) for texts in zip(*runs)]
+    else:  # one engine run over every path of every prompt (each row is seeded by its index): full batches throughout
+        texts = generate(loaded, [p for _ in range(paths) for p in prompts], replace(settings, do_sample=True),
+                         description=f"{mode} ({paths} paths)")
+        outputs = [texts[i::len(prompts)] for i in range(len(prompts))]
     records = []
     for query, prompt, texts in zip(queries, prompts, outputs):
         answers = [extract_answer(pattern, text) for text in texts]

@@ -3,10 +3,11 @@ where a task has worked answers.
 
 ```yaml
 - baseline: {shots: [0, 1, 3]}
-- baseline: {shots: [0, 1, 3], cot: {data: {task: arithmetic, rows: 40, seed: 15}, shots: 3}}
+- baseline: {shots: [0, 1, 3], cot: {data: {task: arithmetic, rows: 40, seed: 15}, shots: 3, self_consistency: 5}}
 ```
 `cot` runs `llmcycle prompt --cot` on its own data (rows with a rationale and an answer): the same queries and
-shots answered directly and after reasoning, accuracy of the extracted answer with the paired change. Its result
+shots answered directly and after reasoning (and, with `self_consistency: K`, the majority answer of K sampled
+reasoning paths), accuracy of the extracted answer with the paired change. Its result
 rides on the prompting variant with that many shots (else the last one) as `chain_of_thought`, because the
 summaries of the test data cannot be scored by an extracted answer.
 """
@@ -36,21 +37,27 @@ from ..report import best, change_text, held, interval, mean, oriented_pair, out
 NAME = "baseline"
 
 
+COT_NUMBERS = {"shots": 0, "max_new_tokens": 1, "self_consistency": 0}
+"""The cot spec's numbers and the least each may be."""
+
+
 @dataclass
 class BaselineOptions:
     shots: list[int] = field(default_factory=lambda: [0, 1, 3])
     """Shot counts to compare."""
     cot: dict | None = None
-    """Chain-of-thought on other data: {data: {task: arithmetic, rows, seed} or a file, shots: K, max_new_tokens: N}."""
+    """Chain-of-thought on other data: {data: {task: arithmetic, rows, seed} or a file, shots: K, max_new_tokens: N,
+    self_consistency: K (sampled reasoning paths, majority answer; 0 = none)}."""
 
     def validate(self, where: str = "baseline") -> None:
         if self.cot is None:
             return
-        if not isinstance(self.cot, dict) or "data" not in self.cot or set(self.cot) - {"data", "shots", "max_new_tokens"}:
-            raise UserError(f"{where}: cot is {{data: {{task: arithmetic, rows: N, seed: S}} or a file, shots: K, max_new_tokens: N}}")
-        for key in ("shots", "max_new_tokens"):
-            if key in self.cot and (not isinstance(self.cot[key], int) or self.cot[key] < (0 if key == "shots" else 1)):
-                raise UserError(f"{where}: cot.{key} must be a whole number of at least {0 if key == 'shots' else 1}")
+        if not isinstance(self.cot, dict) or "data" not in self.cot or set(self.cot) - {"data", *COT_NUMBERS}:
+            raise UserError(f"{where}: cot is {{data: {{task: arithmetic, rows: N, seed: S}} or a file, shots: K, "
+                            "max_new_tokens: N, self_consistency: K}")
+        for key, least in COT_NUMBERS.items():
+            if key in self.cot and (not isinstance(self.cot[key], int) or isinstance(self.cot[key], bool) or self.cot[key] < least):
+                raise UserError(f"{where}: cot.{key} must be a whole number of at least {least}")
 
 
 def check_baseline(options: dict, where: str, names: set, source: str) -> None:
@@ -90,7 +97,8 @@ def _chain_of_thought(run: Run, cot: dict, folder: Path) -> dict:
     settings = replace(run.settings(), max_new_tokens=min(tokens, 8) if run.smoke else tokens)
     started = time.perf_counter()
     results = cot_dataset(ModelOptions(run.recipe.model), run.data_options(data), settings, str(folder / "cot.jsonl"),
-                          CotRequest(int(cot.get("shots", 3)), truncate_shots=True))
+                          CotRequest(int(cot.get("shots", 3)), self_consistency=int(cot.get("self_consistency", 0)),
+                                     truncate_shots=True))
     task = cot["data"].get("task") if isinstance(cot["data"], dict) else Path(str(cot["data"])).stem
     return {"task": task, "shots": int(cot.get("shots", 3)), "generation_time_s": time.perf_counter() - started,
             "predictions": str(folder / "cot.cot.jsonl"), **results}
