@@ -95,7 +95,9 @@ def build_section(kind: str, work: Path, seconds: float | None, shared: bool) ->
     tune, tune_cfg = _read(work / kind / "instruct/metrics.json"), _read(work / kind / "instruct/config.yaml")
     infill = infill_step(work, kind)
     trained = sum(_read(path)["wall_time_s"] for path in (work / kind).glob("*/metrics.json"))  # every training run's
-    total = f"{seconds / 60:.0f} minutes" if seconds else f"{trained / 60:.0f} minutes of training"
+    trained += pre.get("copy_warmup", {}).get("seconds", 0)
+    # a build that reused an earlier run's pre-training took less than its steps did: say what the steps took
+    total = f"{seconds / 60:.0f} minutes" if seconds and seconds >= trained else f"{trained / 60:.0f} minutes of training"
     after = 1 if infill else 0
     rows = sum(1 for _ in (work / "instruct-train.jsonl").open())
     return f"""## How it was made

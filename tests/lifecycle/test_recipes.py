@@ -195,6 +195,7 @@ def test_quickstart_shortened_on_both_embedded_models(tmp_path, capsys):
         assert block["int8"]["cost"]["method"] == "int8-dynamic"
         cot = block["few-shot"]["chain_of_thought"]
         assert cot["task"] == "arithmetic" and {"accuracy", "answered"} <= set(cot["cot"]) and "change" in cot["cot"]["accuracy"]
+        assert "change" in cot["self-consistency"]["accuracy"]  # the recipe's self_consistency: 5, beside greedy CoT
         assert block["rag"]["cost"]["closed_book_exact_match"] is not None and "hit@5" in block["rag"]
         # what the findings read: paired tests on the same rows, with their outcome
         for name, against in (("few-shot", "zero-shot"), ("lora", "full"), ("lora+ppo", "lora"), ("dpo", "lora"), ("rag", "zero-shot"),
