@@ -30,10 +30,11 @@ LIMITS = {  # what each model did worst in the quickstart, before the mix held r
           "(the quickstart decodes with no_repeat_ngram_size 4).",
     "llama": "Before this build (copying warm-up, reading passages, rationales) it could not copy from its input: a "
              "tuned summary had the right shape with the wrong names (names_in_source 0.04 after the quickstart's full "
-             "fine-tuning, 0.97 with this build). What it did worst in the quickstart of 2026-12-04 was reading "
-             "documentation it had retrieved: asked about a page in llmcycle's RAG layout, it mostly answered \"The "
-             "text does not say.\" even when the page held the answer, and asking it to reason step by step did not "
-             "make its arithmetic measurably better.",
+             "fine-tuning, 0.97 with this build). What it does worst is reading: asked about a passage, plain or in "
+             "llmcycle's RAG layout, it mostly answers \"The text does not say.\" even when the passage holds the answer "
+             "(exact match 0.21 on 120 held-out reading rows), so retrieval does not help it. Asked for steps, it "
+             "copies a word problem's numbers into them and solves a quarter of two-step problems (none directly); "
+             "most of its wrong answers are wrong sums and differences.",
 }
 NO_COPYING = ("It cannot copy: a random sequence repeated is hardly easier for it the second time, so names in its "
               "outputs come from what it was tuned on rather than from its input.")
@@ -177,9 +178,17 @@ def quickstart_section(kind: str, path: Path) -> str:
             rows.append(f"| {name} | {_interval(entry['rougeL'])} | {entry['toxicity']['mean']:.3f} | "
                         f"{entry['repetition']['mean']:.0%} |")
     rag = " ".join(f"{name} {_interval(metrics[name]['exact_match'])};" for name in ("docs-ft", "rag", "docs-ft+rag") if name in metrics)
+    text = f"Product documentation questions, exact match: {rag.rstrip(';')}.\n"
+    cot = next((entry["chain_of_thought"] for entry in metrics.values() if entry.get("chain_of_thought")), None)
+    if cot and "cot" in cot and "direct" in cot:
+        change = cot["cot"]["accuracy"]["change"]
+        consistency = f", self-consistency {cot['self-consistency']['accuracy']['mean']:.3f}" if "self-consistency" in cot else ""
+        text += (f"\nWord problems ({cot['direct']['accuracy']['n']}, {cot['shots']} solved examples before each), accuracy of "
+                 f"the answer: direct {cot['direct']['accuracy']['mean']:.3f}, with steps {cot['cot']['accuracy']['mean']:.3f} "
+                 f"(paired change {change['absolute']:+.3f} [{change['ci95'][0]:+.3f}, {change['ci95'][1]:+.3f}]){consistency}.\n")
     return ("## In the quickstart\n\nDialogue summarisation (60 held-out rows), as `llmcycle quickstart` measured it "
             "(`metrics.json`, block `" + kind + "`; greedy decoding with the recipe's no_repeat_ngram_size for this model):\n\n| variant | ROUGE-L | toxicity | repeats a sentence 3+ times |\n|---|---|---|---|\n"
-            + "\n".join(rows) + f"\n\nProduct documentation questions, exact match: {rag.rstrip(';')}.\n")
+            + "\n".join(rows) + "\n\n" + text)
 
 
 def architecture_section(kind: str, folder: Path) -> str:
