@@ -328,7 +328,8 @@ def _cot_prompts(loaded, queries, pool, solved, request: CotRequest, settings, w
 
 
 def _cot_records(loaded, queries, prompts, solved, settings: GenerationSettings, pattern, paths: int, mode: str) -> list[dict]:
-    """Generate `paths` completions per prompt (sampled, seeded per path, when more than one) and extract answers."""
+    """Generate `paths` completions per prompt (sampled when more than one, each row seeded by its place in one engine
+    run of every path) and extract answers."""
     if paths == 1:
         outputs = [[text] for text in generate(loaded, prompts, settings, description=mode)]
     else:  # one engine run over every path of every prompt (each row is seeded by its index): full batches throughout
