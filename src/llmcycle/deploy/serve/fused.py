@@ -19,19 +19,18 @@ from collections.abc import Callable
 
 import torch
 
-FUSABLE = ("NewGELUActivation", "FastGELUActivation")
-"""transformers' Python-written tanh-approximate GELUs (same function, two spellings of it)."""
-
-
 def fuse_activations(model: torch.nn.Module) -> Callable[[], None]:
-    """Replace each tanh-approximate GELU written in Python by the fused kernel; returns what undoes it."""
-    from transformers.activations import GELUTanh
+    """Replace each tanh-approximate GELU written in Python (transformers' NewGELUActivation and FastGELUActivation,
+    two spellings of one function; exactly those classes, not subclasses that may compute something else) by the
+    fused kernel; returns what undoes it."""
+    from transformers.activations import FastGELUActivation, GELUTanh, NewGELUActivation
 
+    fusable = (NewGELUActivation, FastGELUActivation)
     swapped = []
     fused = GELUTanh()
     for parent in model.modules():
         for name, child in parent.named_children():
-            if type(child).__name__ in FUSABLE:
+            if type(child) in fusable:
                 swapped.append((parent, name, child))
     for parent, name, _ in swapped:
         setattr(parent, name, fused)
