@@ -32,6 +32,16 @@ THINGS = ["apples", "pencils", "stickers", "marbles", "books", "cookies", "stamp
 CONTAINERS = [("box", "boxes"), ("bag", "bags"), ("jar", "jars"), ("basket", "baskets")]
 
 
+FACTORS = (2, 5)
+"""Both factors of a product step: every product is a fact of the 5 x 5 table."""
+ADDEND = (1, 9)
+"""What a problem adds or keeps beside a product."""
+
+
+def _factors_and_addend(rng: random.Random) -> tuple[int, int, int]:
+    return rng.randint(*FACTORS), rng.randint(*FACTORS), rng.randint(*ADDEND)
+
+
 def _add_then_give(rng: random.Random) -> tuple[str, str, int]:
     name, friend, thing = *rng.sample(NAMES, 2), rng.choice(THINGS)
     start, bought = rng.randint(2, 9), rng.randint(2, 9)
@@ -47,7 +57,7 @@ def _add_then_give(rng: random.Random) -> tuple[str, str, int]:
 def _groups(rng: random.Random) -> tuple[str, str, int]:
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
     one, many = rng.choice(CONTAINERS)
-    count, each, extra = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
+    count, each, extra = _factors_and_addend(rng)
     question = (f"{name} buys {count} {many} of {thing} with {each} {thing} in each {one}, and finds {extra} more. "
                 f"How many {thing} does {name} have?")
     product = count * each
@@ -58,7 +68,7 @@ def _groups(rng: random.Random) -> tuple[str, str, int]:
 
 def _share(rng: random.Random) -> tuple[str, str, int]:
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
-    friends, each, kept = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
+    friends, each, kept = _factors_and_addend(rng)
     total = friends * each + kept
     question = (f"{name} has {total} {thing} and gives {each} to each of {friends} friends. "
                 f"How many {thing} does {name} keep?")
@@ -81,7 +91,7 @@ def _difference(rng: random.Random) -> tuple[str, str, int]:
 
 def _buy_and_change(rng: random.Random) -> tuple[str, str, int]:
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
-    count, price, extra = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
+    count, price, extra = _factors_and_addend(rng)
     cost = count * price
     total = cost + extra
     paid = (total // 10 + 1 + rng.randint(0, 1)) * 10
@@ -95,7 +105,7 @@ def _buy_and_change(rng: random.Random) -> tuple[str, str, int]:
 
 def _collect_keep_share(rng: random.Random) -> tuple[str, str, int]:
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
-    friends, each, kept = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
+    friends, each, kept = _factors_and_addend(rng)
     total = friends * each + kept
     start = rng.randint(1, total - 1)
     found = total - start
@@ -110,7 +120,7 @@ def _collect_keep_share(rng: random.Random) -> tuple[str, str, int]:
 
 def _save_spend_gift(rng: random.Random) -> tuple[str, str, int]:
     name = rng.choice(NAMES)
-    weekly, weeks, gift = rng.randint(2, 5), rng.randint(2, 5), rng.randint(1, 9)
+    weekly, weeks, gift = _factors_and_addend(rng)
     saved = weekly * weeks
     spent = rng.randint(1, saved - 1)
     question = (f"{name} saves {weekly} coins a week for {weeks} weeks, spends {spent} coins on a book and then gets "
