@@ -41,8 +41,13 @@ def test_merged_and_selected_rows_keep_their_keys():
     layer = merged.cache.layers[0]
     assert layer.keys.shape == (2, 2, 7, 8) and merged.mask.tolist() == [[0, 0, 0, 1, 1, 1, 1], [1] * 7]
     assert torch.equal(layer.keys[0, :, 3:], parts[0][1][0][0]) and torch.equal(layer.values[1], parts[1][1][1][0])
+    assert not layer.keys[0, :, :3].any() and not layer.values[0, :, :3].any()  # padding: zeros, never stale memory
+    buffer = layer._keys
+    merged.cache.update(*states(2, 1, 3), 0)  # the merged buffers have room: the next step is written in place
+    assert layer._keys is buffer and layer.keys.shape == (2, 2, 8, 8)
+    merged.mask = torch.cat([merged.mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
     kept = select(merged, [0])  # the short row alone: the padding columns go
-    assert torch.equal(kept.cache.layers[0].keys[0], parts[0][1][0][0]) and kept.mask.tolist() == [[1, 1, 1, 1]]
+    assert torch.equal(kept.cache.layers[0].keys[0, :, :4], parts[0][1][0][0]) and kept.mask.tolist() == [[1] * 5]
 
 
 class _Job:

@@ -68,6 +68,11 @@ class GrowingLayer(DynamicLayer):
         self._keys_used = self._values_used = end
         return self.keys, self.values
 
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, used: int) -> None:
+        """Take buffers whose first `used` positions hold the keys and values, as they are (no copy)."""
+        self._keys, self._values, self._keys_used, self._values_used = keys, values, used, used
+        self.device, self.is_initialized = keys.device, True
+
 
 def _with_room(tensor: torch.Tensor | None, room: int) -> tuple[torch.Tensor | None, int]:
     """A buffer holding `tensor` (batch, heads, positions, dim) then `room` free positions; and its length."""
@@ -120,28 +125,53 @@ def _pad_seq(tensor: torch.Tensor, left: int, right: int, dim: int) -> torch.Ten
     return F.pad(tensor, spec)
 
 
-def _merge_layers(layer_lists: list[list], pads: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer, every part's keys and values padded along the sequence and stacked along the batch."""
+def _stacked(tensors: list[torch.Tensor], pads: list[tuple[int, int]], room: int) -> torch.Tensor:
+    """(batch, heads, positions, dim) tensors padded with zeros along positions, stacked along the batch, in one
+    buffer with `room` free positions after them: one copy of each tensor."""
+    first = tensors[0]
+    width = first.shape[-2] + sum(pads[0])
+    out = first.new_empty(sum(t.shape[0] for t in tensors), *first.shape[1:-2], width + room, first.shape[-1])
+    row = 0
+    for tensor, (left, right) in zip(tensors, pads):
+        rows = slice(row, row + tensor.shape[0])
+        out[rows, ..., left : width - right, :] = tensor
+        out[rows, ..., :left, :] = 0  # padding is masked out, yet read: no stale NaN may reach the attention
+        out[rows, ..., width - right : width, :] = 0
+        row += tensor.shape[0]
+    return out
+
+
+def _merge_layers(layer_lists: list[list], pads: list[tuple[int, int]]) -> list[tuple[torch.Tensor, torch.Tensor, int] | None]:
+    """Per layer, every part's keys and values padded along the sequence and stacked along the batch: buffers with
+    room to grow for GrowingLayers (taken as they are), and how many positions they hold."""
     merged = []
     for index in range(len(layer_lists[0])):
         layers = [parts[index] for parts in layer_lists]
         if not all(getattr(layer, "is_initialized", True) and layer.keys.numel() for layer in layers):
             merged.append(None)
             continue
-        keys = torch.cat([_pad_seq(layer.keys, *pad, dim=-2) for layer, pad in zip(layers, pads)])
-        values = torch.cat([_pad_seq(layer.values, *pad, dim=-2) for layer, pad in zip(layers, pads)])
-        merged.append((keys, values))
+        room = GrowingLayer.ROOM if isinstance(layers[0], GrowingLayer) else 0
+        keys = _stacked([layer.keys for layer in layers], pads, room)
+        values = _stacked([layer.values for layer in layers], pads, room)
+        merged.append((keys, values, keys.shape[-2] - room))
     return merged
 
 
 def _assign(layers: list, tensors: list) -> None:
-    for layer, pair in zip(layers, tensors):
-        if pair is not None:
-            layer.keys, layer.values = pair
+    for layer, merged in zip(layers, tensors):
+        if merged is None:
+            continue
+        keys, values, used = merged
+        if isinstance(layer, GrowingLayer):
+            layer.adopt(keys, values, used)
+        else:
+            layer.keys, layer.values = keys, values
 
 
 def merge(parts: list[BatchState]) -> BatchState:
     """One state holding every row of `parts`, in order; the first part's cache object is reused."""
+    if len(parts) == 1:
+        return parts[0]
     longest = max(part.mask.shape[1] for part in parts)
     pads = [(longest - part.mask.shape[1], 0) for part in parts]
     merged_self = _merge_layers([self_layers(part.cache) for part in parts], pads)
@@ -185,10 +215,11 @@ def select(state: BatchState, keep: list[int]) -> BatchState:
 def pad_sequences(sequences: list[torch.Tensor], left: bool, value) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack (length, ...) tensors padded to the longest, on the left or right; and the (rows, longest) mask."""
     longest = max(sequence.shape[0] for sequence in sequences)
-    padded, masks = [], []
-    for sequence in sequences:
-        pad = longest - sequence.shape[0]
-        sides = (pad, 0) if left else (0, pad)
-        padded.append(F.pad(sequence, [0, 0] * (sequence.dim() - 1) + list(sides), value=value))
-        masks.append(F.pad(torch.ones(sequence.shape[0], dtype=torch.long, device=sequence.device), sides))
-    return torch.stack(padded), torch.stack(masks)
+    first = sequences[0]
+    padded = first.new_full((len(sequences), longest, *first.shape[1:]), value)
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long, device=first.device)
+    for row, sequence in enumerate(sequences):
+        place = slice(longest - sequence.shape[0], longest) if left else slice(0, sequence.shape[0])
+        padded[row, place] = sequence
+        mask[row, place] = 1
+    return padded, mask

@@ -49,7 +49,7 @@ class ModelRunner:
         Returns the new rows' next-token logits (rows, vocab), and each job's history (the ids the logits
         processors see) and cache length."""
         logits, state, histories, lengths = self._prefill_all(jobs)
-        rows = select(state, index)
+        rows = state if index == list(range(state.size)) else select(state, index)  # a row per job: no copy
         self.state = merge([self.state, rows] if self.state is not None else [rows])
         return logits[index], histories, lengths
 
