@@ -30,6 +30,16 @@ def test_rouge_is_the_mean_of_rouge_score_f1():
         assert low <= result[name]["mean"] <= high and result[name]["n"] == 4
 
 
+def test_rouge_stems_as_rouge_score_does_on_words_seen_many_times():
+    predictions = ["The runners were running and ran; runs are run.", "Parks, parking and parked cars!\nTables booked.",
+                   "Generously generalised generalisations", "running running running"]
+    references = ["A runner runs the running race", "Parked in the park.\nBooking tables", "general generosity", "runs"]
+    result = score(data(predictions, references), ["rouge"], resamples=10)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    for name in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        assert result[name]["mean"] == pytest.approx(np.mean([scorer.score(r, p)[name].fmeasure for p, r in zip(predictions, references)]), abs=1e-6)
+
+
 def test_bleu_is_sacrebleu_corpus_bleu_and_resampling_recomputes_it():
     result = score(data(), ["bleu"], resamples=200)
     assert result["bleu"]["mean"] == pytest.approx(sacrebleu.corpus_bleu(PREDICTIONS, [REFERENCES]).score, abs=1e-4)
