@@ -1,0 +1,130 @@
+"""Why a model does or does not read: where its answers to reading questions come from, and whether it can look up
+a value by its key.
+
+Issue 22 asks both embedded models to answer from retrieved passages. This probe takes the question apart:
+- **Reading** (`synth --task reading` rows, a seed the build does not use, those that fit the model's window):
+  greedy answers to the answerable questions sorted into right / refused ("The text does not say.") / a wrong
+  span of the passage / a value that is not in the passage at all (guessed from the question). Then, teacher-forced,
+  the log-probability of the gold answer's first token against the refusal's first token, and of the rest of the
+  gold answer once its first token is given: a model that copies but does not find the answer has a low first
+  token and a high rest.
+- **Lookup**: 3 to 8 `key: value` facts with invented keys of several tokens, then a question about one key, asked
+  two ways: "Question: What is K?" and the key and colon alone, exactly as in the list (what an induction head
+  completes). Exact match, and the share of answers that are one of the listed values.
+
+Run: `python bench/reading_probe.py --model embedded-llama` (or a model folder; `--rows 150 --lookup-rows 200`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+
+import torch
+
+from llmcycle.data.synthetic_passages import invented_word
+from llmcycle.data.synthetic_reading import UNANSWERABLE, reading_row
+from llmcycle.generate.engine import GenerationSettings, generate
+from llmcycle.models import ModelOptions
+
+LOOKUP_QUESTIONS = ["What is {k}?", "Give the value of {k}.", "{k}?"]
+
+
+def reading_rows(loaded, count: int, seed: int, max_new_tokens: int) -> list[dict]:
+    """Reading rows whose prompt fits the model's window (with room for the answer on a decoder-only model)."""
+    rng = random.Random(seed)
+    rows = [reading_row(rng) for _ in range(count)]
+    window = loaded.context_window or 512
+    room = window if loaded.is_encoder_decoder else window - max_new_tokens
+    lengths = [len(ids) for ids in loaded.tokenizer([row["prompt"] for row in rows])["input_ids"]]
+    return [row for row, length in zip(rows, lengths) if length <= room]
+
+
+def lookup_rows(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        keys: list[str] = []
+        while len(keys) < rng.randrange(3, 9):
+            key = invented_word(rng, rng.choice([2, 3]))
+            keys += [key] if key not in keys else []
+        values = [rng.choice([invented_word(rng, rng.choice([2, 3])), str(rng.randrange(2, 9999))]) for _ in keys]
+        facts = "\n".join(f"{key}: {value}" for key, value in zip(keys, values))
+        asked = rng.randrange(len(keys))
+        question = rng.choice(LOOKUP_QUESTIONS).format(k=keys[asked])
+        rows.append({"question": f"{facts}\n\nQuestion: {question}\nAnswer:", "induction": f"{facts}\n\n{keys[asked]}:",
+                     "answer": values[asked], "values": values})
+    return rows
+
+
+def answer_sources(rows: list[dict], answers: list[str]) -> dict[str, int]:
+    counts = {"right": 0, "refused": 0, "wrong span of the passage": 0, "not in the passage": 0}
+    for row, answer in zip(rows, answers):
+        if answer == row["completion"]:
+            counts["right"] += 1
+        elif answer == UNANSWERABLE:
+            counts["refused"] += 1
+        elif answer and answer in row["prompt"]:
+            counts["wrong span of the passage"] += 1
+        else:
+            counts["not in the passage"] += 1
+    return counts
+
+
+@torch.inference_mode()
+def token_logprobs(loaded, prompt: str, completion: str) -> list[float]:
+    """Teacher-forced log-probability of each token of `completion` after `prompt`."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    target = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if loaded.is_encoder_decoder:
+        logits = model(input_ids=torch.tensor([prompt_ids]), labels=torch.tensor([target])).logits[0]
+        scores = logits.log_softmax(-1)
+        return [scores[i, token].item() for i, token in enumerate(target)]
+    logits = model(input_ids=torch.tensor([prompt_ids + target])).logits[0]
+    scores = logits.log_softmax(-1)
+    return [scores[len(prompt_ids) - 1 + i, token].item() for i, token in enumerate(target)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded-llama")
+    parser.add_argument("--rows", type=int, default=150, help="reading rows drawn (those that fit the window are used)")
+    parser.add_argument("--lookup-rows", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    loaded = ModelOptions(args.model).load()
+    settings = GenerationSettings(max_new_tokens=16, batch_size=32)
+
+    rows = [row for row in reading_rows(loaded, args.rows, args.seed, settings.max_new_tokens) if row["answerable"]]
+    answers = [answer.strip() for answer in generate(loaded, [row["prompt"] for row in rows], settings)]
+    sources = answer_sources(rows, answers)
+    first_gold, first_refusal, rest_gold = [], [], []
+    for row in rows:
+        gold = token_logprobs(loaded, row["prompt"], row["completion"])
+        first_gold.append(gold[0])
+        first_refusal.append(token_logprobs(loaded, row["prompt"], UNANSWERABLE)[0])
+        if len(gold) > 1:
+            rest_gold.append(sum(gold[1:]))
+
+    lookups = lookup_rows(args.lookup_rows, args.seed + 1)
+    lookup = {}
+    for form in ("question", "induction"):
+        said = [answer.strip() for answer in generate(loaded, [row[form] for row in lookups], settings)]
+        lookup[form] = (sum(a == row["answer"] for a, row in zip(said, lookups)) / len(lookups),
+                        sum(a in row["values"] for a, row in zip(said, lookups)) / len(lookups))
+
+    print(f"\n{args.model}: {len(rows)} answerable reading questions (seed {args.seed})")
+    print("| answers | " + " | ".join(sources) + " |\n|---|" + "---|" * len(sources))
+    print("| count | " + " | ".join(str(v) for v in sources.values()) + " |")
+    print(f"\nteacher-forced, median log-probability: gold's first token {statistics.median(first_gold):.2f}, the refusal's first "
+          f"token {statistics.median(first_refusal):.2f}, the rest of the gold answer {statistics.median(rest_gold):.3f}; "
+          f"gold first token above the refusal's on {sum(g > r for g, r in zip(first_gold, first_refusal))} of {len(rows)}")
+    print(f"\nlookup, {len(lookups)} lists of 3-8 facts:\n| prompt ends with | exact match | answer is a listed value |\n|---|---|---|")
+    for form, label in (("question", "Question: ... Answer:"), ("induction", "the key and a colon")):
+        print(f"| {label} | {lookup[form][0]:.3f} | {lookup[form][1]:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
