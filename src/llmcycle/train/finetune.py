@@ -142,7 +142,10 @@ def load_rows(cfg: FinetuneConfig, loaded: LoadedModel, source: str) -> list[Tok
     ).examples
     rows, truncated, dropped = tokenize(examples, loaded.tokenizer, loaded.is_encoder_decoder, cfg.max_length)
     if truncated:
-        note(f"{source}: {truncated} of {len(examples)} rows were longer than --max-length {cfg.max_length} and were cut")
+        kept = ("each prompt keeps its first tokens: what comes after, such as a question at its end, is not read"
+                if loaded.is_encoder_decoder else "prompt and completion together")
+        note(f"{source}: {truncated} of {len(examples)} rows were longer than --max-length {cfg.max_length} and were cut "
+             f"to {cfg.max_length} tokens ({kept})")
     if dropped:
         note(f"{source}: {dropped} rows dropped: no completion token fits in --max-length {cfg.max_length}")
     if not rows:
