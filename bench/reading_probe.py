@@ -54,7 +54,7 @@ def lookup_rows(count: int, seed: int) -> list[dict]:
         asked = rng.randrange(len(keys))
         question = rng.choice(LOOKUP_QUESTIONS).format(k=keys[asked])
         rows.append({"question": f"{facts}\n\nQuestion: {question}\nAnswer:", "induction": f"{facts}\n\n{keys[asked]}:",
-                     "answer": values[asked], "values": values})
+                     "key": keys[asked], "answer": values[asked], "values": values})
     return rows
 
 

@@ -1,0 +1,91 @@
+"""Experiment (issue 22): can a decoder-only model learn to look a value up by its key when one head is told where to look?
+
+`bench/reading_probe.py` found that the embedded models copy but cannot pick a value by a key several tokens long,
+which reading and RAG need. This script tunes a copy of a model on the probe's lookup lists (other seeds) with the
+language-model loss on the value plus one more term: the cross-entropy of one head's attention, at the last prompt
+position, on the value's first token in the list. It supervises the lookup the way train/copy_warmup.py supervises
+induction. Half the rows end in "Question: What is K?\\nAnswer:", half in the key and a colon. Then run
+`python bench/reading_probe.py --model OUT` and read its lookup columns.
+
+Run: `python bench/lookup_supervision.py --model embedded-llama --out /tmp/lookup --steps 600 --layer 5`
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import torch
+from reading_probe import lookup_rows
+
+from llmcycle.models import ModelOptions
+
+
+def encode(tokenizer, row: dict, form: str) -> tuple[list[int], list[int], int] | None:
+    """Prompt ids, answer ids (with EOS), and the index of the prompt token where the asked value starts."""
+    prompt = row[form]
+    line = f"{row['key']}: {row['answer']}"
+    start = ("\n" + prompt).index("\n" + line) + len(row["key"]) + 2  # a whole line: keys are distinct
+    encoded = tokenizer(prompt, return_offsets_mapping=True)
+    target = next((i for i, (first, last) in enumerate(encoded["offset_mapping"]) if first <= start < last), None)
+    if target is None:
+        return None
+    answer = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return encoded["input_ids"], answer, target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="embedded-llama")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--layer", type=int, default=5, help="the layer whose head 0 is supervised")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--attention-weight", type=float, default=1.0, help="0: the same training without supervision")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    loaded = ModelOptions(args.model).load()
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.set_attn_implementation("eager")  # attention probabilities come from the eager path only
+    rng = random.Random(0)
+    rows = [encode(tokenizer, row, rng.choice(["question", "induction"])) for row in lookup_rows(20000, 101)]
+    rows = [row for row in rows if row is not None]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    model.train()
+    started = time.perf_counter()
+    pad = tokenizer.pad_token_id or 0
+    for step in range(args.steps):
+        first = step * args.batch_size % len(rows)
+        batch = rows[first : first + args.batch_size]
+        width = max(len(ids) + len(answer) for ids, answer, _ in batch)
+        ids = torch.full((len(batch), width), pad)
+        labels = torch.full_like(ids, -100)
+        mask = torch.zeros_like(ids)
+        for n, (prompt, answer, _) in enumerate(batch):
+            ids[n, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+            labels[n, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer)
+            mask[n, : len(prompt) + len(answer)] = 1
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / 20)
+        out = model(input_ids=ids, attention_mask=mask, labels=labels, output_attentions=True)
+        attention = out.attentions[args.layer][:, 0]  # (rows, queries, keys) of head 0
+        queries = torch.tensor([len(prompt) - 1 for prompt, _, _ in batch])
+        keys = torch.tensor([target for _, _, target in batch])
+        look = -torch.log(attention[torch.arange(len(batch)), queries, keys] + 1e-9).mean()
+        (out.loss + args.attention_weight * look).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step}: value loss {out.loss.item():.3f}, attention loss {look.item():.3f}, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    model.set_attn_implementation("sdpa")
+    model.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    print(f"wrote {args.out}; now: python bench/reading_probe.py --model {args.out}")
+
+
+if __name__ == "__main__":
+    main()
