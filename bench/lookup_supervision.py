@@ -13,8 +13,10 @@ Run: `python bench/lookup_supervision.py --model embedded-llama --out /tmp/looku
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import time
+from pathlib import Path
 
 import torch
 from reading_probe import lookup_rows
@@ -35,6 +37,18 @@ def encode(tokenizer, row: dict, form: str) -> tuple[list[int], list[int], int] 
     return encoded["input_ids"], answer, target
 
 
+def encode_span(tokenizer, row: dict) -> tuple[list[int], list[int], int] | None:
+    """A reading row: prompt ids, completion ids (with EOS), and the prompt token where the completion first appears
+    (-1 where it does not: an unanswerable question, no attention term)."""
+    encoded = tokenizer(row["prompt"], return_offsets_mapping=True)
+    start = row["prompt"].find(row["completion"]) if row["completion"] else -1
+    target = -1 if start < 0 else next((i for i, (first, last) in enumerate(encoded["offset_mapping"]) if first <= start < last), -1)
+    answer = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(encoded["input_ids"]) + len(answer) > 512:
+        return None
+    return encoded["input_ids"], answer, target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded-llama")
@@ -44,13 +58,22 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--attention-weight", type=float, default=1.0, help="0: the same training without supervision")
+    parser.add_argument("--data", help="prompt/completion JSONL rows instead of lookup lists (reading rows): the head is "
+                                       "supervised onto the first place the completion appears in the prompt")
+    parser.add_argument("--gather", type=int, default=0,
+                        help="also supervise layer 0's heads 0..N-1 to attend N tokens back (1, 2, 3...), so that a "
+                             "position can hold the key's tokens before it")
     args = parser.parse_args()
     torch.manual_seed(0)
     loaded = ModelOptions(args.model).load()
     model, tokenizer = loaded.model, loaded.tokenizer
     model.set_attn_implementation("eager")  # attention probabilities come from the eager path only
     rng = random.Random(0)
-    rows = [encode(tokenizer, row, rng.choice(["question", "induction"])) for row in lookup_rows(20000, 101)]
+    if args.data:
+        lines = Path(args.data).read_text().splitlines()
+        rows = [encode_span(tokenizer, json.loads(line)) for line in lines if line.strip()]
+    else:
+        rows = [encode(tokenizer, row, rng.choice(["question", "induction"])) for row in lookup_rows(20000, 101)]
     rows = [row for row in rows if row is not None]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     model.train()
@@ -73,7 +96,13 @@ def main() -> None:
         attention = out.attentions[args.layer][:, 0]  # (rows, queries, keys) of head 0
         queries = torch.tensor([len(prompt) - 1 for prompt, _, _ in batch])
         keys = torch.tensor([target for _, _, target in batch])
-        look = -torch.log(attention[torch.arange(len(batch)), queries, keys] + 1e-9).mean()
+        found = keys >= 0
+        look = -torch.log(attention[torch.arange(len(batch)), queries, keys.clamp(min=0)][found] + 1e-9).mean() if found.any() else 0.0
+        for head in range(args.gather):  # head h of layer 0 attends h + 1 tokens back, on real tokens only
+            back = head + 1
+            row, position = mask[:, back:].nonzero(as_tuple=True)
+            gathered = out.attentions[0][row, head, position + back, position]
+            look = look + -torch.log(gathered + 1e-9).mean()
         (out.loss + args.attention_weight * look).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
