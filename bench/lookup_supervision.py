@@ -4,7 +4,8 @@
 which reading and RAG need. This script tunes a copy of a model on the probe's lookup lists (other seeds) with the
 language-model loss on the value plus one more term: the cross-entropy of one head's attention, at the last prompt
 position, on the value's first token in the list. It supervises the lookup the way train/copy_warmup.py supervises
-induction. Half the rows end in "Question: What is K?\\nAnswer:", half in the key and a colon. Then run
+induction. Half the rows end in "Question: What is K?\\nAnswer:", half in the key and a colon. `--gather N` also
+points layer 0's heads 0..N-1 at the tokens 1..N back; `--data` takes reading rows instead of lists. Then run
 `python bench/reading_probe.py --model OUT` and read its lookup columns.
 
 Run: `python bench/lookup_supervision.py --model embedded-llama --out /tmp/lookup --steps 600 --layer 5`
@@ -24,29 +25,27 @@ from reading_probe import lookup_rows
 from llmcycle.models import ModelOptions
 
 
-def encode(tokenizer, row: dict, form: str) -> tuple[list[int], list[int], int] | None:
-    """Prompt ids, answer ids (with EOS), and the index of the prompt token where the asked value starts."""
+def encode(tokenizer, prompt: str, answer: str, start: int) -> tuple[list[int], list[int], int]:
+    """Prompt ids, answer ids (with EOS), and the prompt token holding character `start` (-1 for none: no attention
+    term for this row)."""
+    encoded = tokenizer(prompt, return_offsets_mapping=True)
+    target = next((i for i, (first, last) in enumerate(encoded["offset_mapping"]) if first <= start < last), -1)
+    return encoded["input_ids"], tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id], target
+
+
+def lookup_example(tokenizer, row: dict, form: str) -> tuple[list[int], list[int], int]:
+    """A lookup list asked in `form`: the head is pointed at the asked value's first character in the list."""
     prompt = row[form]
     line = f"{row['key']}: {row['answer']}"
     start = ("\n" + prompt).index("\n" + line) + len(row["key"]) + 2  # a whole line: keys are distinct
-    encoded = tokenizer(prompt, return_offsets_mapping=True)
-    target = next((i for i, (first, last) in enumerate(encoded["offset_mapping"]) if first <= start < last), None)
-    if target is None:
-        return None
-    answer = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return encoded["input_ids"], answer, target
+    return encode(tokenizer, prompt, row["answer"], start)
 
 
-def encode_span(tokenizer, row: dict) -> tuple[list[int], list[int], int] | None:
-    """A reading row: prompt ids, completion ids (with EOS), and the prompt token where the completion first appears
-    (-1 where it does not: an unanswerable question, no attention term)."""
-    encoded = tokenizer(row["prompt"], return_offsets_mapping=True)
+def reading_example(tokenizer, row: dict) -> tuple[list[int], list[int], int]:
+    """A prompt/completion row: the head is pointed at the first place the completion appears in the prompt (none
+    for an unanswerable question, whose completion is not in the passage)."""
     start = row["prompt"].find(row["completion"]) if row["completion"] else -1
-    target = -1 if start < 0 else next((i for i, (first, last) in enumerate(encoded["offset_mapping"]) if first <= start < last), -1)
-    answer = tokenizer(row["completion"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    if len(encoded["input_ids"]) + len(answer) > 512:
-        return None
-    return encoded["input_ids"], answer, target
+    return encode(tokenizer, row["prompt"], row["completion"], start)
 
 
 def main() -> None:
@@ -71,10 +70,11 @@ def main() -> None:
     rng = random.Random(0)
     if args.data:
         lines = Path(args.data).read_text().splitlines()
-        rows = [encode_span(tokenizer, json.loads(line)) for line in lines if line.strip()]
+        rows = [reading_example(tokenizer, json.loads(line)) for line in lines if line.strip()]
     else:
-        rows = [encode(tokenizer, row, rng.choice(["question", "induction"])) for row in lookup_rows(20000, 101)]
-    rows = [row for row in rows if row is not None]
+        rows = [lookup_example(tokenizer, row, rng.choice(["question", "induction"])) for row in lookup_rows(20000, 101)]
+    window = loaded.context_window or 512
+    rows = [row for row in rows if len(row[0]) + len(row[1]) <= window]
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     model.train()
     started = time.perf_counter()
