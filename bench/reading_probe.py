@@ -13,18 +13,24 @@ Issue 22 asks both embedded models to answer from retrieved passages. This probe
   completes). Exact match, and the share of answers that are one of the listed values.
 
 Run: `python bench/reading_probe.py --model embedded-llama` (or a model folder; `--rows 150 --lookup-rows 200`).
+`--out FILE` keeps each reading answer; `--against FILE` (another run's `--out`, same rows) adds the paired change
+in the share answered right, with its 95% bootstrap interval, so that two models are compared on the same questions.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from llmcycle.data.synthetic_passages import invented_word
 from llmcycle.data.synthetic_reading import UNANSWERABLE, reading_row
+from llmcycle.evaluate.stats import Statistic, mean_of_first, paired_change
 from llmcycle.generate.engine import GenerationSettings, generate
 from llmcycle.models import ModelOptions
 
@@ -58,18 +64,26 @@ def lookup_rows(count: int, seed: int) -> list[dict]:
     return rows
 
 
-def answer_sources(rows: list[dict], answers: list[str]) -> dict[str, int]:
-    counts = {"right": 0, "refused": 0, "wrong span of the passage": 0, "not in the passage": 0}
-    for row, answer in zip(rows, answers):
-        if answer == row["completion"]:
-            counts["right"] += 1
-        elif answer == UNANSWERABLE:
-            counts["refused"] += 1
-        elif answer and answer in row["prompt"]:
-            counts["wrong span of the passage"] += 1
-        else:
-            counts["not in the passage"] += 1
-    return counts
+SOURCES = ("right", "refused", "wrong span of the passage", "not in the passage")
+
+
+def answer_source(row: dict, answer: str) -> str:
+    if answer == row["completion"]:
+        return "right"
+    if answer == UNANSWERABLE:
+        return "refused"
+    return "wrong span of the passage" if answer and answer in row["prompt"] else "not in the passage"
+
+
+def paired_right(kept: list[dict], path: str) -> str:
+    """The change in the share answered right against another run's `--out` file, on the same questions."""
+    other = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if [row["prompt"] for row in other] != [row["prompt"] for row in kept]:
+        raise SystemExit(f"{path}: not the same reading questions (run both with the same --rows and --seed)")
+    right = lambda rows: Statistic(np.array([[row["source"] == "right"] for row in rows], dtype=float), mean_of_first)
+    change = paired_change(right(other), right(kept))
+    low, high = change["ci95"]
+    return f"right against {path}: {change['absolute']:+.3f} [{low:+.3f}, {high:+.3f}] (paired, {len(kept)} questions)"
 
 
 @torch.inference_mode()
@@ -93,13 +107,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=150, help="reading rows drawn (those that fit the window are used)")
     parser.add_argument("--lookup-rows", type=int, default=200)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", help="JSONL file for each reading question's answer and where it came from")
+    parser.add_argument("--against", help="another run's --out file: the paired change in the share answered right")
     args = parser.parse_args()
+    if args.against and not Path(args.against).is_file():
+        raise SystemExit(f"--against {args.against}: no such file")
     loaded = ModelOptions(args.model).load()
     settings = GenerationSettings(max_new_tokens=16, batch_size=32)
 
     rows = [row for row in reading_rows(loaded, args.rows, args.seed, settings.max_new_tokens) if row["answerable"]]
     answers = [answer.strip() for answer in generate(loaded, [row["prompt"] for row in rows], settings)]
-    sources = answer_sources(rows, answers)
+    kept = [{"prompt": row["prompt"], "gold": row["completion"], "answer": answer, "source": answer_source(row, answer)}
+            for row, answer in zip(rows, answers)]
+    sources = {source: sum(row["source"] == source for row in kept) for source in SOURCES}
+    if args.out:
+        Path(args.out).write_text("".join(json.dumps(row) + "\n" for row in kept))
     first_gold, first_refusal, rest_gold = [], [], []
     for row in rows:
         gold = token_logprobs(loaded, row["prompt"], row["completion"])
@@ -118,6 +140,8 @@ def main() -> None:
     print(f"\n{args.model}: {len(rows)} answerable reading questions (seed {args.seed})")
     print("| answers | " + " | ".join(sources) + " |\n|---|" + "---|" * len(sources))
     print("| count | " + " | ".join(str(v) for v in sources.values()) + " |")
+    if args.against:
+        print(paired_right(kept, args.against))
     print(f"\nteacher-forced, median log-probability: gold's first token {statistics.median(first_gold):.2f}, the refusal's first "
           f"token {statistics.median(first_refusal):.2f}, the rest of the gold answer {statistics.median(rest_gold):.3f}; "
           f"gold first token above the refusal's on {sum(g > r for g, r in zip(first_gold, first_refusal))} of {len(rows)}")
