@@ -112,6 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.against and not Path(args.against).is_file():
         raise SystemExit(f"--against {args.against}: no such file")
+    if args.out and (not Path(args.out).parent.is_dir() or args.out == args.against):
+        raise SystemExit(f"--out {args.out}: its folder does not exist, or it is the --against file")
     loaded = ModelOptions(args.model).load()
     settings = GenerationSettings(max_new_tokens=16, batch_size=32)
 
