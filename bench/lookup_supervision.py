@@ -97,7 +97,9 @@ def main() -> None:
         queries = torch.tensor([len(prompt) - 1 for prompt, _, _ in batch])
         keys = torch.tensor([target for _, _, target in batch])
         found = keys >= 0
-        look = -torch.log(attention[torch.arange(len(batch)), queries, keys.clamp(min=0)][found] + 1e-9).mean() if found.any() else 0.0
+        # rows with no target (an unanswerable question) add no attention term; a batch of only those adds 0
+        pointed = attention[torch.arange(len(batch))[found], queries[found], keys[found]]
+        look = -torch.log(pointed + 1e-9).mean() if found.any() else torch.zeros(())
         for head in range(args.gather):  # head h of layer 0 attends h + 1 tokens back, on real tokens only
             back = head + 1
             row, position = mask[:, back:].nonzero(as_tuple=True)
