@@ -105,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="embedded-llama")
     parser.add_argument("--rows", type=int, default=150, help="reading rows drawn (those that fit the window are used)")
-    parser.add_argument("--lookup-rows", type=int, default=200)
+    parser.add_argument("--lookup-rows", type=int, default=200, help="key-value lookup lists (0: no lookup)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", help="JSONL file for each reading question's answer and where it came from")
     parser.add_argument("--against", help="another run's --out file: the paired change in the share answered right")
@@ -134,7 +134,7 @@ def main() -> None:
 
     lookups = lookup_rows(args.lookup_rows, args.seed + 1)
     lookup = {}
-    for form in ("question", "induction"):
+    for form in ("question", "induction") if lookups else ():  # --lookup-rows 0 leaves the lookup out
         said = [answer.strip() for answer in generate(loaded, [row[form] for row in lookups], settings)]
         lookup[form] = (sum(a == row["answer"] for a, row in zip(said, lookups)) / len(lookups),
                         sum(a in row["values"] for a, row in zip(said, lookups)) / len(lookups))
@@ -147,6 +147,8 @@ def main() -> None:
     print(f"\nteacher-forced, median log-probability: gold's first token {statistics.median(first_gold):.2f}, the refusal's first "
           f"token {statistics.median(first_refusal):.2f}, the rest of the gold answer {statistics.median(rest_gold):.3f}; "
           f"gold first token above the refusal's on {sum(g > r for g, r in zip(first_gold, first_refusal))} of {len(rows)}")
+    if not lookups:
+        return
     print(f"\nlookup, {len(lookups)} lists of 3-8 facts:\n| prompt ends with | exact match | answer is a listed value |\n|---|---|---|")
     for form, label in (("question", "Question: ... Answer:"), ("induction", "the key and a colon")):
         print(f"| {label} | {lookup[form][0]:.3f} | {lookup[form][1]:.3f} |")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
-from llmcycle.data import synthetic, synthetic_docs, synthetic_passages, synthetic_reading
+from llmcycle.data import synthetic, synthetic_docs, synthetic_entries, synthetic_passages, synthetic_reading
 from llmcycle.data import load_examples
 from llmcycle.errors import UserError
 from llmcycle.evaluate.metrics import toxicity_scores
@@ -181,7 +182,7 @@ def test_reading_answers_are_spans_of_their_passages_and_unanswerables_are_not_t
     shares = {name: sum(test(i) for i in items) / len(items) for name, test in
               [("unanswerable", lambda i: i.withheld is not None), ("rag", lambda i: i.layout == "rag")]}
     assert 0.15 < shares["unanswerable"] < 0.25 and 0.33 < shares["rag"] < 0.47
-    assert {i.style for i in items} == {"docs", "story", "table"}
+    assert {i.style for i in items} == {"docs", "story", "table", "entry"}
     assert {len(i.passages) for i in items if i.layout == "rag"} == {1, 2, 3, 4, 5}
     bridges = [i for i in items if any(i.question == q.format(name=i.question.split("the ")[-1].rstrip("?"))
                                        for q in synthetic_passages.BRIDGE_QUESTIONS["lead"])]
@@ -196,6 +197,29 @@ def test_reading_rag_rows_are_laid_out_as_rag_ask_lays_out_retrieved_passages():
         assert item.prompt == fit_prompt(None, item.question, item.passages, None)[0]  # what `rag ask` builds from them
         assert item.prompt.startswith(head + "[1] ") and item.prompt.endswith(tail.format(question=item.question))
         assert len(re.findall(r"^\[\d\] ", item.prompt, re.MULTILINE)) == len(item.passages)
+
+
+def test_entries_state_each_fact_once_ask_it_in_other_words_and_name_nothing_of_the_unseen_pages():
+    """Entries are the genre of examples/data/unseen-docs(-2), which no model may have seen: none of those pages' names
+    appears in any entry; a stated value is a span of the text, an open one is not."""
+    examples = Path(__file__).parents[2] / "examples" / "data"
+    pages = [*(examples / "unseen-docs").glob("*.md"), *(examples / "unseen-docs-2").glob("*.md")]
+    their_names = {w for page in pages for w in re.findall(r"\b[A-Z][a-z]+\b", page.read_text())}
+    rng = random.Random(5)
+    entries = [synthetic_entries.entry(rng) for _ in range(2000)]
+    words = {w for e in entries for w in re.findall(r"[A-Za-z]+", " ".join([e.title, e.text, *(q for q, _ in e.answered + e.unanswered)]))}
+    template_words = {w.capitalize() for w in re.findall(r"[A-Za-z]+", Path(synthetic_entries.__file__).read_text())}
+    shared = words & their_names
+    assert shared and shared <= template_words  # words of the module ("Bridge", "Works", "October"), never a drawn name
+    kinds = {e.title.split()[-1].lower() for e in entries}
+    assert len(kinds) > 30  # many kinds of thing
+    for e in entries:
+        assert 3 <= len(re.findall(r"[.!?](?:\s|$)", e.text)) and e.answered
+        assert all(answer in e.text for _, answer in e.answered)
+        assert all(answer not in e.text for _, answer in e.unanswered)
+    rewordings = [q for e in entries for q, answer in e.answered
+                  if not any(q.split()[0].lower() in s.lower().split() for s in e.text.split(". ") if answer in s)]
+    assert len(rewordings) > 0.9 * sum(len(e.answered) for e in entries)  # the question's first word is not the sentence's
 
 
 def docs_qa_names() -> set[str]:

@@ -19,14 +19,22 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .synthetic_passages import BRIDGE_QUESTIONS, Passage, club_story, product, table, trade_story
+from .synthetic_entries import entry
+from .synthetic_passages import (
+    BRIDGE_QUESTIONS,
+    Passage,
+    club_story,
+    product,
+    table,
+    trade_story,
+)
 
 UNANSWERABLE = "The text does not say."
 UNANSWERABLE_SHARE = 0.2
 RAG_SHARE = 0.4
 BRIDGE_SHARE = 0.2
 """Of the answerable documentation rows in the RAG layout: questions whose answer takes two pages."""
-STYLE_WEIGHTS = {"docs": 50, "story": 25, "table": 25}
+STYLE_WEIGHTS = {"docs": 40, "story": 20, "table": 20, "entry": 40}
 PASSAGE_COUNTS = {1: 10, 2: 20, 3: 30, 4: 20, 5: 20}
 RAG_CHARACTER_BUDGET = 1600
 """Longest passage text in a RAG-layout prompt: distractors past it are dropped (never the answer's page), as
@@ -68,6 +76,8 @@ def one_passage(rng: random.Random, style: str) -> Passage:
         return rng.choice([trade_story, club_story])(rng)
     if style == "table":
         return table(rng)
+    if style == "entry":
+        return entry(rng)
     made = product(rng, 1)
     return made.component_pages[0] if rng.random() < 0.8 else rng.choice(list(made.group_pages.values()))
 
@@ -99,7 +109,8 @@ def _related(rng: random.Random, style: str, count: int) -> tuple[list[Passage],
     one more that is never shown (so its questions go unanswered), and the two-page questions among the shown
     ones as (question, answer, [component page, group page])."""
     if style != "docs":
-        draw = (lambda: rng.choice([trade_story, club_story])(rng)) if style == "story" else (lambda: table(rng))
+        def draw() -> Passage:
+            return one_passage(rng, style)
         return [draw() for _ in range(count)], draw(), []
     made = product(rng, count + 1)
     groups = rng.choice([0, 1]) if count > 1 else 0  # a group page among them, mostly the group of a shown component
@@ -144,7 +155,9 @@ def _within_budget(rng: random.Random, shown: list[Passage], keep: list[Passage]
 
 def rag_item(rng: random.Random, style: str, answerable: bool) -> ReadingItem:
     """One to five passages laid out as `rag ask` lays them out, and a question that one (or two) of them answer."""
-    from ..rag.ask import render  # deferred: rag.ask imports torch, which `llmcycle synth --help` should not
+    from ..rag.ask import (
+        render,  # deferred: rag.ask imports torch, which `llmcycle synth --help` should not
+    )
 
     while True:
         count = rng.choices(list(PASSAGE_COUNTS), weights=list(PASSAGE_COUNTS.values()))[0]
