@@ -91,3 +91,24 @@ def test_what_cannot_be_enforced_is_named(vocabulary):
         structured.grammar("root ::= (")
     with pytest.raises(structured.ConstraintError):
         structured.choice([])
+
+
+def test_objects_that_list_their_properties_allow_no_others_unless_the_schema_says_so(vocabulary):
+    """As xgrammar (vLLM's default backend) and OpenAI's strict mode generate them: a tool's parameters rarely say
+    `additionalProperties`, and a small model given room for another key writes one that never closes."""
+    grammars, tokenizer = vocabulary
+    open_default = {"type": "object", "properties": {"a": {"type": "integer", "maximum": 9}}, "required": ["a"]}
+    for seed in range(6):
+        text, complete = sample(grammars, tokenizer, structured.json_schema(open_default), seed, steps=200)
+        assert not complete or list(json.loads(text)) == ["a"]
+        assert re.fullmatch(r'\{"a":-?[0-9]*\}?', text)  # a comma after the value is never allowed
+    said_open = {**open_default, "additionalProperties": {"type": "integer"}}
+    assert structured.closed_objects(said_open) == said_open
+    nested = {"properties": {"properties": {"properties": {"x": {}}}, "list": {"items": {"properties": {"y": {}}}}},
+              "$defs": {"d": {"patternProperties": {"^z": {}}}}}
+    closed = structured.closed_objects(nested)
+    assert closed["additionalProperties"] is False and "additionalProperties" not in closed["properties"]  # a name, not a keyword
+    assert closed["properties"]["properties"]["additionalProperties"] is False
+    assert closed["properties"]["list"]["items"]["additionalProperties"] is False
+    assert closed["$defs"]["d"]["additionalProperties"] is False
+    assert structured.closed_objects({"type": "object"}) == {"type": "object"}  # json_object mode: any object

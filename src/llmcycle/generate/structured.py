@@ -7,7 +7,10 @@ generated row, so constrained and free rows share a batch. xgrammar, vLLM's defa
 1 GB on x86_64) for what llguidance does with no dependencies.
 
 JSON is generated without optional whitespace (compact separators), as the issue of structured outputs on small
-models is that every free space is a chance to wander off.
+models is that every free space is a chance to wander off. For the same reason an object schema that lists its
+properties allows no others unless it says so (`additionalProperties`), as xgrammar (vLLM's default backend) and
+OpenAI's strict mode generate it: under JSON Schema's own default a small model given a tool's parameters wrote
+`{"x":59,"` and then a key that never closed.
 """
 
 from __future__ import annotations
@@ -45,7 +48,35 @@ def json_schema(schema: dict | bool, kind: str = "json_schema") -> Constraint:
     if not isinstance(schema, (dict, bool)):
         raise ConstraintError("the JSON schema must be an object")
     # keys unsorted: properties are generated in the schema's order, as OpenAI and vLLM generate them
-    return Constraint(kind, _grammar_from_schema(json.dumps(schema)))
+    return Constraint(kind, _grammar_from_schema(json.dumps(closed_objects(schema))))
+
+
+SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+SUBSCHEMAS = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames",
+              "unevaluatedProperties", "unevaluatedItems", "additionalItems")
+
+
+def closed_objects(schema):
+    """A copy of `schema` in which every object schema that lists properties (or property patterns) and says nothing of
+    `additionalProperties` allows no other properties. Walks subschemas only, so a property named "properties" is
+    a name, not a keyword."""
+    if not isinstance(schema, dict):
+        return schema
+    closed = dict(schema)
+    for key in SUBSCHEMA_MAPS:
+        if isinstance(closed.get(key), dict):
+            closed[key] = {name: closed_objects(sub) for name, sub in closed[key].items()}
+    for key in SUBSCHEMA_LISTS:
+        if isinstance(closed.get(key), list):
+            closed[key] = [closed_objects(sub) for sub in closed[key]]
+    for key in SUBSCHEMAS:
+        if key in closed:
+            sub = closed[key]
+            closed[key] = [closed_objects(s) for s in sub] if isinstance(sub, list) else closed_objects(sub)
+    if ("properties" in closed or "patternProperties" in closed) and "additionalProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
 
 
 def regex(pattern: str) -> Constraint:
