@@ -45,9 +45,9 @@ MIX_PURPOSES = {  # what each part of the instruction mix is, and what it is the
     "topic": "the topic of a dialogue",
     "narrate": "one speaker's part in a dialogue in one sentence (the skill under summarisation, which stays held out)",
     "reading": "answer a question from a passage (documentation pages about invented software, short stories, tables "
-               "written as text) with the span that says it, or \"The text does not say.\" for the fifth it does not "
-               "answer; 40% laid out exactly as `llmcycle rag ask` lays out retrieved passages, one to five of them. For "
-               "retrieval: grounding answers in given text, and no made-up answer when the text lacks one. Its names are "
+               "written as text, encyclopedia entries about invented things) with the span that says it, or \"The text "
+               "does not say.\" for the fifth it does not answer; 40% laid out exactly as `llmcycle rag ask` lays out "
+               "retrieved passages, one to five of them. For retrieval: grounding answers in given text, and no made-up answer when the text lacks one. Its names are "
                "not those of the `docs-qa` task the quickstart tests retrieval on",
     "arithmetic-mix": "word problems of two and three steps, each twice: with the worked steps ending \"The answer is N.\" "
                       "when the prompt asks for them (\"Let's think step by step.\", or solved examples with steps, as "

@@ -10,17 +10,20 @@ from them to find the sentence that answers a question worded unlike it and to c
 answering from pages it never saw asks. Facts of the entry's kind that it does not state are asked too, and the
 answer is then that the text does not say.
 
-Every name is drawn from the syllables of data/synthetic_passages.py, so no entity here is one of the
-`docs-qa` task's or of the invented pages the examples evaluate on (examples/data/unseen-docs).
+Names are coined from about 6,000 syllables (`coined`), not the 30 the other passages draw from, so that an answer
+cannot be guessed from the look of the names a model has seen, only copied; none of them is one of the `docs-qa`
+task's or of the invented pages the examples evaluate on (examples/data/unseen-docs and unseen-docs-2).
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .synthetic_passages import Passage, invented_word, person
+from . import synthetic_docs
+from .synthetic_passages import Passage
 
 NUMBER_WORDS = ["two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
@@ -34,12 +37,37 @@ ORG_KINDS = ["Works", "Foundry", "Brothers", "Company", "Guild", "Mills", "Instr
              "Trust", "Society", "Cooperative"]
 
 
+ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "fl", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "pl", "qu", "r",
+          "s", "sh", "sk", "st", "t", "th", "tr", "v", "w", "wr", "y", "z", ""]
+NUCLEI = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "y", "ee", "oa"]
+CODAS = ["", "", "", "n", "r", "l", "s", "m", "k", "t", "nd", "rk", "ll", "sk", "th", "x", "ng"]
+
+
+DOCS_QA_WORD = re.compile("(?:" + "|".join(synthetic_docs.SYLLABLES) + ")+", re.IGNORECASE)
+DOCS_QA_NAMES = {name.lower() for name in (*synthetic_docs.TEAM_NAMES, *synthetic_docs.FIRST, *synthetic_docs.LAST, *synthetic_docs.KINDS)}
+
+
+def coined(rng: random.Random, syllables: int | None = None) -> str:
+    """A made-up name of 1 to 3 syllables from about 6,000 (onset, vowel, coda): unlike the 30 syllables of the other
+    reading passages, too many for a model to guess a name from them, so the one way to answer with it is to copy
+    it from the passage. Never a name of the `docs-qa` task nor one made of its syllables (drawn again)."""
+    count = syllables or rng.choice([1, 2, 2, 2, 3])
+    while True:
+        word = "".join(rng.choice(ONSETS) + rng.choice(NUCLEI) + rng.choice(CODAS) for _ in range(count))
+        if not DOCS_QA_WORD.fullmatch(word) and word not in DOCS_QA_NAMES:
+            return word.capitalize()
+
+
+def person(rng: random.Random) -> str:
+    return f"{coined(rng, rng.choice([1, 2]))} {coined(rng, rng.choice([1, 2, 2]))}"
+
+
 def _org(rng: random.Random) -> str:
-    return f"{invented_word(rng, rng.choice([1, 2]))} {rng.choice(ORG_KINDS)}"
+    return f"{coined(rng)} {rng.choice(ORG_KINDS)}"
 
 
 def _place(rng: random.Random) -> str:
-    return invented_word(rng, rng.choice([2, 2, 3]))
+    return coined(rng, rng.choice([2, 2, 3]))
 
 
 def _count(rng: random.Random, low: int, high: int) -> str:
@@ -206,7 +234,7 @@ NOT_FOR = {"speakers": ["cipher", "dance", "board game", "calendar"],
 
 def _naming(rng: random.Random, kind: Kind, noun: str) -> dict:
     """How an entry names its subject: the title, the full name with and without a capital, and the pronouns."""
-    proper = invented_word(rng, rng.choice([2, 2, 3]))
+    proper = coined(rng, rng.choice([2, 2, 3]))
     name = proper if noun == "language" else f"{proper} {noun}"
     the = f"the {name}" if kind.article and noun != "language" else name
     return {"title": name[0].upper() + name[1:], "the": the, "The": the[0].upper() + the[1:]}
