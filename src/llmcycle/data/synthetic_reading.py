@@ -5,7 +5,8 @@ in four styles (data/synthetic_passages.py: documentation pages about invented s
 written as text; data/synthetic_entries.py: encyclopedia entries about invented things), about a fifth of the
 questions about something the passage does not say, answered "The text does not say." (UNANSWERABLE), so that a
 reader learns to copy what is there and not to make up what is not. (A tenth was tried on the embedded Llama: it
-answered no more questions right, refused fewer and made up more; bench/RESULTS.md, session 12.) About 40% are laid out exactly as `llmcycle rag ask` and `rag eval` lay out retrieved passages (rag/ask.py's
+refused fewer questions and made up more answers, with no measurable change in those answered right;
+bench/RESULTS.md, session 12.) About 40% are laid out exactly as `llmcycle rag ask` and `rag eval` lay out retrieved passages (rag/ask.py's
 `render`: "[n] title: text" blocks, then the question): one to five passages, one of which holds the answer, the
 others pages of the same product (or stories, or tables) as a retriever would bring back, so a model tuned on
 them has seen its RAG prompts before the quickstart shows it one. A share of those ask across two pages (who
