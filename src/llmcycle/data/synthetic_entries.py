@@ -4,13 +4,13 @@ The other styles (data/synthetic_passages.py) are software documentation, storie
 index for retrieval are as often short entries about one thing: who makes it, where, of what, how big, since
 when, who runs it. An entry here is three to five such sentences about an invented thing of one of eight kinds
 (objects, machines, buildings, crossings, foods, events, creatures, inventions of the mind), each fact stated in
-one of several ways and asked in one of several others ("Tamsef Works makes the Ilokam lantern." / "Who is the
-maker of the Ilokam lantern?"), the sentences after the first mostly saying "It" for the thing. A reader learns
+one of several ways and asked in one of several others ("Brenthal Works makes the Quoskin lantern." / "Who is the
+maker of the Quoskin lantern?"), the sentences after the first mostly saying "It" for the thing. A reader learns
 from them to find the sentence that answers a question worded unlike it and to copy the value, which is what
 answering from pages it never saw asks. Facts of the entry's kind that it does not state are asked too, and the
 answer is then that the text does not say.
 
-Names are coined from about 6,000 syllables (`coined`), not the 30 the other passages draw from, so that an answer
+Names are coined from about 5,400 syllables (`coined`), not the 30 the other passages draw from, so that an answer
 cannot be guessed from the look of the names a model has seen, only copied; none of them is one of the `docs-qa`
 task's or of the invented pages the examples evaluate on (examples/data/unseen-docs and unseen-docs-2).
 """
@@ -35,20 +35,17 @@ ROLES = ["engineer", "chemist", "mathematician", "architect", "botanist", "clock
          "surgeon", "painter", "astronomer", "miller"]
 ORG_KINDS = ["Works", "Foundry", "Brothers", "Company", "Guild", "Mills", "Instruments", "Engineering", "Institute",
              "Trust", "Society", "Cooperative"]
-
-
 ONSETS = ["b", "br", "c", "ch", "d", "dr", "f", "fl", "g", "gr", "h", "j", "k", "l", "m", "n", "p", "pl", "qu", "r",
           "s", "sh", "sk", "st", "t", "th", "tr", "v", "w", "wr", "y", "z", ""]
 NUCLEI = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "y", "ee", "oa"]
 CODAS = ["", "", "", "n", "r", "l", "s", "m", "k", "t", "nd", "rk", "ll", "sk", "th", "x", "ng"]
-
-
 DOCS_QA_WORD = re.compile("(?:" + "|".join(synthetic_docs.SYLLABLES) + ")+", re.IGNORECASE)
-DOCS_QA_NAMES = {name.lower() for name in (*synthetic_docs.TEAM_NAMES, *synthetic_docs.FIRST, *synthetic_docs.LAST, *synthetic_docs.KINDS)}
+DOCS_QA_NAMES = {name.lower() for name in
+                 (*synthetic_docs.TEAM_NAMES, *synthetic_docs.FIRST, *synthetic_docs.LAST, *synthetic_docs.KINDS)}
 
 
 def coined(rng: random.Random, syllables: int | None = None) -> str:
-    """A made-up name of 1 to 3 syllables from about 6,000 (onset, vowel, coda): unlike the 30 syllables of the other
+    """A made-up name of 1 to 3 syllables from about 5,400 (onset, vowel, coda): unlike the 30 syllables of the other
     reading passages, too many for a model to guess a name from them, so the one way to answer with it is to copy
     it from the passage. Never a name of the `docs-qa` task nor one made of its syllables (drawn again)."""
     count = syllables or rng.choice([1, 2, 2, 2, 3])
@@ -73,7 +70,7 @@ def _place(rng: random.Random) -> str:
 def _count(rng: random.Random, low: int, high: int) -> str:
     """A number as an entry would write it: small ones often in words, large ones with thousands commas."""
     value = rng.randrange(low, high)
-    if value <= 12 and value >= 2 and rng.random() < 0.6:
+    if 2 <= value <= 12 and rng.random() < 0.6:
         return NUMBER_WORDS[value - 2]
     return f"{value:,}"
 

@@ -6,10 +6,10 @@ written as text; data/synthetic_entries.py: encyclopedia entries about invented 
 questions about something the passage does not say, answered "The text does not say." (UNANSWERABLE), so that a
 reader learns to copy what is there and not to make up what is not. (A tenth was tried on the embedded Llama: it
 refused fewer questions and made up more answers, with no measurable change in those answered right;
-bench/RESULTS.md, session 12.) About 40% are laid out exactly as `llmcycle rag ask` and `rag eval` lay out retrieved passages (rag/ask.py's
-`render`: "[n] title: text" blocks, then the question): one to five passages, one of which holds the answer, the
-others pages of the same product (or stories, or tables) as a retriever would bring back, so a model tuned on
-them has seen its RAG prompts before the quickstart shows it one. A share of those ask across two pages (who
+bench/RESULTS.md, session 12.) About 40% are laid out exactly as `llmcycle rag ask` and `rag eval` lay out
+retrieved passages (rag/ask.py's `render`: "[n] title: text" blocks, then the question): one to five passages, one
+of which holds the answer, the others pages of the same product (or stories, tables, entries) as a retriever would
+bring back, so a model tuned on them has seen its RAG prompts before the quickstart shows it one. A share of those ask across two pages (who
 leads the group that owns a component), as `docs-qa` does.
 
 Each row: `prompt`, `completion` (the span alone, or UNANSWERABLE), `answerable`, `layout` (plain or rag) and
@@ -22,14 +22,7 @@ import random
 from dataclasses import dataclass
 
 from .synthetic_entries import entry
-from .synthetic_passages import (
-    BRIDGE_QUESTIONS,
-    Passage,
-    club_story,
-    product,
-    table,
-    trade_story,
-)
+from .synthetic_passages import BRIDGE_QUESTIONS, Passage, club_story, product, table, trade_story
 
 UNANSWERABLE = "The text does not say."
 UNANSWERABLE_SHARE = 0.2
@@ -157,9 +150,7 @@ def _within_budget(rng: random.Random, shown: list[Passage], keep: list[Passage]
 
 def rag_item(rng: random.Random, style: str, answerable: bool) -> ReadingItem:
     """One to five passages laid out as `rag ask` lays them out, and a question that one (or two) of them answer."""
-    from ..rag.ask import (
-        render,  # deferred: rag.ask imports torch, which `llmcycle synth --help` should not
-    )
+    from ..rag.ask import render  # deferred: rag.ask imports torch, which `llmcycle synth --help` should not
 
     while True:
         count = rng.choices(list(PASSAGE_COUNTS), weights=list(PASSAGE_COUNTS.values()))[0]
