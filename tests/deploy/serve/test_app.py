@@ -464,6 +464,10 @@ def test_partial_stop_sequences_are_held_back():
         assert tracker.push(ord(c), final=False)[0] == ""
     assert tracker.push(ord("D"), final=False) == ("", True)
     assert tracker.text == "ab ##x"
+    after_echo = TextTracker(Characters(), keep_whitespace=True)  # the completion follows its echoed prompt
+    sent = [after_echo.push(ord(c), final=False) for c in " ab "]
+    assert "".join(d for d, _ in sent) == " ab" and after_echo.push(None, final=True) == (" ", False)
+    assert after_echo.text == " ab "
 
 
 @pytest.mark.slow

@@ -145,7 +145,24 @@ def test_generated_logprobs_equal_the_echoed_scores_of_the_same_tokens(engine):
     assert [item.logprob for item in echoed] == pytest.approx([item.logprob for item in live.entries], abs=1e-4)
 
 
-def test_echo_sends_the_prompt_first(engine):
+def test_echo_sends_the_prompt_first_then_the_completion_as_it_follows_it(engine):
+    """The completion keeps the whitespace that joins it to the prompt ("hello there, so", not "hello there,so"),
+    and the tokens spell the echoed text, so that their text offsets index it."""
     plain = decode(engine, max_tokens=6)
-    echoed = decode(engine, max_tokens=6, echo=True)
-    assert echoed.text == PROMPTS[1] + plain.text and echoed.completion_tokens == 6
+    echoed = decode(engine, max_tokens=6, echo=True, logprobs=1)
+    assert echoed.text.startswith(PROMPTS[1]) and echoed.completion_tokens == 6
+    assert echoed.text[len(PROMPTS[1]):].strip() == plain.text
+    spelled = "".join(item.token for item in echoed.entries)
+    whole = spelled.find("\ufffd")  # a character split between tokens is spelled half by each: compare up to it
+    whole = len(spelled) if whole < 0 else whole
+    assert whole > len(PROMPTS[1]) and spelled[:whole] == echoed.text[:whole]
+
+
+def test_an_echoed_prompt_is_spelled_as_its_text_has_it():
+    """A tokenizer that puts a space before every text spells the prompt's first token " Hello"; echoed, it is the
+    text's "Hello", and the rest is unchanged."""
+    from llmcycle.deploy.serve.logprobs import TokenLogprob, as_in_text
+
+    entries = (TokenLogprob(" Hello", None, None), TokenLogprob(" there", -1.0, ((" there", -1.0),)))
+    assert [e.token for e in as_in_text(entries, "Hello there")] == ["Hello", " there"]
+    assert as_in_text(entries, " Hello there") == entries and as_in_text((), "x") == ()

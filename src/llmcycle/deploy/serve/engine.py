@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .jobs import Finished, Job, TextDelta
-from .logprobs import entry, prompt_entries, raw_logprobs
+from .logprobs import as_in_text, entry, prompt_entries, raw_logprobs
 from .metrics import Metrics
 from .models import Adapter, ServedModels, add_adapter, remove_adapter
 from .protocol import APIError
@@ -247,7 +247,8 @@ class Engine:
         for number, job in enumerate(jobs):
             job.open_rows = job.params.n
             for choice, sampling in enumerate(self.sampler.for_job(job, logits.device)):
-                tracker = TextTracker(self.served.loaded.tokenizer, job.params.stop, streaming=job.streaming)
+                tracker = TextTracker(self.served.loaded.tokenizer, job.params.stop, streaming=job.streaming,
+                                      keep_whitespace=job.params.echo)
                 rows.append(Row(job, choice, list(histories[number]), lengths[number], tracker, sampling))
         self.rows += rows
         self._echo(rows)
@@ -267,7 +268,7 @@ class Engine:
                     prompt_entries(tokenizer, scores, job.prompt_ids, job.params.logprobs))
                 job.prompt_scores = None  # (prompt, vocab) floats: not kept past the answer's first event
             text = job.echo if job.echo is not None else tokenizer.decode(job.prompt_ids)
-            job.sink(TextDelta(row.choice, text, entries[id(job)]))
+            job.sink(TextDelta(row.choice, text, as_in_text(entries[id(job)], text)))
 
     # ---- decoding ----
 

@@ -63,6 +63,16 @@ def prompt_entries(tokenizer, scores: torch.Tensor, prompt: list[int], count: in
     return [first, *(entry(tokenizer, scores[i], prompt[: i + 1], prompt[i + 1], count) for i in range(len(prompt) - 1))]
 
 
+def as_in_text(entries: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:
+    """The echoed prompt's entries with the first token spelled as the prompt's text has it: a tokenizer that puts a
+    space before every text (sentencepiece's way) spells "Hello" as " Hello", and the text offsets would then run one
+    character past the text."""
+    if not entries or not entries[0].token[:1].isspace() or text[:1].isspace():
+        return entries
+    first = entries[0]
+    return (TokenLogprob(first.token.lstrip(), first.logprob, first.top), *entries[1:])
+
+
 def completion_json(entries: list[TokenLogprob], offset: int) -> dict:
     """The legacy completions shape; text offsets count from `offset` (the characters before these tokens)."""
     offsets = []

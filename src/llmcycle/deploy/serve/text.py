@@ -1,9 +1,11 @@
 """Generated tokens to the text a client sees: stop sequences cut, nothing streamed that a stop could take back.
 
 The text is decoded the way `llmcycle generate` decodes it (special tokens skipped, surrounding whitespace
-stripped), so a temperature-0 answer equals that verb's output. While streaming, text that may still change is
-held back: the start of a stop sequence, trailing whitespace (stripped if nothing follows) and an incomplete
-UTF-8 character.
+stripped), so a temperature-0 answer equals that verb's output. A completion that follows its echoed prompt keeps
+its whitespace instead (`keep_whitespace`), so that the text reads as the prompt then the completion, "Hello there
+not", never "Hello therenot", and the tokens' text offsets index it, as in vLLM and OpenAI's legacy completions.
+While streaming, text that may still change is held back: the start of a stop sequence, trailing whitespace
+(stripped if nothing follows, unless kept) and an incomplete UTF-8 character.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class TextTracker:
     text: str = ""
     stops_from: int = 0  # a stop sequence counts only if it ends past this many characters (min_tokens)
     streaming: bool = True  # False: the text is wanted whole, at the end (offline runs), so nothing is decoded before
+    keep_whitespace: bool = False  # True: after an echoed prompt, the text is not stripped
 
     def push(self, token: int | None, final: bool, stops: bool = True) -> tuple[str, bool]:
         """Add `token` (None adds nothing, e.g. for EOS) and return (text to send now, stopped by a stop sequence).
@@ -42,7 +45,10 @@ class TextTracker:
         if cut >= 0:
             raw, stopped = raw[:cut], True
         final = final or stopped
-        visible = raw.strip() if final else self._settled(raw.lstrip())
+        if self.keep_whitespace:
+            visible = raw if final else self._settled(raw)
+        else:
+            visible = raw.strip() if final else self._settled(raw.lstrip())
         return self._advance(visible), stopped
 
     def _settled(self, text: str) -> str:
