@@ -196,11 +196,9 @@ RELATIONS = {
 class Kind:
     """Things of one kind: their nouns, whether an entry says "the" before the name, the facts it can state."""
 
-    nouns: list[str]
+    nouns: list[str]  # capitalised where the noun is part of the name ("Brenthal Bridge")
     article: bool
     relations: list[str]
-    capital: bool = False
-    """Whether the noun is part of a proper name ("Ilokam Bridge")."""
 
 
 KINDS = {
@@ -209,13 +207,13 @@ KINDS = {
     "machine": Kind(["engine", "robot", "crane", "pump", "turbine", "tractor", "drone", "generator"],
                     True, ["maker", "made_in", "speed", "weight", "year_made", "designed_by", "owner", "paint"]),
     "building": Kind(["Library", "Observatory", "Museum", "Lighthouse", "Tower", "Theatre", "Mill", "Archive"],
-                     False, ["town", "mountain", "altitude", "opened", "opened_by", "run_by", "holds", "hours", "head", "visitors", "named_after"], capital=True),
+                     False, ["town", "mountain", "altitude", "opened", "opened_by", "run_by", "holds", "hours", "head", "visitors", "named_after"]),
     "crossing": Kind(["Bridge", "Dam", "Tunnel", "Viaduct", "Ferry"],
-                     False, ["river", "town", "opened", "engineer", "arches", "length", "run_by"], capital=True),
+                     False, ["river", "town", "opened", "engineer", "arches", "length", "run_by"]),
     "food": Kind(["cheese", "bread", "tea", "honey", "cider", "sausage", "cake", "jam"],
                  False, ["ingredient", "region", "maker", "year_made", "price", "named_after"]),
     "event": Kind(["Festival", "Fair", "Regatta", "Games", "Market"],
-                  True, ["month", "village", "founded", "run_by", "visitors", "named_after"], capital=True),
+                  True, ["month", "village", "founded", "run_by", "visitors", "named_after"]),
     "creature": Kind(["beetle", "moth", "frog", "lizard", "finch", "eel", "snail"],
                      True, ["habitat", "eats", "size", "colour", "discovered_by", "lifespan"]),
     "idea": Kind(["cipher", "language", "dance", "board game", "alphabet", "calendar"],
@@ -264,7 +262,7 @@ def entry(rng: random.Random) -> Passage:
         sentences.append(_sentence(rng, RELATIONS[key], slots, first=index == 0))
     passage.text = " ".join(sentences)
     for key, slots, question in facts:
-        if key in stated:  # the span as the text has it ("Sailors in the port of ..." opens a sentence)
+        if key in stated:  # the span as the text has it ("Sailors in Drenthal used ..." opens a sentence)
             value = slots["v"]
             passage.answered.append((question, value if value in passage.text else value[0].upper() + value[1:]))
         elif slots["v"] not in passage.text and all(value in passage.text for name, value in slots.items()
