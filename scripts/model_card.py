@@ -47,8 +47,9 @@ MIX_PURPOSES = {  # what each part of the instruction mix is, and what it is the
     "reading": "answer a question from a passage (documentation pages about invented software, short stories, tables "
                "written as text, encyclopedia entries about invented things) with the span that says it, or \"The text "
                "does not say.\" for the fifth it does not answer; 40% laid out exactly as `llmcycle rag ask` lays out "
-               "retrieved passages, one to five of them. For retrieval: grounding answers in given text, and no made-up answer when the text lacks one. Its names are "
-               "not those of the `docs-qa` task the quickstart tests retrieval on",
+               "retrieved passages, one to five of them. For retrieval: grounding answers in given text, and no made-up "
+               "answer when the text lacks one. Its names are not those of the `docs-qa` task the quickstart tests "
+               "retrieval on",
     "arithmetic-mix": "word problems of two and three steps, each twice: with the worked steps ending \"The answer is N.\" "
                       "when the prompt asks for them (\"Let's think step by step.\", or solved examples with steps, as "
                       "`llmcycle prompt --cot` asks), and \"The answer is N.\" alone when it does not. For chain-of-thought: "
