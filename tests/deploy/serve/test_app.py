@@ -193,6 +193,27 @@ def test_auth_and_unknown_model(strict_server):
 
 
 @pytest.mark.slow
+def test_tokenize_and_detokenize_as_vllm_serves_them(strict_server, llama_dir):
+    """Outside /v1 and the API key, as in vLLM; the served tokenizer's ids, and back."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    post = lambda route, body: http(strict_server.url + route, json.dumps(body).encode(), {"Content-Type": "application/json"})  # noqa: E731
+    status, body, _ = post("/tokenize", {"model": "lora1", "prompt": "hello there", "return_token_strs": True})
+    assert status == 200 and body["tokens"] == tokenizer("hello there")["input_ids"] and body["count"] == len(body["tokens"])
+    assert body["max_model_len"] == 64 and body["token_strs"] == tokenizer.convert_ids_to_tokens(body["tokens"])
+    assert post("/detokenize", {"tokens": body["tokens"]})[1] == {"prompt": tokenizer.decode(body["tokens"])}
+    status, chat, _ = post("/tokenize", {"messages": [{"role": "user", "content": "hello there"}]})
+    assert status == 200 and chat["count"] > body["count"] and chat["token_strs"] is None  # the template's words too
+    for route, request, param in [("/tokenize", {"prompt": 3}, "prompt"), ("/tokenize", {"prompt": "hi", "model": "nope"}, "model"),
+                                  ("/detokenize", {"tokens": [1, 10**9]}, "tokens"), ("/detokenize", {"tokens": "1 2"}, "tokens"),
+                                  ("/tokenize", {"prompt": "hi", "add_special_tokens": "yes"}, "add_special_tokens")]:
+        status, error, _ = post(route, request)
+        assert status in (400, 404) and error["error"]["param"] == param, (route, request)
+    assert http(strict_server.url + "/version")[1]["version"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("body,param", [
     (b"{not json", "body"),
     (json.dumps({"model": "lora1", "prompt": "hi", "temperature": 5}).encode(), "temperature"),

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ... import __version__
 from ...errors import UserError
 from .bridge import ClientGone
 from .engine import Engine
@@ -22,6 +23,7 @@ from .handling import chat_render, check_key, lookup, read_body, respond
 from .models import ServedModels
 from .protocol import APIError, bad, parse_chat, parse_completion, parse_json
 from .state import ServerState
+from .tokens import detokenize_body, tokenize_body
 
 PLAYGROUND = Path(__file__).with_name("playground.html")
 
@@ -47,6 +49,7 @@ def create_app(state: ServerState) -> FastAPI:
         return error_response(APIError(error.status_code, str(error.detail)))
 
     add_open_routes(app, state)
+    add_token_routes(app, state)
     add_model_routes(app, state)
     add_adapter_routes(app, state)
     return app
@@ -69,6 +72,27 @@ def add_open_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/metrics")
     async def metrics():
         return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def add_token_routes(app: FastAPI, state: ServerState) -> None:
+    """vLLM's /tokenize and /detokenize (serve/tokens.py) and /version; as in vLLM, outside /v1 and the API key."""
+    limit = state.config.max_request_bytes
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        data = parse_json(await read_body(request, limit))
+        served, _ = state.ready()
+        return tokenize_body(served, state.window, data)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        data = parse_json(await read_body(request, limit))
+        served, _ = state.ready()
+        return detokenize_body(served, data)
+
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
 
 
 def add_model_routes(app: FastAPI, state: ServerState) -> None:

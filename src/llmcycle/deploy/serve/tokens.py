@@ -1,0 +1,57 @@
+"""vLLM's /tokenize and /detokenize: the served tokenizer, for clients that count or build tokens on the server.
+
+Request and answer follow vLLM's: /tokenize takes `prompt` (with `add_special_tokens`, default true) or chat
+`messages` (rendered by the chat template as /v1/chat/completions renders them, `add_generation_prompt` default
+true, `add_special_tokens` default false) and answers `{count, max_model_len, tokens, token_strs}` (`token_strs`
+with `return_token_strs`); /detokenize takes `tokens` and answers `{prompt}`. As in vLLM, they sit outside /v1 and
+need no API key: they say nothing a client could not compute from the model's public tokenizer.
+"""
+
+from __future__ import annotations
+
+from ...models import chat_renderer
+from .handling import lookup
+from .models import ServedModels
+from .protocol import bad, parse_messages
+
+
+def _flag(data: dict, name: str, default: bool) -> bool:
+    value = data.get(name, default)
+    if not isinstance(value, bool):
+        raise bad(name, f"'{name}' must be true or false")
+    return value
+
+
+def _checked_model(served: ServedModels, data: dict) -> None:
+    if data.get("model") is not None:
+        if not isinstance(data["model"], str):
+            raise bad("model", "'model' must be a string")
+        lookup(served, data["model"])
+
+
+def tokenize_body(served: ServedModels, window: int | None, data: dict) -> dict:
+    _checked_model(served, data)
+    tokenizer = served.loaded.tokenizer
+    if "messages" in data:
+        messages = parse_messages(data["messages"])
+        text = chat_renderer(tokenizer)(messages, _flag(data, "add_generation_prompt", True))
+        special = _flag(data, "add_special_tokens", False)
+    elif isinstance(data.get("prompt"), str):
+        text, special = data["prompt"], _flag(data, "add_special_tokens", True)
+    else:
+        raise bad("prompt", "give 'prompt' (a string) or 'messages' (a chat)")
+    tokens = tokenizer(text, add_special_tokens=special)["input_ids"]
+    strs = tokenizer.convert_ids_to_tokens(tokens) if _flag(data, "return_token_strs", False) else None
+    return {"count": len(tokens), "max_model_len": window, "tokens": tokens, "token_strs": strs}
+
+
+def detokenize_body(served: ServedModels, data: dict) -> dict:
+    _checked_model(served, data)
+    tokens = data.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise bad("tokens", "'tokens' must be a list of token ids (integers)")
+    vocab = served.loaded.model.get_input_embeddings().num_embeddings
+    outside = [t for t in tokens if not 0 <= t < vocab]
+    if outside:
+        raise bad("tokens", f"token id {outside[0]} is outside the vocabulary (0 to {vocab - 1})")
+    return {"prompt": served.loaded.tokenizer.decode(tokens)}
