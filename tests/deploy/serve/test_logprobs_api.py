@@ -100,3 +100,18 @@ def test_penalties_sent_by_the_client(servers, llama_dir):
     tokens = blocked.choices[0].logprobs.tokens
     words = [token for token in tokens if token.strip() and "\ufffd" not in token]  # byte pieces may share a spelling
     assert len(tokens) == 30 and len(words) > 5 and len(set(words)) == len(words)  # no token twice
+
+
+@pytest.mark.parametrize("field,value", [("stop_token_ids", [5]), ("include_stop_str_in_output", True),
+                                         ("min_p", 0.1), ("prompt_logprobs", 1), ("skip_special_tokens", False),
+                                         ("truncate_prompt_tokens", 5), ("best_of", 3)])
+def test_vllm_fields_this_server_cannot_honour_are_refused_not_ignored(field, value):
+    """A client asking for one of vLLM's extras gets a 400 naming it, never an answer that quietly ignored it; the
+    same field at its default (as benchmark clients send it) is accepted."""
+    from llmcycle.deploy.serve.protocol import UNSUPPORTED, APIError, parse_completion
+
+    with pytest.raises(APIError) as info:
+        parse_completion({"model": "m", "prompt": "hi", field: value})
+    assert info.value.status == 400 and info.value.param == field
+    defaults = [d for d in UNSUPPORTED[field] if d is not None]
+    parse_completion({"model": "m", "prompt": "hi", field: defaults[0] if defaults else None})

@@ -17,8 +17,13 @@ MAX_STOP = 4
 MAX_N = 128
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MAX_LOGPROBS = 20  # the most top log-probabilities one token may ask for (vLLM's default --max-logprobs)
-UNSUPPORTED = {  # fields whose non-default values this server cannot honour
+UNSUPPORTED = {  # fields whose non-default values this server cannot honour: refused, never silently ignored
     "suffix": (None, ""), "best_of": (None, 1), "use_beam_search": (None, False),
+    # vLLM's extra sampling fields that change what comes back
+    "stop_token_ids": (None, []), "include_stop_str_in_output": (None, False),
+    "min_p": (None, 0), "allowed_token_ids": (None,), "bad_words": (None, []), "prompt_logprobs": (None,),
+    "skip_special_tokens": (None, True), "spaces_between_special_tokens": (None, True),
+    "truncate_prompt_tokens": (None,), "return_tokens_as_token_ids": (None, False),
 }
 
 
