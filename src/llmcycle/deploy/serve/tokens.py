@@ -9,10 +9,18 @@ need no API key: they say nothing a client could not compute from the model's pu
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ...models import chat_renderer
 from .handling import lookup
 from .models import ServedModels
 from .protocol import bad, parse_messages
+
+
+@lru_cache(maxsize=4)
+def _renderer(tokenizer):
+    """One renderer per served tokenizer: a template-less one notes its fallback layout once, not every request."""
+    return chat_renderer(tokenizer)
 
 
 def _flag(data: dict, name: str, default: bool) -> bool:
@@ -34,7 +42,7 @@ def tokenize_body(served: ServedModels, window: int | None, data: dict) -> dict:
     tokenizer = served.loaded.tokenizer
     if "messages" in data:
         messages = parse_messages(data["messages"])
-        text = chat_renderer(tokenizer)(messages, _flag(data, "add_generation_prompt", True))
+        text = _renderer(tokenizer)(messages, _flag(data, "add_generation_prompt", True))
         special = _flag(data, "add_special_tokens", False)
     elif isinstance(data.get("prompt"), str):
         text, special = data["prompt"], _flag(data, "add_special_tokens", True)
