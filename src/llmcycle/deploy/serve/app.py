@@ -19,7 +19,14 @@ from ...errors import UserError
 from .bridge import ClientGone
 from .engine import Engine
 from .guided import attach, parse_guide, template_has_tools, tools_render
-from .handling import chat_render, check_key, lookup, read_body, respond
+from .handling import (
+    chat_render,
+    check_key,
+    lookup,
+    read_body,
+    respond,
+    served_renderer,
+)
 from .models import ServedModels
 from .protocol import APIError, bad, parse_chat, parse_completion, parse_json
 from .state import ServerState
@@ -82,7 +89,7 @@ def add_token_routes(app: FastAPI, state: ServerState) -> None:
     async def tokenize(request: Request):
         data = parse_json(await read_body(request, limit))
         served, _ = state.ready()
-        return tokenize_body(served, state.window, data)
+        return tokenize_body(served, state.window, served_renderer(state, served), data)
 
     @app.post("/detokenize")
     async def detokenize(request: Request):

@@ -56,12 +56,18 @@ def lookup(served: ServedModels, name: str) -> Adapter | None:
                        code="model_not_found") from None
 
 
-def chat_render(state: ServerState, served: ServedModels):
-    """messages -> prompt text with the tokenizer's chat template (made once: its fallback notes itself once)."""
+def served_renderer(state: ServerState, served: ServedModels):
+    """(messages, add_generation_prompt) -> prompt text with the tokenizer's chat template, made once (its fallback
+    notes itself once); /v1/chat/completions and /tokenize share it."""
     if state.render is None:
-        render = chat_renderer(served.loaded.tokenizer)
-        state.render = lambda messages: render(messages, True)
+        state.render = chat_renderer(served.loaded.tokenizer)
     return state.render
+
+
+def chat_render(state: ServerState, served: ServedModels):
+    """messages -> the prompt text a chat completion continues."""
+    render = served_renderer(state, served)
+    return lambda messages: render(messages, True)
 
 
 def prompt_ids(served: ServedModels, parsed: ParsedRequest) -> list[list[int]]:
@@ -69,16 +75,21 @@ def prompt_ids(served: ServedModels, parsed: ParsedRequest) -> list[list[int]]:
     tokenizer = served.loaded.tokenizer
     plain = not (parsed.chat and getattr(tokenizer, "chat_template", None))  # templates write their own BOS
     param = "messages" if parsed.chat else "prompt"
-    vocab = served.loaded.model.get_input_embeddings().num_embeddings
     ids = []
     for prompt in parsed.prompts:
         tokens = tokenizer(prompt, add_special_tokens=plain)["input_ids"] if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise bad(param, f"the {param} is empty: it has no tokens")
-        if max(tokens) >= vocab:
-            raise bad(param, f"token id {max(tokens)} is outside the vocabulary (0 to {vocab - 1})")
+        check_in_vocabulary(served, tokens, param)
         ids.append(tokens)
     return ids
+
+
+def check_in_vocabulary(served: ServedModels, tokens: list[int], param: str) -> None:
+    """400 when a (non-negative) token id is past the model's vocabulary."""
+    vocab = served.loaded.model.get_input_embeddings().num_embeddings
+    if tokens and max(tokens) >= vocab:
+        raise bad(param, f"token id {max(tokens)} is outside the vocabulary (0 to {vocab - 1})")
 
 
 def settle_max_tokens(window: int | None, served: ServedModels, parsed: ParsedRequest, ids: list[list[int]], virtual: int) -> None:

@@ -135,10 +135,11 @@ def _number(data: dict, name: str, default, low: float, high: float, integer: bo
     return value
 
 
-def _flag(data: dict, name: str) -> bool:
+def flag(data: dict, name: str, default: bool = False) -> bool:
+    """A true/false field; absent or null is `default`."""
     value = data.get(name)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise bad(name, f"'{name}' must be true or false, got {json.dumps(value)}")
     return value
@@ -194,7 +195,7 @@ def sampling_params(data: dict, max_n: int) -> SamplingParams:
         seed=_number(data, "seed", None, -(1 << 63), (1 << 64) - 1, integer=True),
         n=_number(data, "n", 1, 1, max_n, integer=True),
         stop=_stop(data),
-        ignore_eos=_flag(data, "ignore_eos"),
+        ignore_eos=flag(data, "ignore_eos"),
         **_penalties(data),
     )
 
@@ -207,7 +208,7 @@ def _completion_logprobs(data: dict) -> int | None:
 def _chat_logprobs(data: dict) -> int | None:
     """Chat's `logprobs: true` with `top_logprobs: N`."""
     top = _number(data, "top_logprobs", None, 0, MAX_LOGPROBS, integer=True)
-    if not _flag(data, "logprobs"):
+    if not flag(data, "logprobs"):
         if top is not None:
             raise bad("top_logprobs", "'top_logprobs' needs 'logprobs': true")
         return None
@@ -221,14 +222,14 @@ def _common(data: dict, max_n: int, chat: bool) -> tuple[str, SamplingParams, bo
     for name, defaults in UNSUPPORTED.items():
         if data.get(name) not in defaults:
             raise bad(name, f"'{name}' is not supported by this server")
-    stream = _flag(data, "stream")
+    stream = flag(data, "stream")
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad("stream_options", "'stream_options' must be an object such as {\"include_usage\": true}")
-    include_usage = _flag(options or {}, "include_usage")
+    include_usage = flag(options or {}, "include_usage")
     params = sampling_params(data, max_n)
     params.logprobs = _chat_logprobs(data) if chat else _completion_logprobs(data)
-    params.echo = not chat and _flag(data, "echo")
+    params.echo = not chat and flag(data, "echo")
     if chat and data.get("echo") not in (None, False):
         raise bad("echo", "'echo' is a completions field; chat answers hold only the reply")
     if params.max_tokens == 0 and not params.echo:

@@ -9,25 +9,11 @@ need no API key: they say nothing a client could not compute from the model's pu
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
 
-from ...models import chat_renderer
-from .handling import lookup
+from .handling import check_in_vocabulary, lookup
 from .models import ServedModels
-from .protocol import bad, parse_messages
-
-
-@lru_cache(maxsize=4)
-def _renderer(tokenizer):
-    """One renderer per served tokenizer: a template-less one notes its fallback layout once, not every request."""
-    return chat_renderer(tokenizer)
-
-
-def _flag(data: dict, name: str, default: bool) -> bool:
-    value = data.get(name, default)
-    if not isinstance(value, bool):
-        raise bad(name, f"'{name}' must be true or false")
-    return value
+from .protocol import bad, flag, parse_messages
 
 
 def _checked_model(served: ServedModels, data: dict) -> None:
@@ -37,29 +23,27 @@ def _checked_model(served: ServedModels, data: dict) -> None:
         lookup(served, data["model"])
 
 
-def tokenize_body(served: ServedModels, window: int | None, data: dict) -> dict:
+def tokenize_body(served: ServedModels, window: int | None, render: Callable, data: dict) -> dict:
+    """`render`: (messages, add_generation_prompt) -> prompt text, as the chat route renders them."""
     _checked_model(served, data)
     tokenizer = served.loaded.tokenizer
     if "messages" in data:
         messages = parse_messages(data["messages"])
-        text = _renderer(tokenizer)(messages, _flag(data, "add_generation_prompt", True))
-        special = _flag(data, "add_special_tokens", False)
+        text = render(messages, flag(data, "add_generation_prompt", True))
+        special = flag(data, "add_special_tokens", False)
     elif isinstance(data.get("prompt"), str):
-        text, special = data["prompt"], _flag(data, "add_special_tokens", True)
+        text, special = data["prompt"], flag(data, "add_special_tokens", True)
     else:
         raise bad("prompt", "give 'prompt' (a string) or 'messages' (a chat)")
     tokens = tokenizer(text, add_special_tokens=special)["input_ids"]
-    strs = tokenizer.convert_ids_to_tokens(tokens) if _flag(data, "return_token_strs", False) else None
+    strs = tokenizer.convert_ids_to_tokens(tokens) if flag(data, "return_token_strs") else None
     return {"count": len(tokens), "max_model_len": window, "tokens": tokens, "token_strs": strs}
 
 
 def detokenize_body(served: ServedModels, data: dict) -> dict:
     _checked_model(served, data)
     tokens = data.get("tokens")
-    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise bad("tokens", "'tokens' must be a list of token ids (integers)")
-    vocab = served.loaded.model.get_input_embeddings().num_embeddings
-    outside = [t for t in tokens if not 0 <= t < vocab]
-    if outside:
-        raise bad("tokens", f"token id {outside[0]} is outside the vocabulary (0 to {vocab - 1})")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens):
+        raise bad("tokens", "'tokens' must be a list of token ids (integers from 0)")
+    check_in_vocabulary(served, tokens, "tokens")
     return {"prompt": served.loaded.tokenizer.decode(tokens)}
