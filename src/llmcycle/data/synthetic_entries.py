@@ -75,6 +75,15 @@ def _count(rng: random.Random, low: int, high: int) -> str:
     return f"{value:,}"
 
 
+def _amount(low: int, high: int, unit: str) -> Callable[[random.Random], str]:
+    """A value drawer: a count from [low, high) in a unit ("2,310 metres")."""
+    return lambda rng: f"{_count(rng, low, high)} {unit}"
+
+
+def _year(low: int, high: int) -> Callable[[random.Random], str]:
+    return lambda rng: str(rng.randrange(low, high))
+
+
 def _decimal(rng: random.Random, low: float, high: float) -> str:
     return f"{rng.uniform(low, high):.1f}"
 
@@ -90,7 +99,7 @@ class Relation:
     extra: Callable[[random.Random], dict] | None = None
 
 
-def _r(value, says, asks, extra=None) -> Relation:
+def _r(value, says, asks, extra=None) -> Relation:  # the table's rows, kept short
     return Relation(value, says, asks, extra)
 
 
@@ -112,11 +121,11 @@ RELATIONS = {
                    _part("handle", "case", "lid", "frame", "base", "dial")),
     "capacity": _r(lambda rng: f"{_decimal(rng, 0.3, 9.0)} litres", ["{The} holds {v}.", "{It} can hold {v}."],
                    ["How much does {the} hold?", "What is the capacity of {the}?"]),
-    "weight": _r(lambda rng: f"{_count(rng, 2, 900)} kilograms", ["{The} weighs {v}.", "{It} has a weight of {v}."],
+    "weight": _r(_amount(2, 900, "kilograms"), ["{The} weighs {v}.", "{It} has a weight of {v}."],
                  ["How much does {the} weigh?", "What is the weight of {the}?"]),
-    "year_made": _r(lambda rng: str(rng.randrange(1720, 2015)), ["{The} was first made in {v}.", "{It} has been made since {v}."],
+    "year_made": _r(_year(1720, 2015), ["{The} was first made in {v}.", "{It} has been made since {v}."],
                     ["When was {the} first made?", "Since which year has {the} been made?"]),
-    "speed": _r(lambda rng: f"{_count(rng, 5, 300)} kilometres an hour", ["{The} reaches {v}.", "{Its} top speed is {v}."],
+    "speed": _r(_amount(5, 300, "kilometres an hour"), ["{The} reaches {v}.", "{Its} top speed is {v}."],
                 ["How fast is {the}?", "What is the top speed of {the}?"]),
     "designed_by": _r(person, ["{The} was designed by the {role} {v}.", "The {role} {v} designed {the}."],
                       ["Who designed {the}?", "Which {role} designed {the}?"], _role),
@@ -128,9 +137,9 @@ RELATIONS = {
                ["Where is {the}?", "In which town is {the}?", "Which town is {the} in?"]),
     "mountain": _r(lambda rng: f"Mount {_place(rng)}", ["{The} stands on {v}.", "{It} sits on the top of {v}."],
                    ["On which mountain does {the} stand?", "Which mountain is {the} on?"]),
-    "altitude": _r(lambda rng: f"{_count(rng, 200, 4500)} metres", ["{The} is {v} above the sea.", "{It} lies at {v} above sea level."],
+    "altitude": _r(_amount(200, 4500, "metres"), ["{The} is {v} above the sea.", "{It} lies at {v} above sea level."],
                    ["How high above the sea is {the}?", "At what height does {the} lie?"]),
-    "opened": _r(lambda rng: str(rng.randrange(1700, 2015)), ["{The} was opened in {v}.", "{It} opened in {v}."],
+    "opened": _r(_year(1700, 2015), ["{The} was opened in {v}.", "{It} opened in {v}."],
                  ["When was {the} opened?", "In which year did {the} open?"]),
     "opened_by": _r(person, ["{The} was opened by the {role} {v}.", "The {role} {v} opened {the}."],
                     ["Who opened {the}?", "Which {role} opened {the}?"], _role),
@@ -150,7 +159,7 @@ RELATIONS = {
     "arches": _r(lambda rng: rng.choice(NUMBER_WORDS), ["{The} has {v} arches of {stone}.", "{It} rests on {v} arches of {stone}."],
                  ["How many arches does {the} have?", "On how many arches does {the} rest?"],
                  lambda rng: {"stone": rng.choice(["grey granite", "red brick", "white limestone", "sandstone"])}),
-    "length": _r(lambda rng: f"{_count(rng, 40, 3000)} metres", ["{The} is {v} long.", "{It} runs for {v}."],
+    "length": _r(_amount(40, 3000, "metres"), ["{The} is {v} long.", "{It} runs for {v}."],
                  ["How long is {the}?", "What is the length of {the}?"]),
     "ingredient": _r(lambda rng: rng.choice(["goat milk", "sheep milk", "rye flour", "barley", "wild plums", "pine honey", "black tea leaves", "chestnuts"]),
                      ["{The} is made from {v}.", "{It} is made with {v}."], ["What is {the} made from?", "What is {the} made with?"]),
@@ -160,13 +169,13 @@ RELATIONS = {
                 ["When does {the} take place?", "In which month is {the} held?"]),
     "village": _r(_place, ["{The} is held in the village of {v}.", "{It} takes place in {v}."],
                   ["Where is {the} held?", "In which village does {the} take place?"]),
-    "founded": _r(lambda rng: str(rng.randrange(1600, 2010)), ["{The} was first held in {v}.", "{It} began in {v}."],
+    "founded": _r(_year(1600, 2010), ["{The} was first held in {v}.", "{It} began in {v}."],
                   ["When was {the} first held?", "In which year did {the} begin?"]),
     "habitat": _r(lambda rng: f"the {rng.choice(['forests', 'marshes', 'hills', 'dunes', 'caves'])} of {_place(rng)}",
                   ["{The} lives in {v}.", "{It} is found in {v}."], ["Where does {the} live?", "Where is {the} found?"]),
     "eats": _r(lambda rng: rng.choice(["pine needles", "snails", "moss", "fallen apples", "beetle larvae", "reed seeds"]),
                ["{The} feeds on {v}.", "{It} eats {v}."], ["What does {the} feed on?", "What does {the} eat?"]),
-    "size": _r(lambda rng: f"{_count(rng, 4, 90)} millimetres", ["{The} grows to {v}.", "{It} is {v} long."],
+    "size": _r(_amount(4, 90, "millimetres"), ["{The} grows to {v}.", "{It} is {v} long."],
                ["How big does {the} grow?", "How long is {the}?"]),
     "colour": _r(lambda rng: rng.choice(COLOURS), ["{Its} {part} is {v}.", "The {part} of {the} is {v}."],
                  ["What colour is the {part} of {the}?", "Which colour is the {part} of {the}?"], _part("shell", "back", "wing", "head")),
@@ -174,20 +183,20 @@ RELATIONS = {
                         ["Who first described {the}?", "Which {role} described {the}?"], _role),
     "invented_by": _r(person, ["{The} was invented by the {role} {v}.", "The {role} {v} invented {the}."],
                       ["Who invented {the}?", "Which {role} invented {the}?"], _role),
-    "year_invented": _r(lambda rng: str(rng.randrange(1500, 2010)), ["{The} was invented in {v}.", "{It} dates from {v}."],
+    "year_invented": _r(_year(1500, 2010), ["{The} was invented in {v}.", "{It} dates from {v}."],
                         ["When was {the} invented?", "What year does {the} date from?"]),
     "used_by": _r(lambda rng: rng.choice(["sailors", "weavers", "monks", "miners", "traders", "shepherds"]),
                   ["{v} in {place} used {the}.", "{The} was used by {v} in {place}."],
                   ["Who used {the}?", "Which people in {place} used {the}?"], lambda rng: {"place": _place(rng)}),
-    "speakers": _r(lambda rng: f"{_count(rng, 300, 90000)} people", ["{The} is spoken by about {v}.", "About {v} speak {the}."],
+    "speakers": _r(_amount(300, 90000, "people"), ["{The} is spoken by about {v}.", "About {v} speak {the}."],
                    ["How many people speak {the}?", "By how many people is {the} spoken?"]),
-    "visitors": _r(lambda rng: f"{_count(rng, 200, 90000)} visitors", ["{The} draws about {v} a year.", "About {v} come to {the} each year."],
+    "visitors": _r(_amount(200, 90000, "visitors"), ["{The} draws about {v} a year.", "About {v} come to {the} each year."],
                    ["How many visitors does {the} draw?", "How many people come to {the} each year?"]),
     "named_after": _r(person, ["{The} is named after the {role} {v}.", "{Its} name honours the {role} {v}."],
                       ["Who is {the} named after?", "Whom does the name of {the} honour?"], _role),
-    "price": _r(lambda rng: f"{_count(rng, 2, 90)} euros", ["{The} sells for {v} a kilo.", "A kilo of {the} costs {v}."],
+    "price": _r(_amount(2, 90, "euros"), ["{The} sells for {v} a kilo.", "A kilo of {the} costs {v}."],
                 ["How much does {the} cost?", "What does a kilo of {the} cost?"]),
-    "lifespan": _r(lambda rng: f"{_count(rng, 2, 40)} years", ["{The} lives for about {v}.", "{It} can live {v}."],
+    "lifespan": _r(_amount(2, 40, "years"), ["{The} lives for about {v}.", "{It} can live {v}."],
                    ["How long does {the} live?", "What is the lifespan of {the}?"]),
 }
 
@@ -252,15 +261,14 @@ def entry(rng: random.Random) -> Passage:
     keys = [k for k in kind.relations if noun not in NOT_FOR.get(k, [])]
     stated = rng.sample(keys, min(len(keys), rng.randrange(3, 6)))
     open_keys = [k for k in keys if k not in stated][:2]
-    sentences, passage = [], Passage(naming["title"], "")
     facts = []
     for key in [*stated, *open_keys]:
         relation = RELATIONS[key]
         slots = {**naming, **(relation.extra(rng) if relation.extra else {}), "v": relation.value(rng)}
         facts.append((key, slots, rng.choice(relation.asks).format(**slots)))
-    for index, (key, slots, _) in enumerate(facts[: len(stated)]):
-        sentences.append(_sentence(rng, RELATIONS[key], slots, first=index == 0))
-    passage.text = " ".join(sentences)
+    sentences = [_sentence(rng, RELATIONS[key], slots, first=index == 0)
+                 for index, (key, slots, _) in enumerate(facts[: len(stated)])]
+    passage = Passage(naming["title"], " ".join(sentences))
     for key, slots, question in facts:
         if key in stated:  # the span as the text has it ("Sailors in Drenthal used ..." opens a sentence)
             value = slots["v"]
