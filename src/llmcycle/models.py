@@ -304,29 +304,43 @@ def cache_argument(model) -> str:
 
 
 def chat_renderer(tokenizer):
-    """(messages, add_generation_prompt) -> prompt text, with the tokenizer's chat template when it has one.
+    """(messages, add_generation_prompt, **template) -> prompt text, with the tokenizer's chat template when it has one.
 
-    Tokenizers without a template (T5, BART, GPT-2) get a plain "Role: content" layout, so `messages` data
-    still works with them; the first use says so.
+    `template` holds apply_chat_template's other arguments (continue_final_message, tools) and variables the
+    template reads (vLLM's chat_template_kwargs, e.g. enable_thinking). Tokenizers without a template (T5, BART,
+    GPT-2) get a plain "Role: content" layout, so `messages` data still works with them; the first use says so.
+    There, template variables have nothing to set (a Jinja template ignores the ones it does not read, too), and
+    `continue_final_message` leaves the last message open instead of adding "Assistant:".
     """
     if getattr(tokenizer, "chat_template", None):
-        def render(messages: list[dict], add_generation_prompt: bool) -> str:
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        def render(messages: list[dict], add_generation_prompt: bool, **template) -> str:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                                 **template)
 
         return render
 
     warned = []
 
-    def render_plain(messages: list[dict], add_generation_prompt: bool) -> str:
+    def render_plain(messages: list[dict], add_generation_prompt: bool, continue_final_message: bool = False,
+                     **template) -> str:
         if not warned:
             note("the tokenizer has no chat template; rendering messages as 'Role: content' lines")
             warned.append(True)
-        lines = [f"{FALLBACK_CHAT_ROLES[m['role']]}: {m['content']}" for m in messages]
-        if add_generation_prompt:
+        lines = [f"{FALLBACK_CHAT_ROLES[m['role']]}: {_plain_content(m)}" for m in messages]
+        if add_generation_prompt and not continue_final_message:
             lines.append("Assistant:")
         return "\n".join(lines)
 
     return render_plain
+
+
+def _plain_content(message: dict) -> str:
+    """A message's text for the plain layout: its content, or else its tool calls as the JSON a forced call writes."""
+    calls = message.get("tool_calls")
+    if message.get("content") or not calls:
+        return message.get("content") or ""
+    return " ".join(json.dumps({"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+                               separators=(",", ":"), ensure_ascii=False) for call in calls)
 
 
 @dataclass

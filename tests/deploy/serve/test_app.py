@@ -97,9 +97,17 @@ def test_stream_usage_stop_and_length(arch, servers, setups):
     assert "".join(c.choices[0].text for c in chunks if c.choices) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    assert all(c.usage is None for c in chunks[:-1])
+    # vLLM's continuous_usage_stats: every chunk counts the choice's tokens so far
+    running = list(complete(server, "lora1", prompt, stream=True,
+                            stream_options={"include_usage": True, "continuous_usage_stats": True}))
+    counts = [c.usage.completion_tokens for c in running[:-1]]
+    assert counts == sorted(counts) and counts[-1] == MAX_TOKENS and 0 < counts[0] < MAX_TOKENS
+    assert all(c.usage.prompt_tokens == whole.usage.prompt_tokens for c in running)
+    assert running[-1].usage.model_dump() == whole.usage.model_dump()
     stop = text[len(text) // 2: len(text) // 2 + 2]
     assert stop.strip(), f"pick a prompt whose answer has text to stop at: {text!r}"
-    stopped = complete(server, "lora1", prompt, stop=[stop, "zzzz"])
+    stopped = complete(server, "lora1", prompt, stop=[stop, "zzzz", "yyyy", "xxxx", "wwww"])  # more than OpenAI's 4, as vLLM takes
     assert stopped.choices[0].finish_reason == "stop"
     assert stopped.choices[0].text == text[: text.index(stop)].strip()
     streamed = complete(server, "lora1", prompt, stop=[stop, "zzzz"], stream=True)
@@ -219,7 +227,7 @@ def test_tokenize_and_detokenize_as_vllm_serves_them(strict_server, llama_dir):
     (json.dumps({"model": "lora1", "prompt": "hi", "temperature": 5}).encode(), "temperature"),
     (json.dumps({"model": "lora1", "prompt": "hi", "n": 0}).encode(), "n"),
     (json.dumps({"model": "lora1", "prompt": "hi", "max_tokens": -1}).encode(), "max_tokens"),
-    (json.dumps({"model": "lora1", "prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}).encode(), "stop"),
+    (json.dumps({"model": "lora1", "prompt": "hi", "stop": [f"s{i}" for i in range(65)]}).encode(), "stop"),
     (json.dumps({"model": "lora1", "prompt": 3}).encode(), "prompt"),
     (json.dumps({"model": "lora1", "prompt": "hi", "stream": "yes"}).encode(), "stream"),
     (json.dumps({"model": "lora1", "prompt": "hi", "presence_penalty": 2.5}).encode(), "presence_penalty"),

@@ -220,7 +220,9 @@ def test_t5_follows_a_schema(t5_dir):
 def test_a_template_that_renders_tools_gets_them_and_auto(llama_dir):
     from transformers import AutoTokenizer
 
-    from llmcycle.deploy.serve.guided import template_has_tools, tools_render
+    from llmcycle.deploy.serve.guided import template_has_tools
+    from llmcycle.deploy.serve.protocol import parse_chat
+    from llmcycle.models import chat_renderer
 
     tokenizer = AutoTokenizer.from_pretrained(llama_dir)
     assert not template_has_tools(tokenizer)
@@ -229,5 +231,6 @@ def test_a_template_that_renders_tools_gets_them_and_auto(llama_dir):
     assert template_has_tools(tokenizer)
     guide = parse_guide({"model": "m", "messages": MESSAGES, "tools": [WEATHER, TIME]}, chat=True, tool_template=True)
     assert guide.constraint is None and guide.tool is None  # "auto": the model decides, its reply is text
-    prompt = tools_render(tokenizer, guide.tools_in_prompt)(MESSAGES)
+    request = {"model": "m", "messages": MESSAGES, "tools": [WEATHER, TIME]}
+    prompt = parse_chat(request, chat_renderer(tokenizer), tools=guide.tools_in_prompt).prompts[0]
     assert prompt.startswith("Tools: get_weather, get_time\n") and prompt.endswith("assistant:")

@@ -18,9 +18,8 @@ from ... import __version__
 from ...errors import UserError
 from .bridge import ClientGone
 from .engine import Engine
-from .guided import attach, parse_guide, template_has_tools, tools_render
+from .guided import attach, parse_guide, template_has_tools
 from .handling import (
-    chat_render,
     check_key,
     lookup,
     read_body,
@@ -133,8 +132,8 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
         served, _ = state.ready()
         tokenizer = served.loaded.tokenizer
         guide = parse_guide(data, chat=True, tool_template=template_has_tools(tokenizer))
-        render = tools_render(tokenizer, guide.tools_in_prompt) if guide and guide.tools_in_prompt else chat_render(state, served)
-        parsed = parse_chat(data, render, max_n=state.config.max_num_seqs)
+        parsed = parse_chat(data, served_renderer(state, served), max_n=state.config.max_num_seqs,
+                            tools=guide.tools_in_prompt if guide else None)
         return await respond(state, request, attach(parsed, guide))
 
 

@@ -309,7 +309,7 @@ class Engine:
                                           stops=row.generated >= params.min_tokens)
         finishing = eos or stopped or at_limit or matched
         if (delta or (finishing and row.pending)) and not row.job.cancelled:
-            row.job.sink(TextDelta(row.choice, delta, tuple(row.pending)))
+            row.job.sink(TextDelta(row.choice, delta, tuple(row.pending), row.generated))
             row.pending.clear()
         if eos or stopped or matched:
             self._finish(row, "stop")

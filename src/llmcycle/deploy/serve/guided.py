@@ -227,11 +227,6 @@ def tool_chunks(tool: ToolReply, index: int, text: str, finish: str | None) -> l
             {"index": index, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}]
 
 
-def tools_render(tokenizer, tools: list):
-    """messages -> prompt text with the tools rendered by the chat template."""
-    return lambda messages: tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True)
-
-
 def tool_replies(parsed, choices: list[dict], texts: list[str], reasons: list) -> None:
     """Turn the answer's finished choices into tool calls, in place, when the request forced one."""
     tool = parsed.guide.tool if parsed.guide is not None else None

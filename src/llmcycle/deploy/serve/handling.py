@@ -57,27 +57,23 @@ def lookup(served: ServedModels, name: str) -> Adapter | None:
 
 
 def served_renderer(state: ServerState, served: ServedModels):
-    """(messages, add_generation_prompt) -> prompt text with the tokenizer's chat template, made once (its fallback
-    notes itself once); /v1/chat/completions and /tokenize share it."""
+    """models.chat_renderer's (messages, add_generation_prompt, **template) -> prompt text for the served tokenizer,
+    made once (its fallback notes itself once); /v1/chat/completions and /tokenize share it."""
     if state.render is None:
         state.render = chat_renderer(served.loaded.tokenizer)
     return state.render
 
 
-def chat_render(state: ServerState, served: ServedModels):
-    """messages -> the prompt text a chat completion continues."""
-    render = served_renderer(state, served)
-    return lambda messages: render(messages, True)
-
-
 def prompt_ids(served: ServedModels, parsed: ParsedRequest) -> list[list[int]]:
     """Token ids of each prompt, checked against the vocabulary."""
     tokenizer = served.loaded.tokenizer
-    plain = not (parsed.chat and getattr(tokenizer, "chat_template", None))  # templates write their own BOS
+    special = parsed.add_special_tokens
+    if special is None:  # chat's default: templates write their own BOS, the plain layout gets the tokenizer's
+        special = not (parsed.chat and getattr(tokenizer, "chat_template", None))
     param = "messages" if parsed.chat else "prompt"
     ids = []
     for prompt in parsed.prompts:
-        tokens = tokenizer(prompt, add_special_tokens=plain)["input_ids"] if isinstance(prompt, str) else list(prompt)
+        tokens = tokenizer(prompt, add_special_tokens=special)["input_ids"] if isinstance(prompt, str) else list(prompt)
         if not tokens:
             raise bad(param, f"the {param} is empty: it has no tokens")
         check_in_vocabulary(served, tokens, param)

@@ -22,6 +22,7 @@ class TextDelta:
     choice: int
     text: str
     logprobs: tuple = ()  # TokenLogprob entries (logprobs.py) of the tokens since the last delta, when asked for
+    generated: int = 0  # the choice's completion tokens so far (streamed usage counts them)
 
 
 @dataclass(frozen=True)

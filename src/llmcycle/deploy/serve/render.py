@@ -77,32 +77,53 @@ async def answer_json(request: Request, submitted: Submitted) -> dict:
     return body
 
 
+class StreamUsage:
+    """What a chunk carries under `usage`: nothing unless asked; null with include_usage (the last chunk holds the
+    total); with vLLM's continuous_usage_stats, the choice's prompt and completion tokens so far, as vLLM counts
+    them per choice."""
+
+    def __init__(self, submitted: Submitted):
+        parsed = submitted.parsed
+        self.asked, self.continuous = parsed.include_usage, parsed.continuous_usage
+        self.prompts = [len(job.prompt_ids) for job in submitted.jobs for _ in range(parsed.params.n)]
+        self.generated = [0] * len(self.prompts)
+
+    def count(self, index: int, event) -> None:
+        self.generated[index] = event.generated if isinstance(event, TextDelta) else event.completion_tokens
+
+    def field(self, index: int) -> dict:
+        if not self.asked:
+            return {}
+        return {"usage": usage(self.prompts[index], self.generated[index]) if self.continuous else None}
+
+
 async def answer_stream(submitted: Submitted) -> AsyncIterator[str]:
     """Server-sent events: one chunk per piece of text, a finishing chunk per choice, usage if asked, [DONE]."""
     parsed, answer = submitted.parsed, submitted.answer
     head = envelope(parsed, chunk=True)
-    extra = {"usage": None} if parsed.include_usage else {}
+    counted = StreamUsage(submitted)
     held = tool_stream(parsed)
     offsets = [0] * choice_count(parsed)  # completions' text offset reached by each choice
     try:
         if parsed.chat:
             for index in range(choice_count(parsed)):
                 role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-                yield sse({**head, "choices": [role], **extra})
+                yield sse({**head, "choices": [role], **counted.field(index)})
         while answer.remaining:
             try:
                 index, event = await answer.next(None)
             except APIError as error:
                 yield sse(error.body())
                 break
+            counted.count(index, event)
             if held is not None:  # a tool call is sent whole, once its choice finished
                 for choice in held.push(index, event):
-                    yield sse({**head, "choices": [choice], **extra})
+                    yield sse({**head, "choices": [choice], **counted.field(index)})
                 continue
             text, finish = (event.text, None) if isinstance(event, TextDelta) else (None, event.reason)
             logprobs = logprobs_body(parsed, list(event.logprobs), offsets[index]) if text is not None else None
             offsets[index] += sum(len(item.token) for item in event.logprobs) if text is not None else 0
-            yield sse({**head, "choices": [choice_body(parsed, index, text, finish, True, logprobs)], **extra})
+            yield sse({**head, "choices": [choice_body(parsed, index, text, finish, True, logprobs)], **counted.field(index)})
         if parsed.include_usage and not answer.remaining:
             yield sse({**head, "choices": [], "usage": usage(submitted.prompt_tokens, answer.completion_tokens)})
         yield sse("[DONE]")

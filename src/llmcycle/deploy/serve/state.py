@@ -24,7 +24,7 @@ class ServerState:
     engine: Engine | None = None
     window: int | None = None  # the context window requests are checked against
     load_error: Exception | None = None
-    render: Callable | None = None  # (messages, add_generation_prompt) -> prompt text, made on first use
+    render: Callable | None = None  # models.chat_renderer's, for the served tokenizer; made on first use
     mailbox: Mailbox | None = None  # made on the event loop's first request
 
     def ready(self) -> tuple[ServedModels, Engine]:

@@ -1,8 +1,8 @@
 """vLLM's /tokenize and /detokenize: the served tokenizer, for clients that count or build tokens on the server.
 
 Request and answer follow vLLM's: /tokenize takes `prompt` (with `add_special_tokens`, default true) or chat
-`messages` (rendered by the chat template as /v1/chat/completions renders them, `add_generation_prompt` default
-true, `add_special_tokens` default false) and answers `{count, max_model_len, tokens, token_strs}` (`token_strs`
+`messages` (rendered by the chat template as /v1/chat/completions renders them, with its `add_generation_prompt`,
+default true, `continue_final_message`, `chat_template_kwargs` and `tools`; `add_special_tokens` default false) and answers `{count, max_model_len, tokens, token_strs}` (`token_strs`
 with `return_token_strs`); /detokenize takes `tokens` and answers `{prompt}`. As in vLLM, they sit outside /v1 and
 need no API key: they say nothing a client could not compute from the model's public tokenizer.
 """
@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 from .handling import check_in_vocabulary, lookup
 from .models import ServedModels
-from .protocol import bad, flag, parse_messages
+from .guided import template_has_tools
+from .protocol import bad, chat_shape, flag, parse_messages, render_chat
 
 
 def _checked_model(served: ServedModels, data: dict) -> None:
@@ -24,12 +25,15 @@ def _checked_model(served: ServedModels, data: dict) -> None:
 
 
 def tokenize_body(served: ServedModels, window: int | None, render: Callable, data: dict) -> dict:
-    """`render`: (messages, add_generation_prompt) -> prompt text, as the chat route renders them."""
+    """`render`: the chat route's models.chat_renderer, so that a chat counts the tokens the chat route sends."""
     _checked_model(served, data)
     tokenizer = served.loaded.tokenizer
     if "messages" in data:
-        messages = parse_messages(data["messages"])
-        text = render(messages, flag(data, "add_generation_prompt", True))
+        tools = data.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise bad("tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {...}} objects")
+        tools = tools if template_has_tools(tokenizer) else None  # as the chat route: only a template with tools renders them
+        text = render_chat(render, parse_messages(data["messages"]), chat_shape(data), tools)
         special = flag(data, "add_special_tokens", False)
     elif isinstance(data.get("prompt"), str):
         text, special = data["prompt"], flag(data, "add_special_tokens", True)
