@@ -166,3 +166,7 @@ def test_an_echoed_prompt_is_spelled_as_its_text_has_it():
     entries = (TokenLogprob(" Hello", None, None), TokenLogprob(" there", -1.0, ((" there", -1.0),)))
     assert [e.token for e in as_in_text(entries, "Hello there")] == ["Hello", " there"]
     assert as_in_text(entries, " Hello there") == entries and as_in_text((), "x") == ()
+    # a completion stripped as generate strips it: whitespace-only tokens first, then the first word's space
+    lead = (TokenLogprob("\n", -0.5, None), *entries, TokenLogprob("</s>", -0.1, None))
+    assert [e.token for e in as_in_text(lead, "Hello there")] == ["", "Hello", " there", "</s>"]
+    assert [e.token for e in as_in_text(lead[:1] + lead[-1:], "")] == ["", "</s>"]

@@ -66,6 +66,27 @@ def test_completion_logprobs_stream_as_they_answer(servers):
             tokens += chunk.choices[0].logprobs.tokens
             values += chunk.choices[0].logprobs.token_logprobs
     assert tokens == logprobs.tokens and values == pytest.approx(logprobs.token_logprobs, abs=1e-5)
+    # byte tokens spell a character split between them as half of one each, as vLLM spells them: up to the first,
+    # the offsets index the text
+    text = whole.choices[0].text
+    whole_characters = next((i for i, token in enumerate(logprobs.tokens) if "\ufffd" in token), len(logprobs.tokens))
+    assert all(text[offset:].startswith(token) for offset, token in
+               zip(logprobs.text_offset[:whole_characters], logprobs.tokens[:whole_characters]))
+
+
+def test_a_stripped_completion_spells_its_first_token_as_its_text_does(servers, llama_dir):
+    """The text is stripped as `llmcycle generate` strips it; its first token loses the space too, so the offsets
+    index the text instead of running one character past it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    spaced = next(i for i in range(len(tokenizer)) if tokenizer.decode([i]).startswith(" ") and len(tokenizer.decode([i]).strip()) > 1)
+    reply = client(servers["llama"]).completions.create(model="llama", prompt=PROMPTS[1], max_tokens=3, temperature=0,
+                                                        logprobs=0, logit_bias={str(spaced): 100})
+    text, logprobs = reply.choices[0].text, reply.choices[0].logprobs
+    word = tokenizer.decode([spaced])
+    assert text == (word * 3).strip() and logprobs.tokens == [word.lstrip(), word, word]
+    assert logprobs.text_offset == [0, len(word) - 1, 2 * len(word) - 1]
 
 
 def test_chat_logprobs_shape(servers):

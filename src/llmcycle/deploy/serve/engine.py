@@ -305,11 +305,13 @@ class Engine:
         eos = token in self.eos and not params.ignore_eos
         matched = row.sampling.matcher is not None and row.sampling.matcher.finished  # the grammar allows no more
         at_limit = params.max_tokens is not None and row.generated >= params.max_tokens
+        stripping = not row.tracker.sent and not row.tracker.keep_whitespace  # the text's start is stripped
         delta, stopped = row.tracker.push(None if eos else token, final=eos or at_limit or matched,
                                           stops=row.generated >= params.min_tokens)
         finishing = eos or stopped or at_limit or matched
         if (delta or (finishing and row.pending)) and not row.job.cancelled:
-            row.job.sink(TextDelta(row.choice, delta, tuple(row.pending), row.generated))
+            entries = as_in_text(tuple(row.pending), delta) if stripping else tuple(row.pending)
+            row.job.sink(TextDelta(row.choice, delta, entries, row.generated))
             row.pending.clear()
         if eos or stopped or matched:
             self._finish(row, "stop")

@@ -64,13 +64,23 @@ def prompt_entries(tokenizer, scores: torch.Tensor, prompt: list[int], count: in
 
 
 def as_in_text(entries: tuple[TokenLogprob, ...], text: str) -> tuple[TokenLogprob, ...]:
-    """The echoed prompt's entries with the first token spelled as the prompt's text has it: a tokenizer that puts a
-    space before every text (sentencepiece's way) spells "Hello" as " Hello", and the text offsets would then run one
-    character past the text."""
-    if not entries or not entries[0].token[:1].isspace() or text[:1].isspace():
-        return entries
-    first = entries[0]
-    return (TokenLogprob(first.token.lstrip(), first.logprob, first.top), *entries[1:])
+    """The entries with their first tokens spelled as `text` begins: leading whitespace the text does not have is
+    taken off them. A tokenizer that puts a space before every text (sentencepiece's way) spells "Hello" as
+    " Hello", and a completion's text is stripped as `llmcycle generate` strips it; without this the text offsets
+    of every later token would run past the text by as much."""
+    joined = "".join(item.token for item in entries)
+    extra = (len(joined) - len(joined.lstrip())) - (len(text) - len(text.lstrip()))
+    spelled = list(entries)
+    for index, item in enumerate(spelled):
+        if extra <= 0:
+            break
+        token = item.token
+        take = min(extra, len(token) - len(token.lstrip()))
+        spelled[index] = TokenLogprob(token[take:], item.logprob, item.top)
+        extra -= take
+        if token[take:]:
+            break  # the first token with text in it: whatever whitespace is left is the text's own
+    return tuple(spelled)
 
 
 def completion_json(entries: list[TokenLogprob], offset: int) -> dict:
