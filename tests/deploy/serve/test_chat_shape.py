@@ -94,6 +94,15 @@ def test_the_plain_layout_continues_a_message_too():
     assert parse_chat({"model": "m", "messages": [USER]}, render).prompts[0].endswith("\nAssistant:")
 
 
+def test_echo_puts_the_assistant_message_being_continued_before_the_reply(tokenizer):
+    """vLLM's chat `echo`: the last message, when it is the assistant's, comes back before the reply; after a user
+    message there is nothing of the reply's to echo."""
+    messages = [USER, {"role": "assistant", "content": "It is sunny and"}]
+    request = {"model": "m", "messages": messages, "echo": True, "add_generation_prompt": False, "continue_final_message": True}
+    assert parse_chat(request, chat_renderer(tokenizer)).reply_prefix == "It is sunny and"
+    assert parse_chat({"model": "m", "messages": [USER], "echo": True}, chat_renderer(tokenizer)).reply_prefix == ""
+
+
 def test_add_special_tokens_is_kept_for_the_tokenizer(tokenizer):
     assert parse_chat({"model": "m", "messages": [USER]}, chat_renderer(tokenizer)).add_special_tokens is None
     chosen = parse_chat({"model": "m", "messages": [USER], "add_special_tokens": True}, chat_renderer(tokenizer))
@@ -126,6 +135,24 @@ def test_a_served_chat_takes_vllms_fields_through_the_openai_client(llama_dir, t
         completion = api.completions.create(model="llama", prompt=ids, max_tokens=6, temperature=0)
         assert chat.choices[0].message.content == completion.choices[0].text
         assert chat.usage.prompt_tokens == len(ids)
+        echoed = api.chat.completions.create(model="llama", messages=messages, max_tokens=6, temperature=0,
+                                             extra_body={**fields, "echo": True})
+        # the reply keeps its whitespace after the echoed message, as a completion does after its echoed prompt
+        unstripped = api.completions.create(model="llama", prompt=ids, max_tokens=6, temperature=0, echo=True).choices[0].text
+        assert echoed.choices[0].message.content == "It is sunny and" + unstripped[len(tokenizer.decode(ids)):]
+        spaced = next(i for i in range(len(tokenizer)) if tokenizer.decode([i]).startswith(" ") and tokenizer.decode([i]).strip())
+        word = tokenizer.decode([spaced])
+        forced = api.chat.completions.create(model="llama", messages=messages, max_tokens=2, temperature=0,
+                                             logit_bias={str(spaced): 100}, extra_body={**fields, "echo": True})
+        assert forced.choices[0].message.content == "It is sunny and" + word * 2  # not "...and" + word glued
+        streamed = api.chat.completions.create(model="llama", messages=messages, max_tokens=6, temperature=0,
+                                               extra_body={**fields, "echo": True}, stream=True)
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed) == echoed.choices[0].message.content
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+        with pytest.raises(openai.BadRequestError) as info:
+            api.chat.completions.create(model="llama", messages=messages, max_tokens=6, tools=[tool], tool_choice="required",
+                                        extra_body={**fields, "echo": True})
+        assert info.value.body["param"] == "echo"
         status, counted, _ = http(server.url + "/tokenize", json.dumps({"messages": messages, **fields}).encode(),
                                   {"Content-Type": "application/json"})
         assert status == 200 and counted["tokens"] == ids

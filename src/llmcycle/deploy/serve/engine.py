@@ -248,7 +248,7 @@ class Engine:
             job.open_rows = job.params.n
             for choice, sampling in enumerate(self.sampler.for_job(job, logits.device)):
                 tracker = TextTracker(self.served.loaded.tokenizer, job.params.stop, streaming=job.streaming,
-                                      keep_whitespace=job.params.echo)
+                                      keep_whitespace=job.params.echo or job.params.keep_whitespace)
                 rows.append(Row(job, choice, list(histories[number]), lengths[number], tracker, sampling))
         self.rows += rows
         self._echo(rows)

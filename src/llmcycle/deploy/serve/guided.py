@@ -259,6 +259,8 @@ def tool_stream(parsed) -> ToolStream | None:
 
 def attach(parsed, guide: Guide | None):
     """The parsed request with its guide, and every choice held to the guide's constraint."""
+    if parsed.reply_prefix and guide is not None and guide.tool is not None:
+        raise bad("echo", "'echo' cannot go with a forced tool call: its reply is the call, not text to continue")
     parsed.guide = guide
     parsed.params.constraint = guide.constraint if guide is not None else None
     return parsed

@@ -96,6 +96,7 @@ class SamplingParams:
     no_repeat_ngram_size: int = 0  # vLLM-style extra field: transformers' n-gram block (0 = none)
     logprobs: int | None = None  # top log-probabilities per token (None: no log-probabilities at all)
     echo: bool = False  # completions: the prompt (and its log-probabilities) before the completion
+    keep_whitespace: bool = False  # the reply follows text echoed before it, so it is not stripped (so with `echo`)
 
     @property
     def greedy(self) -> bool:
@@ -121,6 +122,7 @@ class ParsedRequest:
     chat: bool = False
     guide: Guide | None = None  # structured outputs or a tool call (guided.py)
     add_special_tokens: bool | None = None  # whether text prompts get the tokenizer's BOS/EOS (None: the route's default)
+    reply_prefix: str = ""  # chat's `echo` (vLLM's): the last message, when it is the assistant's, before each reply
 
 
 def parse_json(body: bytes) -> dict:
@@ -241,9 +243,7 @@ def _common(data: dict, max_n: int, chat: bool) -> dict:
     continuous = flag(options or {}, "continuous_usage_stats") and include_usage  # as vLLM: only with include_usage
     params = sampling_params(data, max_n)
     params.logprobs = _chat_logprobs(data) if chat else _completion_logprobs(data)
-    params.echo = not chat and flag(data, "echo")
-    if chat and data.get("echo") not in (None, False):
-        raise bad("echo", "'echo' is a completions field; chat answers hold only the reply")
+    params.echo = not chat and flag(data, "echo")  # chat's echo is parse_chat's
     if params.max_tokens == 0 and not params.echo:
         raise bad("max_tokens", "'max_tokens' may be 0 only with 'echo' (to score a prompt); otherwise at least 1")
     return {"model": model, "params": params, "stream": flag(data, "stream"), "include_usage": include_usage,
@@ -371,8 +371,12 @@ def parse_chat(data: dict, render, max_n: int = MAX_N, tools: list | None = None
     for name, why in CHAT_UNSUPPORTED.items():
         if data.get(name) is not None:
             raise bad(name, f"'{name}' is not supported: {why}")
-    prompt = render_chat(render, parse_messages(data.get("messages")), chat_shape(data), tools)
-    return ParsedRequest(prompts=[prompt], chat=True, add_special_tokens=flag(data, "add_special_tokens", None), **common)
+    messages = parse_messages(data.get("messages"))
+    prompt = render_chat(render, messages, chat_shape(data), tools)
+    echoed = messages[-1]["content"] if flag(data, "echo") and messages[-1]["role"] == "assistant" else ""
+    common["params"].keep_whitespace = bool(echoed)
+    return ParsedRequest(prompts=[prompt], chat=True, add_special_tokens=flag(data, "add_special_tokens", None),
+                         reply_prefix=echoed, **common)
 
 
 def context_error(window: int, prompt_tokens: int, max_tokens: int, reserve: bool, param: str) -> APIError:

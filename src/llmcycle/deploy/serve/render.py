@@ -58,7 +58,7 @@ async def answer_json(request: Request, submitted: Submitted) -> dict:
     """The whole answer once every choice finished."""
     parsed, answer = submitted.parsed, submitted.answer
     count = choice_count(parsed)
-    texts, reasons, entries = [""] * count, [None] * count, [[] for _ in range(count)]
+    texts, reasons, entries = [parsed.reply_prefix] * count, [None] * count, [[] for _ in range(count)]
     try:
         while answer.remaining:
             index, event = await answer.next(request)
@@ -109,6 +109,9 @@ async def answer_stream(submitted: Submitted) -> AsyncIterator[str]:
             for index in range(choice_count(parsed)):
                 role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
                 yield sse({**head, "choices": [role], **counted.field(index)})
+                if parsed.reply_prefix:  # chat's echo: the message being continued comes first
+                    echoed = choice_body(parsed, index, parsed.reply_prefix, None, True)
+                    yield sse({**head, "choices": [echoed], **counted.field(index)})
         while answer.remaining:
             try:
                 index, event = await answer.next(None)

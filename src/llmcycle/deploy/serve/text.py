@@ -26,7 +26,7 @@ class TextTracker:
     text: str = ""
     stops_from: int = 0  # a stop sequence counts only if it ends past this many characters (min_tokens)
     streaming: bool = True  # False: the text is wanted whole, at the end (offline runs), so nothing is decoded before
-    keep_whitespace: bool = False  # True: after an echoed prompt, the text is not stripped
+    keep_whitespace: bool = False  # True: after echoed text (a prompt, or chat's last message), the text is not stripped
 
     def push(self, token: int | None, final: bool, stops: bool = True) -> tuple[str, bool]:
         """Add `token` (None adds nothing, e.g. for EOS) and return (text to send now, stopped by a stop sequence).
