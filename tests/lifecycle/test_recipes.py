@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from conftest import build, dialogue_rows, run_cli, write_jsonl
 
-from llmcycle.errors import UserError
 from llmcycle.lifecycle.recipes import RECIPES, load_recipe, run_recipe
 
 SHIPPED = sorted(RECIPES.glob("*.yaml"))  # templates live in recipes/templates/, apart from the recipes

@@ -10,10 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import peft_forward_greedy, prefix_adapter, run_cli, write_jsonl
 from serving import MAX_TOKENS, NAMES, PROMPTS, _health, cli_generate, free_port, http, make_adapters, setups, start  # noqa: F401  (setups: fixture)

@@ -221,7 +221,7 @@ def test_a_template_that_renders_tools_gets_them_and_auto(llama_dir):
     from transformers import AutoTokenizer
 
     from llmcycle.deploy.serve.guided import template_has_tools
-    from llmcycle.deploy.serve.protocol import parse_chat
+    from llmcycle.deploy.serve.chat import parse_chat
     from llmcycle.models import chat_renderer
 
     tokenizer = AutoTokenizer.from_pretrained(llama_dir)

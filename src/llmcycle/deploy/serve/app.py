@@ -27,7 +27,8 @@ from .handling import (
     served_renderer,
 )
 from .models import ServedModels
-from .protocol import APIError, bad, parse_chat, parse_completion, parse_json
+from .chat import parse_chat
+from .protocol import APIError, bad, parse_completion, parse_json
 from .state import ServerState
 from .tokens import detokenize_body, tokenize_body
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .chat import chat_shape, parse_messages, render_chat
+from .guided import template_has_tools
 from .handling import check_in_vocabulary, lookup
 from .models import ServedModels
-from .guided import template_has_tools
-from .protocol import bad, chat_shape, flag, parse_messages, render_chat
+from .protocol import bad, flag
 
 
 def _checked_model(served: ServedModels, data: dict) -> None:

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from llmcycle.deploy.serve.protocol import APIError, parse_chat
+from llmcycle.deploy.serve.chat import parse_chat
+from llmcycle.deploy.serve.protocol import APIError
 from llmcycle.models import chat_renderer
 
 TEMPLATE = (
