@@ -11,12 +11,19 @@ import asyncio
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ... import __version__
 from ...errors import UserError
 from .bridge import ClientGone
+from .chat import parse_chat
 from .engine import Engine
 from .guided import attach, parse_guide, template_has_tools
 from .handling import (
@@ -25,10 +32,11 @@ from .handling import (
     read_body,
     respond,
     served_renderer,
+    submit,
 )
 from .models import ServedModels
-from .chat import parse_chat
 from .protocol import APIError, bad, parse_completion, parse_json
+from .responses import chat_body, renamed, response_json, response_stream
 from .state import ServerState
 from .tokens import detokenize_body, tokenize_body
 
@@ -58,6 +66,7 @@ def create_app(state: ServerState) -> FastAPI:
     add_open_routes(app, state)
     add_token_routes(app, state)
     add_model_routes(app, state)
+    add_responses_route(app, state)
     add_adapter_routes(app, state)
     return app
 
@@ -136,6 +145,28 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
         parsed = parse_chat(data, served_renderer(state, served), max_n=state.config.max_num_seqs,
                             tools=guide.tools_in_prompt if guide else None)
         return await respond(state, request, attach(parsed, guide))
+
+
+def add_responses_route(app: FastAPI, state: ServerState) -> None:
+    """OpenAI's Responses API, translated into the chat completion it means (serve/responses.py)."""
+    limit = state.config.max_request_bytes
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        check_key(request, state.config.api_key)
+        data = parse_json(await read_body(request, limit))
+        served, _ = state.ready()
+        try:
+            body = chat_body(data)
+            guide = parse_guide(body, chat=True, tool_template=template_has_tools(served.loaded.tokenizer))
+            parsed = parse_chat(body, served_renderer(state, served), max_n=1, tools=guide.tools_in_prompt if guide else None)
+            submitted = submit(state, attach(parsed, guide))
+        except APIError as error:
+            raise renamed(error) from None
+        if parsed.stream:
+            return StreamingResponse(response_stream(submitted, data), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        return JSONResponse(await response_json(request, submitted, data))
 
 
 def add_adapter_routes(app: FastAPI, state: ServerState) -> None:

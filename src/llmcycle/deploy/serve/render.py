@@ -54,8 +54,9 @@ def choice_count(parsed: ParsedRequest) -> int:
     return len(parsed.prompts) * parsed.params.n
 
 
-async def answer_json(request: Request, submitted: Submitted) -> dict:
-    """The whole answer once every choice finished."""
+async def collect(request: Request, submitted: Submitted) -> tuple[list[str], list[str | None], list[list]]:
+    """Every choice's text (after chat's echoed message), finish reason and log-probability entries, once all
+    finished."""
     parsed, answer = submitted.parsed, submitted.answer
     count = choice_count(parsed)
     texts, reasons, entries = [parsed.reply_prefix] * count, [None] * count, [[] for _ in range(count)]
@@ -69,6 +70,14 @@ async def answer_json(request: Request, submitted: Submitted) -> dict:
                 reasons[index] = event.reason
     finally:
         submitted.release()
+    return texts, reasons, entries
+
+
+async def answer_json(request: Request, submitted: Submitted) -> dict:
+    """The whole answer once every choice finished."""
+    parsed, answer = submitted.parsed, submitted.answer
+    texts, reasons, entries = await collect(request, submitted)
+    count = choice_count(parsed)
     body = envelope(parsed, chunk=False)
     body["choices"] = [choice_body(parsed, i, texts[i], reasons[i], False, logprobs_body(parsed, entries[i], 0))
                        for i in range(count)]
