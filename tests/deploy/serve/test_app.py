@@ -191,8 +191,9 @@ def test_auth_and_unknown_model(strict_server):
         client(strict_server, key="wrong").models.list()
     assert info.value.status_code == 401 and info.value.body["code"] == "invalid_api_key"
     assert http(strict_server.url + "/v1/models")[0] == 401
-    for open_route in ("/health", "/metrics", "/"):
+    for open_route in ("/health", "/ping", "/metrics", "/"):
         assert http(strict_server.url + open_route)[0] == 200, open_route
+    assert http(strict_server.url + "/ping", b"")[0] == 200  # POST too, as vLLM answers it
     with pytest.raises(openai.NotFoundError) as info:
         client(strict_server, key="sekret").completions.create(model="nope", prompt="hi", max_tokens=2)
     assert info.value.body["param"] == "model" and "lora1" in info.value.body["message"]

@@ -72,7 +72,7 @@ def create_app(state: ServerState) -> FastAPI:
 
 
 def add_open_routes(app: FastAPI, state: ServerState) -> None:
-    """Routes without the API key: the playground, /health and /metrics."""
+    """Routes without the API key: the playground, /health (and vLLM's /ping) and /metrics."""
 
     @app.get("/", response_class=HTMLResponse)
     async def playground():
@@ -80,6 +80,7 @@ def add_open_routes(app: FastAPI, state: ServerState) -> None:
         return HTMLResponse(html.replace("__NEEDS_KEY__", "true" if state.config.api_key else "false"))
 
     @app.get("/health")
+    @app.api_route("/ping", methods=["GET", "POST"])  # vLLM's alias (SageMaker's health check)
     async def health():
         if state.engine is None:
             return JSONResponse({"status": "loading"}, status_code=503)

@@ -25,6 +25,8 @@ UNSUPPORTED = {  # fields whose non-default values this server cannot honour: re
     "skip_special_tokens": (None, True), "spaces_between_special_tokens": (None, True),
     "truncate_prompt_tokens": (None,), "return_tokens_as_token_ids": (None, False), "return_token_ids": (None, False),
 }
+
+
 class APIError(Exception):
     """An error answered in OpenAI's shape."""
 

@@ -173,15 +173,16 @@ def _envelope(data: dict, parsed, response_id: str, created: float) -> dict:
     }
 
 
-def _output_item(parsed, text: str, reason: str | None) -> dict:
+def _output_item(parsed, text: str, reason: str | None, message_id: str | None = None) -> dict:
     """The reply as a `function_call` (a forced tool call that finished) or a `message` with `output_text`."""
     tool = parsed.guide.tool if parsed.guide is not None else None
     call = tool_call(tool, text) if tool is not None and reason == "stop" else None
     if call is not None:
         return {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call["id"],
                 "name": call["function"]["name"], "arguments": call["function"]["arguments"], "status": "completed"}
-    return {"type": "message", "id": f"msg_{uuid.uuid4().hex}", "status": "completed" if reason == "stop" else "incomplete",
-            "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+    return {"type": "message", "id": message_id or f"msg_{uuid.uuid4().hex}",
+            "status": "completed" if reason == "stop" else "incomplete", "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
 
 
 def _finished(head: dict, item: dict, reason: str | None, prompt_tokens: int, completion_tokens: int) -> dict:
@@ -242,21 +243,19 @@ async def response_stream(submitted: Submitted, data: dict) -> AsyncIterator[str
                     yield event("response.output_text.delta", delta=update.text, logprobs=[], **where)
             else:
                 reason = update.reason
-        item = _output_item(parsed, text, reason)
-        if holds and item["type"] == "function_call":
+        item = _output_item(parsed, text, reason, message["id"])
+        if item["type"] == "function_call":
             async for line in _call_events(event, item):
                 yield line
         else:
             if holds:  # a forced call cut by max_output_tokens: answered as the text it got to
-                item["id"] = message["id"]
                 yield event("response.output_item.added", output_index=0, item=message)
                 yield event("response.content_part.added", part=part, **where)
                 if text:
                     yield event("response.output_text.delta", delta=text, logprobs=[], **where)
             yield event("response.output_text.done", text=text, logprobs=[], **where)
             yield event("response.content_part.done", part={**part, "text": text}, **where)
-            yield event("response.output_item.done", output_index=0, item={**item, "id": message["id"]})
-            item = {**item, "id": message["id"]}
+            yield event("response.output_item.done", output_index=0, item=item)
         done = _finished(head, item, reason, submitted.prompt_tokens, answer.completion_tokens)
         yield event("response.completed", response=done)  # as vLLM ends every stream, a cut one too (status "incomplete")
     finally:
