@@ -102,3 +102,37 @@ def test_vllm_hand_off_serves_the_same_greedy_answers(tmp_path, capsys):
             process.kill()
             process.wait()
         log.close()
+
+
+BENCH_CLIENT = """
+import argparse, sys
+from vllm.benchmarks.serve import add_cli_args, main
+for backend, endpoint in (("vllm", "/v1/completions"), ("openai-chat", "/v1/chat/completions"),
+                          ("openai-responses", "/v1/responses")):
+    parser = argparse.ArgumentParser()
+    add_cli_args(parser)
+    main(parser.parse_args(["--backend", backend, "--endpoint", endpoint, *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VLLM_PYTHON.is_file(), reason="vLLM's CPU build is not installed (/work/shared/peers/venv-vllm-cpu.sh)")
+def test_vllms_own_benchmark_client_runs_unchanged_against_llmcycle_serve(setups, tmp_path):
+    """`vllm bench serve` (its module: the side environment's `vllm` script lacks package metadata) with its
+    completions, chat and Responses backends: every request succeeds, each with the output length it asked for."""
+    from serving import start
+
+    base, _ = setups["llama"]
+    server = start(ServerConfig(str(base), [], served_model_name="tiny"))
+    try:
+        done = subprocess.run([str(VLLM_PYTHON), "-c", BENCH_CLIENT, "--base-url", server.url, "--model", "tiny",
+                               "--tokenizer", str(base), "--dataset-name", "random", "--random-input-len", "16",
+                               "--random-output-len", "8", "--num-prompts", "12", "--max-concurrency", "4", "--ignore-eos"],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert [line.split()[-1] for line in lines if line.startswith("Successful requests:")] == ["12"] * 3, done.stdout[-3000:]
+    assert [line.split()[-1] for line in lines if line.startswith("Failed requests:")] == ["0"] * 3
+    assert [line.split()[-1] for line in lines if line.startswith("Total generated tokens:")] == ["96"] * 3
