@@ -121,8 +121,9 @@ def test_schemas_and_forced_function_calls_in_the_responses_shape(server):
     assert streamed.type == whole.type == "function_call" and streamed.arguments == whole.arguments
     with api.responses.stream(model="llama", input="weather?", max_output_tokens=2, temperature=0, tools=[WEATHER],
                               tool_choice="required") as stream:
-        cut = stream.get_final_response()  # a call cut short comes back as the text it got to, as chat answers it
-    assert cut.status == "incomplete" and cut.output[0].type == "message" and cut.output_text.startswith("{")
+        cut = stream.get_final_response()  # a call cut short keeps its arguments as far as they got
+    assert cut.status == "incomplete" and cut.output[0].type == "function_call" and cut.output[0].status == "incomplete"
+    assert cut.output[0].name == "get_weather" and cut.output[0].arguments.startswith("{")
     # the tool loop's next turn: the call and its output go back in as input items
     follow = api.responses.create(model="llama", max_output_tokens=4, temperature=0, tools=[WEATHER], input=[
         {"role": "user", "content": "weather?"},

@@ -169,6 +169,17 @@ def test_named_and_required_tools_return_tool_calls(llama_server):
     for choice in required.choices:
         assert choice.finish_reason == "tool_calls"
         check_call(choice.message.tool_calls[0], tools)
+    # cut short by max_tokens: the call comes back as far as its arguments got, as OpenAI and vLLM return it
+    for stream in (False, True):
+        cut = ask.chat.completions.create(model="llama", messages=MESSAGES, tools=[WEATHER, TIME], max_tokens=2, stream=stream,
+                                          tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        if stream:
+            chunks = [chunk.choices[0] for chunk in cut if chunk.choices]
+            reason, calls = chunks[-1].finish_reason, [c for chunk in chunks for c in (chunk.delta.tool_calls or [])]
+        else:
+            reason, calls = cut.choices[0].finish_reason, cut.choices[0].message.tool_calls
+        assert reason == "length" and [call.function.name for call in calls] == ["get_weather"]
+        assert calls[0].function.arguments.startswith("{") and len(calls[0].function.arguments) < 12
 
 
 @pytest.mark.slow

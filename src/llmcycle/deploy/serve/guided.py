@@ -197,8 +197,14 @@ def _auto_tools(data: dict, tool_template: bool) -> Guide | None:
 
 # ---- answers ----
 
-def tool_call(tool: ToolReply, text: str) -> dict | None:
-    """OpenAI's tool call for a reply, or None when the reply is no whole call (cut by max_tokens)."""
+def tool_call(tool: ToolReply, text: str, complete: bool = True) -> dict | None:
+    """OpenAI's tool call for a reply. A complete reply is parsed and its arguments written compactly; one cut by
+    max_tokens keeps its arguments as far as they got, as OpenAI and vLLM return a forced call cut short. None where
+    no call can be named: a cut reply under "required" with several tools may not have named its function yet."""
+    if not complete:
+        if tool.name is None:
+            return None
+        return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function", "function": {"name": tool.name, "arguments": text}}
     try:
         value = json.loads(text)
     except ValueError:
@@ -208,23 +214,29 @@ def tool_call(tool: ToolReply, text: str) -> dict | None:
             "function": {"name": name, "arguments": json.dumps(arguments, separators=COMPACT, ensure_ascii=False)}}
 
 
+def _finish(finish: str | None) -> str | None:
+    """A call's finish reason: "tool_calls" once it is whole (as the issue and OpenAI's "required" have it), else
+    what cut it ("length")."""
+    return "tool_calls" if finish == "stop" else finish
+
+
 def tool_message(tool: ToolReply, index: int, text: str, finish: str | None) -> dict | None:
-    """A chat choice whose message holds the tool call; None when the reply was cut (answered as plain text)."""
-    call = tool_call(tool, text) if finish == "stop" else None
+    """A chat choice whose message holds the tool call; None when none can be named (answered as plain text)."""
+    call = tool_call(tool, text, complete=finish == "stop")
     if call is None:
         return None
     message = {"role": "assistant", "content": None, "tool_calls": [call]}
-    return {"index": index, "message": message, "logprobs": None, "finish_reason": "tool_calls"}
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": _finish(finish)}
 
 
 def tool_chunks(tool: ToolReply, index: int, text: str, finish: str | None) -> list[dict]:
     """A streamed choice's chunks once it finished: its whole call in one `tool_calls` delta, then the finish."""
-    call = tool_call(tool, text) if finish == "stop" else None
+    call = tool_call(tool, text, complete=finish == "stop")
     if call is None:
         return [{"index": index, "delta": {"content": text} if text else {}, "logprobs": None, "finish_reason": finish}]
     delta = {"tool_calls": [{"index": 0, **call}]}
     return [{"index": index, "delta": delta, "logprobs": None, "finish_reason": None},
-            {"index": index, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}]
+            {"index": index, "delta": {}, "logprobs": None, "finish_reason": _finish(finish)}]
 
 
 def tool_replies(parsed, choices: list[dict], texts: list[str], reasons: list) -> None:

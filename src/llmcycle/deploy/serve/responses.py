@@ -176,10 +176,10 @@ def _envelope(data: dict, parsed, response_id: str, created: float) -> dict:
 def _output_item(parsed, text: str, reason: str | None, message_id: str | None = None) -> dict:
     """The reply as a `function_call` (a forced tool call that finished) or a `message` with `output_text`."""
     tool = parsed.guide.tool if parsed.guide is not None else None
-    call = tool_call(tool, text) if tool is not None and reason == "stop" else None
-    if call is not None:
-        return {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call["id"],
-                "name": call["function"]["name"], "arguments": call["function"]["arguments"], "status": "completed"}
+    call = tool_call(tool, text, complete=reason == "stop") if tool is not None else None
+    if call is not None:  # a call cut by max_output_tokens keeps its arguments as far as they got, as chat's does
+        return {"type": "function_call", "id": f"fc_{uuid.uuid4().hex}", "call_id": call["id"], "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"], "status": "completed" if reason == "stop" else "incomplete"}
     return {"type": "message", "id": message_id or f"msg_{uuid.uuid4().hex}",
             "status": "completed" if reason == "stop" else "incomplete", "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
@@ -248,7 +248,7 @@ async def response_stream(submitted: Submitted, data: dict) -> AsyncIterator[str
             async for line in _call_events(event, item):
                 yield line
         else:
-            if holds:  # a forced call cut by max_output_tokens: answered as the text it got to
+            if holds:  # a cut reply that named no function yet (several tools): answered as the text it got to
                 yield event("response.output_item.added", output_index=0, item=message)
                 yield event("response.content_part.added", part=part, **where)
                 if text:
