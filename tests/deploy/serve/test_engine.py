@@ -43,6 +43,16 @@ def test_events_are_typed_and_choices_finish_once(served_llama):
     texts = ["".join(e.text for e in events if isinstance(e, TextDelta) and e.choice == c) for c in (0, 1)]
     assert texts[0] == texts[1] and texts[0]  # greedy: both choices alike
     assert engine.stats().running_rows == 0 and engine.metrics.value("vllm:generation_tokens_total") == 12
+    # vLLM's histograms, as its Grafana dashboard reads them: counts, sums and cumulative buckets ending at the count
+    text = engine.metrics.render()
+    prompt_tokens = len(engine.served.loaded.tokenizer(PROMPTS[0])["input_ids"])
+    expected = {"vllm:inter_token_latency_seconds_count": 10,  # two choices, five gaps each
+                "vllm:request_generation_tokens_sum": 12, "vllm:request_generation_tokens_count": 1,
+                "vllm:request_prompt_tokens_sum": prompt_tokens, "vllm:request_queue_time_seconds_count": 1}
+    for name, value in expected.items():
+        assert [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")] == [value], name
+    buckets = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("vllm:request_generation_tokens_bucket")]
+    assert buckets == sorted(buckets) and buckets[-1] == 1 and buckets[3] == 0 and buckets[4] == 1  # 12 lies in (10, 20]
 
 
 def test_cancel_drops_rows_silently_and_a_full_queue_refuses(served_llama):

@@ -53,6 +53,7 @@ class Row:
     generated: int = 0
     finished: str | None = None
     pending: list = field(default_factory=list)  # log-probability entries not yet sent with a delta
+    last_token: float = 0.0  # when its last token came (time.monotonic()), for the inter-token latency
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ class Engine:
             return False
         self.metrics.add("llmcycle:requests_total", served_name=job.name)
         self.metrics.add("vllm:prompt_tokens_total", len(job.prompt_ids))
+        self.metrics.observe("vllm:request_queue_time_seconds", time.monotonic() - job.arrival)
         return True
 
     def _start(self, jobs: list[Job]) -> None:
@@ -284,6 +286,7 @@ class Engine:
         now = time.monotonic()
         wanted = [index for index, row in enumerate(rows) if row.job.params.logprobs is not None]
         logprobs = dict(zip(wanted, raw_logprobs(logits[wanted]))) if wanted else {}  # before processors change logits
+        gaps, made = [], 0  # inter-token latencies and tokens of this step, recorded together
         for index, (row, token) in enumerate(zip(rows, self.sampler.next_tokens(rows, logits))):
             job = row.job
             if job.params.max_tokens == 0:  # echo alone: the prompt is scored, nothing generated
@@ -294,10 +297,16 @@ class Engine:
             if job.first_token is None:
                 job.first_token = now
                 self.metrics.observe("vllm:time_to_first_token_seconds", now - job.arrival)
+            if row.generated:
+                gaps.append(now - row.last_token)
             row.history.append(token)
             row.generated += 1
-            self.metrics.add("vllm:generation_tokens_total")
+            row.last_token = now
+            made += 1
             self._emit(row, token)
+        self.metrics.add("vllm:generation_tokens_total", made)
+        if gaps:
+            self.metrics.observe_many("vllm:inter_token_latency_seconds", gaps)
 
     def _emit(self, row: Row, token: int) -> None:
         """Send the row's new text; finish it on EOS, a stop sequence or max_tokens."""
@@ -324,9 +333,12 @@ class Engine:
         if not job.cancelled:
             job.sink(Finished(row.choice, reason, row.generated))
         job.open_rows -= 1
+        job.completion_tokens += row.generated
         if job.open_rows == 0:
             self.metrics.add("vllm:request_success_total", finished_reason=reason)
             self.metrics.observe("vllm:e2e_request_latency_seconds", time.monotonic() - job.arrival)
+            self.metrics.observe("vllm:request_prompt_tokens", len(job.prompt_ids))
+            self.metrics.observe("vllm:request_generation_tokens", job.completion_tokens)
 
     def _drop_rows(self) -> None:
         """Rows finished, cancelled (client gone), failed or past their timeout leave the batch."""

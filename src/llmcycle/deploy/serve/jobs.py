@@ -58,6 +58,7 @@ class Job:
     first_token: float | None = None
     cancelled: bool = False  # its client went away: its rows leave at the next step, silently
     open_rows: int = 0
+    completion_tokens: int = 0  # generated over its finished choices
     failed: bool = False
     echo: str | None = None  # the prompt's text sent back by `echo` (None: its ids decoded)
     streaming: bool = True  # False: its text is wanted only whole (offline runs), one TextDelta per choice at the end
