@@ -335,7 +335,8 @@ def chat_renderer(tokenizer):
 
 
 def _plain_content(message: dict) -> str:
-    """A message's text for the plain layout: its content, or else its tool calls as the JSON a forced call writes."""
+    """A message's text for the plain layout: its content, or else its tool calls, each as {"name", "arguments"} JSON
+    (what a call under "required" with several tools writes)."""
     calls = message.get("tool_calls")
     if message.get("content") or not calls:
         return message.get("content") or ""
