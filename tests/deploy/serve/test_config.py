@@ -42,3 +42,4 @@ def test_defaults_and_help_come_from_the_dataclass():
 def test_served_name_of_the_base():
     assert served_name("runs/lora/") == "lora" and served_name("org/model", "mine") == "mine"
     assert ServerConfig("runs/x", served_model_name=None).base_name == "x"
+
