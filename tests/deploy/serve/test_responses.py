@@ -36,6 +36,9 @@ def test_a_responses_request_becomes_the_chat_completion_it_means():
     assert body["tools"] == [{"type": "function", "function": {k: WEATHER[k] for k in ("name", "description", "parameters")}}]
     assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert chat_body({"model": "m", "input": "hi"})["messages"] == [{"role": "user", "content": "hi"}]
+    # vLLM's sampling extras pass under their own names (chat honours or refuses each)
+    extras = {"ignore_eos": True, "top_k": 5, "repetition_penalty": 1.2, "stop": ["x"], "min_p": 0.1}
+    assert {k: v for k, v in chat_body({"model": "m", "input": "hi", **extras}).items() if k in extras} == extras
 
 
 @pytest.mark.parametrize("fields,param", [
@@ -48,6 +51,7 @@ def test_a_responses_request_becomes_the_chat_completion_it_means():
     ({"tools": [{"type": "web_search"}]}, "tools[0]"),
     ({"input": []}, "input"),
     ({"instructions": 3}, "instructions"),
+    ({"top_logprobs": 2}, "top_logprobs"),
 ])
 def test_what_cannot_be_honoured_is_a_400_naming_the_field(fields, param):
     with pytest.raises(APIError) as info:
@@ -101,7 +105,9 @@ def test_a_response_is_what_chat_gives_for_the_same_conversation(server):
 
 
 @pytest.mark.slow
-def test_schemas_and_forced_function_calls_in_the_responses_shape(server):
+def test_schemas_and_forced_function_calls_in_the_responses_shape(server, llama_dir):
+    from transformers import AutoTokenizer
+
     openai = pytest.importorskip("openai")
     api = openai.OpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0, timeout=60)
     for temperature in (0, 1):
@@ -133,3 +139,10 @@ def test_schemas_and_forced_function_calls_in_the_responses_shape(server):
     with pytest.raises(openai.BadRequestError) as info:
         api.responses.create(model="llama", input="hi", max_output_tokens=0)
     assert info.value.body["param"] == "max_output_tokens"
+    with pytest.raises(openai.BadRequestError) as info:  # vLLM's extra, which chat refuses too
+        api.responses.create(model="llama", input="hi", max_output_tokens=2, extra_body={"min_p": 0.2})
+    assert info.value.body["param"] == "min_p"
+    eos = AutoTokenizer.from_pretrained(llama_dir).eos_token_id
+    bias = api.responses.create(model="llama", input="hi", max_output_tokens=3, temperature=0,
+                                extra_body={"ignore_eos": True, "logit_bias": {str(eos): 100}})  # EOS forced, and ignored
+    assert bias.usage.output_tokens == 3 and bias.status == "incomplete"

@@ -9,8 +9,10 @@ answer's shape differs: a `response` object whose `output` holds a message with 
 `response.completed`) the `openai` client's `responses.stream` assembles.
 
 Nothing is stored, as vLLM stores nothing unless told to: `previous_response_id` is a 400 that says to send the
-conversation in `input`, and `store` is answered as false. Fields that would change the answer and cannot be
-honoured here (hosted tools such as web search, `include` of extra outputs, `background`) are 400s naming them.
+conversation in `input`, and `store` is answered as false. The sampling extras vLLM's Responses request takes
+(`ignore_eos`, `top_k`, `repetition_penalty`, `stop`, `structured_outputs`, ...) pass to chat under the same names,
+so each is honoured or refused there as on chat. Fields that would change the answer and cannot be honoured here
+(hosted tools such as web search, `include` of extra outputs, `top_logprobs`, `background`) are 400s naming them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ REFUSED = {  # Responses fields that would change the answer and that this serve
     "prompt": "stored prompt templates are not supported: send the prompt in 'input'",
 }
 TEXT_PARTS = ("input_text", "output_text", "text")
+PASSED = (  # fields chat takes under the same name: OpenAI's, and the sampling extras vLLM's Responses request takes
+    "model", "temperature", "top_p", "stream", "user", "seed", "stop", "logit_bias", "presence_penalty", "frequency_penalty",
+    "repetition_penalty", "top_k", "min_p", "min_tokens", "ignore_eos", "no_repeat_ngram_size", "stop_token_ids",
+    "include_stop_str_in_output", "skip_special_tokens", "structured_outputs", "chat_template_kwargs",
+)
 PARAMS = {"messages": "input", "max_tokens": "max_output_tokens", "response_format": "text.format"}
 
 
@@ -45,7 +52,10 @@ def chat_body(data: dict) -> dict:
             raise bad(name, f"'{name}' is not supported: {why}")
     if data.get("include"):
         raise bad("include", "'include' is not supported: this server adds no extra outputs to a response")
-    body = {key: data[key] for key in ("model", "temperature", "top_p", "stream", "seed", "user") if key in data}
+    if data.get("top_logprobs"):
+        raise bad("top_logprobs", "'top_logprobs' is not supported in /v1/responses by this server; ask "
+                                  "/v1/chat/completions with 'logprobs': true")
+    body = {key: data[key] for key in PASSED if key in data}
     body["messages"] = _messages(data.get("input"), data.get("instructions"))
     if data.get("max_output_tokens") is not None:
         body["max_tokens"] = data["max_output_tokens"]
