@@ -244,4 +244,6 @@ def test_a_template_that_renders_tools_gets_them_and_auto(llama_dir):
     assert guide.constraint is None and guide.tool is None  # "auto": the model decides, its reply is text
     request = {"model": "m", "messages": MESSAGES, "tools": [WEATHER, TIME]}
     prompt = parse_chat(request, chat_renderer(tokenizer), tools=guide.tools_in_prompt).prompts[0]
+    unused = parse_guide({**request, "tool_choice": "none"}, chat=True, tool_template=True)  # rendered, as vLLM does
+    assert unused.constraint is None and unused.tool is None and unused.tools_in_prompt == [WEATHER, TIME]
     assert prompt.startswith("Tools: get_weather, get_time\n") and prompt.endswith("assistant:")

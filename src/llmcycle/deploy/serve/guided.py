@@ -185,8 +185,13 @@ def _required(functions: dict, in_prompt: list | None) -> Guide:
 
 def _auto_tools(data: dict, tool_template: bool) -> Guide | None:
     """Tools left to the model ("auto", or no tool_choice): the template renders them and the reply is free text;
-    400 for a model whose template has no tools."""
-    if not _functions(data.get("tools")) or data.get("tool_choice") not in (None, "auto"):
+    400 for a model whose template has no tools. With "none" a template that renders tools still gets them (as vLLM
+    renders them), and the reply is text."""
+    if not _functions(data.get("tools")):
+        return None
+    if data.get("tool_choice") == "none":
+        return Guide(None, None, None, data["tools"]) if tool_template else None
+    if data.get("tool_choice") not in (None, "auto"):
         return None
     if not tool_template:
         raise bad("tool_choice", "tool_choice 'auto' is not supported: this model's chat template has no tools, so it "
