@@ -107,37 +107,45 @@ class StreamUsage:
 
 
 async def answer_stream(submitted: Submitted) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per piece of text, a finishing chunk per choice, usage if asked, [DONE]."""
+    """Server-sent events: one chunk per piece of text, a finishing chunk per choice, usage if asked, [DONE].
+
+    Chunks already at hand go out in one write (the finishing chunk, usage and [DONE] after the last text; the
+    events of several steps when the loop fell behind): each write is a TCP segment the client reads on its own.
+    Nothing waits for more: what is ready is sent before the next event is awaited."""
     parsed, answer = submitted.parsed, submitted.answer
     head = envelope(parsed, chunk=True)
     counted = StreamUsage(submitted)
     held = tool_stream(parsed)
     offsets = [0] * choice_count(parsed)  # completions' text offset reached by each choice
+    ready: list[str] = []
     try:
         if parsed.chat:
             for index in range(choice_count(parsed)):
                 role = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-                yield sse({**head, "choices": [role], **counted.field(index)})
+                ready.append(sse({**head, "choices": [role], **counted.field(index)}))
                 if parsed.reply_prefix:  # chat's echo: the message being continued comes first
                     echoed = choice_body(parsed, index, parsed.reply_prefix, None, True)
-                    yield sse({**head, "choices": [echoed], **counted.field(index)})
+                    ready.append(sse({**head, "choices": [echoed], **counted.field(index)}))
         while answer.remaining:
+            if ready and answer.queue.empty():
+                yield "".join(ready)
+                ready.clear()
             try:
                 index, event = await answer.next(None)
             except APIError as error:
-                yield sse(error.body())
+                ready.append(sse(error.body()))
                 break
             counted.count(index, event)
             if held is not None:  # a tool call is sent whole, once its choice finished
-                for choice in held.push(index, event):
-                    yield sse({**head, "choices": [choice], **counted.field(index)})
+                ready += [sse({**head, "choices": [choice], **counted.field(index)}) for choice in held.push(index, event)]
                 continue
             text, finish = (event.text, None) if isinstance(event, TextDelta) else (None, event.reason)
             logprobs = logprobs_body(parsed, list(event.logprobs), offsets[index]) if text is not None else None
             offsets[index] += sum(len(item.token) for item in event.logprobs) if text is not None else 0
-            yield sse({**head, "choices": [choice_body(parsed, index, text, finish, True, logprobs)], **counted.field(index)})
+            ready.append(sse({**head, "choices": [choice_body(parsed, index, text, finish, True, logprobs)], **counted.field(index)}))
         if parsed.include_usage and not answer.remaining:
-            yield sse({**head, "choices": [], "usage": usage(submitted.prompt_tokens, answer.completion_tokens)})
-        yield sse("[DONE]")
+            ready.append(sse({**head, "choices": [], "usage": usage(submitted.prompt_tokens, answer.completion_tokens)}))
+        ready.append(sse("[DONE]"))
+        yield "".join(ready)
     finally:
         submitted.release()
