@@ -146,3 +146,31 @@ def test_schemas_and_forced_function_calls_in_the_responses_shape(server, llama_
     bias = api.responses.create(model="llama", input="hi", max_output_tokens=3, temperature=0,
                                 extra_body={"ignore_eos": True, "logit_bias": {str(eos): 100}})  # EOS forced, and ignored
     assert bias.usage.output_tokens == 3 and bias.status == "incomplete"
+
+
+@pytest.mark.slow
+def test_the_openai_clients_parse_helpers_get_their_pydantic_objects(server):
+    """`chat.completions.parse`, `responses.parse` and `pydantic_function_tool` send strict JSON schemas made from a
+    pydantic model and parse the reply back into it."""
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    openai = pytest.importorskip("openai")
+
+    class Weather(BaseModel):
+        sky: Literal["sunny", "rainy"]
+        degrees: int = Field(ge=-40, le=50)
+
+    api = openai.OpenAI(base_url=server.url + "/v1", api_key="EMPTY", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "weather?"}]
+    for temperature in (0, 1):
+        chat = api.chat.completions.parse(model="llama", messages=messages, response_format=Weather, max_tokens=30,
+                                          temperature=temperature)
+        assert isinstance(chat.choices[0].message.parsed, Weather)
+        reply = api.responses.parse(model="llama", input="weather?", text_format=Weather, max_output_tokens=30,
+                                    temperature=temperature)
+        assert isinstance(reply.output_parsed, Weather)
+        called = api.chat.completions.parse(model="llama", messages=messages, max_tokens=30, temperature=temperature,
+                                            tools=[openai.pydantic_function_tool(Weather, name="report")], tool_choice="required")
+        assert isinstance(called.choices[0].message.tool_calls[0].function.parsed_arguments, Weather)
