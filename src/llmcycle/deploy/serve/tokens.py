@@ -2,8 +2,9 @@
 
 Request and answer follow vLLM's: /tokenize takes `prompt` (with `add_special_tokens`, default true) or chat
 `messages` (rendered by the chat template as /v1/chat/completions renders them, with its `add_generation_prompt`,
-default true, `continue_final_message`, `chat_template_kwargs` and `tools`; `add_special_tokens` default false) and answers `{count, max_model_len, tokens, token_strs}` (`token_strs`
-with `return_token_strs`); /detokenize takes `tokens` and answers `{prompt}`. As in vLLM, they sit outside /v1 and
+default true, `continue_final_message`, `chat_template_kwargs` and `tools`; `add_special_tokens` default false)
+and answers `{count, max_model_len, tokens, token_strs}` (`token_strs` with `return_token_strs`); /detokenize takes
+`tokens` and answers `{prompt}`. As in vLLM, they sit outside /v1 and
 need no API key: they say nothing a client could not compute from the model's public tokenizer.
 """
 
