@@ -290,12 +290,17 @@ def run_server(kind: str, base: Path, adapter: Path, work: list[tuple[str, str]]
                     check_schema(kind, [r["text"] for r in results], share)
         return found
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, and SIGKILL after a minute."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def report(found: dict, args) -> None:

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_throughput import build_models, free_port, server_command, vllm_python, wait_healthy  # noqa: E402
+from serve_throughput import build_models, free_port, server_command, stop, vllm_python, wait_healthy  # noqa: E402
 
 ROUTES = {"vllm": "/v1/completions", "openai-chat": "/v1/chat/completions", "openai-responses": "/v1/responses"}
 CLIENT = """
@@ -56,11 +56,7 @@ def measure(kind: str, base: Path, adapter: Path, work: Path, args) -> dict | No
             done = subprocess.run([vllm_python(), "-c", CLIENT, *common, "--num-prompts", str(args.num_prompts)],
                                   capture_output=True, text=True, env=env, timeout=1200, check=True)
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server)
     figures = {}
     for line in done.stdout.splitlines():
         name, _, value = line.rpartition(":")
