@@ -33,7 +33,7 @@ import json, sys
 import lm_eval
 url, tokenizer, task = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 args = {"model": "served", "base_url": url, "tokenizer": tokenizer, "tokenizer_backend": "huggingface",
-        "tokenized_requests": True, "num_concurrent": 2, "max_retries": 1}
+        "tokenized_requests": True, "num_concurrent": 2, "max_retries": 1, "batch_size": 4}  # four prompts a request
 results = lm_eval.simple_evaluate(model="local-completions", model_args=args, tasks=[task], log_samples=True,
                                   random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
 samples = sorted(results["samples"]["llmcycle_suite"], key=lambda s: s["doc_id"])
