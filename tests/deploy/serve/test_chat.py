@@ -1,5 +1,6 @@
 """How a chat request becomes the prompt: vLLM's chat fields (add_generation_prompt, continue_final_message,
-chat_template_kwargs, add_special_tokens), earlier tool calls in the messages, and template errors as 400s."""
+chat_template_kwargs, add_special_tokens, echo), earlier tool calls in the messages, and template errors as 400s;
+then the same through a served model and the openai client."""
 
 from __future__ import annotations
 
