@@ -184,7 +184,8 @@ def _envelope(data: dict, parsed, response_id: str, created: float) -> dict:
 
 
 def _output_item(parsed, text: str, reason: str | None, message_id: str | None = None) -> dict:
-    """The reply as a `function_call` (a forced tool call that finished) or a `message` with `output_text`."""
+    """The reply as a `function_call` (a forced tool call; one cut short is `incomplete`) or a `message` with
+    `output_text`."""
     tool = parsed.guide.tool if parsed.guide is not None else None
     call = tool_call(tool, text, complete=reason == "stop") if tool is not None else None
     if call is not None:  # a call cut by max_output_tokens keeps its arguments as far as they got, as chat's does
@@ -226,7 +227,8 @@ class _Events:
 
 async def response_stream(submitted: Submitted, data: dict) -> AsyncIterator[str]:
     """created, in_progress, then the reply's item: a message's text deltas as they come (a forced tool call is
-    sent whole once it finished, as its arguments are one JSON value), then completed (or incomplete)."""
+    sent whole once it finished, as its arguments are one JSON value), then completed, whose response says whether
+    the reply was cut (status "incomplete")."""
     parsed, answer = submitted.parsed, submitted.answer
     event = _Events()
     head = _envelope(data, parsed, f"resp_{uuid.uuid4().hex}", time.time())
