@@ -105,10 +105,27 @@ def test_echo_puts_the_assistant_message_being_continued_before_the_reply(tokeni
     assert parse_chat({"model": "m", "messages": [USER], "echo": True}, chat_renderer(tokenizer)).reply_prefix == ""
 
 
-def test_add_special_tokens_is_kept_for_the_tokenizer(tokenizer):
-    assert parse_chat({"model": "m", "messages": [USER]}, chat_renderer(tokenizer)).add_special_tokens is None
-    chosen = parse_chat({"model": "m", "messages": [USER], "add_special_tokens": True}, chat_renderer(tokenizer))
-    assert chosen.add_special_tokens is True
+def test_add_special_tokens_reaches_the_tokenizer(t5_dir):
+    """Chat's default: a template writes its own special tokens, so none are added; completions' default adds them
+    (vLLM's defaults); either route may ask otherwise. (T5's tokenizer adds an EOS.)"""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from llmcycle.deploy.serve.handling import prompt_ids
+    from llmcycle.deploy.serve.protocol import parse_completion
+
+    tokenizer = AutoTokenizer.from_pretrained(t5_dir)
+    tokenizer.chat_template = TEMPLATE
+    vocabulary = SimpleNamespace(num_embeddings=len(tokenizer))
+    served = SimpleNamespace(loaded=SimpleNamespace(tokenizer=tokenizer, model=SimpleNamespace(get_input_embeddings=lambda: vocabulary)))
+    eos = tokenizer.eos_token_id
+    chat = parse_chat({"model": "m", "messages": [USER]}, chat_renderer(tokenizer))
+    asked = parse_chat({"model": "m", "messages": [USER], "add_special_tokens": True}, chat_renderer(tokenizer))
+    assert prompt_ids(served, chat)[0][-1] != eos and prompt_ids(served, asked)[0] == [*prompt_ids(served, chat)[0], eos]
+    plain = parse_completion({"model": "m", "prompt": "hello"})
+    bare = parse_completion({"model": "m", "prompt": "hello", "add_special_tokens": False})
+    assert prompt_ids(served, plain)[0] == [*prompt_ids(served, bare)[0], eos]
 
 
 @pytest.mark.slow
