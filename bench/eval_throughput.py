@@ -6,7 +6,7 @@ ROUGE. llmcycle instead sorts prompts by length and generates them in padded bat
 same greedy outputs as the loop. This script measures both on the same offline model and data, checks
 that the outputs agree row by row, and prints the speedup (target: at least 5x on a 2-core CPU). Both
 sides' times include loading the model and computing ROUGE; each side runs `--repeat` times and the
-fastest run counts. The CLI (`llmcycle eval ...` in a subprocess, Python start-up included) is timed once.
+fastest run counts. Both run in float32 on the device llmcycle picks (a GPU when there is one, else the CPU). The CLI (`llmcycle eval ...` in a subprocess, Python start-up included) is timed once.
 
 Models are built offline with `llmcycle.train.scratch` (a BPE tokenizer trained on the synthetic data and a
 random-init model), then every weight is redrawn from N(0, 0.5) so greedy decoding gives varied text
@@ -35,7 +35,7 @@ from transformers.utils import logging as transformers_logging
 
 from llmcycle.data.options import DataOptions
 from llmcycle.evaluate.predictions import evaluate
-from llmcycle.models import ModelOptions
+from llmcycle.models import ModelOptions, pick_device
 from llmcycle.generate.engine import GenerationSettings
 from llmcycle.train.scratch import ScratchSpec, init_model
 
@@ -82,10 +82,11 @@ def rouge_means(references: list[str], predictions: list[str]) -> dict[str, floa
 
 
 def load_plain(model_dir: Path):
-    """Model, tokenizer and kind, loaded the way the notebooks do (Auto classes, default float32 on CPU)."""
+    """Model, tokenizer and kind, loaded the way the notebooks do (Auto classes, float32), on the device llmcycle
+    picks (a GPU when there is one)."""
     encoder_decoder = AutoConfig.from_pretrained(model_dir).is_encoder_decoder
     model = (AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM).from_pretrained(model_dir).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir), encoder_decoder
+    return model.to(pick_device()), AutoTokenizer.from_pretrained(model_dir), encoder_decoder
 
 
 def loop_baseline(model_dir: Path, rows: list[dict], max_new_tokens: int) -> tuple[list[str], dict[str, float]]:
@@ -94,7 +95,7 @@ def loop_baseline(model_dir: Path, rows: list[dict], max_new_tokens: int) -> tup
     predictions = []
     with torch.no_grad():
         for row in rows:
-            inputs = tokenizer(row["prompt"], return_tensors="pt")
+            inputs = tokenizer(row["prompt"], return_tensors="pt").to(model.device)
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)[0]
             if not encoder_decoder:
                 output = output[inputs["input_ids"].shape[1]:]
@@ -119,7 +120,7 @@ def closest_call(model_dir: Path, prompt: str, max_new_tokens: int) -> float:
     """
     model, tokenizer, _ = load_plain(model_dir)
     with torch.no_grad():
-        out = model.generate(**tokenizer(prompt, return_tensors="pt"), max_new_tokens=max_new_tokens,
+        out = model.generate(**tokenizer(prompt, return_tensors="pt").to(model.device), max_new_tokens=max_new_tokens,
                              do_sample=False, output_scores=True, return_dict_in_generate=True)
     return min(float(top[0] - top[1]) for top in (scores[0].topk(2).values for scores in out.scores))
 
@@ -129,20 +130,21 @@ def bench(arch: str, rows: list[dict], work: Path, args: argparse.Namespace) -> 
     data_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     model_dir, params = build_model(arch, rows, work / arch)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    ModelOptions(str(model_dir)).load()  # warm-up: first-use imports and file caches, paid by neither side
-    _, load_s = timed(ModelOptions(str(model_dir)).load)
+    options = ModelOptions(str(model_dir), dtype="float32")  # as the loop: float32 on any device
+    options.load()  # warm-up: first-use imports and file caches, paid by neither side
+    _, load_s = timed(options.load)
 
     # Each side runs --repeat times, alternating; the fastest run counts (the least disturbed by other work).
     api_preds_path, api_times, loop_times = work / f"{arch}.api.jsonl", [], []
     for _ in range(args.repeat):
         with contextlib.redirect_stdout(io.StringIO()):  # evaluate prints its metrics table; keep ours readable
-            metrics, seconds = timed(evaluate, model=ModelOptions(str(model_dir)), data=DataOptions(str(data_path)),
+            metrics, seconds = timed(evaluate, model=options, data=DataOptions(str(data_path)),
                                      settings=settings, metrics=["rouge"], save_predictions=str(api_preds_path))
         api_times.append(seconds)
         (loop_preds, loop_rouge), seconds = timed(loop_baseline, model_dir, rows, args.max_new_tokens)
         loop_times.append(seconds)
     cli_preds_path = work / f"{arch}.cli.jsonl"
-    command = ["llmcycle", "eval", "--model", str(model_dir), "--data", str(data_path),
+    command = ["llmcycle", "eval", "--model", str(model_dir), "--dtype", "float32", "--data", str(data_path),
                "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
                "--save-predictions", str(cli_preds_path)]
     _, cli_s = timed(subprocess.run, command, check=True, stdout=subprocess.DEVNULL)
@@ -172,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     transformers_logging.disable_progress_bar()
     rows = make_rows(args.rows)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, 1-minute load "
+    print(f"torch {torch.__version__} on {pick_device()}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, 1-minute load "
           f"{os.getloadavg()[0]:.2f}; {args.rows} rows, max_new_tokens {args.max_new_tokens}, "
           f"batch_size {args.batch_size}, best of {args.repeat}", flush=True)
     results = []
