@@ -9,8 +9,8 @@ refused fewer questions and made up more answers, with no measurable change in t
 bench/RESULTS.md, session 12.) About 40% are laid out exactly as `llmcycle rag ask` and `rag eval` lay out
 retrieved passages (rag/ask.py's `render`: "[n] title: text" blocks, then the question): one to five passages, one
 of which holds the answer, the others pages of the same product (or stories, tables, entries) as a retriever would
-bring back, so a model tuned on them has seen its RAG prompts before the quickstart shows it one. A share of those ask across two pages (who
-leads the group that owns a component), as `docs-qa` does.
+bring back, so a model tuned on them has seen its RAG prompts before the quickstart shows it one. A share of those
+ask across two pages (who leads the group that owns a component), as `docs-qa` does.
 
 Each row: `prompt`, `completion` (the span alone, or UNANSWERABLE), `answerable`, `layout` (plain or rag) and
 `style` (docs, story or table).
@@ -104,9 +104,7 @@ def _related(rng: random.Random, style: str, count: int) -> tuple[list[Passage],
     one more that is never shown (so its questions go unanswered), and the two-page questions among the shown
     ones as (question, answer, [component page, group page])."""
     if style != "docs":
-        def draw() -> Passage:
-            return one_passage(rng, style)
-        return [draw() for _ in range(count)], draw(), []
+        return [one_passage(rng, style) for _ in range(count)], one_passage(rng, style), []
     made = product(rng, count + 1)
     groups = rng.choice([0, 1]) if count > 1 else 0  # a group page among them, mostly the group of a shown component
     shown = made.component_pages[: count - groups]

@@ -11,13 +11,7 @@ import asyncio
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import (
-    HTMLResponse,
-    JSONResponse,
-    PlainTextResponse,
-    Response,
-    StreamingResponse,
-)
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ... import __version__
@@ -28,6 +22,7 @@ from .engine import Engine
 from .guided import attach, parse_guide, template_has_tools
 from .handling import (
     check_key,
+    event_stream,
     lookup,
     read_body,
     respond,
@@ -141,11 +136,15 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
         check_key(request, state.config.api_key)
         data = parse_json(await read_body(request, limit))
         served, _ = state.ready()
-        tokenizer = served.loaded.tokenizer
-        guide = parse_guide(data, chat=True, tool_template=template_has_tools(tokenizer))
-        parsed = parse_chat(data, served_renderer(state, served), max_n=state.config.max_num_seqs,
-                            tools=guide.tools_in_prompt if guide else None)
-        return await respond(state, request, attach(parsed, guide))
+        return await respond(state, request, parse_chat_request(state, served, data, state.config.max_num_seqs))
+
+
+def parse_chat_request(state: ServerState, served: ServedModels, data: dict, max_n: int):
+    """A chat completion request checked, rendered by the served chat template (with the tools it renders) and held
+    to its structured output or tool call; /v1/chat/completions and /v1/responses share it."""
+    guide = parse_guide(data, chat=True, tool_template=template_has_tools(served.loaded.tokenizer))
+    parsed = parse_chat(data, served_renderer(state, served), max_n=max_n, tools=guide.tools_in_prompt if guide else None)
+    return attach(parsed, guide)
 
 
 def add_responses_route(app: FastAPI, state: ServerState) -> None:
@@ -158,15 +157,11 @@ def add_responses_route(app: FastAPI, state: ServerState) -> None:
         data = parse_json(await read_body(request, limit))
         served, _ = state.ready()
         try:
-            body = chat_body(data)
-            guide = parse_guide(body, chat=True, tool_template=template_has_tools(served.loaded.tokenizer))
-            parsed = parse_chat(body, served_renderer(state, served), max_n=1, tools=guide.tools_in_prompt if guide else None)
-            submitted = submit(state, attach(parsed, guide))
+            submitted = submit(state, parse_chat_request(state, served, chat_body(data), max_n=1))
         except APIError as error:
             raise renamed(error) from None
-        if parsed.stream:
-            return StreamingResponse(response_stream(submitted, data), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+        if submitted.parsed.stream:
+            return event_stream(response_stream(submitted, data))
         return JSONResponse(await response_json(request, submitted, data))
 
 

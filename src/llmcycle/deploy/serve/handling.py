@@ -147,8 +147,13 @@ def submit(state: ServerState, parsed: ParsedRequest) -> Submitted:
     return Submitted(parsed, jobs, answer, sum(len(tokens) for tokens in ids), engine)
 
 
+def event_stream(events) -> StreamingResponse:
+    """Server-sent events, not to be cached on the way."""
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
 async def respond(state: ServerState, request: Request, parsed: ParsedRequest):
     submitted = submit(state, parsed)
     if parsed.stream:
-        return StreamingResponse(answer_stream(submitted), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return event_stream(answer_stream(submitted))
     return JSONResponse(await answer_json(request, submitted))
